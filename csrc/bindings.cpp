@@ -1,0 +1,178 @@
+// fastconv._core: turns NumPy arrays into raw pointers and a ConvShape, and
+// calls the kernels with the GIL released. User input is validated in
+// Python; the checks here only guard the kernels' contract (dtype, layout,
+// shapes that agree), so a misuse of this private module cannot crash.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <string>
+
+#include "kernels.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace py = pybind11;
+using fastconv::ConvShape;
+
+namespace {
+
+using Pair = std::array<int64_t, 2>;
+using Quad = std::array<int64_t, 4>;
+
+[[noreturn]] void type_error(const std::string& msg) { throw py::type_error(msg); }
+[[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
+
+template <class T>
+void check_array(const py::array& a, const char* name, bool writeable) {
+    if (a.dtype().num() != py::dtype::of<T>().num() || a.dtype().byteorder() == '>')
+        type_error(std::string(name) + ": expected a native " + std::string(py::str(py::dtype::of<T>())) +
+                   " array, got " + std::string(py::str(a.dtype())));
+    if (a.ndim() != 4 && std::string(name).rfind("bias", 0) != 0 && std::string(name) != "grad_bias")
+        value_error(std::string(name) + ": expected 4 dimensions, got " + std::to_string(a.ndim()));
+    if (!(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        value_error(std::string(name) + ": expected a C-contiguous, aligned array");
+    if (writeable && !a.writeable()) value_error(std::string(name) + ": output array is read-only");
+}
+
+template <class T>
+const T* in_ptr(const py::array& a, const char* name) {
+    check_array<T>(a, name, false);
+    return static_cast<const T*>(a.data());
+}
+
+template <class T>
+T* out_ptr(py::array& a, const char* name) {
+    check_array<T>(a, name, true);
+    return static_cast<T*>(a.mutable_data());
+}
+
+// Shape from input (N, C, H, W), weight (K, C/groups, R, S) and output
+// (N, K, out_h, out_w) dimensions plus the hyper-parameters; checked.
+ConvShape make_shape(const py::array& x, const py::array& w, const py::array& y, Pair stride,
+                     Quad padding, Pair dilation, int64_t groups) {
+    ConvShape p;
+    p.n = x.shape(0), p.c = x.shape(1), p.h = x.shape(2), p.w = x.shape(3);
+    p.k = w.shape(0), p.r = w.shape(2), p.s = w.shape(3);
+    p.groups = groups;
+    p.stride_h = stride[0], p.stride_w = stride[1];
+    p.dil_h = dilation[0], p.dil_w = dilation[1];
+    p.pad_top = padding[0], p.pad_bottom = padding[1], p.pad_left = padding[2], p.pad_right = padding[3];
+    p.out_h = y.shape(2), p.out_w = y.shape(3);
+    p.check();
+    if (groups < 1 || w.shape(1) * groups != p.c) value_error("weight channels do not match input channels / groups");
+    if (y.shape(0) != p.n || y.shape(1) != p.k) value_error("output batch or channels do not match");
+    return p;
+}
+
+bool is_float32(const py::array& a) { return a.dtype().num() == py::dtype::of<float>().num(); }
+
+template <class T>
+void forward_t(const py::array& x, const py::array& w, const py::object& bias, py::array& y, const ConvShape& p) {
+    const T* b = nullptr;
+    if (!bias.is_none()) {
+        py::array bias_arr = bias.cast<py::array>();
+        b = in_ptr<T>(bias_arr, "bias");
+        if (bias_arr.ndim() != 1 || bias_arr.shape(0) != p.k) value_error("bias: expected shape (filters,)");
+    }
+    const T* xp = in_ptr<T>(x, "x");
+    const T* wp = in_ptr<T>(w, "weight");
+    T* yp = out_ptr<T>(y, "out");
+    py::gil_scoped_release release;
+    fastconv::conv_forward<T>(p, xp, wp, b, yp);
+}
+
+void forward(const py::array& x, const py::array& w, const py::object& bias, py::array out, Pair stride,
+             Quad padding, Pair dilation, int64_t groups) {
+    const ConvShape p = make_shape(x, w, out, stride, padding, dilation, groups);
+    if (is_float32(x)) forward_t<float>(x, w, bias, out, p);
+    else forward_t<double>(x, w, bias, out, p);
+}
+
+void backward_data(const py::array& grad_y, const py::array& w, py::array grad_x, Pair stride, Quad padding,
+                   Pair dilation, int64_t groups) {
+    const ConvShape p = make_shape(grad_x, w, grad_y, stride, padding, dilation, groups);
+    auto run = [&](auto tag) {
+        using T = decltype(tag);
+        const T* gy = in_ptr<T>(grad_y, "grad_y");
+        const T* wp = in_ptr<T>(w, "weight");
+        T* gx = out_ptr<T>(grad_x, "grad_x");
+        py::gil_scoped_release release;
+        fastconv::conv_backward_data<T>(p, gy, wp, gx);
+    };
+    if (is_float32(grad_y)) run(float{});
+    else run(double{});
+}
+
+void backward_weights(const py::array& grad_y, const py::array& x, py::array grad_w, Pair stride, Quad padding,
+                      Pair dilation, int64_t groups) {
+    const ConvShape p = make_shape(x, grad_w, grad_y, stride, padding, dilation, groups);
+    auto run = [&](auto tag) {
+        using T = decltype(tag);
+        const T* gy = in_ptr<T>(grad_y, "grad_y");
+        const T* xp = in_ptr<T>(x, "x");
+        T* gw = out_ptr<T>(grad_w, "grad_weight");
+        py::gil_scoped_release release;
+        fastconv::conv_backward_weights<T>(p, gy, xp, gw);
+    };
+    if (is_float32(grad_y)) run(float{});
+    else run(double{});
+}
+
+void backward_bias(const py::array& grad_y, py::array grad_b) {
+    if (grad_y.ndim() != 4) value_error("grad_y: expected 4 dimensions");
+    if (grad_b.ndim() != 1 || grad_b.shape(0) != grad_y.shape(1)) value_error("grad_bias: expected shape (filters,)");
+    ConvShape p;
+    p.n = grad_y.shape(0), p.k = grad_y.shape(1), p.out_h = grad_y.shape(2), p.out_w = grad_y.shape(3);
+    auto run = [&](auto tag) {
+        using T = decltype(tag);
+        const T* gy = in_ptr<T>(grad_y, "grad_y");
+        T* gb = out_ptr<T>(grad_b, "grad_bias");
+        py::gil_scoped_release release;
+        fastconv::conv_backward_bias<T>(p, gy, gb);
+    };
+    if (is_float32(grad_y)) run(float{});
+    else run(double{});
+}
+
+py::dict build_info() {
+    py::dict info;
+#ifdef _OPENMP
+    info["openmp"] = py::int_(_OPENMP);
+    info["max_threads"] = omp_get_max_threads();
+#else
+    info["openmp"] = py::none();
+    info["max_threads"] = 1;
+#endif
+#if defined(__clang__)
+    info["compiler"] = "clang " __clang_version__;
+#elif defined(__GNUC__)
+    info["compiler"] = "gcc " __VERSION__;
+#else
+    info["compiler"] = "unknown";
+#endif
+    info["flags"] = FASTCONV_BUILD_FLAGS;
+    return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "fastconv's C++ convolution kernels (private: use fastconv.conv2d / Conv2D)";
+    const auto geometry = std::make_tuple(py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("groups"));
+    m.def("forward", &forward, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"),
+          std::get<0>(geometry), std::get<1>(geometry), std::get<2>(geometry), std::get<3>(geometry),
+          "out = conv2d(x, weight) + bias, written into `out` (padding = top, bottom, left, right)");
+    m.def("backward_data", &backward_data, py::arg("grad_y"), py::arg("weight"), py::arg("grad_x"),
+          std::get<0>(geometry), std::get<1>(geometry), std::get<2>(geometry), std::get<3>(geometry),
+          "grad_x = dL/dx, written into `grad_x`");
+    m.def("backward_weights", &backward_weights, py::arg("grad_y"), py::arg("x"), py::arg("grad_weight"),
+          std::get<0>(geometry), std::get<1>(geometry), std::get<2>(geometry), std::get<3>(geometry),
+          "grad_weight = dL/dweight, written into `grad_weight`");
+    m.def("backward_bias", &backward_bias, py::arg("grad_y"), py::arg("grad_bias"),
+          "grad_bias = grad_y summed over batch and pixels");
+    m.def("build_info", &build_info, "compiler, flags and OpenMP of this build");
+}

@@ -1,0 +1,63 @@
+// Geometry of one 2-D convolution, shared by every kernel.
+//
+// All sizes are 64-bit so that index arithmetic never overflows, whatever the
+// tensor sizes. Python validates user input; `check()` here guards the
+// kernels' own invariants (a violated one is a bug in the caller, reported as
+// std::invalid_argument, which pybind11 turns into ValueError).
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace fastconv {
+
+struct ConvShape {
+    int64_t n = 0, c = 0, h = 0, w = 0;  // input: batch, channels, height, width (NCHW)
+    int64_t k = 0;                       // filters (output channels)
+    int64_t r = 0, s = 0;                // kernel height, kernel width
+    int64_t groups = 1;
+    int64_t stride_h = 1, stride_w = 1;
+    int64_t dil_h = 1, dil_w = 1;
+    int64_t pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
+    int64_t out_h = 0, out_w = 0;        // output height, width
+
+    int64_t c_per_group() const { return c / groups; }
+    int64_t k_per_group() const { return k / groups; }
+
+    // Output size along one axis for a padded input of `size`, or -1 when the
+    // dilated kernel does not fit.
+    static int64_t out_size(int64_t size, int64_t pad_lo, int64_t pad_hi, int64_t kernel,
+                            int64_t dilation, int64_t stride) {
+        const int64_t span = (kernel - 1) * dilation + 1;
+        const int64_t padded = size + pad_lo + pad_hi;
+        if (padded < span) return -1;
+        return (padded - span) / stride + 1;
+    }
+
+    void check() const {
+        auto fail = [](const std::string& what) {
+            throw std::invalid_argument("fastconv internal: " + what);
+        };
+        if (n < 0 || c < 1 || h < 1 || w < 1 || k < 1 || r < 1 || s < 1) fail("non-positive size");
+        if (groups < 1 || c % groups != 0 || k % groups != 0) fail("groups do not divide channels");
+        if (stride_h < 1 || stride_w < 1 || dil_h < 1 || dil_w < 1) fail("stride/dilation < 1");
+        if (pad_top < 0 || pad_bottom < 0 || pad_left < 0 || pad_right < 0) fail("negative padding");
+        if (out_h != out_size(h, pad_top, pad_bottom, r, dil_h, stride_h) ||
+            out_w != out_size(w, pad_left, pad_right, s, dil_w, stride_w))
+            fail("output size does not match the geometry");
+    }
+};
+
+// The half-open range [lo, hi) of i in [0, count) for which
+// 0 <= start + i * step < limit (step >= 1). Used to skip padding taps
+// without a branch per element.
+inline void valid_range(int64_t start, int64_t step, int64_t count, int64_t limit,
+                        int64_t& lo, int64_t& hi) {
+    lo = start >= 0 ? 0 : (-start + step - 1) / step;
+    hi = start >= limit ? 0 : (limit - start + step - 1) / step;
+    if (hi > count) hi = count;
+    if (lo > hi) lo = hi;
+}
+
+}  // namespace fastconv

@@ -1,0 +1,30 @@
+// Chooses the kernel implementation behind kernels.h.
+#include "generic.h"
+#include "kernels.h"
+
+namespace fastconv {
+
+template <class T>
+void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
+    generic::conv_forward(p, x, weight, bias, y);
+}
+
+template <class T>
+void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
+    generic::conv_backward_data(p, grad_y, weight, grad_x);
+}
+
+template <class T>
+void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
+    generic::conv_backward_weights(p, grad_y, x, grad_weight);
+}
+
+#define FASTCONV_INSTANTIATE(T)                                                              \
+    template void conv_forward<T>(const ConvShape&, const T*, const T*, const T*, T*);      \
+    template void conv_backward_data<T>(const ConvShape&, const T*, const T*, T*);          \
+    template void conv_backward_weights<T>(const ConvShape&, const T*, const T*, T*);
+FASTCONV_INSTANTIATE(float)
+FASTCONV_INSTANTIATE(double)
+#undef FASTCONV_INSTANTIATE
+
+}  // namespace fastconv

@@ -1,0 +1,46 @@
+"""Which implementation runs a call: the C++ core, or the NumPy reference."""
+
+from __future__ import annotations
+
+import warnings
+from types import ModuleType
+
+BACKENDS = ("auto", "cpp", "numpy")
+
+core: ModuleType | None
+try:
+    from . import _core as core
+
+    _import_error: ImportError | None = None
+except ImportError as exc:  # a source checkout without a build, or a broken install
+    core = None
+    _import_error = exc
+
+_warned = False
+
+
+def check_backend(backend: object) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def resolve(backend: str) -> str:
+    """"cpp" or "numpy" for a (checked) backend name."""
+    global _warned
+    check_backend(backend)
+    if backend == "numpy":
+        return "numpy"
+    if core is not None:
+        return "cpp"
+    if backend == "cpp":
+        raise ImportError(f"fastconv's C++ extension could not be imported: {_import_error}")
+    if not _warned:
+        warnings.warn(
+            f"fastconv's C++ extension could not be imported ({_import_error}); "
+            "falling back to the slower NumPy reference",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        _warned = True
+    return "numpy"

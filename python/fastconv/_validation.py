@@ -1,0 +1,170 @@
+"""Argument checking and padding arithmetic, done once, here, for every backend.
+
+Every error names the argument and the numbers involved, so that a user sees
+what to change without reading the source.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import DTypeLike
+
+PADDING_STRINGS = ("valid", "same")
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+Pair = tuple[int, int]
+Padding4 = tuple[int, int, int, int]  # top, bottom, left, right
+
+
+def positive_int(value: Any, name: str) -> int:
+    """`value` as an int >= 1, or a TypeError/ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {value!r} of type {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def int_pair(value: Any, name: str) -> Pair:
+    """An int or an (h, w) pair of ints >= 1, as a pair."""
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or an (h, w) pair, got {len(value)} values: {value!r}")
+        return positive_int(value[0], f"{name}[0]"), positive_int(value[1], f"{name}[1]")
+    v = positive_int(value, name)
+    return v, v
+
+
+def check_padding(padding: Any) -> str:
+    """The padding mode, lower-cased; only "valid" and "same" exist."""
+    if not isinstance(padding, str):
+        raise TypeError(f'padding must be "valid" or "same", got {padding!r} of type {type(padding).__name__}')
+    mode = padding.lower()
+    if mode not in PADDING_STRINGS:
+        raise ValueError(f'padding must be "valid" or "same", got {padding!r}')
+    return mode
+
+
+def check_dtype(dtype: DTypeLike, name: str = "dtype") -> np.dtype:
+    """float32 or float64, or a TypeError that says what was given."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from exc
+    if dt not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {dt}")
+    return dt
+
+
+def as_float_array(value: Any, name: str, dtype: np.dtype | None = None) -> np.ndarray:
+    """`value` as a C-contiguous float array, copied only when it must be.
+
+    Only floating-point input is accepted (integers, booleans, complex numbers,
+    objects and strings are refused). With `dtype` None, float64 stays float64
+    and any other float becomes float32.
+    """
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # anything that array conversion can raise
+        raise TypeError(f"{name} could not be converted to a NumPy array: {exc}") from exc
+    if arr.dtype.kind != "f":
+        raise TypeError(
+            f"{name} must hold floating-point numbers (float32 or float64), got dtype {arr.dtype}"
+        )
+    if dtype is None:
+        dtype = np.dtype(np.float64) if arr.dtype.itemsize >= 8 else np.dtype(np.float32)
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow/Keras "same" padding along one axis, at any stride.
+
+    out = ceil(size / stride); the total padding makes the last window end at
+    the padded edge; the odd extra row/column goes to the bottom/right.
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Everything a kernel needs besides the arrays: normalised and checked."""
+
+    stride: Pair
+    dilation: Pair
+    padding: Padding4  # top, bottom, left, right
+    groups: int
+    out_hw: Pair
+
+
+def plan_geometry(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: Any,
+) -> ConvGeometry:
+    """Check that input (N, C, H, W) and weight (K, C/groups, kh, kw) fit the
+    hyper-parameters, and work out the padding and the output size."""
+    stride_hw = int_pair(stride, "stride")
+    dilation_hw = int_pair(dilation, "dilation")
+    groups = positive_int(groups, "groups")
+    mode = check_padding(padding)
+
+    _, c, h, w = x_shape
+    k, c_per_group, kh, kw = w_shape
+    if h < 1 or w < 1:
+        raise ValueError(f"input height and width must be >= 1, got {h}x{w}")
+    if c < 1:
+        raise ValueError(f"input must have at least one channel, got {c}")
+    if min(k, c_per_group, kh, kw) < 1:
+        raise ValueError(f"weight shape {tuple(w_shape)} has a zero dimension")
+    if c % groups or k % groups:
+        raise ValueError(
+            f"groups={groups} must divide both the input channels ({c}) and the filters ({k})"
+        )
+    if c_per_group * groups != c:
+        raise ValueError(
+            f"input has {c} channels but the weight expects {c_per_group * groups} "
+            f"(weight.shape[1]={c_per_group} x groups={groups})"
+        )
+
+    if mode == "same":
+        pads_h = same_padding(h, kh, stride_hw[0], dilation_hw[0])
+        pads_w = same_padding(w, kw, stride_hw[1], dilation_hw[1])
+    else:
+        pads_h = pads_w = (0, 0)
+
+    out = []
+    for axis, size, kernel, st, dil, pads in (
+        ("height", h, kh, stride_hw[0], dilation_hw[0], pads_h),
+        ("width", w, kw, stride_hw[1], dilation_hw[1], pads_w),
+    ):
+        span = (kernel - 1) * dil + 1
+        padded = size + pads[0] + pads[1]
+        if padded < span:
+            raise ValueError(
+                f"kernel {axis} {kernel} (dilation {dil}, span {span}) is larger than "
+                f"the padded input {axis} {padded}"
+            )
+        out.append((padded - span) // st + 1)
+
+    return ConvGeometry(
+        stride=stride_hw,
+        dilation=dilation_hw,
+        padding=(pads_h[0], pads_h[1], pads_w[0], pads_w[1]),
+        groups=groups,
+        out_hw=(out[0], out[1]),
+    )
+
+
+def fan_in(in_channels: int, groups: int, kernel: Pair) -> int:
+    """Inputs that feed one output value: the scale of PyTorch's default init."""
+    return in_channels // groups * math.prod(kernel)

@@ -1,0 +1,157 @@
+"""Functional API: ``conv2d`` and ``conv2d_backward``, stateless and validating."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from . import _backend, reference
+from ._validation import ConvGeometry, as_float_array, plan_geometry
+
+
+class ConvGradients(NamedTuple):
+    """Gradients of the loss with respect to each argument of ``conv2d``."""
+
+    input: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+
+def _batched(x: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
+    """(N, C, H, W) as is, (C, H, W) as a batch of one; True if it was unbatched."""
+    if x.ndim == 4:
+        return x, False
+    if x.ndim == 3:
+        return x[np.newaxis], True
+    raise ValueError(f"{name} must have shape (N, C, H, W) or (C, H, W), got {x.ndim} dimensions: {x.shape}")
+
+
+def _prepare(x: Any, weight: Any, stride: Any, padding: Any, dilation: Any, groups: Any, dtype: np.dtype | None):
+    """Convert and check input and weight; the common dtype is float64 if either is."""
+    x_arr = as_float_array(x, "input", dtype)
+    w_arr = as_float_array(weight, "weight", dtype)
+    if dtype is None and x_arr.dtype != w_arr.dtype:
+        common = np.result_type(x_arr, w_arr)
+        x_arr, w_arr = x_arr.astype(common), w_arr.astype(common)
+    if w_arr.ndim != 4:
+        raise ValueError(f"weight must have shape (filters, in_channels/groups, kh, kw), got {w_arr.ndim} dimensions: {w_arr.shape}")
+    x4, unbatched = _batched(x_arr, "input")
+    geom = plan_geometry(x4.shape, w_arr.shape, stride, padding, dilation, groups)
+    return x4, w_arr, unbatched, geom
+
+
+def _check_bias(bias: Any, filters: int, dtype: np.dtype) -> np.ndarray:
+    b = as_float_array(bias, "bias", dtype)
+    if b.shape != (filters,):
+        raise ValueError(f"bias must have shape ({filters},) (one value per filter), got {b.shape}")
+    return b
+
+
+def forward_checked(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry, backend: str
+) -> np.ndarray:
+    """The forward pass on checked, contiguous (N, C, H, W) arrays."""
+    n, k = x.shape[0], w.shape[0]
+    if _backend.resolve(backend) == "numpy":
+        return reference.conv2d(x, w, b, geom.stride, geom.padding, geom.dilation, geom.groups)
+    y = np.empty((n, k, *geom.out_hw), dtype=x.dtype)
+    _backend.core.forward(x, w, b, y, geom.stride, geom.padding, geom.dilation, geom.groups)
+    return y
+
+
+def backward_checked(
+    grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, geom: ConvGeometry, bias: bool, backend: str
+) -> ConvGradients:
+    """The backward pass on checked, contiguous arrays (grad_y of the output's shape)."""
+    kernel = (w.shape[2], w.shape[3])
+    if _backend.resolve(backend) == "numpy":
+        args = (geom.stride, geom.padding, geom.dilation, geom.groups)
+        return ConvGradients(
+            reference.conv2d_grad_input(grad_y, w, x.shape[2:], *args),
+            reference.conv2d_grad_weight(grad_y, x, kernel, *args),
+            reference.conv2d_grad_bias(grad_y) if bias else None,
+        )
+    core = _backend.core
+    args = (geom.stride, geom.padding, geom.dilation, geom.groups)
+    grad_x = np.empty_like(x)
+    grad_w = np.empty_like(w)
+    core.backward_data(grad_y, w, grad_x, *args)
+    core.backward_weights(grad_y, x, grad_w, *args)
+    grad_b = None
+    if bias:
+        grad_b = np.empty(w.shape[0], dtype=w.dtype)
+        core.backward_bias(grad_y, grad_b)
+    return ConvGradients(grad_x, grad_w, grad_b)
+
+
+def conv2d(
+    x: ArrayLike,
+    weight: ArrayLike,
+    bias: ArrayLike | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: str = "valid",
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    *,
+    backend: str = "auto",
+) -> np.ndarray:
+    """2-D convolution (cross-correlation) of ``x`` with ``weight``, plus ``bias``.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, H, W) or (C, H, W)
+        Floating-point input; float64 is kept, other floats become float32.
+    weight : array_like, shape (K, C / groups, kh, kw)
+        Filters in PyTorch's OIHW layout.
+    bias : array_like, shape (K,), optional
+    stride, dilation : int or (int, int)
+    padding : "valid" or "same"
+        "same" pads as TensorFlow/Keras do, at every stride: output size
+        ceil(H / stride), the odd extra row/column at the bottom/right.
+    groups : int
+        Must divide C and K; groups == C is a depthwise convolution.
+    backend : "auto", "cpp" or "numpy"
+
+    Returns
+    -------
+    numpy.ndarray of shape (N, K, Ho, Wo), or (K, Ho, Wo) for unbatched input.
+    """
+    _backend.check_backend(backend)
+    x4, w, unbatched, geom = _prepare(x, weight, stride, padding, dilation, groups, None)
+    b = None if bias is None else _check_bias(bias, w.shape[0], w.dtype)
+    y = forward_checked(x4, w, b, geom, backend)
+    return y[0] if unbatched else y
+
+
+def conv2d_backward(
+    grad_output: ArrayLike,
+    x: ArrayLike,
+    weight: ArrayLike,
+    stride: int | tuple[int, int] = 1,
+    padding: str = "valid",
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    bias: bool = True,
+    *,
+    backend: str = "auto",
+) -> ConvGradients:
+    """Gradients of a loss through ``conv2d(x, weight, bias, ...)``.
+
+    ``grad_output`` is dL/dy, of the shape ``conv2d`` returned. Returns the
+    named tuple ``(input, weight, bias)`` of dL/dx, dL/dweight and dL/dbias
+    (``bias`` is None when ``bias=False``).
+    """
+    _backend.check_backend(backend)
+    x4, w, unbatched, geom = _prepare(x, weight, stride, padding, dilation, groups, None)
+    grad_y = as_float_array(grad_output, "grad_output", x4.dtype)
+    expected = (x4.shape[0], w.shape[0], *geom.out_hw)
+    got = grad_y.shape if not unbatched else (1, *grad_y.shape)
+    if got != expected:
+        shown = expected[1:] if unbatched else expected
+        raise ValueError(f"grad_output must have the output's shape {shown}, got {grad_y.shape}")
+    grads = backward_checked(grad_y.reshape(expected), x4, w, geom, bool(bias), backend)
+    if unbatched:
+        grads = grads._replace(input=grads.input[0])
+    return grads

@@ -1,0 +1,232 @@
+"""``Conv2D``: a stateful layer over the functional API, with weights and a
+``backward`` that returns (dL/dF, dL/dX)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
+
+from . import _backend
+from ._validation import (
+    ConvGeometry,
+    as_float_array,
+    check_dtype,
+    check_padding,
+    fan_in,
+    int_pair,
+    plan_geometry,
+    positive_int,
+)
+from .functional import _batched, backward_checked, forward_checked
+
+
+class Conv2D:
+    """A 2-D convolution layer with hand-written forward and backward passes.
+
+    Parameters
+    ----------
+    filters : int
+        Number of filters (output channels).
+    kernel_size, stride : int or (int, int)
+    padding : "valid" or "same"
+        "same" follows TensorFlow/Keras at every stride: output size
+        ceil(H / stride), the odd extra row/column padded at the bottom/right.
+    dilation : int or (int, int)
+    groups : int
+        Must divide ``in_channels`` and ``filters``.
+    bias : bool
+        Whether the layer adds a learnable bias.
+    in_channels : int, optional
+        If None, taken from the first input, when the weights are created.
+    dtype : "float32" or "float64"
+        Dtype of the weights and of every result; floating inputs are cast to it.
+    backend : "auto", "cpp" or "numpy"
+    seed : int, optional
+        Seed for the default initialisation (PyTorch's: uniform in
+        +-1/sqrt(fan_in) for weights and bias).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> layer = fastconv.Conv2D(8, 3, stride=2, padding="same", seed=0)
+    >>> y = layer.forward(np.ones((10, 4, 7, 7), dtype=np.float32))
+    >>> y.shape
+    (10, 8, 4, 4)
+    >>> grad_weight, grad_input = layer.backward(np.ones_like(y))
+    >>> grad_weight.shape, grad_input.shape
+    ((8, 4, 3, 3), (10, 4, 7, 7))
+    """
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: str = "valid",
+        *,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        in_channels: int | None = None,
+        dtype: DTypeLike = "float32",
+        backend: str = "auto",
+        seed: int | None = None,
+    ) -> None:
+        self.filters = positive_int(filters, "filters")
+        self.kernel_size = int_pair(kernel_size, "kernel_size")
+        self.stride = int_pair(stride, "stride")
+        self.padding = check_padding(padding)
+        self.dilation = int_pair(dilation, "dilation")
+        self.groups = positive_int(groups, "groups")
+        if self.filters % self.groups:
+            raise ValueError(f"groups={self.groups} must divide filters={self.filters}")
+        self.dtype = check_dtype(dtype)
+        self.backend = _backend.check_backend(backend)
+        self.use_bias = bool(bias)
+        self._rng = np.random.default_rng(seed)
+        self.in_channels: int | None = None
+        self._weight: np.ndarray | None = None
+        self._bias: np.ndarray | None = None
+        self._saved: tuple[np.ndarray, ConvGeometry, bool] | None = None  # input, geometry, unbatched
+        self.grad_weight: np.ndarray | None = None
+        self.grad_bias: np.ndarray | None = None
+        if in_channels is not None:
+            self._create_weights(positive_int(in_channels, "in_channels"))
+
+    # -- weights -----------------------------------------------------------------
+
+    def _check_in_channels(self, in_channels: int) -> None:
+        if in_channels % self.groups:
+            raise ValueError(f"groups={self.groups} must divide in_channels={in_channels}")
+
+    def _create_weights(self, in_channels: int) -> None:
+        self._check_in_channels(in_channels)
+        self.in_channels = in_channels
+        bound = 1.0 / math.sqrt(fan_in(in_channels, self.groups, self.kernel_size))
+        self._weight = self._rng.uniform(-bound, bound, self._weight_shape()).astype(self.dtype)
+        if self.use_bias:
+            self._bias = self._rng.uniform(-bound, bound, self.filters).astype(self.dtype)
+
+    def _weight_shape(self) -> tuple[int, int, int, int]:
+        assert self.in_channels is not None
+        return (self.filters, self.in_channels // self.groups, *self.kernel_size)
+
+    @property
+    def weight(self) -> np.ndarray | None:
+        """Filters, shape (filters, in_channels // groups, kh, kw); None until created."""
+        return self._weight
+
+    @weight.setter
+    def weight(self, value: ArrayLike) -> None:
+        w = as_float_array(value, "weight", self.dtype)
+        if self.in_channels is None:
+            if w.ndim != 4 or w.shape[0] != self.filters or w.shape[2:] != self.kernel_size:
+                raise ValueError(
+                    f"weight must have shape ({self.filters}, in_channels // {self.groups}, "
+                    f"{self.kernel_size[0]}, {self.kernel_size[1]}), got {w.shape}"
+                )
+            in_channels = w.shape[1] * self.groups
+            self._check_in_channels(in_channels)
+            self.in_channels = in_channels
+            if self.use_bias and self._bias is None:
+                bound = 1.0 / math.sqrt(fan_in(in_channels, self.groups, self.kernel_size))
+                self._bias = self._rng.uniform(-bound, bound, self.filters).astype(self.dtype)
+        elif w.shape != self._weight_shape():
+            raise ValueError(f"weight must have shape {self._weight_shape()}, got {w.shape}")
+        self._weight = w.copy()  # the layer owns its weights
+
+    @property
+    def bias(self) -> np.ndarray | None:
+        """Bias, shape (filters,); None without bias or before the weights exist."""
+        return self._bias
+
+    @bias.setter
+    def bias(self, value: ArrayLike | None) -> None:
+        if value is None:
+            self.use_bias = False
+            self._bias = None
+            return
+        b = as_float_array(value, "bias", self.dtype)
+        if b.shape != (self.filters,):
+            raise ValueError(f"bias must have shape ({self.filters},), got {b.shape}")
+        self.use_bias = True
+        self._bias = b.copy()
+
+    # -- passes ------------------------------------------------------------------
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of ``forward``'s result for an input of ``input_shape``."""
+        shape = tuple(int(d) for d in input_shape)
+        if len(shape) not in (3, 4):
+            raise ValueError(f"input shape must be (N, C, H, W) or (C, H, W), got {shape}")
+        x_shape = shape if len(shape) == 4 else (1, *shape)
+        geom = self._geometry(x_shape)
+        out = (self.filters, *geom.out_hw)
+        return (x_shape[0], *out) if len(shape) == 4 else out
+
+    def _geometry(self, x_shape: tuple[int, ...]) -> ConvGeometry:
+        channels = x_shape[1]
+        if self.in_channels is not None and channels != self.in_channels:
+            raise ValueError(f"input has {channels} channels, but the layer expects {self.in_channels}")
+        w_shape = (self.filters, channels // self.groups, *self.kernel_size)
+        return plan_geometry(x_shape, w_shape, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x: ArrayLike) -> np.ndarray:
+        """The layer's output for ``x`` of shape (N, C, H, W) or (C, H, W);
+        keeps what ``backward`` needs."""
+        x_arr = as_float_array(x, "input", self.dtype)
+        x4, unbatched = _batched(x_arr, "input")
+        geom = self._geometry(x4.shape)
+        if self._weight is None:
+            self._create_weights(x4.shape[1])
+        assert self._weight is not None
+        y = forward_checked(x4, self._weight, self._bias, geom, self.backend)
+        # Keep a private copy when the caller could still change the input in place.
+        saved = x4.copy() if isinstance(x, np.ndarray) and np.may_share_memory(x4, x) else x4
+        self._saved = (saved, geom, unbatched)
+        return y[0] if unbatched else y
+
+    __call__ = forward
+
+    def backward(self, grad_output: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """Gradients for dL/dO = ``grad_output`` (the shape ``forward`` returned).
+
+        Returns ``(grad_weight, grad_input)`` = (dL/dF, dL/dX), and stores
+        ``grad_weight`` and ``grad_bias`` (None without bias) on the layer.
+        """
+        if self._saved is None or self._weight is None:
+            raise RuntimeError("backward() needs a forward() first: there is no saved input")
+        x4, geom, unbatched = self._saved
+        grad_y = as_float_array(grad_output, "grad_output", self.dtype)
+        expected = (x4.shape[0], self.filters, *geom.out_hw)
+        shown = expected[1:] if unbatched else expected
+        if grad_y.shape != shown:
+            raise ValueError(
+                f"grad_output must have the shape of the last forward's output {shown}, got {grad_y.shape}"
+            )
+        grads = backward_checked(grad_y.reshape(expected), x4, self._weight, geom, self._bias is not None, self.backend)
+        self.grad_weight = grads.weight
+        self.grad_bias = grads.bias
+        grad_input = grads.input[0] if unbatched else grads.input
+        return grads.weight, grad_input
+
+    def __repr__(self) -> str:
+        parts = [
+            str(self.in_channels),
+            str(self.filters),
+            f"kernel_size={self.kernel_size}",
+            f"stride={self.stride}",
+            f"padding={self.padding}",
+        ]
+        if self.dilation != (1, 1):
+            parts.append(f"dilation={self.dilation}")
+        if self.groups != 1:
+            parts.append(f"groups={self.groups}")
+        if not self.use_bias:
+            parts.append("bias=False")
+        if self.dtype != np.float32:
+            parts.append(f"dtype={self.dtype}")
+        return f"Conv2D({', '.join(parts)})"
