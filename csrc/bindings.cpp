@@ -8,8 +8,11 @@
 
 #include <array>
 #include <string>
+#include <vector>
 
+#include "isa.h"
 #include "kernels.h"
+#include "peak_flops.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -158,6 +161,19 @@ py::dict build_info() {
     return info;
 }
 
+fastconv::Isa parse_isa(const std::string& name) {
+    for (auto isa : {fastconv::Isa::generic, fastconv::Isa::avx2, fastconv::Isa::avx512})
+        if (name == fastconv::isa_name(isa)) return isa;
+    value_error("unknown instruction set '" + name + "': expected 'avx512', 'avx2' or 'generic'");
+}
+
+std::vector<std::string> supported_isas() {
+    std::vector<std::string> names;
+    for (auto isa : {fastconv::Isa::avx512, fastconv::Isa::avx2, fastconv::Isa::generic})
+        if (fastconv::cpu_supports(isa)) names.emplace_back(fastconv::isa_name(isa));
+    return names;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -175,4 +191,17 @@ PYBIND11_MODULE(_core, m) {
     m.def("backward_bias", &backward_bias, py::arg("grad_y"), py::arg("grad_bias"),
           "grad_bias = grad_y summed over batch and pixels");
     m.def("build_info", &build_info, "compiler, flags and OpenMP of this build");
+    m.def("isa", [] { return std::string(fastconv::isa_name(fastconv::active_isa())); },
+          "the instruction set the kernels use now");
+    m.def("set_isa", [](const std::string& name) { fastconv::set_active_isa(parse_isa(name)); }, py::arg("name"),
+          "use the kernels built for this instruction set ('avx512', 'avx2' or 'generic')");
+    m.def("supported_isas", &supported_isas, "instruction sets this CPU can run, best first");
+    m.def(
+        "peak_gflops",
+        [](bool float64, int64_t iterations) {
+            py::gil_scoped_release release;
+            return fastconv::measure_peak_gflops(fastconv::best_isa(), float64, iterations);
+        },
+        py::arg("float64") = false, py::arg("iterations") = 20000000,
+        "measured single-thread FMA peak in GFLOP/s with the best instruction set");
 }

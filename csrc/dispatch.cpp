@@ -1,8 +1,25 @@
 // Chooses the kernel implementation behind kernels.h.
+#include <atomic>
+#include <stdexcept>
+#include <string>
+
 #include "generic.h"
+#include "isa.h"
 #include "kernels.h"
 
 namespace fastconv {
+
+namespace {
+std::atomic<int> g_isa{static_cast<int>(best_isa())};
+}
+
+Isa active_isa() { return static_cast<Isa>(g_isa.load(std::memory_order_relaxed)); }
+
+void set_active_isa(Isa isa) {
+    if (!cpu_supports(isa))
+        throw std::invalid_argument(std::string("this CPU cannot run the ") + isa_name(isa) + " kernels");
+    g_isa.store(static_cast<int>(isa), std::memory_order_relaxed);
+}
 
 template <class T>
 void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {

@@ -78,7 +78,7 @@ def as_float_array(value: Any, name: str, dtype: np.dtype | None = None) -> np.n
         )
     if dtype is None:
         dtype = np.dtype(np.float64) if arr.dtype.itemsize >= 8 else np.dtype(np.float32)
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return np.asarray(arr, dtype=dtype, order="C")  # unlike ascontiguousarray, keeps 0-d as 0-d
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:

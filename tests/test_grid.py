@@ -1,0 +1,95 @@
+"""Forward and every gradient on a grid of geometries: the NumPy reference
+against PyTorch, and the C++ core against the reference (and PyTorch)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from helpers import assert_close, torch_conv
+
+import fastconv
+from fastconv._validation import plan_geometry
+
+torch = pytest.importorskip("torch")
+
+KERNELS = [(1, 1), (3, 3), (4, 4), (2, 5)]  # pointwise, odd, even, rectangular
+GRID = [
+    pytest.param(s, d, g, k, p, id=f"s{s}-d{d}-g{g}-k{k[0]}x{k[1]}-{p}")
+    for s, d, g, k, p in itertools.product((1, 2, 3), (1, 2), (1, 2, 4), KERNELS, ("valid", "same"))
+]
+DTYPES = [np.float32, np.float64]
+
+
+def run_case(rng, dtype, n, c, h, w, filters, kernel, stride, dilation, groups, padding, bias=True):
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    weight = rng.standard_normal((filters, c // groups, *kernel)).astype(dtype)
+    b = rng.standard_normal(filters).astype(dtype) if bias else None
+    geom = plan_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    grad_y = rng.standard_normal((n, filters, *geom.out_hw)).astype(dtype)
+    expected = torch_conv(x, weight, b, grad_y, stride, geom.padding, dilation, groups)
+
+    results = {}
+    for backend in ("numpy", "cpp"):
+        y = fastconv.conv2d(x, weight, b, stride, padding, dilation, groups, backend=backend)
+        grads = fastconv.conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, bias=bias, backend=backend)
+        results[backend] = (y, grads.input, grads.weight, grads.bias)
+
+    names = ("output", "dL/dX", "dL/dF", "dL/db")
+    for backend, got in results.items():
+        for name, a, e in zip(names, got, expected):
+            if e is None:
+                assert a is None
+                continue
+            assert_close(a, e, f"{backend} vs torch: {name}")
+    for name, a, e in zip(names, results["cpp"], results["numpy"]):
+        if e is not None:
+            assert_close(a, e, f"cpp vs numpy: {name}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("stride,dilation,groups,kernel,padding", GRID)
+def test_grid(rng, dtype, stride, dilation, groups, kernel, padding):
+    run_case(rng, dtype, 3, 4, 11, 10, 8, kernel, stride, dilation, groups, padding)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("n", [0, 1, 5])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_batch_sizes_and_single_channel(rng, dtype, n, padding):
+    run_case(rng, dtype, n, 1, 9, 7, 3, (3, 2), (2, 1), 1, 1, padding)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_without_bias(rng, dtype):
+    run_case(rng, dtype, 2, 6, 8, 8, 4, (3, 3), 2, 1, 2, "same", bias=False)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_larger_layer(rng, dtype):
+    # Wide enough that the C++ tiles split rows into several column blocks.
+    run_case(rng, dtype, 2, 48, 20, 150, 24, (3, 3), 1, 1, 1, "same")
+
+
+def test_task_example_matches_torch_padding_1(rng):
+    """The exercise: input 10x4x7x7, 8 filters 3x3, stride 2, "same" -> 10x8x4x4,
+    which for this shape is PyTorch's symmetric padding=1."""
+    import torch.nn.functional as F
+
+    x = rng.standard_normal((10, 4, 7, 7))
+    layer = fastconv.Conv2D(8, 3, stride=2, padding="same", dtype="float64", seed=3)
+    y = layer.forward(x)
+    assert y.shape == (10, 8, 4, 4)
+    grad_y = rng.standard_normal(y.shape)
+    grad_w, grad_x = layer.backward(grad_y)
+
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(layer.weight, requires_grad=True)
+    bt = torch.tensor(layer.bias, requires_grad=True)
+    yt = F.conv2d(xt, wt, bt, stride=2, padding=1)
+    yt.backward(torch.tensor(grad_y))
+    assert_close(y, yt.detach().numpy(), "output")
+    assert_close(grad_w, wt.grad.numpy(), "dL/dF")
+    assert_close(grad_x, xt.grad.numpy(), "dL/dX")
+    assert_close(layer.grad_bias, bt.grad.numpy(), "dL/db")

@@ -1,0 +1,23 @@
+"""Packaging promises: what `import fastconv` does and does not do."""
+
+import subprocess
+import sys
+
+import fastconv
+
+
+def test_import_does_not_import_torch():
+    code = "import sys, fastconv; assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
+
+
+def test_public_api():
+    assert set(fastconv.__all__) >= {"Conv2D", "conv2d", "conv2d_backward", "ConvGradients", "reference"}
+    assert fastconv.__version__ != "0+unknown"
+
+
+def test_demo_runs_and_agrees_with_pytorch():
+    out = subprocess.run([sys.executable, "-m", "fastconv", "demo"], capture_output=True, text=True, check=True)
+    assert "output (10, 8, 4, 4)" in out.stdout
+    assert "vs PyTorch" in out.stdout or "PyTorch not installed" in out.stdout
