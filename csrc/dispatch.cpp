@@ -6,6 +6,7 @@
 #include "generic.h"
 #include "isa.h"
 #include "kernels.h"
+#include "simd_kernels.h"
 
 namespace fastconv {
 
@@ -23,17 +24,29 @@ void set_active_isa(Isa isa) {
 
 template <class T>
 void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
-    generic::conv_forward(p, x, weight, bias, y);
+    switch (active_isa()) {
+        case Isa::avx512: return avx512::conv_forward(p, x, weight, bias, y);
+        case Isa::avx2: return avx2::conv_forward(p, x, weight, bias, y);
+        default: return generic::conv_forward(p, x, weight, bias, y);
+    }
 }
 
 template <class T>
 void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
-    generic::conv_backward_data(p, grad_y, weight, grad_x);
+    switch (active_isa()) {
+        case Isa::avx512: return avx512::conv_backward_data(p, grad_y, weight, grad_x);
+        case Isa::avx2: return avx2::conv_backward_data(p, grad_y, weight, grad_x);
+        default: return generic::conv_backward_data(p, grad_y, weight, grad_x);
+    }
 }
 
 template <class T>
 void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
-    generic::conv_backward_weights(p, grad_y, x, grad_weight);
+    switch (active_isa()) {
+        case Isa::avx512: return avx512::conv_backward_weights(p, grad_y, x, grad_weight);
+        case Isa::avx2: return avx2::conv_backward_weights(p, grad_y, x, grad_weight);
+        default: return generic::conv_backward_weights(p, grad_y, x, grad_weight);
+    }
 }
 
 #define FASTCONV_INSTANTIATE(T)                                                              \

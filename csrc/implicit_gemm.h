@@ -1,0 +1,262 @@
+// Implicit-GEMM convolution with register-blocked micro-kernels, written once
+// with GCC/Clang vector extensions and compiled per instruction set.
+//
+// The translation unit that includes this header defines, before including it:
+//   FASTCONV_ISA            the namespace (avx2, avx512)
+//   FASTCONV_VECTOR_BYTES   32 or 64
+//   FASTCONV_MR             rows (output channels) per micro-kernel
+// and compiles with the matching -m flags.
+//
+// Forward and backward-data are both "gather" GEMMs:
+//   dst[m, pixel] = sum_j A[m, j] * src[channel(j), row(pixel) + dr(j), col(pixel) + dc(j)]
+// with zero outside the source. A tile of output pixels (flattened over batch,
+// rows and columns, so small images still fill a tile) is packed once into a
+// contiguous panel B[j][pixel], then every block of MR output channels runs the
+// micro-kernel over it with MR x NV vector accumulators held in registers.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <vector>
+
+#include "conv_shape.h"
+
+namespace fastconv::FASTCONV_ISA {
+
+typedef float vfloat __attribute__((vector_size(FASTCONV_VECTOR_BYTES)));
+typedef double vdouble __attribute__((vector_size(FASTCONV_VECTOR_BYTES)));
+
+template <class T>
+struct Simd;
+template <>
+struct Simd<float> {
+    using vec = vfloat;
+};
+template <>
+struct Simd<double> {
+    using vec = vdouble;
+};
+
+template <class T>
+constexpr int kLanes = FASTCONV_VECTOR_BYTES / static_cast<int>(sizeof(T));
+constexpr int kVectorsPerTile = 2;  // NV: vectors of pixels per micro-kernel row
+template <class T>
+constexpr int kTile = kLanes<T> * kVectorsPerTile;  // pixels per tile
+
+template <class V, class T>
+inline V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof(V));
+    return v;
+}
+template <class V, class T>
+inline void store(T* p, const V& v) {
+    std::memcpy(p, &v, sizeof(V));
+}
+
+// 64-byte aligned scratch memory, one per thread.
+template <class T>
+struct Scratch {
+    struct Free {
+        void operator()(T* p) const { std::free(p); }
+    };
+    std::unique_ptr<T, Free> data;
+    explicit Scratch(int64_t count) {
+        const size_t bytes = ((static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T) + 63) / 64) * 64;
+        data.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+        if (!data) throw std::bad_alloc();
+    }
+    T* get() const { return data.get(); }
+};
+
+// One reduction index j: where its source value sits relative to a pixel.
+struct Tap {
+    int64_t channel;  // element offset of the source channel plane
+    int64_t dr, dc;   // row and column offsets added to the pixel's source position
+};
+
+// Pixels (n, u, v) of a grid; source position (u * su + dr, v * sv + dc).
+struct SourceGrid {
+    int64_t rows, cols;       // grid size per image (U, V)
+    int64_t su, sv;           // source step per grid step
+    int64_t batch_stride;     // elements between images in the source
+    int64_t height, width;    // source plane size
+};
+
+// A run of consecutive grid columns inside one grid row of one image.
+struct Segment {
+    int64_t n, u, v0, len, offset;  // offset: position inside the tile
+};
+
+// Cuts flattened pixels [q0, q0 + count) into row segments.
+inline int split_segments(const SourceGrid& grid, int64_t q0, int64_t count, Segment* out) {
+    int used = 0;
+    const int64_t per_image = grid.rows * grid.cols;
+    int64_t q = q0, offset = 0;
+    while (offset < count) {
+        const int64_t n = q / per_image;
+        const int64_t rem = q % per_image;
+        const int64_t u = rem / grid.cols, v0 = rem % grid.cols;
+        const int64_t len = std::min(grid.cols - v0, count - offset);
+        out[used++] = Segment{n, u, v0, len, offset};
+        q += len;
+        offset += len;
+    }
+    return used;
+}
+
+// panel[j * width + i] = source value of tap j for the tile's pixel i; zeros in
+// the padding and in the unused tail [filled, width).
+template <class T>
+void pack_panel(const T* src, const SourceGrid& grid, const Tap* taps, int64_t ntaps, const Segment* segs,
+                int nsegs, int64_t filled, int64_t width, T* panel) {
+    for (int64_t j = 0; j < ntaps; ++j) {
+        const Tap t = taps[j];
+        T* row_out = panel + j * width;
+        for (int si = 0; si < nsegs; ++si) {
+            const Segment& s = segs[si];
+            T* dst = row_out + s.offset;
+            const int64_t r = s.u * grid.su + t.dr;
+            if (r < 0 || r >= grid.height) {
+                std::fill(dst, dst + s.len, T(0));
+                continue;
+            }
+            const int64_t c0 = s.v0 * grid.sv + t.dc;
+            int64_t lo, hi;
+            valid_range(c0, grid.sv, s.len, grid.width, lo, hi);
+            const T* line = src + s.n * grid.batch_stride + t.channel + r * grid.width + c0;
+            std::fill(dst, dst + lo, T(0));
+            if (grid.sv == 1) {
+                std::memcpy(dst + lo, line + lo, static_cast<size_t>(hi - lo) * sizeof(T));
+            } else {
+                for (int64_t i = lo; i < hi; ++i) dst[i] = line[i * grid.sv];
+            }
+            std::fill(dst + hi, dst + s.len, T(0));
+        }
+        std::fill(row_out + filled, row_out + width, T(0));
+    }
+}
+
+// c[i][pixel] = sum_j a[j * MR + i] * b[j * kTile + pixel] for i < MR and a whole tile.
+template <class T, int MR>
+__attribute__((always_inline)) inline void micro_gemm(int64_t ntaps, const T* __restrict a, const T* __restrict b,
+                                                      T* __restrict c) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>, NV = kVectorsPerTile, W = kTile<T>;
+    V acc[MR][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = V{};
+    for (int64_t j = 0; j < ntaps; ++j) {
+        V bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + j * W + v * L);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const T av = a[j * MR + i];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) store(c + i * W + v * L, acc[i][v]);
+}
+
+template <class T>
+using MicroGemm = void (*)(int64_t, const T*, const T*, T*);
+
+template <class T, int MR>
+void micro_gemm_fn(int64_t ntaps, const T* a, const T* b, T* c) {
+    micro_gemm<T, MR>(ntaps, a, b, c);
+}
+
+// The micro-kernel for `rows` (1..FASTCONV_MR) output channels.
+template <class T, int... R>
+MicroGemm<T> pick_micro(int rows, std::integer_sequence<int, R...>) {
+    MicroGemm<T> table[] = {&micro_gemm_fn<T, R + 1>...};
+    return table[rows - 1];
+}
+template <class T>
+MicroGemm<T> micro_for_rows(int rows) {
+    return pick_micro<T>(rows, std::make_integer_sequence<int, FASTCONV_MR>{});
+}
+
+// Where the result of output channel m, grid pixel (n, u, v) goes:
+// dst[n * batch_stride + m * channel_stride + (u * du + r0) * width + v * dv + c0].
+struct Destination {
+    int64_t batch_stride, channel_stride, width;
+    int64_t du, dv, r0, c0;
+};
+
+// One gather GEMM per group, all groups and pixel tiles in one parallel loop.
+// A(g, m, j) gives the weight of output channel m for tap j in group g.
+template <class T, class WeightOf>
+void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& taps, const SourceGrid& grid,
+                 int64_t batch, const T* src, int64_t src_group_stride, T* dst, const Destination& out,
+                 int64_t dst_group_stride, const T* bias, WeightOf weight_of) {
+    constexpr int W = kTile<T>;
+    const int64_t ntaps = static_cast<int64_t>(taps.size());
+    const int64_t mr = FASTCONV_MR;
+    const int64_t blocks = (m_per_group + mr - 1) / mr;
+
+    // A packed per group and row block: panel[j][i] for the block's rows i.
+    std::vector<T> a_packed(static_cast<size_t>(groups * m_per_group * std::max<int64_t>(ntaps, 1)));
+    for (int64_t g = 0; g < groups; ++g)
+        for (int64_t blk = 0; blk < blocks; ++blk) {
+            const int64_t m0 = blk * mr, rows = std::min(mr, m_per_group - m0);
+            T* panel = a_packed.data() + (g * m_per_group + m0) * ntaps;
+            for (int64_t j = 0; j < ntaps; ++j)
+                for (int64_t i = 0; i < rows; ++i) panel[j * rows + i] = weight_of(g, m0 + i, j);
+        }
+
+    const int64_t pixels = batch * grid.rows * grid.cols;
+    const int64_t tiles = (pixels + W - 1) / W;
+    const int64_t tasks = groups * tiles;
+    const MicroGemm<T> full = micro_for_rows<T>(static_cast<int>(std::min(mr, m_per_group)));
+    const MicroGemm<T> tail = micro_for_rows<T>(static_cast<int>(m_per_group - (blocks - 1) * mr));
+
+#pragma omp parallel
+    {
+        Scratch<T> panel(ntaps * W);
+        Scratch<T> result(mr * W);
+        Segment segs[W];
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tasks; ++t) {
+            const int64_t g = t / tiles;
+            const int64_t q0 = (t % tiles) * W;
+            const int64_t filled = std::min<int64_t>(W, pixels - q0);
+            const int nsegs = split_segments(grid, q0, filled, segs);
+            pack_panel(src + g * src_group_stride, grid, taps.data(), ntaps, segs, nsegs, filled, W, panel.get());
+            for (int64_t blk = 0; blk < blocks; ++blk) {
+                const int64_t m0 = blk * mr, rows = std::min(mr, m_per_group - m0);
+                const T* a = a_packed.data() + (g * m_per_group + m0) * ntaps;
+                (blk + 1 < blocks ? full : tail)(ntaps, a, panel.get(), result.get());
+                for (int64_t i = 0; i < rows; ++i) {
+                    const T* res = result.get() + i * W;
+                    const T b = bias ? bias[g * m_per_group + m0 + i] : T(0);
+                    T* base = dst + g * dst_group_stride + (m0 + i) * out.channel_stride;
+                    for (int si = 0; si < nsegs; ++si) {
+                        const Segment& s = segs[si];
+                        T* o = base + s.n * out.batch_stride + (s.u * out.du + out.r0) * out.width +
+                               s.v0 * out.dv + out.c0;
+                        const T* r = res + s.offset;
+                        if (out.dv == 1) {
+                            for (int64_t k = 0; k < s.len; ++k) o[k] = r[k] + b;
+                        } else {
+                            for (int64_t k = 0; k < s.len; ++k) o[k * out.dv] = r[k] + b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+}  // namespace fastconv::FASTCONV_ISA
