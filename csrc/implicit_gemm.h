@@ -131,11 +131,29 @@ void pack_panel(const T* src, const SourceGrid& grid, const Tap* taps, int64_t n
             const T* line = src + s.n * grid.batch_stride + t.channel + r * grid.width + c0;
             std::fill(dst, dst + lo, T(0));
             if (grid.sv == 1) {
-                std::memcpy(dst + lo, line + lo, static_cast<size_t>(hi - lo) * sizeof(T));
+                for (int64_t i = lo; i < hi; ++i) dst[i] = line[i];  // short runs: a loop beats a memcpy call
             } else {
                 for (int64_t i = lo; i < hi; ++i) dst[i] = line[i * grid.sv];
             }
             std::fill(dst + hi, dst + s.len, T(0));
+        }
+        std::fill(row_out + filled, row_out + width, T(0));
+    }
+}
+
+// panel[k * width + i] = plane k of `src` at flattened pixel q0 + i, for
+// planes that are the grid itself (grad_y): runs within one image are
+// contiguous, so they are copied whole rather than row by row.
+template <class T>
+void pack_planes(const T* src, int64_t plane, int64_t batch_stride, int64_t planes, int64_t q0, int64_t filled,
+                 int64_t width, T* panel) {
+    for (int64_t k = 0; k < planes; ++k) {
+        T* row_out = panel + k * width;
+        for (int64_t off = 0; off < filled;) {
+            const int64_t n = (q0 + off) / plane, pix = (q0 + off) % plane;
+            const int64_t len = std::min(plane - pix, filled - off);
+            std::memcpy(row_out + off, src + n * batch_stride + k * plane + pix, static_cast<size_t>(len) * sizeof(T));
+            off += len;
         }
         std::fill(row_out + filled, row_out + width, T(0));
     }

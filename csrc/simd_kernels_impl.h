@@ -9,6 +9,7 @@
 #include <array>
 #include <vector>
 
+#include "depthwise_impl.h"
 #include "implicit_gemm.h"
 #include "simd_kernels.h"
 
@@ -32,6 +33,7 @@ inline SourceGrid forward_grid(const ConvShape& p) {
 
 template <class T>
 void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
+    if (p.c_per_group() == 1) return plane_forward(p, x, weight, bias, y);
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
     const int64_t out_plane = p.out_h * p.out_w;
     const Destination out{p.k * out_plane, out_plane, p.out_w, 1, 1, 0, 0};
@@ -45,6 +47,7 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
 // at run time, none multiply zeros).
 template <class T>
 void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
+    if (p.c_per_group() == 1) return plane_backward_data(p, grad_y, weight, grad_x);
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
     const int64_t out_plane = p.out_h * p.out_w, in_plane = p.h * p.w;
     for (int64_t a = 0; a < p.stride_h && a < p.h; ++a) {
@@ -109,11 +112,12 @@ inline void micro_dot(int64_t steps, int64_t width, const T* __restrict dy, cons
 // result does not depend on the thread count.
 template <class T>
 void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
+    if (p.c_per_group() == 1) return plane_backward_weights(p, grad_y, x, grad_weight);
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>, MK = FASTCONV_DOT_MK, NJ = FASTCONV_DOT_NJ;
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
     const int64_t out_plane = p.out_h * p.out_w;
-    const int64_t kblock = 16 * MK, jblock = 4 * NJ;  // filters, taps per task
+    const int64_t kblock = 16 * MK, jblock = 16 * NJ;  // filters, taps per task
     const int64_t chunk = 4096 / static_cast<int64_t>(sizeof(T));  // pixels per packed chunk (multiple of L)
     const int64_t kblocks = (kg + kblock - 1) / kblock, jblocks = (ntaps + jblock - 1) / jblock;
     const int64_t tasks = p.groups * kblocks * jblocks;
@@ -121,9 +125,6 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
 
     const std::vector<Tap> taps = forward_taps(p);
     const SourceGrid grid = forward_grid(p);
-    std::vector<Tap> dy_taps;
-    for (int64_t k = 0; k < kg; ++k) dy_taps.push_back(Tap{k * out_plane, 0, 0});
-    const SourceGrid dy_grid{p.out_h, p.out_w, 1, 1, p.k * out_plane, p.out_h, p.out_w};
 
 #pragma omp parallel
     {
@@ -136,13 +137,13 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
             const int64_t k0 = ((t / jblocks) % kblocks) * kblock, j0 = (t % jblocks) * jblock;
             const int64_t krows = std::min(kblock, kg - k0), jrows = std::min(jblock, ntaps - j0);
             const int64_t kpad = (krows + MK - 1) / MK * MK, jpad = (jrows + NJ - 1) / NJ * NJ;
-            std::fill(acc.begin(), acc.end(), V{});
+            std::fill(acc.begin(), acc.begin() + kpad * jpad, V{});
             for (int64_t q0 = 0; q0 < pixels; q0 += chunk) {
                 const int64_t filled = std::min(chunk, pixels - q0);
                 const int64_t width = (filled + L - 1) / L * L;
                 const int nsegs = split_segments(grid, q0, filled, segs.data());
-                pack_panel(grad_y + g * kg * out_plane, dy_grid, dy_taps.data() + k0, krows, segs.data(), nsegs,
-                           filled, width, dy_panel.get());
+                pack_planes(grad_y + (g * kg + k0) * out_plane, out_plane, p.k * out_plane, krows, q0, filled, width,
+                            dy_panel.get());
                 pack_panel(x + g * cg * p.h * p.w, grid, taps.data() + j0, jrows, segs.data(), nsegs, filled, width,
                            col_panel.get());
                 std::fill(dy_panel.get() + krows * width, dy_panel.get() + kpad * width, T(0));
@@ -150,11 +151,11 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
                 for (int64_t jj = 0; jj < jpad; jj += NJ)
                     for (int64_t i = 0; i < kpad; i += MK)
                         micro_dot<T, MK, NJ>(width / L, width, dy_panel.get() + i * width,
-                                             col_panel.get() + jj * width, acc.data() + i * jblock + jj, jblock);
+                                             col_panel.get() + jj * width, acc.data() + i * jpad + jj, jpad);
             }
             for (int64_t i = 0; i < krows; ++i)
                 for (int64_t jj = 0; jj < jrows; ++jj) {
-                    const V v = acc[static_cast<size_t>(i * jblock + jj)];
+                    const V v = acc[static_cast<size_t>(i * jpad + jj)];
                     T sum = 0;
                     for (int l = 0; l < L; ++l) sum += v[l];
                     grad_weight[(g * kg + k0 + i) * ntaps + j0 + jj] = sum;
