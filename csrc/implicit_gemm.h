@@ -25,6 +25,10 @@
 
 #include "conv_shape.h"
 
+#if FASTCONV_VECTOR_BYTES == 64
+#include <immintrin.h>
+#endif
+
 namespace fastconv::FASTCONV_ISA {
 
 typedef float vfloat __attribute__((vector_size(FASTCONV_VECTOR_BYTES)));
@@ -109,6 +113,28 @@ inline int split_segments(const SourceGrid& grid, int64_t q0, int64_t count, Seg
     return used;
 }
 
+// dst[0, len) = src[0, len): packing copies many short runs (an image row of
+// a small layer), where a masked vector copy beats both memcpy and the
+// compiler's scalar loop tail.
+template <class T>
+inline void copy_run(T* __restrict dst, const T* __restrict src, int64_t len) {
+#if FASTCONV_VECTOR_BYTES == 64
+    constexpr int64_t L = kLanes<T>;
+    int64_t i = 0;
+    for (; i + L <= len; i += L) store(dst + i, load<typename Simd<T>::vec>(src + i));
+    if (i < len) {
+        const auto mask = static_cast<__mmask16>((1u << (len - i)) - 1u);
+        if constexpr (sizeof(T) == 4) {
+            _mm512_mask_storeu_ps(dst + i, mask, _mm512_maskz_loadu_ps(mask, src + i));
+        } else {
+            _mm512_mask_storeu_pd(dst + i, static_cast<__mmask8>(mask), _mm512_maskz_loadu_pd(static_cast<__mmask8>(mask), src + i));
+        }
+    }
+#else
+    for (int64_t i = 0; i < len; ++i) dst[i] = src[i];
+#endif
+}
+
 // panel[j * width + i] = source value of tap j for the tile's pixel i; zeros in
 // the padding and in the unused tail [filled, width).
 template <class T>
@@ -131,7 +157,7 @@ void pack_panel(const T* src, const SourceGrid& grid, const Tap* taps, int64_t n
             const T* line = src + s.n * grid.batch_stride + t.channel + r * grid.width + c0;
             std::fill(dst, dst + lo, T(0));
             if (grid.sv == 1) {
-                for (int64_t i = lo; i < hi; ++i) dst[i] = line[i];  // short runs: a loop beats a memcpy call
+                copy_run(dst + lo, line + lo, hi - lo);
             } else {
                 for (int64_t i = lo; i < hi; ++i) dst[i] = line[i * grid.sv];
             }

@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+
+from fastconv import _backend
+
+# Every instruction set whose kernels this CPU can run (generic always).
+ISAS = _backend.core.supported_isas() if _backend.core is not None else []
+
+
+@contextlib.contextmanager
+def forced_isa(name: str):
+    """Run the C++ core on the kernels built for `name`, then restore."""
+    core = _backend.core
+    before = core.isa()
+    core.set_isa(name)
+    try:
+        yield
+    finally:
+        core.set_isa(before)
 
 # float64: rtol 1e-10; float32: 1e-4 of the result's scale (its largest |value|).
 TOLERANCE = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}

@@ -7,7 +7,7 @@ import itertools
 
 import numpy as np
 import pytest
-from helpers import assert_close, torch_conv
+from helpers import ISAS, assert_close, forced_isa, torch_conv
 
 import fastconv
 from fastconv._validation import plan_geometry
@@ -30,22 +30,24 @@ def run_case(rng, dtype, n, c, h, w, filters, kernel, stride, dilation, groups, 
     grad_y = rng.standard_normal((n, filters, *geom.out_hw)).astype(dtype)
     expected = torch_conv(x, weight, b, grad_y, stride, geom.padding, dilation, groups)
 
-    results = {}
-    for backend in ("numpy", "cpp"):
+    def run(backend):
         y = fastconv.conv2d(x, weight, b, stride, padding, dilation, groups, backend=backend)
         grads = fastconv.conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, bias=bias, backend=backend)
-        results[backend] = (y, grads.input, grads.weight, grads.bias)
+        return y, grads.input, grads.weight, grads.bias
+
+    results = {"numpy": run("numpy")}
+    for isa in ISAS:  # every kernel path this CPU can run
+        with forced_isa(isa):
+            results[f"cpp-{isa}"] = run("cpp")
 
     names = ("output", "dL/dX", "dL/dF", "dL/db")
     for backend, got in results.items():
-        for name, a, e in zip(names, got, expected):
+        for name, a, e, r in zip(names, got, expected, results["numpy"]):
             if e is None:
                 assert a is None
                 continue
             assert_close(a, e, f"{backend} vs torch: {name}")
-    for name, a, e in zip(names, results["cpp"], results["numpy"]):
-        if e is not None:
-            assert_close(a, e, f"cpp vs numpy: {name}")
+            assert_close(a, r, f"{backend} vs numpy reference: {name}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from types import ModuleType
 
@@ -15,6 +16,23 @@ try:
 except ImportError as exc:  # a source checkout without a build, or a broken install
     core = None
     _import_error = exc
+
+
+def _apply_isa_from_environment() -> None:
+    """FASTCONV_ISA=avx512|avx2|generic forces one kernel path (for testing
+    and comparisons); unset, the best one this CPU runs is used."""
+    name = os.environ.get("FASTCONV_ISA")
+    if core is None or not name:
+        return
+    try:
+        core.set_isa(name)
+    except ValueError as exc:
+        raise ValueError(
+            f"FASTCONV_ISA={name!r} cannot be used: {exc}; this CPU runs {core.supported_isas()}"
+        ) from None
+
+
+_apply_isa_from_environment()
 
 _warned = False
 

@@ -1,0 +1,79 @@
+"""Kernel paths: every instruction set is selectable, and results do not depend
+on the number of threads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import ISAS
+
+from fastconv import _backend
+
+core = _backend.core
+
+
+def test_this_machine_runs_every_kernel_path():
+    assert "generic" in ISAS
+    assert core.isa() == ISAS[0], "the best instruction set is chosen by default"
+
+
+def test_fastconv_isa_environment_variable_forces_a_path():
+    for isa in ISAS:
+        out = subprocess.run(
+            [sys.executable, "-c", "from fastconv import _backend; print(_backend.core.isa())"],
+            env={**os.environ, "FASTCONV_ISA": isa}, capture_output=True, text=True, check=True,
+        )
+        assert out.stdout.strip() == isa
+    bad = subprocess.run(
+        [sys.executable, "-c", "import fastconv"],
+        env={**os.environ, "FASTCONV_ISA": "sse9"}, capture_output=True, text=True,
+    )
+    assert bad.returncode != 0
+    assert "FASTCONV_ISA='sse9'" in bad.stderr and "avx512" in bad.stderr
+
+
+def test_set_isa_refuses_unknown_names():
+    with pytest.raises(ValueError, match="unknown instruction set 'neon'"):
+        core.set_isa("neon")
+
+
+RUN_ALL_KERNELS = r"""
+import sys, numpy as np, fastconv
+from fastconv import _backend
+_backend.core.set_isa(sys.argv[2])
+rng = np.random.default_rng(0)
+out = {}
+for name, (n, c, h, k, ks, s, pad, g) in {
+    "dense": (4, 24, 19, 40, 3, 1, "same", 1),
+    "strided": (3, 16, 17, 20, 4, 2, "same", 2),
+    "depthwise": (2, 8, 15, 8, 3, 1, "same", 8),
+    "pointwise": (2, 32, 9, 48, 1, 1, "valid", 1),
+}.items():
+    for dtype in ("float32", "float64"):
+        x = rng.standard_normal((n, c, h, h)).astype(dtype)
+        w = rng.standard_normal((k, c // g, ks, ks)).astype(dtype)
+        b = rng.standard_normal(k).astype(dtype)
+        y = fastconv.conv2d(x, w, b, s, pad, 1, g)
+        grads = fastconv.conv2d_backward(np.ones_like(y) + y, x, w, s, pad, 1, g)
+        for part, arr in (("y", y), ("dx", grads.input), ("dw", grads.weight), ("db", grads.bias)):
+            out[f"{name}-{dtype}-{part}"] = arr
+np.savez(sys.argv[1], **out)
+"""
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_results_are_bit_identical_for_1_and_2_threads(tmp_path, isa):
+    results = []
+    for threads in (1, 2):
+        path = tmp_path / f"{threads}.npz"
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+        subprocess.run([sys.executable, "-c", RUN_ALL_KERNELS, str(path), isa], env=env, check=True)
+        results.append(np.load(path))
+    one, two = results
+    assert one.files == two.files and len(one.files) == 32
+    for key in one.files:
+        assert one[key].tobytes() == two[key].tobytes(), f"{isa}: {key} differs between 1 and 2 threads"
