@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastconv demo``."""
+"""Command line: ``python -m fastconv demo | bench | info``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from . import Conv2D, __version__, _backend
+from . import Conv2D, __version__, _backend, bench
 
 
 def _median_ms(fn: Callable[[], object], repeats: int = 20) -> float:
@@ -77,15 +77,45 @@ def demo(dtype: str) -> int:
     return 0
 
 
+def info() -> int:
+    """What a bug report or a benchmark needs to know about this installation."""
+    i = bench.runtime_info()
+    v = i["versions"]
+    print(f"fastconv {v['fastconv']}, numpy {v['numpy']}, Python {v['python']}, CPU {i['cpu_model']}")
+    if "build" not in i:
+        print(f"C++ core: not available ({_backend._import_error}); the NumPy reference runs instead")
+        return 1
+    build = i["build"]
+    print(f"instruction set: {i['isa']} (this CPU supports: {', '.join(i['supported_isas'])})")
+    if build["openmp"] is None:
+        print("OpenMP: not compiled in; the kernels run on one thread")
+    elif i["openmp_libraries"] is None:
+        print(f"OpenMP: version {build['openmp']}, {build['max_threads']} threads"
+              " (install threadpoolctl to name the runtime library)")
+    else:
+        libs = ", ".join(f"{lib['prefix']} ({lib['filepath']})" for lib in i["openmp_libraries"]) or "none found"
+        print(f"OpenMP: version {build['openmp']}, {build['max_threads']} threads; runtime: {libs}")
+    print(f"build: {build['compiler']}, flags {build['flags']}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_demo = sub.add_parser("demo", help="the task's example through both backends, checked against PyTorch")
     p_demo.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    p_bench = sub.add_parser(
+        "bench", help="time fastconv against PyTorch and the NumPy reference",
+        description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_arguments(p_bench)
+    sub.add_parser("info", help="versions, instruction sets, OpenMP runtime and build flags")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.dtype)
-    return 2
+    if args.command == "bench":
+        return bench.run(args)
+    return info()
 
 
 if __name__ == "__main__":

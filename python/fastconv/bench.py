@@ -1,0 +1,865 @@
+"""``python -m fastconv bench``: fastconv's C++ core against PyTorch and the NumPy reference.
+
+Fair by construction: every library runs on the same thread count (set and
+then verified), PyTorch at full fp32 precision, with the same TF-style "same"
+padding; every output is checked for agreement before anything is timed; each
+figure is the median of repeats after warm-up, shown with its spread. This is
+a measuring tool, never a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from . import __version__, _backend, functional, reference
+from ._validation import ConvGeometry, plan_geometry
+
+Outputs = tuple[Any, ...]  # arrays (or torch tensors) a pass returns
+PassFns = dict[str, Callable[[], Outputs]]
+
+PASSES = ("forward", "backward")
+DETAIL_PASSES = ("backward_data", "backward_weights", "backward_bias")
+OUTPUT_NAMES = {
+    "forward": ("output",),
+    "backward": ("dL/dX", "dL/dF", "dL/db"),
+    "backward_data": ("dL/dX",),
+    "backward_weights": ("dL/dF",),
+    "backward_bias": ("dL/db",),
+}
+TOLERANCE = {"float32": 1e-4, "float64": 1e-10}  # max |difference| relative to the result's scale
+REFERENCE_MAX_FLOPS = 100e6  # the NumPy reference is timed only below this forward FLOP count
+MAX_SAMPLES = 1000
+BUSY_PERCENT = 5.0  # other processes' share of the CPUs above which the run warns that it was disturbed
+
+
+class BenchError(Exception):
+    """A run that cannot go ahead as asked (shapes, threads, ISA): a message, not a traceback."""
+MEMORY_NOTE = (
+    "peak_rss_extra_mib: growth of the process's peak resident memory (VmHWM, reset through "
+    "/proc/self/clear_refs after malloc_trim) during the last warm-up call, over the resident "
+    "memory just before it; includes the outputs and any workspace, C++ and Python alike; "
+    "null where the peak cannot be reset (not Linux)"
+)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One convolution: input N x C x H x W, K filters of kernel x kernel."""
+
+    name: str
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    kernel: int
+    stride: int = 1
+    padding: str = "same"
+    groups: int = 1
+
+    def weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.k, self.c // self.groups, self.kernel, self.kernel)
+
+    def geometry(self) -> ConvGeometry:
+        """Padding and output size, worked out (and checked) as fastconv does."""
+        x_shape = (self.n, self.c, self.h, self.w)
+        return plan_geometry(x_shape, self.weight_shape(), self.stride, self.padding, 1, self.groups)
+
+    def flops(self, pass_name: str) -> int:
+        """Multiply-adds x 2 of a pass; backward counts data + weights (bias adds are negligible)."""
+        ho, wo = self.geometry().out_hw
+        forward = 2 * self.n * self.k * (self.c // self.groups) * self.kernel**2 * ho * wo
+        return {
+            "forward": forward,
+            "backward": 2 * forward,
+            "backward_data": forward,
+            "backward_weights": forward,
+            "backward_bias": self.n * self.k * ho * wo,
+        }[pass_name]
+
+
+SUITE = (
+    Shape("seed", 10, 4, 7, 7, 8, 3, 2),
+    Shape("lenet_c1", 64, 1, 28, 28, 6, 5, 1, "valid"),
+    Shape("lenet_c2", 64, 6, 14, 14, 16, 5, 1, "valid"),
+    Shape("cifar", 32, 32, 32, 32, 32, 3),
+    Shape("resnet_3x3", 8, 64, 56, 56, 64, 3),
+    Shape("resnet_s2", 8, 128, 28, 28, 256, 3, 2),
+    Shape("pointwise", 8, 256, 14, 14, 256, 1),
+    Shape("stem_7x7_s2", 4, 3, 224, 224, 64, 7, 2),
+    Shape("deep_7x7", 16, 512, 7, 7, 512, 3),
+    Shape("even_k4", 8, 16, 32, 32, 16, 4),
+    Shape("depthwise", 8, 128, 28, 28, 128, 3, groups=128),
+    Shape("single_image", 1, 64, 56, 56, 64, 3),
+)
+QUICK = ("seed", "lenet_c2", "even_k4", "depthwise", "pointwise", "resnet_3x3", "resnet_s2")
+
+SHAPE_HELP = (
+    "add a shape: name=NAME,n=N,c=C,h=H[,w=W],k=FILTERS,kernel=SIZE[,stride=1][,padding=same|valid]"
+    "[,groups=1] (w defaults to h); repeatable"
+)
+
+
+def parse_shape(text: str) -> Shape:
+    """A --shape argument as a Shape, checked by fastconv's own geometry rules."""
+    fields: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not value:
+            raise argparse.ArgumentTypeError(f"expected key=value, got {item!r} in {text!r}")
+        fields[key.strip()] = value.strip()
+    ints = ("n", "c", "h", "w", "k", "kernel", "stride", "groups")
+    unknown = set(fields) - {"name", "padding", *ints}
+    missing = {"name", "n", "c", "h", "k", "kernel"} - set(fields)
+    if unknown or missing:
+        raise argparse.ArgumentTypeError(f"--shape {text!r}: unknown keys {sorted(unknown)}, missing {sorted(missing)}")
+    fields.setdefault("w", fields["h"])
+    try:
+        values = {key: int(fields[key]) for key in ints if key in fields}
+        shape = Shape(name=fields["name"], padding=fields.get("padding", "same"), **values)
+        shape.geometry()
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(f"--shape {text!r}: {exc}") from exc
+    return shape
+
+
+def _csv(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_dtypes(text: str) -> list[str]:
+    dtypes = _csv(text)
+    bad = [d for d in dtypes if d not in TOLERANCE]
+    if bad or not dtypes:
+        raise argparse.ArgumentTypeError(f"dtypes must be float32 and/or float64, got {text!r}")
+    return list(dict.fromkeys(dtypes))
+
+
+def parse_threads(text: str) -> list[int]:
+    try:
+        threads = [int(t) for t in _csv(text)]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        raise argparse.ArgumentTypeError(f"threads must be positive integers separated by commas, got {text!r}")
+    return list(dict.fromkeys(threads))
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (the affinity mask, which containers narrow), else os.cpu_count()."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bench subcommand's options."""
+    add = parser.add_argument
+    add("--dtype", type=parse_dtypes, default=["float32", "float64"], help="float32,float64 (default both)")
+    add("--threads", type=parse_threads, default=None, help=f"thread counts (default 1,{cpu_count()})")
+    add("--shape", type=parse_shape, action="append", default=[], help=SHAPE_HELP)
+    add("--only", type=_csv, default=None, help="run only these shapes (comma-separated: suite or --shape names)")
+    add("--quick", action="store_true", help="fewer shapes and repeats: under a minute")
+    add("--detail", action="store_true", help="also time dL/dX, dL/dF and dL/db on their own")
+    add("--reference", action="store_true",
+        help=f"time the NumPy reference on every shape, not only below {REFERENCE_MAX_FLOPS / 1e6:.0f} MFLOP")
+    add("--isa", default=None, help="instruction set for fastconv's kernels (see `python -m fastconv info`)")
+    add("--warmup", type=count(0), default=None, help="untimed calls before timing (default 2, --quick 1)")
+    add("--repeats", type=count(1), default=None, help="least timed calls (default 10, --quick 3)")
+    add("--min-time", type=float, default=None,
+        help="more repeats of fast calls until this many seconds (default 0.3, --quick 0.05)")
+    add("--json", metavar="PATH", help="write every figure, the versions and the machine to PATH")
+    add("--plot", metavar="PATH", help="write a PNG bar chart of the speed-ups over PyTorch (needs matplotlib)")
+
+
+@dataclass(frozen=True)
+class Config:
+    """What one bench run does, resolved from the command line."""
+
+    shapes: tuple[Shape, ...]
+    dtypes: tuple[str, ...]
+    threads: tuple[int, ...]
+    passes: tuple[str, ...]
+    reference_all: bool
+    warmup: int
+    repeats: int
+    min_time: float
+
+
+def make_config(args: argparse.Namespace) -> Config:
+    """Defaults that depend on --quick, and the shape selection."""
+    pool = {s.name: s for s in (*SUITE, *args.shape)}
+    if args.only is not None:
+        unknown = [name for name in args.only if name not in pool]
+        if unknown:
+            raise BenchError(f"--only: unknown shapes {unknown}; known: {', '.join(pool)}")
+        names = args.only
+    elif args.quick:
+        names = [*QUICK, *(s.name for s in args.shape)]
+    else:
+        names = list(pool)
+    return Config(
+        shapes=tuple(pool[name] for name in dict.fromkeys(names)),
+        dtypes=tuple(args.dtype),
+        threads=tuple(args.threads or dict.fromkeys((1, cpu_count()))),
+        passes=PASSES + (DETAIL_PASSES if args.detail else ()),
+        reference_all=args.reference,
+        warmup=args.warmup if args.warmup is not None else (1 if args.quick else 2),
+        repeats=args.repeats if args.repeats is not None else (3 if args.quick else 10),
+        min_time=args.min_time if args.min_time is not None else (0.05 if args.quick else 0.3),
+    )
+
+
+# --- the three libraries, each as callables per pass ------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One shape's arrays in one dtype: the same numbers go to every library."""
+
+    shape: Shape
+    geom: ConvGeometry
+    x: np.ndarray
+    w: np.ndarray
+    b: np.ndarray
+    grad_y: np.ndarray
+
+
+def make_case(shape: Shape, dtype: str) -> Case:
+    """Standard-normal input, weight, bias and output gradient, the same on every run."""
+    rng = np.random.default_rng(0)
+    geom = shape.geometry()
+    return Case(
+        shape,
+        geom,
+        rng.standard_normal((shape.n, shape.c, shape.h, shape.w)).astype(dtype),
+        rng.standard_normal(shape.weight_shape()).astype(dtype),
+        rng.standard_normal(shape.k).astype(dtype),
+        rng.standard_normal((shape.n, shape.k, *geom.out_hw)).astype(dtype),
+    )
+
+
+def fastconv_passes(case: Case) -> PassFns:
+    """The public API (what users call) for forward/backward; the C++ core
+    directly, into preallocated outputs, for the backward parts."""
+    s, g, core = case.shape, case.geom, _backend.core
+    api = (s.stride, s.padding, 1, s.groups)
+    geometry = (g.stride, g.padding, g.dilation, g.groups)
+    grad_x, grad_w, grad_b = np.empty_like(case.x), np.empty_like(case.w), np.empty_like(case.b)
+
+    def data() -> Outputs:
+        core.backward_data(case.grad_y, case.w, grad_x, *geometry)
+        return (grad_x,)
+
+    def weights() -> Outputs:
+        core.backward_weights(case.grad_y, case.x, grad_w, *geometry)
+        return (grad_w,)
+
+    def bias() -> Outputs:
+        core.backward_bias(case.grad_y, grad_b)
+        return (grad_b,)
+
+    return {
+        "forward": lambda: (functional.conv2d(case.x, case.w, case.b, *api, backend="cpp"),),
+        "backward": lambda: tuple(functional.conv2d_backward(case.grad_y, case.x, case.w, *api, backend="cpp")),
+        "backward_data": data,
+        "backward_weights": weights,
+        "backward_bias": bias,
+    }
+
+
+def torch_passes(case: Case, torch: Any) -> PassFns:
+    """PyTorch with fastconv's padding: native padding when it is symmetric
+    (the best a PyTorch user can do), else F.pad's asymmetric pads then
+    padding 0. Backward is aten.convolution_backward, what autograd itself
+    calls, on the input the forward saved: the forward is not in its time."""
+    import torch.nn.functional as F
+
+    top, bottom, left, right = case.geom.padding
+    symmetric = top == bottom and left == right
+    conv_pad = [top, left] if symmetric else [0, 0]
+    s = case.shape
+    x, w, b, grad_y = (torch.from_numpy(a) for a in (case.x, case.w, case.b, case.grad_y))
+
+    def padded(t: Any) -> Any:
+        return t if symmetric else F.pad(t, (left, right, top, bottom))
+
+    saved_x = padded(x)
+
+    def backward(mask: list[bool]) -> Callable[[], Outputs]:
+        def run() -> Outputs:
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                grad_y, saved_x, w, [s.k], [s.stride] * 2, conv_pad, [1, 1], False, [0, 0], s.groups, mask
+            )
+            if mask[0] and not symmetric:  # the padding is not an input: drop its gradient
+                gx = gx[:, :, top : top + s.h, left : left + s.w]
+            return tuple(t for t, wanted in zip((gx, gw, gb), mask) if wanted)
+
+        return run
+
+    return {
+        "forward": lambda: (F.conv2d(padded(x), w, b, s.stride, conv_pad, 1, s.groups),),
+        "backward": backward([True, True, True]),
+        "backward_data": backward([True, False, False]),
+        "backward_weights": backward([False, True, False]),
+        # convolution_backward asked for dL/db alone computes dL/dF too (oneDNN
+        # path); a PyTorch user wanting only dL/db would sum, as this does.
+        "backward_bias": lambda: (grad_y.sum((0, 2, 3)),),
+    }
+
+
+def reference_passes(case: Case) -> PassFns:
+    """fastconv's NumPy reference: the public API with backend="numpy", and its parts."""
+    s, g = case.shape, case.geom
+    api = (s.stride, s.padding, 1, s.groups)
+    geometry = (g.stride, g.padding, g.dilation, g.groups)
+    return {
+        "forward": lambda: (functional.conv2d(case.x, case.w, case.b, *api, backend="numpy"),),
+        "backward": lambda: tuple(functional.conv2d_backward(case.grad_y, case.x, case.w, *api, backend="numpy")),
+        "backward_data": lambda: (reference.conv2d_grad_input(case.grad_y, case.w, case.x.shape[2:], *geometry),),
+        "backward_weights": lambda: (reference.conv2d_grad_weight(case.grad_y, case.x, (s.kernel,) * 2, *geometry),),
+        "backward_bias": lambda: (reference.conv2d_grad_bias(case.grad_y),),
+    }
+
+
+def library_names(shape: Shape, torch: Any, cfg: Config) -> list[str]:
+    """The libraries that run a shape: the (slow) reference only on small ones unless --reference."""
+    names = ["fastconv"]
+    if torch is not None:
+        names.append("torch")
+    if cfg.reference_all or shape.flops("forward") <= REFERENCE_MAX_FLOPS:
+        names.append("numpy")
+    return names
+
+
+def library_passes(case: Case, torch: Any, cfg: Config) -> dict[str, PassFns]:
+    """Each library's callables for this case, built on the case's own arrays."""
+    builders = {"fastconv": fastconv_passes, "torch": lambda c: torch_passes(c, torch), "numpy": reference_passes}
+    return {name: builders[name](case) for name in library_names(case.shape, torch, cfg)}
+
+
+# --- agreement ----------------------------------------------------------------
+
+
+def max_rel_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a - b| relative to the largest |b| (the result's scale)."""
+    diff = float(np.max(np.abs(a - b), initial=0.0))
+    scale = float(np.max(np.abs(b), initial=0.0))
+    return diff / scale if scale else diff
+
+
+def check_case(
+    case: Case, libs: dict[str, PassFns], passes: Sequence[str], dtype: str, threads: int
+) -> list[dict[str, Any]]:
+    """fastconv's outputs against every other library's, pass by pass."""
+    rows = []
+    for pass_name in passes:
+        ours = [np.asarray(a) for a in libs["fastconv"][pass_name]()]
+        for other, fns in libs.items():
+            if other == "fastconv":
+                continue
+            theirs = [np.asarray(a) for a in fns[pass_name]()]
+            for output, a, b in zip(OUTPUT_NAMES[pass_name], ours, theirs, strict=True):
+                diff = max_rel_diff(a, b) if a.shape == b.shape else math.inf
+                rows.append({
+                    "shape": case.shape.name, "dtype": dtype, "threads": threads, "pass": pass_name,
+                    "output": output, "against": other, "max_rel_diff": diff,
+                    "tolerance": TOLERANCE[dtype], "ok": diff <= TOLERANCE[dtype],
+                })
+    return rows
+
+
+# --- timing and memory -----------------------------------------------------------
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _release_free_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc), else they stay resident and
+    hide the next call's allocations from the RSS peak."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+def measured_call(fn: Callable[[], Outputs]) -> tuple[float | None, float]:
+    """Run fn once: (its peak extra resident memory in MiB, or None; seconds)."""
+    _release_free_heap()
+    before = _proc_status_kib("VmRSS")
+    reset = _reset_peak_rss()
+    start = time.perf_counter()
+    fn()
+    seconds = time.perf_counter() - start
+    peak = _proc_status_kib("VmHWM")
+    if not reset or before is None or peak is None:
+        return None, seconds
+    return max(peak - before, 0) / 1024, seconds
+
+
+def time_call(fn: Callable[[], Outputs], cfg: Config) -> dict[str, Any]:
+    """Median and quartiles of repeated calls after warm-up; fast calls get more
+    repeats (up to cfg.min_time seconds in all) so that their median is stable."""
+    memory, estimate = None, None
+    for _ in range(cfg.warmup):
+        memory, estimate = measured_call(fn)
+    samples = cfg.repeats
+    if estimate is not None:
+        samples = max(cfg.repeats, min(MAX_SAMPLES, math.ceil(cfg.min_time / max(estimate, 1e-9))))
+    times = np.empty(samples)
+    for i in range(samples):
+        start = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - start
+    q1, median, q3 = np.percentile(times, [25, 50, 75]) * 1e3
+    return {
+        "median_ms": float(median), "q1_ms": float(q1), "q3_ms": float(q3),
+        "min_ms": float(times.min() * 1e3), "max_ms": float(times.max() * 1e3),
+        "spread_pct": float((q3 - q1) / median * 100), "samples": samples,
+        "peak_rss_extra_mib": memory,
+    }
+
+
+# --- threads and settings -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def thread_limit(n: int, torch: Any) -> Iterator[None]:
+    """fastconv's OpenMP, NumPy's BLAS and PyTorch all on n threads, verified.
+
+    threadpoolctl reaches every OpenMP runtime in the process (fastconv's and
+    PyTorch's libgomp may be two copies) and the BLAS under NumPy; without it
+    only the thread count the process started with (OMP_NUM_THREADS) can be
+    used, and NumPy's BLAS keeps its own.
+    """
+    core = _backend.core
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    if threadpool_limits is None and core.build_info()["max_threads"] != n:
+        raise BenchError(
+            f"running on {n} thread(s) needs threadpoolctl (pip install threadpoolctl), "
+            f"or start with OMP_NUM_THREADS={n} and --threads {n}"
+        )
+    old_torch = torch.get_num_threads() if torch is not None else None
+    with threadpool_limits(limits=n) if threadpool_limits else contextlib.nullcontext():
+        try:
+            if torch is not None:
+                torch.set_num_threads(n)
+            got = core.build_info()["max_threads"]
+            got_torch = torch.get_num_threads() if torch is not None else n
+            if (got, got_torch) != (n, n):
+                raise BenchError(f"asked for {n} threads, got fastconv {got}, PyTorch {got_torch}")
+            yield
+        finally:
+            if torch is not None:
+                torch.set_num_threads(old_torch)
+
+
+@contextlib.contextmanager
+def torch_full_precision(torch: Any) -> Iterator[None]:
+    """IEEE fp32 in PyTorch's oneDNN convolutions and matmuls (no TF32/bf16 shortcuts)."""
+    if torch is None:
+        yield
+        return
+    conv = getattr(getattr(torch.backends, "mkldnn", None), "conv", None)
+    old_conv = getattr(conv, "fp32_precision", None)
+    old_matmul = torch.get_float32_matmul_precision()
+    try:
+        if old_conv is not None:
+            conv.fp32_precision = "ieee"
+        torch.set_float32_matmul_precision("highest")
+        yield
+    finally:
+        if old_conv is not None:
+            conv.fp32_precision = old_conv
+        torch.set_float32_matmul_precision(old_matmul)
+
+
+@contextlib.contextmanager
+def using_isa(name: str | None) -> Iterator[None]:
+    """fastconv's kernels on the chosen instruction set, restored afterwards."""
+    core = _backend.core
+    old = core.isa()
+    if name is not None:
+        if name not in core.supported_isas():
+            raise BenchError(f"--isa {name!r}: this CPU supports {', '.join(core.supported_isas())}")
+        core.set_isa(name)
+    try:
+        yield
+    finally:
+        core.set_isa(old)
+
+
+def measure_peak(float64: bool) -> float:
+    """Single-thread FMA peak in GFLOP/s: the best of three short runs, since a
+    run that a stray process interrupts only ever reads low."""
+    return max(_backend.core.peak_gflops(float64=float64) for _ in range(3))
+
+
+def import_torch() -> Any:
+    """PyTorch if installed (imported here, never by `import fastconv`), else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+# --- the run ---------------------------------------------------------------------
+
+
+class Progress:
+    """One status line on stderr, rewritten in place with \\r; silent when
+    stderr is not a terminal, where the \\r lines would only pile up in a log."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.width = total, 0, 0
+        self.shown = sys.stderr.isatty()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        if self.shown:
+            line = f"[{self.done:>4}/{self.total}] {label}"
+            sys.stderr.write("\r" + line.ljust(self.width))
+            sys.stderr.flush()
+            self.width = len(line)
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+
+
+def _label(dtype: str, threads: int, shape: Shape, *rest: str) -> str:
+    return " ".join((dtype, f"{threads} thread{'s' * (threads > 1)}", shape.name, *rest))
+
+
+def check_all(cfg: Config, torch: Any, progress: Progress) -> list[dict[str, Any]]:
+    """The agreement rows of every shape, dtype and thread count."""
+    rows = []
+    for threads in cfg.threads:
+        with thread_limit(threads, torch):
+            for dtype in cfg.dtypes:
+                for shape in cfg.shapes:
+                    progress.step("checking " + _label(dtype, threads, shape))
+                    case = make_case(shape, dtype)
+                    rows += check_case(case, library_passes(case, torch, cfg), cfg.passes, dtype, threads)
+    return rows
+
+
+def time_all(cfg: Config, torch: Any, peak: dict[str, float], progress: Progress) -> list[dict[str, Any]]:
+    """One record per thread count, dtype, shape and pass: every library's timing."""
+    records = []
+    for threads in cfg.threads:
+        with thread_limit(threads, torch):
+            for dtype in cfg.dtypes:
+                for shape in cfg.shapes:
+                    case = make_case(shape, dtype)
+                    libs = library_passes(case, torch, cfg)
+                    timings: dict[str, dict[str, dict[str, Any]]] = {p: {} for p in cfg.passes}
+                    for lib, fns in libs.items():  # one library at a time: its threads stay warm
+                        for pass_name in cfg.passes:
+                            progress.step("timing " + _label(dtype, threads, shape, pass_name, lib))
+                            timings[pass_name][lib] = time_call(fns[pass_name], cfg)
+                    records += [
+                        make_record(shape, dtype, threads, p, timings[p], peak[dtype] * threads) for p in cfg.passes
+                    ]
+    return records
+
+
+def make_record(
+    shape: Shape, dtype: str, threads: int, pass_name: str, timings: dict[str, dict[str, Any]], peak: float
+) -> dict[str, Any]:
+    """Timings plus GFLOP/s, % of peak and the speed-up over PyTorch."""
+    flops = shape.flops(pass_name)
+    for timing in timings.values():
+        timing["gflops"] = flops / (timing["median_ms"] * 1e6)
+        timing["pct_peak"] = 100 * timing["gflops"] / peak
+    torch_ms = timings.get("torch", {}).get("median_ms")
+    return {
+        "shape": shape.name, "dims": asdict(shape), "dtype": dtype, "threads": threads,
+        "pass": pass_name, "flops": flops, "peak_gflops": peak,
+        "timings": timings,
+        "speedup_vs_torch": torch_ms / timings["fastconv"]["median_ms"] if torch_ms else None,
+    }
+
+
+def geomean_speedups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Geometric mean over shapes of the speed-up over PyTorch, per dtype, threads and pass."""
+    groups: dict[tuple[str, int, str], list[float]] = {}
+    for r in records:
+        if r["speedup_vs_torch"]:
+            groups.setdefault((r["dtype"], r["threads"], r["pass"]), []).append(r["speedup_vs_torch"])
+    return [
+        {"dtype": d, "threads": t, "pass": p, "shapes": len(v), "speedup_vs_torch": float(np.exp(np.mean(np.log(v))))}
+        for (d, t, p), v in groups.items()
+    ]
+
+
+# --- the machine -------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """/proc/cpuinfo's "model name" (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def openmp_libraries() -> list[dict[str, Any]] | None:
+    """The OpenMP runtimes loaded in this process (threadpoolctl), or None without it."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return [
+        {key: i.get(key) for key in ("prefix", "filepath", "version", "num_threads")}
+        for i in threadpool_info()
+        if i["user_api"] == "openmp"
+    ]
+
+
+def runtime_info() -> dict[str, Any]:
+    """Versions, instruction sets, OpenMP and build of this fastconv (no PyTorch import)."""
+    core = _backend.core
+    info: dict[str, Any] = {
+        "versions": {"fastconv": __version__, "numpy": np.__version__, "python": platform.python_version()},
+        "cpu_model": cpu_model(),
+    }
+    if core is not None:
+        info.update(isa=core.isa(), supported_isas=list(core.supported_isas()), build=dict(core.build_info()))
+    info["openmp_libraries"] = openmp_libraries()
+    return info
+
+
+# --- output ------------------------------------------------------------------------
+
+
+COLUMNS = (
+    ("shape", 14), ("pass", 16), ("fastconv ms ±IQR", 16), ("GFLOP/s", 8), ("%peak", 6),
+    ("torch ms ±IQR", 16), ("numpy ms ±IQR", 16), ("vs torch", 8),
+)
+
+
+def _row(cells: Sequence[str]) -> str:
+    """Names left-aligned, figures right-aligned, in COLUMNS' widths."""
+    widths = [w for _, w in COLUMNS]
+    return " ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+
+def _ms(timing: dict[str, Any] | None) -> str:
+    if timing is None:
+        return "-"
+    spread = timing["spread_pct"]
+    return f"{timing['median_ms']:.3f} " + (f"±{spread:3.0f}%" if spread < 999.5 else "±>999%")
+
+
+def format_tables(records: list[dict[str, Any]], geomeans: list[dict[str, Any]], isa: str) -> str:
+    """One table per dtype and thread count, then the geometric-mean speed-ups."""
+    out = []
+    for dtype, threads in dict.fromkeys((r["dtype"], r["threads"]) for r in records):
+        rows = [r for r in records if (r["dtype"], r["threads"]) == (dtype, threads)]
+        out += [
+            f"\n{dtype}, {threads} thread{'s' * (threads > 1)}, ISA {isa}; peak {rows[0]['peak_gflops']:.1f} GFLOP/s"
+            " (measured FMA peak x threads); ms: median ± interquartile range",
+            _row([name for name, _ in COLUMNS]),
+        ]
+        for r in rows:
+            t, fc = r["timings"], r["timings"]["fastconv"]
+            speedup = f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-"
+            out.append(_row([
+                r["shape"], r["pass"], _ms(fc), f"{fc['gflops']:.2f}", f"{fc['pct_peak']:.1f}%",
+                _ms(t.get("torch")), _ms(t.get("numpy")), speedup,
+            ]))
+        for g in geomeans:
+            if (g["dtype"], g["threads"]) == (dtype, threads):
+                out.append(_row(["geomean", g["pass"], "", "", "", "", "", f"{g['speedup_vs_torch']:.2f}x"]))
+    return "\n".join(out)
+
+
+def write_plot(records: list[dict[str, Any]], path: str) -> str:
+    """A PNG of the speed-ups over PyTorch: forward/backward bars per shape, a
+    panel per dtype and thread count; the returned line says what happened."""
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter
+    except ImportError:
+        return "--plot: matplotlib is not installed (pip install matplotlib); no plot written"
+    rows = [r for r in records if r["speedup_vs_torch"] and r["pass"] in PASSES]
+    if not rows:
+        return "--plot: no speed-ups to plot (PyTorch is not installed); no plot written"
+    panels = list(dict.fromkeys((r["dtype"], r["threads"]) for r in rows))
+    shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    fig = Figure(figsize=(max(6.0, 0.8 * len(shapes) + 2), 3.2 * len(panels)), layout="constrained")
+    for ax, (dtype, threads) in zip(fig.subplots(len(panels), 1, squeeze=False)[:, 0], panels):
+        for offset, pass_name in ((-0.2, "forward"), (0.2, "backward")):
+            values = {r["shape"]: r["speedup_vs_torch"] for r in rows
+                      if (r["dtype"], r["threads"], r["pass"]) == (dtype, threads, pass_name)}
+            xs = [i + offset for i, s in enumerate(shapes) if s in values]
+            speedups = [values[s] for s in shapes if s in values]
+            # Bars grow from 1x, up when fastconv is faster, down when slower.
+            bars = ax.bar(xs, [v - 1 for v in speedups], bottom=1.0, width=0.4, label=pass_name)
+            ax.bar_label(bars, [f"{v:.2f}x" for v in speedups], fontsize=7)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}x" if f"{v:.0e}"[0] in "25" else ""))
+        ax.set_xticks(range(len(shapes)), shapes, rotation=30, ha="right")
+        ax.set_ylabel("speed-up over PyTorch")
+        ax.set_title(f"{dtype}, {threads} thread{'s' * (threads > 1)}")
+        ax.legend()
+    fig.savefig(path, dpi=120)
+    return f"plot written to {path}"
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds all processes have run since boot (Linux /proc/stat), idle and I/O wait excluded."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """How much CPU other processes used while we ran: their time slices stall
+    our threads (an OpenMP barrier waits for the slowest), so figures taken on a
+    shared machine are noisy, multi-thread ones above all."""
+
+    def __init__(self) -> None:
+        self.machine, self.own, self.wall = _machine_busy_seconds(), self._own(), time.perf_counter()
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    def percent(self) -> float | None:
+        """Other processes' CPU time as % of all the CPUs' time since __init__."""
+        machine = _machine_busy_seconds()
+        if machine is None or self.machine is None:
+            return None
+        others = (machine - self.machine) - (self._own() - self.own)
+        return max(0.0, 100 * others / ((time.perf_counter() - self.wall) * (os.cpu_count() or 1)))
+
+
+def print_disagreements(rows: list[dict[str, Any]]) -> None:
+    """Loudly, on stderr: a wrong result makes every timing meaningless."""
+    bad = [r for r in rows if not r["ok"]]
+    print(f"\n!!! AGREEMENT CHECK FAILED: {len(bad)} output(s) differ; nothing was timed !!!", file=sys.stderr)
+    for r in bad:
+        print(
+            f"!!! {r['shape']} {r['dtype']} {r['threads']} thread(s) {r['pass']} {r['output']}:"
+            f" fastconv vs {r['against']}"
+            f" differs by {r['max_rel_diff']:.2e} of scale (tolerance {r['tolerance']:.0e})",
+            file=sys.stderr,
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    """The bench command: check, then time, then report. 0; 1 on a disagreement; 2 if it cannot run."""
+    if _backend.core is None:
+        print(f"fastconv bench: the C++ core is not built ({_backend._import_error})", file=sys.stderr)
+        return 2
+    try:
+        return _run(make_config(args), args)
+    except BenchError as exc:
+        print(f"fastconv bench: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(cfg: Config, args: argparse.Namespace) -> int:
+    """Measure the peak, check every output, and only then time and report."""
+    started, other_load = time.perf_counter(), OtherLoad()
+    torch = import_torch()
+    peak = {d: measure_peak(d == "float64") for d in cfg.dtypes}
+    report: dict[str, Any] = runtime_info()
+    report["versions"]["torch"] = torch.__version__ if torch is not None else None
+    report.update(threads=list(cfg.threads), dtypes=list(cfg.dtypes), peak_gflops_per_thread=peak,
+                  config=asdict(cfg), memory_note=MEMORY_NOTE)
+    with using_isa(args.isa), torch_full_precision(torch):
+        report["isa"] = _backend.core.isa()
+        n_timed = sum(len(library_names(s, torch, cfg)) for s in cfg.shapes)
+        progress = Progress(len(cfg.threads) * len(cfg.dtypes) * (len(cfg.shapes) + n_timed * len(cfg.passes)))
+        try:
+            report["agreement"] = check_all(cfg, torch, progress)
+            ok = all(r["ok"] for r in report["agreement"])
+            report["results"] = time_all(cfg, torch, peak, progress) if ok else []
+        finally:
+            progress.close()
+    report["geomean"] = geomean_speedups(report["results"])
+    report["openmp_libraries"] = openmp_libraries()  # now with PyTorch's runtime too, if it brought one
+    report["elapsed_s"] = time.perf_counter() - started
+    report["other_processes_cpu_pct"] = other_load.percent()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    if not ok:
+        print_disagreements(report["agreement"])
+        return 1
+    print(f"fastconv {__version__} vs PyTorch {report['versions']['torch'] or '(not installed)'} vs NumPy reference"
+          f" on {report['cpu_model']}; outputs agree ({len(report['agreement'])} comparisons)")
+    print(format_tables(report["results"], report["geomean"], report["isa"]))
+    if args.plot:
+        print(write_plot(report["results"], args.plot))
+    busy = report["other_processes_cpu_pct"]
+    if busy is not None and busy > BUSY_PERCENT:
+        print(f"warning: other processes used {busy:.0f}% of the CPUs during this run; its timings"
+              " (above all on several threads) are disturbed: rerun on a quiet machine", file=sys.stderr)
+    print(f"\nfinished in {report['elapsed_s']:.1f} s")
+    return 0

@@ -1,0 +1,89 @@
+"""Smoke test of ``python -m fastconv bench`` on one tiny shape with one repeat:
+the agreement check gates the timing, and the table and JSON come out whole.
+It asserts no speed: a benchmark is never a timed test."""
+
+import argparse
+import json
+
+import pytest
+
+from fastconv import _backend, bench, functional
+from fastconv.__main__ import main
+
+pytestmark = pytest.mark.skipif(_backend.core is None, reason="the C++ core is not built")
+
+TINY = [
+    "--shape", "name=tiny,n=2,c=3,h=9,k=4,kernel=3,stride=2",
+    "--only", "tiny", "--threads", "1", "--warmup", "1", "--repeats", "1", "--min-time", "0",
+]
+
+
+@pytest.mark.parametrize("with_torch", [True, False], ids=["with-torch", "without-torch"])
+def test_bench_checks_then_reports(tmp_path, capsys, monkeypatch, with_torch):
+    if with_torch:
+        pytest.importorskip("torch")
+    else:
+        monkeypatch.setattr(bench, "import_torch", lambda: None)
+    path = tmp_path / "bench.json"
+    assert main(["bench", *TINY, "--detail", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "outputs agree" in out and "tiny" in out
+
+    report = json.loads(path.read_text())
+    assert {"versions", "cpu_model", "isa", "peak_gflops_per_thread", "threads", "dtypes",
+            "openmp_libraries", "memory_note", "agreement", "results", "geomean"} <= report.keys()
+    assert set(report["versions"]) == {"fastconv", "numpy", "torch", "python"}
+    assert report["threads"] == [1] and report["dtypes"] == ["float32", "float64"]
+    assert set(report["peak_gflops_per_thread"]) == {"float32", "float64"}
+
+    assert report["agreement"] and all(row["ok"] for row in report["agreement"])
+    against = {row["against"] for row in report["agreement"]}
+    assert "numpy" in against  # a tiny shape always meets the reference
+
+    results = report["results"]
+    assert {(r["dtype"], r["pass"]) for r in results} == {
+        (d, p) for d in ("float32", "float64") for p in bench.PASSES + bench.DETAIL_PASSES
+    }
+    for r in results:
+        fastconv = r["timings"]["fastconv"]
+        assert fastconv["samples"] == 1
+        assert {"median_ms", "spread_pct", "gflops", "pct_peak", "peak_rss_extra_mib"} <= fastconv.keys()
+
+    if not with_torch:
+        assert report["versions"]["torch"] is None and not report["geomean"]
+        assert all(r["speedup_vs_torch"] is None for r in results)
+    else:
+        assert "torch" in against and "geomean" in out
+        assert all(r["speedup_vs_torch"] > 0 for r in results)
+        assert {g["pass"] for g in report["geomean"]} == set(bench.PASSES + bench.DETAIL_PASSES)
+
+
+def test_a_disagreement_stops_the_bench(tmp_path, monkeypatch, capsys):
+    real = functional.conv2d
+
+    def off_by_one(*args, backend, **kwargs):
+        y = real(*args, backend=backend, **kwargs)
+        return y + 1 if backend == "cpp" else y
+
+    monkeypatch.setattr(functional, "conv2d", off_by_one)
+    path = tmp_path / "bench.json"
+    assert main(["bench", *TINY, "--dtype", "float64", "--json", str(path)]) == 1
+    assert "AGREEMENT CHECK FAILED" in capsys.readouterr().err
+    report = json.loads(path.read_text())
+    assert report["results"] == []
+    assert any(not row["ok"] and row["pass"] == "forward" for row in report["agreement"])
+
+
+def test_shape_syntax():
+    shape = bench.parse_shape("name=foo,n=2,c=4,h=16,k=8,kernel=3,padding=valid,groups=2")
+    assert (shape.w, shape.stride, shape.weight_shape()) == (16, 1, (8, 2, 3, 3))
+    with pytest.raises(argparse.ArgumentTypeError, match="groups"):
+        bench.parse_shape("name=bad,n=1,c=3,h=8,k=4,kernel=3,groups=2")
+    with pytest.raises(argparse.ArgumentTypeError, match="missing"):
+        bench.parse_shape("name=short,n=1,c=3")
+
+
+def test_info_runs(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "instruction set" in out and "OpenMP" in out and "flags" in out
