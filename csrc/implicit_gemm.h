@@ -47,7 +47,7 @@ struct Simd<double> {
 
 template <class T>
 constexpr int kLanes = FASTCONV_VECTOR_BYTES / static_cast<int>(sizeof(T));
-constexpr int kVectorsPerTile = 2;  // NV: vectors of pixels per micro-kernel row
+constexpr int kVectorsPerTile = FASTCONV_NV;  // vectors of pixels per micro-kernel row
 template <class T>
 constexpr int kTile = kLanes<T> * kVectorsPerTile;  // pixels per tile
 

@@ -4,6 +4,7 @@
 #define FASTCONV_ISA avx2
 #define FASTCONV_VECTOR_BYTES 32
 #define FASTCONV_MR 6
+#define FASTCONV_NV 2
 #define FASTCONV_DOT_MK 3
 #define FASTCONV_DOT_NJ 4
 #include "simd_kernels_impl.h"

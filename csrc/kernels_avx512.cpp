@@ -4,7 +4,8 @@
 // when the CPU reports those features.
 #define FASTCONV_ISA avx512
 #define FASTCONV_VECTOR_BYTES 64
-#define FASTCONV_MR 12
+#define FASTCONV_MR 8
+#define FASTCONV_NV 3
 #define FASTCONV_DOT_MK 4
 #define FASTCONV_DOT_NJ 6
 #include "simd_kernels_impl.h"

@@ -117,11 +117,15 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
     constexpr int L = kLanes<T>, MK = FASTCONV_DOT_MK, NJ = FASTCONV_DOT_NJ;
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
     const int64_t out_plane = p.out_h * p.out_w;
-    const int64_t kblock = 16 * MK, jblock = 16 * NJ;  // filters, taps per task
-    const int64_t chunk = 4096 / static_cast<int64_t>(sizeof(T));  // pixels per packed chunk (multiple of L)
+    const int64_t pixels = p.n * out_plane;
+    auto round_up = [](int64_t v, int64_t m) { return (v + m - 1) / m * m; };
+    // Filters and taps per task, pixels per packed chunk: at most 64 x 96 x 1024
+    // (fp32), less for small layers so that their scratch stays small.
+    const int64_t kblock = std::min<int64_t>(16 * MK, round_up(kg, MK));
+    const int64_t jblock = std::min<int64_t>(16 * NJ, round_up(ntaps, NJ));
+    const int64_t chunk = std::min<int64_t>(4096 / static_cast<int64_t>(sizeof(T)), round_up(std::max<int64_t>(pixels, 1), L));
     const int64_t kblocks = (kg + kblock - 1) / kblock, jblocks = (ntaps + jblock - 1) / jblock;
     const int64_t tasks = p.groups * kblocks * jblocks;
-    const int64_t pixels = p.n * out_plane;
 
     const std::vector<Tap> taps = forward_taps(p);
     const SourceGrid grid = forward_grid(p);
