@@ -175,8 +175,12 @@ class Conv2D:
         return plan_geometry(x_shape, w_shape, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, x: ArrayLike) -> np.ndarray:
-        """The layer's output for ``x`` of shape (N, C, H, W) or (C, H, W);
-        keeps what ``backward`` needs."""
+        """The layer's output for ``x`` of shape (N, C, H, W) or (C, H, W).
+
+        Keeps a reference to the input for ``backward`` (no copy when ``x`` is
+        already C-contiguous in the layer's dtype): do not change it in place
+        in between.
+        """
         x_arr = as_float_array(x, "input", self.dtype)
         x4, unbatched = _batched(x_arr, "input")
         geom = self._geometry(x4.shape)
@@ -184,9 +188,10 @@ class Conv2D:
             self._create_weights(x4.shape[1])
         assert self._weight is not None
         y = forward_checked(x4, self._weight, self._bias, geom, self.backend)
-        # Keep a private copy when the caller could still change the input in place.
-        saved = x4.copy() if isinstance(x, np.ndarray) and np.may_share_memory(x4, x) else x4
-        self._saved = (saved, geom, unbatched)
+        # Like PyTorch, keep a reference, not a copy: an input that is already
+        # C-contiguous in the layer's dtype is never copied, so changing it in
+        # place before backward() changes dL/dF.
+        self._saved = (x4, geom, unbatched)
         return y[0] if unbatched else y
 
     __call__ = forward
