@@ -113,9 +113,15 @@ inline int split_segments(const SourceGrid& grid, int64_t q0, int64_t count, Seg
     return used;
 }
 
-// dst[0, len) = src[0, len): packing copies many short runs (an image row of
-// a small layer), where a masked vector copy beats both memcpy and the
-// compiler's scalar loop tail.
+// dst[0, len) = src[0, len). Packing copies many short runs (an image row of
+// a small layer): the tail is one masked load but an unmasked store (masked
+// stores are slow on some CPUs), so up to a vector of zeros lands past
+// dst + len. Callers write their panels in increasing order and keep
+// kCopySlack elements of room at the end, so that spill is always either
+// overwritten later or unused.
+template <class T>
+constexpr int64_t kCopySlack = kLanes<T>;
+
 template <class T>
 inline void copy_run(T* __restrict dst, const T* __restrict src, int64_t len) {
 #if FASTCONV_VECTOR_BYTES == 64
@@ -123,11 +129,11 @@ inline void copy_run(T* __restrict dst, const T* __restrict src, int64_t len) {
     int64_t i = 0;
     for (; i + L <= len; i += L) store(dst + i, load<typename Simd<T>::vec>(src + i));
     if (i < len) {
-        const auto mask = static_cast<__mmask16>((1u << (len - i)) - 1u);
+        const unsigned mask = (1u << (len - i)) - 1u;
         if constexpr (sizeof(T) == 4) {
-            _mm512_mask_storeu_ps(dst + i, mask, _mm512_maskz_loadu_ps(mask, src + i));
+            _mm512_storeu_ps(dst + i, _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask), src + i));
         } else {
-            _mm512_mask_storeu_pd(dst + i, static_cast<__mmask8>(mask), _mm512_maskz_loadu_pd(static_cast<__mmask8>(mask), src + i));
+            _mm512_storeu_pd(dst + i, _mm512_maskz_loadu_pd(static_cast<__mmask8>(mask), src + i));
         }
     }
 #else
@@ -268,7 +274,7 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
 
 #pragma omp parallel
     {
-        Scratch<T> panel(ntaps * W);
+        Scratch<T> panel(ntaps * W + kCopySlack<T>);
         Scratch<T> result(mr * W);
         Segment segs[W];
 #pragma omp for schedule(static)

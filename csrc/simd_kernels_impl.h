@@ -132,7 +132,7 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
 
 #pragma omp parallel
     {
-        Scratch<T> dy_panel(kblock * chunk), col_panel(jblock * chunk);
+        Scratch<T> dy_panel(kblock * chunk), col_panel(jblock * chunk + kCopySlack<T>);
         std::vector<V> acc(static_cast<size_t>(kblock * jblock));
         std::vector<Segment> segs(static_cast<size_t>(chunk));
 #pragma omp for schedule(dynamic)
