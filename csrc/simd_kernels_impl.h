@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "depthwise_impl.h"
+#include "direct_forward_impl.h"
 #include "implicit_gemm.h"
 #include "simd_kernels.h"
 
@@ -34,11 +35,42 @@ inline SourceGrid forward_grid(const ConvShape& p) {
 template <class T>
 void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
     if (p.c_per_group() == 1) return plane_forward(p, x, weight, bias, y);
+    // 1x1 kernels pack plain copies of the input: the GEMM is faster there.
+    if (p.r > 1 || p.s > 1) return direct_forward(p, x, weight, bias, y);
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
     const int64_t out_plane = p.out_h * p.out_w;
     const Destination out{p.k * out_plane, out_plane, p.out_w, 1, 1, 0, 0};
     gather_gemm<T>(p.groups, kg, forward_taps(p), forward_grid(p), p.n, x, cg * p.h * p.w, y, out, kg * out_plane,
                    bias, [&](int64_t g, int64_t m, int64_t j) { return weight[(g * kg + m) * ntaps + j]; });
+}
+
+// At stride 1, dL/dx is a forward convolution of grad_y, padded by the kernel
+// span minus the forward padding, with the filters flipped and their in/out
+// channels swapped. Returns false (nothing done) if that padding would be
+// negative (padding wider than the kernel span).
+template <class T>
+bool backward_data_as_forward(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
+    ConvShape q = p;
+    q.c = p.k, q.h = p.out_h, q.w = p.out_w;
+    q.k = p.c, q.out_h = p.h, q.out_w = p.w;
+    q.pad_top = (p.r - 1) * p.dil_h - p.pad_top;
+    q.pad_left = (p.s - 1) * p.dil_w - p.pad_left;
+    q.pad_bottom = p.h - 1 + (p.r - 1) * p.dil_h + 1 - p.out_h - q.pad_top;
+    q.pad_right = p.w - 1 + (p.s - 1) * p.dil_w + 1 - p.out_w - q.pad_left;
+    if (q.pad_top < 0 || q.pad_left < 0 || q.pad_bottom < 0 || q.pad_right < 0) return false;
+    q.check();
+    // flipped[g*cg + c][kk][R-1-kr][S-1-ks] = weight[g*kg + kk][c][kr][ks]
+    const int64_t cg = p.c_per_group(), kg = p.k_per_group();
+    std::vector<T> flipped(static_cast<size_t>(p.k * cg * p.r * p.s));
+    for (int64_t g = 0; g < p.groups; ++g)
+        for (int64_t kk = 0; kk < kg; ++kk)
+            for (int64_t c = 0; c < cg; ++c)
+                for (int64_t kr = 0; kr < p.r; ++kr)
+                    for (int64_t ks = 0; ks < p.s; ++ks)
+                        flipped[static_cast<size_t>((((g * cg + c) * kg + kk) * p.r + (p.r - 1 - kr)) * p.s + (p.s - 1 - ks))] =
+                            weight[(((g * kg + kk) * cg + c) * p.r + kr) * p.s + ks];
+    direct_forward(q, grad_y, flipped.data(), static_cast<const T*>(nullptr), grad_x);
+    return true;
 }
 
 // dL/dx, split by the phase (ih mod stride_h, iw mod stride_w) of the input
@@ -48,6 +80,8 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
 template <class T>
 void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
     if (p.c_per_group() == 1) return plane_backward_data(p, grad_y, weight, grad_x);
+    if (p.stride_h == 1 && p.stride_w == 1 && (p.r > 1 || p.s > 1) && backward_data_as_forward(p, grad_y, weight, grad_x))
+        return;
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
     const int64_t out_plane = p.out_h * p.out_w, in_plane = p.h * p.w;
     for (int64_t a = 0; a < p.stride_h && a < p.h; ++a) {

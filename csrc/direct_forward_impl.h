@@ -1,0 +1,163 @@
+// Forward convolution vectorised over filters: a direct convolution that
+// needs no im2col panel at all. For each kernel tap, one vector of weights
+// (16 float32 filters with AVX-512) is multiplied by the broadcast input
+// value of each of NP output pixels of a row; NP x NK accumulators stay in
+// registers. Input rows are copied once per task into a zero-padded window,
+// and kernel rows that fall entirely into the padding are skipped. It wins
+// over the implicit GEMM where packing dominates: few filters per group,
+// small images.
+// Included by simd_kernels_impl.h inside the instruction set's namespace;
+// FASTCONV_DIRECT_NP is the pixels per micro-kernel with two filter vectors.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "implicit_gemm.h"
+
+namespace fastconv::FASTCONV_ISA {
+
+// out[p][f] = sum over taps t of w[tap[t]][f] * in[offset[tap[t]] + p * sw],
+// for NP pixels p and NK vectors of filters f.
+template <class T, int NP, int NK>
+void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, const int64_t* __restrict offset,
+                  const int32_t* __restrict tap, int64_t ntaps, T* __restrict out) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>;
+    V acc[NP][NK];
+#pragma GCC unroll 32
+    for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 4
+        for (int v = 0; v < NK; ++v) acc[p][v] = V{};
+    for (int64_t t = 0; t < ntaps; ++t) {
+        const int32_t j = tap[t];
+        const T* src = in + offset[j];
+        V wv[NK];
+#pragma GCC unroll 4
+        for (int v = 0; v < NK; ++v) wv[v] = load<V>(w + (static_cast<int64_t>(j) * NK + v) * L);
+#pragma GCC unroll 32
+        for (int p = 0; p < NP; ++p) {
+            const T xv = src[p * sw];
+#pragma GCC unroll 4
+            for (int v = 0; v < NK; ++v) acc[p][v] += xv * wv[v];
+        }
+    }
+#pragma GCC unroll 32
+    for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 4
+        for (int v = 0; v < NK; ++v) store(out + (p * NK + v) * L, acc[p][v]);
+}
+
+template <class T>
+using DirectMicro = void (*)(const T*, int64_t, const T*, const int64_t*, const int32_t*, int64_t, T*);
+
+template <class T, int NK, int... P>
+DirectMicro<T> pick_direct(int pixels, std::integer_sequence<int, P...>) {
+    DirectMicro<T> table[] = {&direct_micro<T, P + 1, NK>...};
+    return table[pixels - 1];
+}
+
+// Micro-kernels for 1..max pixels with NK filter vectors.
+template <class T, int NK>
+struct DirectKernels {
+    static constexpr int max_pixels = FASTCONV_DIRECT_NP * 2 / NK;
+    static DirectMicro<T> for_pixels(int pixels) {
+        return pick_direct<T, NK>(pixels, std::make_integer_sequence<int, max_pixels>{});
+    }
+};
+
+template <class T, int NK>
+void direct_forward_nk(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
+    constexpr int L = kLanes<T>, F = NK * L;  // filters per block
+    constexpr int NP = DirectKernels<T, NK>::max_pixels;
+    const int64_t cg = p.c_per_group(), kg = p.k_per_group();
+    const int64_t ntaps = cg * p.r * p.s;
+    const int64_t kblocks = (kg + F - 1) / F;
+    // Padded window: all columns any tap of the row reads, iw = -pad_left ...
+    const int64_t wpad = (p.out_w - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1;
+    // Output rows per task: enough work per task, a window of at most ~256 K values.
+    const int64_t span_h = (p.r - 1) * p.dil_h + 1;
+    int64_t rows_per_task = std::max<int64_t>(1, std::min<int64_t>(p.out_h, 8));
+    while (rows_per_task > 1 && cg * ((rows_per_task - 1) * p.stride_h + span_h) * wpad > (1 << 18)) --rows_per_task;
+    const int64_t row_blocks = (p.out_h + rows_per_task - 1) / rows_per_task;
+    const int64_t window_rows = (rows_per_task - 1) * p.stride_h + span_h;
+
+    // w_packed[g][kb][j][f] = weight[g*kg + kb*F + f][j], zero past the group's filters.
+    std::vector<T> w_packed(static_cast<size_t>(p.groups * kblocks * ntaps * F), T(0));
+    for (int64_t g = 0; g < p.groups; ++g)
+        for (int64_t k = 0; k < kg; ++k)
+            for (int64_t j = 0; j < ntaps; ++j)
+                w_packed[static_cast<size_t>(((g * kblocks + k / F) * ntaps + j) * F + k % F)] =
+                    weight[(g * kg + k) * ntaps + j];
+    // offset[j]: where tap j = (c, kr, ks) reads, relative to the window
+    // position of output pixel (row 0 of its window, column ow * stride_w).
+    std::vector<int64_t> offset(static_cast<size_t>(ntaps));
+    for (int64_t c = 0; c < cg; ++c)
+        for (int64_t kr = 0; kr < p.r; ++kr)
+            for (int64_t ks = 0; ks < p.s; ++ks)
+                offset[static_cast<size_t>((c * p.r + kr) * p.s + ks)] =
+                    (c * window_rows + kr * p.dil_h) * wpad + ks * p.dil_w;
+
+    const int64_t tasks = p.n * p.groups * row_blocks;
+    const DirectMicro<T> full = DirectKernels<T, NK>::for_pixels(static_cast<int>(std::min<int64_t>(NP, p.out_w)));
+    const int64_t tail_pixels = p.out_w % NP;
+    const DirectMicro<T> tail = tail_pixels ? DirectKernels<T, NK>::for_pixels(static_cast<int>(tail_pixels)) : full;
+
+#pragma omp parallel
+    {
+        Scratch<T> window(cg * window_rows * wpad);
+        Scratch<T> result(NP * F);
+        std::vector<int32_t> live(static_cast<size_t>(ntaps));
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tasks; ++t) {
+            const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);
+            const int64_t oh0 = rb * rows_per_task, oh1 = std::min(p.out_h, oh0 + rows_per_task);
+            const int64_t ih0 = oh0 * p.stride_h - p.pad_top;  // input row of window row 0
+            const T* xg = x + (n * p.c + g * cg) * p.h * p.w;
+            for (int64_t c = 0; c < cg; ++c)
+                for (int64_t wr = 0; wr < window_rows; ++wr) {
+                    T* dst = window.get() + (c * window_rows + wr) * wpad;
+                    const int64_t ih = ih0 + wr;
+                    std::fill(dst, dst + wpad, T(0));
+                    if (ih < 0 || ih >= p.h) continue;
+                    const int64_t lo = std::max<int64_t>(0, p.pad_left), hi = std::min<int64_t>(wpad, p.pad_left + p.w);
+                    for (int64_t i = lo; i < hi; ++i) dst[i] = xg[(c * p.h + ih) * p.w + i - p.pad_left];
+                }
+            for (int64_t oh = oh0; oh < oh1; ++oh) {
+                // The taps whose kernel row reads a real input row.
+                int64_t nlive = 0;
+                for (int64_t c = 0; c < cg; ++c)
+                    for (int64_t kr = 0; kr < p.r; ++kr) {
+                        const int64_t ih = oh * p.stride_h - p.pad_top + kr * p.dil_h;
+                        if (ih < 0 || ih >= p.h) continue;
+                        for (int64_t ks = 0; ks < p.s; ++ks) live[static_cast<size_t>(nlive++)] = static_cast<int32_t>((c * p.r + kr) * p.s + ks);
+                    }
+                const T* row = window.get() + (oh - oh0) * p.stride_h * wpad;
+                for (int64_t kb = 0; kb < kblocks; ++kb) {
+                    const T* wb = w_packed.data() + (g * kblocks + kb) * ntaps * F;
+                    const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
+                    for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += NP) {
+                        const int64_t np = std::min<int64_t>(NP, p.out_w - ow0);
+                        (np == NP ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, offset.data(), live.data(), nlive,
+                                                 result.get());
+                        for (int64_t f = 0; f < nk; ++f) {
+                            T* out = y + ((n * p.k + k0 + f) * p.out_h + oh) * p.out_w + ow0;
+                            const T b = bias ? bias[k0 + f] : T(0);
+                            for (int64_t i = 0; i < np; ++i) out[i] = result.get()[i * F + f] + b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+template <class T>
+void direct_forward(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
+    if (p.k_per_group() <= kLanes<T>) direct_forward_nk<T, 1>(p, x, weight, bias, y);
+    else direct_forward_nk<T, 2>(p, x, weight, bias, y);
+}
+
+}  // namespace fastconv::FASTCONV_ISA
