@@ -7,5 +7,7 @@
 #define FASTCONV_NV 2
 #define FASTCONV_DOT_MK 3
 #define FASTCONV_DIRECT_NP 6
+#define FASTCONV_BW_NJ 6
+#define FASTCONV_BW_NK 2
 #define FASTCONV_DOT_NJ 4
 #include "simd_kernels_impl.h"

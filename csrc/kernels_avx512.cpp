@@ -8,5 +8,7 @@
 #define FASTCONV_NV 3
 #define FASTCONV_DOT_MK 4
 #define FASTCONV_DIRECT_NP 12
+#define FASTCONV_BW_NJ 6
+#define FASTCONV_BW_NK 4
 #define FASTCONV_DOT_NJ 6
 #include "simd_kernels_impl.h"

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "depthwise_impl.h"
+#include "direct_backward_weights_impl.h"
 #include "direct_forward_impl.h"
 #include "implicit_gemm.h"
 #include "simd_kernels.h"
@@ -147,6 +148,8 @@ inline void micro_dot(int64_t steps, int64_t width, const T* __restrict dy, cons
 template <class T>
 void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
     if (p.c_per_group() == 1) return plane_backward_weights(p, grad_y, x, grad_weight);
+    // Small output rows make the GEMM's packing runs short: the direct kernel wins there.
+    if ((p.r > 1 || p.s > 1) && p.out_w <= 32) return direct_backward_weights(p, grad_y, x, grad_weight);
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>, MK = FASTCONV_DOT_MK, NJ = FASTCONV_DOT_NJ;
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
