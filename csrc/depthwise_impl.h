@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 #include "implicit_gemm.h"
 
@@ -35,7 +36,7 @@ template <class T>
 void pad_plane(const ConvShape& p, const PaddedPlane& pp, const T* plane, T* out) {
     std::fill(out, out + pp.rows * pp.cols, T(0));
     for (int64_t ih = 0; ih < p.h; ++ih)
-        std::copy(plane + ih * p.w, plane + (ih + 1) * p.w, out + (ih + p.pad_top) * pp.cols + p.pad_left);
+        copy_run(out + (ih + p.pad_top) * pp.cols + p.pad_left, plane + ih * p.w, p.w);  // spills zeros into padding
 }
 
 template <class T>
@@ -47,7 +48,7 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
     const int64_t width = row_width<T>(p);
 #pragma omp parallel
     {
-        Scratch<T> xp(pp.rows * pp.cols), row_out(width);
+        Scratch<T> xp(pp.rows * pp.cols + kCopySlack<T>), row_out(4 * width);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t n = t / p.groups, g = t % p.groups;
@@ -57,7 +58,34 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
                 const T* w = weight + k * taps;
                 const T b = bias ? bias[k] : T(0);
                 T* out = y + (n * p.k + k) * p.out_h * p.out_w;
-                for (int64_t oh = 0; oh < p.out_h; ++oh) {
+                int64_t oh = 0;
+                if (p.stride_w == 1) {
+                    // RB output rows at once: RB x NV independent accumulators per tap.
+                    constexpr int RB = 4;
+                    for (; oh + RB <= p.out_h; oh += RB) {
+                        for (int64_t ow = 0; ow < width; ow += NV * L) {
+                            V acc[RB][NV];
+                            for (int rb = 0; rb < RB; ++rb)
+                                for (int v = 0; v < NV; ++v) acc[rb][v] = V{} + b;
+                            for (int64_t kr = 0; kr < p.r; ++kr)
+                                for (int64_t ks = 0; ks < p.s; ++ks) {
+                                    const T wv = w[kr * p.s + ks];
+                                    const T* src = xp.get() + (oh * p.stride_h + kr * p.dil_h) * pp.cols + ks * p.dil_w + ow;
+                                    for (int rb = 0; rb < RB; ++rb)
+                                        for (int v = 0; v < NV; ++v)
+                                            acc[rb][v] += wv * load<V>(src + rb * p.stride_h * pp.cols + v * L);
+                                }
+                            for (int rb = 0; rb < RB; ++rb)
+                                for (int v = 0; v < NV; ++v) store(row_out.get() + rb * width + ow + v * L, acc[rb][v]);
+                        }
+                        for (int rb = 0; rb < RB; ++rb) {
+                            T* dst = out + (oh + rb) * p.out_w;
+                            const T* o = row_out.get() + rb * width;
+                            for (int64_t i = 0; i < p.out_w; ++i) dst[i] = o[i];
+                        }
+                    }
+                }
+                for (; oh < p.out_h; ++oh) {
                     const T* rows = xp.get() + oh * p.stride_h * pp.cols;
                     T* o = row_out.get();
                     if (p.stride_w == 1) {
@@ -83,7 +111,8 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
                             o[ow] = acc;
                         }
                     }
-                    std::copy(o, o + p.out_w, out + oh * p.out_w);
+                    T* dst = out + oh * p.out_w;
+                    for (int64_t i = 0; i < p.out_w; ++i) dst[i] = o[i];
                 }
             }
         }
@@ -127,7 +156,8 @@ void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T
             T* dx = grad_x + (n * p.c + g) * p.h * p.w;
             for (int64_t ih = 0; ih < p.h; ++ih) {
                 const T* src = dxp.get() + (ih + p.pad_top) * pp.cols + p.pad_left;
-                std::copy(src, src + p.w, dx + ih * p.w);
+                T* dst = dx + ih * p.w;
+                for (int64_t i = 0; i < p.w; ++i) dst[i] = src[i];
             }
         }
     }
@@ -136,6 +166,54 @@ void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T
 // dL/dweight of the filters of one group: dot products of grad_y planes with
 // shifted windows of the padded input plane, images in order (a fixed order,
 // whatever the thread count).
+// out[t] += sum over the plane of grad_y times the input window of tap t0 + t,
+// for NT taps at once (stride 1): NT x NV independent accumulators, so the
+// loop runs at FMA throughput rather than latency.
+constexpr int kTapGroup = 12;
+
+template <class T, int NT>
+void plane_dots(const ConvShape& p, const PaddedPlane& pp, const T* gyp, int64_t width, const T* xp, int64_t t0,
+                T* out) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>, NV = kRowBlock<T> / L;
+    int64_t off[NT];
+    for (int t = 0; t < NT; ++t)
+        off[t] = ((t0 + t) / p.s) * p.dil_h * pp.cols + ((t0 + t) % p.s) * p.dil_w;
+    V acc[NT][NV];
+    for (int t = 0; t < NT; ++t)
+        for (int v = 0; v < NV; ++v) acc[t][v] = V{};
+    for (int64_t oh = 0; oh < p.out_h; ++oh) {
+        const T* d = gyp + oh * width;
+        const T* x_row = xp + oh * p.stride_h * pp.cols;
+        for (int64_t ow = 0; ow < width; ow += NV * L) {
+            V dv[NV];
+            for (int v = 0; v < NV; ++v) dv[v] = load<V>(d + ow + v * L);
+            for (int t = 0; t < NT; ++t)
+                for (int v = 0; v < NV; ++v) acc[t][v] += dv[v] * load<V>(x_row + off[t] + ow + v * L);
+        }
+    }
+    for (int t = 0; t < NT; ++t) {
+        for (int v = 1; v < NV; ++v) acc[t][0] += acc[t][v];
+        T total = 0;
+        for (int l = 0; l < L; ++l) total += acc[t][0][l];
+        out[t] += total;
+    }
+}
+
+template <class T>
+using PlaneDots = void (*)(const ConvShape&, const PaddedPlane&, const T*, int64_t, const T*, int64_t, T*);
+
+template <class T, int... N>
+PlaneDots<T> pick_plane_dots(int taps, std::integer_sequence<int, N...>) {
+    PlaneDots<T> table[] = {&plane_dots<T, N + 1>...};
+    return table[taps - 1];
+}
+
+template <class T>
+PlaneDots<T> plane_dots_for(int taps) {
+    return pick_plane_dots<T>(taps, std::make_integer_sequence<int, kTapGroup>{});
+}
+
 template <class T>
 void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
     using V = typename Simd<T>::vec;
@@ -146,7 +224,7 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
 #pragma omp parallel
     {
         // grad_y plane with each row zero-extended to `width` columns.
-        Scratch<T> xp(pp.rows * pp.cols), gyp(p.out_h * width);
+        Scratch<T> xp(pp.rows * pp.cols + kCopySlack<T>), gyp(p.out_h * width + kCopySlack<T>);
 #pragma omp for schedule(static)
         for (int64_t g = 0; g < p.groups; ++g) {
             std::fill(grad_weight + g * kg * taps, grad_weight + (g + 1) * kg * taps, T(0));
@@ -157,30 +235,22 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                     const T* gy = grad_y + (n * p.k + k) * p.out_h * p.out_w;
                     for (int64_t oh = 0; oh < p.out_h; ++oh) {
                         T* dst = gyp.get() + oh * width;
-                        std::copy(gy + oh * p.out_w, gy + (oh + 1) * p.out_w, dst);
+                        copy_run(dst, gy + oh * p.out_w, p.out_w);  // any spill is zeroed just below
                         std::fill(dst + p.out_w, dst + width, T(0));
+                    }
+                    if (p.stride_w == 1) {
+                        for (int64_t t0 = 0; t0 < taps; t0 += kTapGroup)
+                            plane_dots_for<T>(static_cast<int>(std::min<int64_t>(kTapGroup, taps - t0)))(
+                                p, pp, gyp.get(), width, xp.get(), t0, grad_weight + k * taps + t0);
+                        continue;
                     }
                     for (int64_t kr = 0; kr < p.r; ++kr)
                         for (int64_t ks = 0; ks < p.s; ++ks) {
                             T total = 0;
-                            if (p.stride_w == 1) {
-                                V acc[NV];
-                                for (int v = 0; v < NV; ++v) acc[v] = V{};
-                                for (int64_t oh = 0; oh < p.out_h; ++oh) {
-                                    const T* d = gyp.get() + oh * width;
-                                    const T* src = xp.get() + (oh * p.stride_h + kr * p.dil_h) * pp.cols + ks * p.dil_w;
-                                    for (int64_t ow = 0; ow < width; ow += NV * L)
-                                        for (int v = 0; v < NV; ++v)
-                                            acc[v] += load<V>(d + ow + v * L) * load<V>(src + ow + v * L);
-                                }
-                                for (int v = 1; v < NV; ++v) acc[0] += acc[v];
-                                for (int l = 0; l < L; ++l) total += acc[0][l];
-                            } else {
-                                for (int64_t oh = 0; oh < p.out_h; ++oh) {
-                                    const T* d = gyp.get() + oh * width;
-                                    const T* src = xp.get() + (oh * p.stride_h + kr * p.dil_h) * pp.cols + ks * p.dil_w;
-                                    for (int64_t ow = 0; ow < p.out_w; ++ow) total += d[ow] * src[ow * p.stride_w];
-                                }
+                            for (int64_t oh = 0; oh < p.out_h; ++oh) {
+                                const T* d = gyp.get() + oh * width;
+                                const T* src = xp.get() + (oh * p.stride_h + kr * p.dil_h) * pp.cols + ks * p.dil_w;
+                                for (int64_t ow = 0; ow < p.out_w; ++ow) total += d[ow] * src[ow * p.stride_w];
                             }
                             grad_weight[k * taps + kr * p.s + ks] += total;
                         }

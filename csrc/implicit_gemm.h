@@ -184,7 +184,7 @@ void pack_planes(const T* src, int64_t plane, int64_t batch_stride, int64_t plan
         for (int64_t off = 0; off < filled;) {
             const int64_t n = (q0 + off) / plane, pix = (q0 + off) % plane;
             const int64_t len = std::min(plane - pix, filled - off);
-            std::memcpy(row_out + off, src + n * batch_stride + k * plane + pix, static_cast<size_t>(len) * sizeof(T));
+            copy_run(row_out + off, src + n * batch_stride + k * plane + pix, len);
             off += len;
         }
         std::fill(row_out + filled, row_out + width, T(0));

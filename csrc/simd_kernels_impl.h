@@ -59,6 +59,9 @@ bool backward_data_as_forward(const ConvShape& p, const T* grad_y, const T* weig
     q.pad_bottom = p.h - 1 + (p.r - 1) * p.dil_h + 1 - p.out_h - q.pad_top;
     q.pad_right = p.w - 1 + (p.s - 1) * p.dil_w + 1 - p.out_w - q.pad_left;
     if (q.pad_top < 0 || q.pad_left < 0 || q.pad_bottom < 0 || q.pad_right < 0) return false;
+    // One input channel feeding several filters would become a single-filter
+    // forward here, which wastes most of each vector: the plane kernel does better.
+    if (p.c_per_group() == 1 && p.k_per_group() > 1) return false;
     q.check();
     // flipped[g*cg + c][kk][R-1-kr][S-1-ks] = weight[g*kg + kk][c][kr][ks]
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
@@ -70,7 +73,7 @@ bool backward_data_as_forward(const ConvShape& p, const T* grad_y, const T* weig
                     for (int64_t ks = 0; ks < p.s; ++ks)
                         flipped[static_cast<size_t>((((g * cg + c) * kg + kk) * p.r + (p.r - 1 - kr)) * p.s + (p.s - 1 - ks))] =
                             weight[(((g * kg + kk) * cg + c) * p.r + kr) * p.s + ks];
-    direct_forward(q, grad_y, flipped.data(), static_cast<const T*>(nullptr), grad_x);
+    conv_forward(q, grad_y, flipped.data(), static_cast<const T*>(nullptr), grad_x);
     return true;
 }
 
@@ -80,9 +83,9 @@ bool backward_data_as_forward(const ConvShape& p, const T* grad_y, const T* weig
 // at run time, none multiply zeros).
 template <class T>
 void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
-    if (p.c_per_group() == 1) return plane_backward_data(p, grad_y, weight, grad_x);
     if (p.stride_h == 1 && p.stride_w == 1 && (p.r > 1 || p.s > 1) && backward_data_as_forward(p, grad_y, weight, grad_x))
         return;
+    if (p.c_per_group() == 1) return plane_backward_data(p, grad_y, weight, grad_x);
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
     const int64_t out_plane = p.out_h * p.out_w, in_plane = p.h * p.w;
     for (int64_t a = 0; a < p.stride_h && a < p.h; ++a) {
@@ -169,7 +172,7 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
 
 #pragma omp parallel
     {
-        Scratch<T> dy_panel(kblock * chunk), col_panel(jblock * chunk + kCopySlack<T>);
+        Scratch<T> dy_panel(kblock * chunk + kCopySlack<T>), col_panel(jblock * chunk + kCopySlack<T>);
         std::vector<V> acc(static_cast<size_t>(kblock * jblock));
         std::vector<Segment> segs(static_cast<size_t>(chunk));
 #pragma omp for schedule(dynamic)
