@@ -68,8 +68,9 @@ struct DirectKernels {
     }
 };
 
-template <class T, int NK>
-void direct_forward_nk(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
+// weight_of(g, m, j): weight of filter m of group g for tap j = (c, kr, ks).
+template <class T, int NK, class WeightOf>
+void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
     constexpr int L = kLanes<T>, F = NK * L;  // filters per block
     constexpr int NP = DirectKernels<T, NK>::max_pixels;
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
@@ -89,8 +90,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, const T* weight, const T*
     for (int64_t g = 0; g < p.groups; ++g)
         for (int64_t k = 0; k < kg; ++k)
             for (int64_t j = 0; j < ntaps; ++j)
-                w_packed[static_cast<size_t>(((g * kblocks + k / F) * ntaps + j) * F + k % F)] =
-                    weight[(g * kg + k) * ntaps + j];
+                w_packed[static_cast<size_t>(((g * kblocks + k / F) * ntaps + j) * F + k % F)] = weight_of(g, k, j);
     // offset[j]: where tap j = (c, kr, ks) reads, relative to the window
     // position of output pixel (row 0 of its window, column ow * stride_w).
     std::vector<int64_t> offset(static_cast<size_t>(ntaps));
@@ -154,10 +154,10 @@ void direct_forward_nk(const ConvShape& p, const T* x, const T* weight, const T*
     }
 }
 
-template <class T>
-void direct_forward(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
-    if (p.k_per_group() <= kLanes<T>) direct_forward_nk<T, 1>(p, x, weight, bias, y);
-    else direct_forward_nk<T, 2>(p, x, weight, bias, y);
+template <class T, class WeightOf>
+void direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
+    if (p.k_per_group() <= kLanes<T>) direct_forward_nk<T, 1>(p, x, weight_of, bias, y);
+    else direct_forward_nk<T, 2>(p, x, weight_of, bias, y);
 }
 
 }  // namespace fastconv::FASTCONV_ISA

@@ -37,7 +37,11 @@ template <class T>
 void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
     if (p.c_per_group() == 1) return plane_forward(p, x, weight, bias, y);
     // 1x1 kernels pack plain copies of the input: the GEMM is faster there.
-    if (p.r > 1 || p.s > 1) return direct_forward(p, x, weight, bias, y);
+    if (p.r > 1 || p.s > 1) {
+        const int64_t kg = p.k_per_group(), ntaps = p.c_per_group() * p.r * p.s;
+        return direct_forward(p, x, [&](int64_t g, int64_t m, int64_t j) { return weight[(g * kg + m) * ntaps + j]; },
+                              bias, y);
+    }
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
     const int64_t out_plane = p.out_h * p.out_w;
     const Destination out{p.k * out_plane, out_plane, p.out_w, 1, 1, 0, 0};
@@ -63,17 +67,24 @@ bool backward_data_as_forward(const ConvShape& p, const T* grad_y, const T* weig
     // forward here, which wastes most of each vector: the plane kernel does better.
     if (p.c_per_group() == 1 && p.k_per_group() > 1) return false;
     q.check();
-    // flipped[g*cg + c][kk][R-1-kr][S-1-ks] = weight[g*kg + kk][c][kr][ks]
+    // The filters of q: filter c of group g, tap (kk, kr', ks') is
+    // weight[g*kg + kk][c][R-1-kr'][S-1-ks'] (flipped, channels swapped).
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
-    std::vector<T> flipped(static_cast<size_t>(p.k * cg * p.r * p.s));
-    for (int64_t g = 0; g < p.groups; ++g)
-        for (int64_t kk = 0; kk < kg; ++kk)
+    auto flipped = [&](int64_t g, int64_t c, int64_t j) {
+        const int64_t ks = p.s - 1 - j % p.s, kr = p.r - 1 - (j / p.s) % p.r, kk = j / (p.r * p.s);
+        return weight[(((g * kg + kk) * cg + c) * p.r + kr) * p.s + ks];
+    };
+    if (q.c_per_group() == 1) {
+        // One grad_y channel per group: the plane kernel, with its (small) weights laid out.
+        const int64_t taps = q.r * q.s;
+        std::vector<T> w(static_cast<size_t>(q.k * taps));
+        for (int64_t g = 0; g < q.groups; ++g)
             for (int64_t c = 0; c < cg; ++c)
-                for (int64_t kr = 0; kr < p.r; ++kr)
-                    for (int64_t ks = 0; ks < p.s; ++ks)
-                        flipped[static_cast<size_t>((((g * cg + c) * kg + kk) * p.r + (p.r - 1 - kr)) * p.s + (p.s - 1 - ks))] =
-                            weight[(((g * kg + kk) * cg + c) * p.r + kr) * p.s + ks];
-    conv_forward(q, grad_y, flipped.data(), static_cast<const T*>(nullptr), grad_x);
+                for (int64_t j = 0; j < taps; ++j) w[static_cast<size_t>((g * cg + c) * taps + j)] = flipped(g, c, j);
+        plane_forward(q, grad_y, w.data(), static_cast<const T*>(nullptr), grad_x);
+    } else {
+        direct_forward(q, grad_y, flipped, static_cast<const T*>(nullptr), grad_x);
+    }
     return true;
 }
 

@@ -95,3 +95,12 @@ def test_task_example_matches_torch_padding_1(rng):
     assert_close(grad_w, wt.grad.numpy(), "dL/dF")
     assert_close(grad_x, xt.grad.numpy(), "dL/dX")
     assert_close(layer.grad_bias, bt.grad.numpy(), "dL/db")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("c,filters,groups", [(6, 2, 2), (4, 1, 1), (3, 6, 3), (1, 6, 1)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_few_filters_or_channels_per_group(rng, dtype, c, filters, groups, stride):
+    # One filter per group, one channel per group with several filters: the
+    # kernels pick special paths for these.
+    run_case(rng, dtype, 2, c, 10, 9, filters, (3, 3), stride, 1, groups, "same")
