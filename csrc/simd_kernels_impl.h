@@ -69,14 +69,20 @@ bool backward_data_as_forward(const ConvShape& p, const T* grad_y, const T* weig
     q.check();
     // The filters of q: filter c of group g, tap (kk, kr', ks') is
     // weight[g*kg + kk][c][R-1-kr'][S-1-ks'] (flipped, channels swapped).
-    const int64_t cg = p.c_per_group(), kg = p.k_per_group();
+    const int64_t cg = p.c_per_group(), kg = p.k_per_group(), taps = p.r * p.s;
+    // source[j] for j = (kk, kr', ks'): offset of weight[kk][0][R-1-kr'][S-1-ks']
+    // (tabulated once: this runs for every weight).
+    std::vector<int64_t> source(static_cast<size_t>(kg * taps));
+    for (int64_t kk = 0; kk < kg; ++kk)
+        for (int64_t kr = 0; kr < p.r; ++kr)
+            for (int64_t ks = 0; ks < p.s; ++ks)
+                source[static_cast<size_t>((kk * p.r + kr) * p.s + ks)] =
+                    kk * cg * taps + (p.r - 1 - kr) * p.s + (p.s - 1 - ks);
     auto flipped = [&](int64_t g, int64_t c, int64_t j) {
-        const int64_t ks = p.s - 1 - j % p.s, kr = p.r - 1 - (j / p.s) % p.r, kk = j / (p.r * p.s);
-        return weight[(((g * kg + kk) * cg + c) * p.r + kr) * p.s + ks];
+        return weight[(g * kg * cg + c) * taps + source[static_cast<size_t>(j)]];
     };
     if (q.c_per_group() == 1) {
         // One grad_y channel per group: the plane kernel, with its (small) weights laid out.
-        const int64_t taps = q.r * q.s;
         std::vector<T> w(static_cast<size_t>(q.k * taps));
         for (int64_t g = 0; g < q.groups; ++g)
             for (int64_t c = 0; c < cg; ++c)
