@@ -30,26 +30,27 @@ using Quad = std::array<int64_t, 4>;
 [[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
 
 template <class T>
-void check_array(const py::array& a, const char* name, bool writeable) {
+void check_array(const py::array& a, const char* name, bool writeable, py::ssize_t ndim) {
     if (a.dtype().num() != py::dtype::of<T>().num() || a.dtype().byteorder() == '>')
         type_error(std::string(name) + ": expected a native " + std::string(py::str(py::dtype::of<T>())) +
                    " array, got " + std::string(py::str(a.dtype())));
-    if (a.ndim() != 4 && std::string(name).rfind("bias", 0) != 0 && std::string(name) != "grad_bias")
-        value_error(std::string(name) + ": expected 4 dimensions, got " + std::to_string(a.ndim()));
+    if (a.ndim() != ndim)
+        value_error(std::string(name) + ": expected " + std::to_string(ndim) + " dimensions, got " +
+                    std::to_string(a.ndim()));
     if (!(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
         value_error(std::string(name) + ": expected a C-contiguous, aligned array");
     if (writeable && !a.writeable()) value_error(std::string(name) + ": output array is read-only");
 }
 
 template <class T>
-const T* in_ptr(const py::array& a, const char* name) {
-    check_array<T>(a, name, false);
+const T* in_ptr(const py::array& a, const char* name, py::ssize_t ndim = 4) {
+    check_array<T>(a, name, false, ndim);
     return static_cast<const T*>(a.data());
 }
 
 template <class T>
-T* out_ptr(py::array& a, const char* name) {
-    check_array<T>(a, name, true);
+T* out_ptr(py::array& a, const char* name, py::ssize_t ndim = 4) {
+    check_array<T>(a, name, true, ndim);
     return static_cast<T*>(a.mutable_data());
 }
 
@@ -57,6 +58,8 @@ T* out_ptr(py::array& a, const char* name) {
 // (N, K, out_h, out_w) dimensions plus the hyper-parameters; checked.
 ConvShape make_shape(const py::array& x, const py::array& w, const py::array& y, Pair stride,
                      Quad padding, Pair dilation, int64_t groups) {
+    for (const py::array* a : {&x, &w, &y})
+        if (a->ndim() != 4) value_error("expected 4-dimensional arrays, got " + std::to_string(a->ndim()) + " dimensions");
     ConvShape p;
     p.n = x.shape(0), p.c = x.shape(1), p.h = x.shape(2), p.w = x.shape(3);
     p.k = w.shape(0), p.r = w.shape(2), p.s = w.shape(3);
@@ -78,8 +81,8 @@ void forward_t(const py::array& x, const py::array& w, const py::object& bias, p
     const T* b = nullptr;
     if (!bias.is_none()) {
         py::array bias_arr = bias.cast<py::array>();
-        b = in_ptr<T>(bias_arr, "bias");
-        if (bias_arr.ndim() != 1 || bias_arr.shape(0) != p.k) value_error("bias: expected shape (filters,)");
+        b = in_ptr<T>(bias_arr, "bias", 1);
+        if (bias_arr.shape(0) != p.k) value_error("bias: expected shape (filters,)");
     }
     const T* xp = in_ptr<T>(x, "x");
     const T* wp = in_ptr<T>(w, "weight");
@@ -133,7 +136,7 @@ void backward_bias(const py::array& grad_y, py::array grad_b) {
     auto run = [&](auto tag) {
         using T = decltype(tag);
         const T* gy = in_ptr<T>(grad_y, "grad_y");
-        T* gb = out_ptr<T>(grad_b, "grad_bias");
+        T* gb = out_ptr<T>(grad_b, "grad_bias", 1);
         py::gil_scoped_release release;
         fastconv::conv_backward_bias<T>(p, gy, gb);
     };

@@ -188,3 +188,7 @@ def test_private_core_refuses_inconsistent_arrays_instead_of_crashing():
         core.forward(x, w, None, out, (1, 1), (0, 0, 0, 0), (1, 1), 1)
     with pytest.raises(ValueError, match="groups"):
         core.forward(x, w, None, np.zeros((1, 3, 3, 3)), (1, 1), (0, 0, 0, 0), (1, 1), 0)
+    with pytest.raises(ValueError, match="expected 4-dimensional arrays, got 2 dimensions"):
+        core.backward_data(np.zeros((3, 3)), w, np.zeros((1, 2, 5, 5)), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    with pytest.raises(ValueError, match="bias: expected 1 dimensions, got 2"):
+        core.forward(x, w, np.zeros((3, 1)), np.zeros((1, 3, 3, 3)), (1, 1), (0, 0, 0, 0), (1, 1), 1)
