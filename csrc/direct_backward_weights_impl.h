@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "implicit_gemm.h"
+#include "input_window.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -75,12 +76,7 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
     constexpr int L = kLanes<T>, F = NK * L, NJ = FASTCONV_BW_NJ;
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
     const int64_t kblocks = (kg + F - 1) / F;
-    const int64_t wpad = (p.out_w - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1;
-    const int64_t span_h = (p.r - 1) * p.dil_h + 1;
-    // Output rows per chunk: a window of at most ~256 K input values.
-    int64_t rows = std::max<int64_t>(1, std::min<int64_t>(p.out_h, 8));
-    while (rows > 1 && cg * ((rows - 1) * p.stride_h + span_h) * wpad > (1 << 18)) --rows;
-    const int64_t window_rows = (rows - 1) * p.stride_h + span_h;
+    const InputWindow win(p);  // a chunk of pixels = the output rows of one window
     // Split the taps too when there are fewer filter blocks than threads (each
     // split transposes grad_y again, so no more than that). Every weight is
     // still summed by one task in pixel order: the split changes no result.
@@ -90,18 +86,12 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
     const int64_t jblocks = (ntaps + jper - 1) / jper;
     const int64_t tasks = p.groups * kblocks * jblocks;
 
-    std::vector<int64_t> offset(static_cast<size_t>(ntaps));
-    for (int64_t c = 0; c < cg; ++c)
-        for (int64_t kr = 0; kr < p.r; ++kr)
-            for (int64_t ks = 0; ks < p.s; ++ks)
-                offset[static_cast<size_t>((c * p.r + kr) * p.s + ks)] =
-                    (c * window_rows + kr * p.dil_h) * wpad + ks * p.dil_w;
     const DirectBwMicro<T> full = pick_direct_bw<T, NK>(static_cast<int>(std::min<int64_t>(NJ, ntaps)),
                                                        std::make_integer_sequence<int, NJ>{});
 
 #pragma omp parallel
     {
-        Scratch<T> window(cg * window_rows * wpad), gyt(rows * p.out_w * F), acc(jper * F);
+        Scratch<T> window(win.size()), gyt(win.out_rows * p.out_w * F), acc(jper * F);
         const T* src[NJ];
 #pragma omp for schedule(dynamic)
         for (int64_t t = 0; t < tasks; ++t) {
@@ -111,18 +101,9 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
             std::fill(acc.get(), acc.get() + (j1 - j0) * F, T(0));
             for (int64_t n = 0; n < p.n; ++n) {
                 const T* xg = x + (n * p.c + g * cg) * p.h * p.w;
-                for (int64_t oh0 = 0; oh0 < p.out_h; oh0 += rows) {
-                    const int64_t oh1 = std::min(p.out_h, oh0 + rows);
-                    const int64_t ih0 = oh0 * p.stride_h - p.pad_top;
-                    for (int64_t c = 0; c < cg; ++c)
-                        for (int64_t wr = 0; wr < window_rows; ++wr) {
-                            T* dst = window.get() + (c * window_rows + wr) * wpad;
-                            const int64_t ih = ih0 + wr;
-                            std::fill(dst, dst + wpad, T(0));
-                            if (ih < 0 || ih >= p.h) continue;
-                            const int64_t lo = p.pad_left, hi = std::min<int64_t>(wpad, p.pad_left + p.w);
-                            for (int64_t i = lo; i < hi; ++i) dst[i] = xg[(c * p.h + ih) * p.w + i - p.pad_left];
-                        }
+                for (int64_t oh0 = 0; oh0 < p.out_h; oh0 += win.out_rows) {
+                    const int64_t oh1 = std::min(p.out_h, oh0 + win.out_rows);
+                    win.fill(p, xg, oh0, window.get());
                     // gyt[(oh - oh0) * out_w + ow][f] = grad_y[n, k0 + f, oh, ow], 0 past the block's filters.
                     const int64_t pix = (oh1 - oh0) * p.out_w;
                     for (int64_t f = 0; f < F; ++f) {
@@ -138,8 +119,8 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                         const DirectBwMicro<T> micro =
                             nj == NJ ? full : pick_direct_bw<T, NK>(static_cast<int>(nj), std::make_integer_sequence<int, NJ>{});
                         for (int64_t oh = oh0; oh < oh1; ++oh) {
-                            const T* row = window.get() + (oh - oh0) * p.stride_h * wpad;
-                            for (int64_t jj = 0; jj < nj; ++jj) src[jj] = row + offset[static_cast<size_t>(j + jj)];
+                            const T* row = window.get() + (oh - oh0) * p.stride_h * win.cols;
+                            for (int64_t jj = 0; jj < nj; ++jj) src[jj] = row + win.offset[static_cast<size_t>(j + jj)];
                             micro(src, p.stride_w, gyt.get() + (oh - oh0) * p.out_w * F, p.out_w, acc.get() + (j - j0) * F);
                         }
                     }

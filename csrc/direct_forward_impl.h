@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "implicit_gemm.h"
+#include "input_window.h"
 
 namespace fastconv::FASTCONV_ISA {
 
@@ -76,14 +77,8 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
     const int64_t ntaps = cg * p.r * p.s;
     const int64_t kblocks = (kg + F - 1) / F;
-    // Padded window: all columns any tap of the row reads, iw = -pad_left ...
-    const int64_t wpad = (p.out_w - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1;
-    // Output rows per task: enough work per task, a window of at most ~256 K values.
-    const int64_t span_h = (p.r - 1) * p.dil_h + 1;
-    int64_t rows_per_task = std::max<int64_t>(1, std::min<int64_t>(p.out_h, 8));
-    while (rows_per_task > 1 && cg * ((rows_per_task - 1) * p.stride_h + span_h) * wpad > (1 << 18)) --rows_per_task;
-    const int64_t row_blocks = (p.out_h + rows_per_task - 1) / rows_per_task;
-    const int64_t window_rows = (rows_per_task - 1) * p.stride_h + span_h;
+    const InputWindow win(p);
+    const int64_t row_blocks = (p.out_h + win.out_rows - 1) / win.out_rows;
 
     // w_packed[g][kb][j][f] = weight[g*kg + kb*F + f][j], zero past the group's filters.
     std::vector<T> w_packed(static_cast<size_t>(p.groups * kblocks * ntaps * F), T(0));
@@ -91,15 +86,6 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
         for (int64_t k = 0; k < kg; ++k)
             for (int64_t j = 0; j < ntaps; ++j)
                 w_packed[static_cast<size_t>(((g * kblocks + k / F) * ntaps + j) * F + k % F)] = weight_of(g, k, j);
-    // offset[j]: where tap j = (c, kr, ks) reads, relative to the window
-    // position of output pixel (row 0 of its window, column ow * stride_w).
-    std::vector<int64_t> offset(static_cast<size_t>(ntaps));
-    for (int64_t c = 0; c < cg; ++c)
-        for (int64_t kr = 0; kr < p.r; ++kr)
-            for (int64_t ks = 0; ks < p.s; ++ks)
-                offset[static_cast<size_t>((c * p.r + kr) * p.s + ks)] =
-                    (c * window_rows + kr * p.dil_h) * wpad + ks * p.dil_w;
-
     const int64_t tasks = p.n * p.groups * row_blocks;
     const DirectMicro<T> full = DirectKernels<T, NK>::for_pixels(static_cast<int>(std::min<int64_t>(NP, p.out_w)));
     const int64_t tail_pixels = p.out_w % NP;
@@ -107,24 +93,14 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
 
 #pragma omp parallel
     {
-        Scratch<T> window(cg * window_rows * wpad);
+        Scratch<T> window(win.size());
         Scratch<T> result(NP * F);
         std::vector<int32_t> live(static_cast<size_t>(ntaps));
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);
-            const int64_t oh0 = rb * rows_per_task, oh1 = std::min(p.out_h, oh0 + rows_per_task);
-            const int64_t ih0 = oh0 * p.stride_h - p.pad_top;  // input row of window row 0
-            const T* xg = x + (n * p.c + g * cg) * p.h * p.w;
-            for (int64_t c = 0; c < cg; ++c)
-                for (int64_t wr = 0; wr < window_rows; ++wr) {
-                    T* dst = window.get() + (c * window_rows + wr) * wpad;
-                    const int64_t ih = ih0 + wr;
-                    std::fill(dst, dst + wpad, T(0));
-                    if (ih < 0 || ih >= p.h) continue;
-                    const int64_t lo = std::max<int64_t>(0, p.pad_left), hi = std::min<int64_t>(wpad, p.pad_left + p.w);
-                    for (int64_t i = lo; i < hi; ++i) dst[i] = xg[(c * p.h + ih) * p.w + i - p.pad_left];
-                }
+            const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
+            win.fill(p, x + (n * p.c + g * cg) * p.h * p.w, oh0, window.get());
             for (int64_t oh = oh0; oh < oh1; ++oh) {
                 // The taps whose kernel row reads a real input row.
                 int64_t nlive = 0;
@@ -134,13 +110,13 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                         if (ih < 0 || ih >= p.h) continue;
                         for (int64_t ks = 0; ks < p.s; ++ks) live[static_cast<size_t>(nlive++)] = static_cast<int32_t>((c * p.r + kr) * p.s + ks);
                     }
-                const T* row = window.get() + (oh - oh0) * p.stride_h * wpad;
+                const T* row = window.get() + (oh - oh0) * p.stride_h * win.cols;
                 for (int64_t kb = 0; kb < kblocks; ++kb) {
                     const T* wb = w_packed.data() + (g * kblocks + kb) * ntaps * F;
                     const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += NP) {
                         const int64_t np = std::min<int64_t>(NP, p.out_w - ow0);
-                        (np == NP ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, offset.data(), live.data(), nlive,
+                        (np == NP ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(), live.data(), nlive,
                                                  result.get());
                         for (int64_t f = 0; f < nk; ++f) {
                             T* out = y + ((n * p.k + k0 + f) * p.out_h + oh) * p.out_w + ow0;

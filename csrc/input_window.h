@@ -1,0 +1,55 @@
+// The zero-padded window of input rows that a block of output rows reads,
+// shared by the direct (filter-vectorised) kernels: tap j = (c, kr, ks) of
+// output pixel ow of window row 0 reads window[offset[j] + ow * stride_w].
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "conv_shape.h"
+
+namespace fastconv {
+
+struct InputWindow {
+    int64_t cols = 0;      // every column a tap of a row reads: iw = -pad_left ...
+    int64_t out_rows = 0;  // output rows per window: at most 8, and a window of at most ~256 K values
+    int64_t rows = 0;      // input rows those output rows read
+    int64_t channels = 0;  // input channels of one group
+    std::vector<int64_t> offset;
+
+    explicit InputWindow(const ConvShape& p)
+        : cols((p.out_w - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1), channels(p.c_per_group()) {
+        const int64_t span_h = (p.r - 1) * p.dil_h + 1;
+        out_rows = std::max<int64_t>(1, std::min<int64_t>(p.out_h, 8));
+        while (out_rows > 1 && channels * ((out_rows - 1) * p.stride_h + span_h) * cols > (1 << 18)) --out_rows;
+        rows = (out_rows - 1) * p.stride_h + span_h;
+        offset.resize(static_cast<size_t>(channels * p.r * p.s));
+        for (int64_t c = 0; c < channels; ++c)
+            for (int64_t kr = 0; kr < p.r; ++kr)
+                for (int64_t ks = 0; ks < p.s; ++ks)
+                    offset[static_cast<size_t>((c * p.r + kr) * p.s + ks)] =
+                        (c * rows + kr * p.dil_h) * cols + ks * p.dil_w;
+    }
+
+    int64_t size() const { return channels * rows * cols; }
+
+    // Copies the input rows that output rows oh0... read (of the group whose
+    // first channel is x_group) into dst, zeros in the padding.
+    template <class T>
+    void fill(const ConvShape& p, const T* x_group, int64_t oh0, T* dst) const {
+        const int64_t ih0 = oh0 * p.stride_h - p.pad_top;
+        const int64_t hi = std::min<int64_t>(cols, p.pad_left + p.w);
+        for (int64_t c = 0; c < channels; ++c)
+            for (int64_t wr = 0; wr < rows; ++wr) {
+                T* row = dst + (c * rows + wr) * cols;
+                const int64_t ih = ih0 + wr;
+                std::fill(row, row + cols, T(0));
+                if (ih < 0 || ih >= p.h) continue;
+                const T* src = x_group + (c * p.h + ih) * p.w - p.pad_left;
+                for (int64_t i = p.pad_left; i < hi; ++i) row[i] = src[i];
+            }
+    }
+};
+
+}  // namespace fastconv
