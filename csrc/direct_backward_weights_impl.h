@@ -31,10 +31,12 @@ inline int64_t max_threads() {
 #endif
 }
 
-// acc[jj][f] += sum over the row's pixels ow of x[tap jj at ow] * gyt[ow][f].
+// acc[jj][f] += sum over `rows` output rows of `width` pixels of
+// x[tap jj at (row, ow)] * gyt[row * width + ow][f]; tap jj of row r, pixel
+// ow reads src[jj][r * row_step + ow * sw].
 template <class T, int NJ, int NK>
-void direct_bw_micro(const T* const* __restrict src, int64_t sw, const T* __restrict gyt, int64_t pixels,
-                     T* __restrict acc_mem) {
+void direct_bw_micro(const T* const* __restrict src, int64_t sw, int64_t row_step, const T* __restrict gyt,
+                     int64_t rows, int64_t width, T* __restrict acc_mem) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>, F = NK * L;
     V acc[NJ][NK];
@@ -42,18 +44,21 @@ void direct_bw_micro(const T* const* __restrict src, int64_t sw, const T* __rest
     for (int jj = 0; jj < NJ; ++jj)
 #pragma GCC unroll 4
         for (int v = 0; v < NK; ++v) acc[jj][v] = load<V>(acc_mem + jj * F + v * L);
-    const T* s[NJ];
+    for (int64_t r = 0; r < rows; ++r) {
+        const T* s[NJ];
 #pragma GCC unroll 8
-    for (int jj = 0; jj < NJ; ++jj) s[jj] = src[jj];
-    for (int64_t ow = 0; ow < pixels; ++ow) {
-        V d[NK];
+        for (int jj = 0; jj < NJ; ++jj) s[jj] = src[jj] + r * row_step;
+        const T* d_row = gyt + r * width * F;
+        for (int64_t ow = 0; ow < width; ++ow) {
+            V d[NK];
 #pragma GCC unroll 4
-        for (int v = 0; v < NK; ++v) d[v] = load<V>(gyt + ow * F + v * L);
+            for (int v = 0; v < NK; ++v) d[v] = load<V>(d_row + ow * F + v * L);
 #pragma GCC unroll 8
-        for (int jj = 0; jj < NJ; ++jj) {
-            const T xv = s[jj][ow * sw];
+            for (int jj = 0; jj < NJ; ++jj) {
+                const T xv = s[jj][ow * sw];
 #pragma GCC unroll 4
-            for (int v = 0; v < NK; ++v) acc[jj][v] += xv * d[v];
+                for (int v = 0; v < NK; ++v) acc[jj][v] += xv * d[v];
+            }
         }
     }
 #pragma GCC unroll 8
@@ -63,7 +68,7 @@ void direct_bw_micro(const T* const* __restrict src, int64_t sw, const T* __rest
 }
 
 template <class T>
-using DirectBwMicro = void (*)(const T* const*, int64_t, const T*, int64_t, T*);
+using DirectBwMicro = void (*)(const T* const*, int64_t, int64_t, const T*, int64_t, int64_t, T*);
 
 template <class T, int NK, int... J>
 DirectBwMicro<T> pick_direct_bw(int taps, std::integer_sequence<int, J...>) {
@@ -118,11 +123,8 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                         const int64_t nj = std::min<int64_t>(NJ, j1 - j);
                         const DirectBwMicro<T> micro =
                             nj == NJ ? full : pick_direct_bw<T, NK>(static_cast<int>(nj), std::make_integer_sequence<int, NJ>{});
-                        for (int64_t oh = oh0; oh < oh1; ++oh) {
-                            const T* row = window.get() + (oh - oh0) * p.stride_h * win.cols;
-                            for (int64_t jj = 0; jj < nj; ++jj) src[jj] = row + win.offset[static_cast<size_t>(j + jj)];
-                            micro(src, p.stride_w, gyt.get() + (oh - oh0) * p.out_w * F, p.out_w, acc.get() + (j - j0) * F);
-                        }
+                        for (int64_t jj = 0; jj < nj; ++jj) src[jj] = window.get() + win.offset[static_cast<size_t>(j + jj)];
+                        micro(src, p.stride_w, p.stride_h * win.cols, gyt.get(), oh1 - oh0, p.out_w, acc.get() + (j - j0) * F);
                     }
                 }
             }

@@ -95,29 +95,36 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     {
         Scratch<T> window(win.size());
         Scratch<T> result(NP * F);
-        std::vector<int32_t> live(static_cast<size_t>(ntaps));
+        std::vector<int32_t> live(static_cast<size_t>(win.out_rows * ntaps));
+        std::vector<int64_t> nlive(static_cast<size_t>(win.out_rows));
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);
             const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
             win.fill(p, x + (n * p.c + g * cg) * p.h * p.w, oh0, window.get());
+            // live[(oh - oh0) * ntaps ...]: the taps whose kernel row reads a real input row.
             for (int64_t oh = oh0; oh < oh1; ++oh) {
-                // The taps whose kernel row reads a real input row.
-                int64_t nlive = 0;
+                int32_t* list = live.data() + (oh - oh0) * ntaps;
+                int64_t count = 0;
                 for (int64_t c = 0; c < cg; ++c)
                     for (int64_t kr = 0; kr < p.r; ++kr) {
                         const int64_t ih = oh * p.stride_h - p.pad_top + kr * p.dil_h;
                         if (ih < 0 || ih >= p.h) continue;
-                        for (int64_t ks = 0; ks < p.s; ++ks) live[static_cast<size_t>(nlive++)] = static_cast<int32_t>((c * p.r + kr) * p.s + ks);
+                        for (int64_t ks = 0; ks < p.s; ++ks) list[count++] = static_cast<int32_t>((c * p.r + kr) * p.s + ks);
                     }
-                const T* row = window.get() + (oh - oh0) * p.stride_h * win.cols;
-                for (int64_t kb = 0; kb < kblocks; ++kb) {
-                    const T* wb = w_packed.data() + (g * kblocks + kb) * ntaps * F;
-                    const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
+                nlive[static_cast<size_t>(oh - oh0)] = count;
+            }
+            // Filter blocks outermost: one block's weights stay in cache for all the rows.
+            for (int64_t kb = 0; kb < kblocks; ++kb) {
+                const T* wb = w_packed.data() + (g * kblocks + kb) * ntaps * F;
+                const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
+                for (int64_t oh = oh0; oh < oh1; ++oh) {
+                    const T* row = window.get() + (oh - oh0) * p.stride_h * win.cols;
+                    const int32_t* list = live.data() + (oh - oh0) * ntaps;
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += NP) {
                         const int64_t np = std::min<int64_t>(NP, p.out_w - ow0);
-                        (np == NP ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(), live.data(), nlive,
-                                                 result.get());
+                        (np == NP ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(), list,
+                                                 nlive[static_cast<size_t>(oh - oh0)], result.get());
                         for (int64_t f = 0; f < nk; ++f) {
                             T* out = y + ((n * p.k + k0 + f) * p.out_h + oh) * p.out_w + ow0;
                             const T b = bias ? bias[k0 + f] : T(0);
