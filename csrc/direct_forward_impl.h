@@ -69,9 +69,20 @@ struct DirectKernels {
     }
 };
 
+// Where output (n, k, oh, ow) goes: y[n * batch + k * channel + oh * row +
+// ow * col + offset]. A plain forward writes y densely; strided backward-data
+// writes one stride phase of grad_x.
+struct OutputPlacement {
+    int64_t batch, channel, row, col, offset;
+    static OutputPlacement dense(const ConvShape& p) {
+        return OutputPlacement{p.k * p.out_h * p.out_w, p.out_h * p.out_w, p.out_w, 1, 0};
+    }
+};
+
 // weight_of(g, m, j): weight of filter m of group g for tap j = (c, kr, ks).
 template <class T, int NK, class WeightOf>
-void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
+void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y,
+                       const OutputPlacement& place) {
     constexpr int L = kLanes<T>, F = NK * L;  // filters per block
     constexpr int NP = DirectKernels<T, NK>::max_pixels;
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
@@ -126,9 +137,14 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                         (np == NP ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(), list,
                                                  nlive[static_cast<size_t>(oh - oh0)], result.get());
                         for (int64_t f = 0; f < nk; ++f) {
-                            T* out = y + ((n * p.k + k0 + f) * p.out_h + oh) * p.out_w + ow0;
+                            T* out = y + n * place.batch + (k0 + f) * place.channel + oh * place.row +
+                                     ow0 * place.col + place.offset;
                             const T b = bias ? bias[k0 + f] : T(0);
-                            for (int64_t i = 0; i < np; ++i) out[i] = result.get()[i * F + f] + b;
+                            if (place.col == 1) {
+                                for (int64_t i = 0; i < np; ++i) out[i] = result.get()[i * F + f] + b;
+                            } else {
+                                for (int64_t i = 0; i < np; ++i) out[i * place.col] = result.get()[i * F + f] + b;
+                            }
                         }
                     }
                 }
@@ -138,9 +154,10 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
 }
 
 template <class T, class WeightOf>
-void direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
-    if (p.k_per_group() <= kLanes<T>) direct_forward_nk<T, 1>(p, x, weight_of, bias, y);
-    else direct_forward_nk<T, 2>(p, x, weight_of, bias, y);
+void direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y,
+                    const OutputPlacement& place) {
+    if (p.k_per_group() <= kLanes<T>) direct_forward_nk<T, 1>(p, x, weight_of, bias, y, place);
+    else direct_forward_nk<T, 2>(p, x, weight_of, bias, y, place);
 }
 
 }  // namespace fastconv::FASTCONV_ISA

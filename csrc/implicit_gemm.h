@@ -173,24 +173,6 @@ void pack_panel(const T* src, const SourceGrid& grid, const Tap* taps, int64_t n
     }
 }
 
-// panel[k * width + i] = plane k of `src` at flattened pixel q0 + i, for
-// planes that are the grid itself (grad_y): runs within one image are
-// contiguous, so they are copied whole rather than row by row.
-template <class T>
-void pack_planes(const T* src, int64_t plane, int64_t batch_stride, int64_t planes, int64_t q0, int64_t filled,
-                 int64_t width, T* panel) {
-    for (int64_t k = 0; k < planes; ++k) {
-        T* row_out = panel + k * width;
-        for (int64_t off = 0; off < filled;) {
-            const int64_t n = (q0 + off) / plane, pix = (q0 + off) % plane;
-            const int64_t len = std::min(plane - pix, filled - off);
-            copy_run(row_out + off, src + n * batch_stride + k * plane + pix, len);
-            off += len;
-        }
-        std::fill(row_out + filled, row_out + width, T(0));
-    }
-}
-
 // c[i][pixel] = sum_j a[j * MR + i] * b[j * kTile + pixel] for i < MR and a whole tile.
 template <class T, int MR>
 __attribute__((always_inline)) inline void micro_gemm(int64_t ntaps, const T* __restrict a, const T* __restrict b,

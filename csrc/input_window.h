@@ -18,8 +18,11 @@ struct InputWindow {
     int64_t channels = 0;  // input channels of one group
     std::vector<int64_t> offset;
 
-    explicit InputWindow(const ConvShape& p)
-        : cols((p.out_w - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1), channels(p.c_per_group()) {
+    // out_w_rounded: output columns computed per row (>= out_w; the extra ones
+    // are computed from zeros and dropped).
+    explicit InputWindow(const ConvShape& p, int64_t out_w_rounded = 0)
+        : cols((std::max(p.out_w, out_w_rounded) - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1),
+          channels(p.c_per_group()) {
         const int64_t span_h = (p.r - 1) * p.dil_h + 1;
         out_rows = std::max<int64_t>(1, std::min<int64_t>(p.out_h, 8));
         while (out_rows > 1 && channels * ((out_rows - 1) * p.stride_h + span_h) * cols > (1 << 18)) --out_rows;

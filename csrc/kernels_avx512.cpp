@@ -1,14 +1,14 @@
-// The vectorised kernels built for AVX-512 (32 vector registers: 12 x 2
-// accumulators in the GEMM micro-kernel, 4 x 6 in the dot-product one).
+// The vectorised kernels built for AVX-512. 32 vector registers hold 24
+// accumulators in each micro-kernel: GEMM 8 filters x 3 vectors of pixels,
+// direct forward 12 pixels x 2 vectors of filters, direct backward-weights
+// 6 taps x up to 4 vectors of filters.
 // Compiled with -mavx512f -mavx512dq -mavx512bw -mavx512vl -mfma; only called
 // when the CPU reports those features.
 #define FASTCONV_ISA avx512
 #define FASTCONV_VECTOR_BYTES 64
 #define FASTCONV_MR 8
 #define FASTCONV_NV 3
-#define FASTCONV_DOT_MK 4
 #define FASTCONV_DIRECT_NP 12
 #define FASTCONV_BW_NJ 6
 #define FASTCONV_BW_NK 4
-#define FASTCONV_DOT_NJ 6
 #include "simd_kernels_impl.h"

@@ -1,18 +1,20 @@
 // Forward, backward-data and backward-weights on top of implicit_gemm.h;
 // included once per instruction set by kernels_<isa>.cpp.
 //
-// Besides the macros implicit_gemm.h needs, the including file defines
-//   FASTCONV_DOT_MK, FASTCONV_DOT_NJ   filters x taps per backward-weights micro-kernel
+// Besides the macros implicit_gemm.h needs, the including file defines those
+// of direct_forward_impl.h and direct_backward_weights_impl.h.
 #pragma once
 
 #include <algorithm>
 #include <array>
+#include <numeric>
 #include <vector>
 
 #include "depthwise_impl.h"
 #include "direct_backward_weights_impl.h"
 #include "direct_forward_impl.h"
 #include "implicit_gemm.h"
+#include "row_direct_impl.h"
 #include "simd_kernels.h"
 
 namespace fastconv::FASTCONV_ISA {
@@ -39,8 +41,8 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
     // 1x1 kernels pack plain copies of the input: the GEMM is faster there.
     if (p.r > 1 || p.s > 1) {
         const int64_t kg = p.k_per_group(), ntaps = p.c_per_group() * p.r * p.s;
-        return direct_forward(p, x, [&](int64_t g, int64_t m, int64_t j) { return weight[(g * kg + m) * ntaps + j]; },
-                              bias, y);
+        return any_direct_forward(p, x, [&](int64_t g, int64_t m, int64_t j) { return weight[(g * kg + m) * ntaps + j]; },
+                                  bias, y, OutputPlacement::dense(p));
     }
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
     const int64_t out_plane = p.out_h * p.out_w;
@@ -63,9 +65,6 @@ bool backward_data_as_forward(const ConvShape& p, const T* grad_y, const T* weig
     q.pad_bottom = p.h - 1 + (p.r - 1) * p.dil_h + 1 - p.out_h - q.pad_top;
     q.pad_right = p.w - 1 + (p.s - 1) * p.dil_w + 1 - p.out_w - q.pad_left;
     if (q.pad_top < 0 || q.pad_left < 0 || q.pad_bottom < 0 || q.pad_right < 0) return false;
-    // One input channel feeding several filters would become a single-filter
-    // forward here, which wastes most of each vector: the plane kernel does better.
-    if (p.c_per_group() == 1 && p.k_per_group() > 1) return false;
     q.check();
     // The filters of q: filter c of group g, tap (kk, kr', ks') is
     // weight[g*kg + kk][c][R-1-kr'][S-1-ks'] (flipped, channels swapped).
@@ -89,7 +88,91 @@ bool backward_data_as_forward(const ConvShape& p, const T* grad_y, const T* weig
                 for (int64_t j = 0; j < taps; ++j) w[static_cast<size_t>((g * cg + c) * taps + j)] = flipped(g, c, j);
         plane_forward(q, grad_y, w.data(), static_cast<const T*>(nullptr), grad_x);
     } else {
-        direct_forward(q, grad_y, flipped, static_cast<const T*>(nullptr), grad_x);
+        any_direct_forward(q, grad_y, flipped, static_cast<const T*>(nullptr), grad_x, OutputPlacement::dense(q));
+    }
+    return true;
+}
+
+// The kernel rows (or columns) that reach input positions of phase a
+// (position = a + stride * u) from an output row: kr with
+// (a + pad - kr * dil) divisible by stride, an arithmetic progression.
+struct PhaseTaps {
+    int64_t first = 0, step = 1, count = 0;  // kr = first + m * step, m < count
+    int64_t dil = 1;                         // grad_y rows between consecutive taps, reversed order
+    int64_t pad = 0;                         // rows of zero padding the phase's forward needs before grad_y
+    PhaseTaps(int64_t a, int64_t pad_lo, int64_t kernel, int64_t dilation, int64_t stride) {
+        const int64_t g = std::gcd(stride, dilation);
+        step = stride / g;
+        dil = dilation / g;
+        first = -1;
+        for (int64_t kr = 0; kr < std::min(kernel, step); ++kr)
+            if ((a + pad_lo - kr * dilation) % stride == 0) first = kr;
+        if (first < 0) return;
+        count = (kernel - first + step - 1) / step;
+        // The last tap reads grad_y row u + (a + pad_lo - last * dilation) / stride.
+        const int64_t last = first + (count - 1) * step;
+        pad = -(a + pad_lo - last * dilation) / stride;
+    }
+};
+
+// At stride > 1, each phase (ih mod stride_h, iw mod stride_w) of dL/dx is a
+// stride-1 forward convolution of grad_y with the flipped sub-kernel of the
+// taps that reach that phase, written into every stride-th pixel. Returns
+// false (nothing done) where a phase would need negative padding.
+template <class T>
+bool backward_data_by_phase(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
+    const int64_t cg = p.c_per_group(), kg = p.k_per_group();
+    struct Phase {
+        int64_t a, b;
+        PhaseTaps rows, cols;
+        ConvShape q;
+    };
+    std::vector<Phase> phases;
+    for (int64_t a = 0; a < std::min(p.stride_h, p.h); ++a)
+        for (int64_t b = 0; b < std::min(p.stride_w, p.w); ++b) {
+            Phase ph{a, b, PhaseTaps(a, p.pad_top, p.r, p.dil_h, p.stride_h),
+                     PhaseTaps(b, p.pad_left, p.s, p.dil_w, p.stride_w), p};
+            ConvShape& q = ph.q;
+            q.c = p.k, q.h = p.out_h, q.w = p.out_w, q.k = p.c;
+            q.out_h = (p.h - a + p.stride_h - 1) / p.stride_h;
+            q.out_w = (p.w - b + p.stride_w - 1) / p.stride_w;
+            if (ph.rows.count > 0 && ph.cols.count > 0) {
+                q.r = ph.rows.count, q.s = ph.cols.count;
+                q.stride_h = q.stride_w = 1;
+                q.dil_h = ph.rows.dil, q.dil_w = ph.cols.dil;
+                q.pad_top = ph.rows.pad, q.pad_left = ph.cols.pad;
+                q.pad_bottom = q.out_h - 1 + (q.r - 1) * q.dil_h + 1 - q.h - q.pad_top;
+                q.pad_right = q.out_w - 1 + (q.s - 1) * q.dil_w + 1 - q.w - q.pad_left;
+                if (q.pad_top < 0 || q.pad_left < 0 || q.pad_bottom < 0 || q.pad_right < 0) return false;
+                q.check();
+            }
+            phases.push_back(ph);
+        }
+    for (const Phase& ph : phases) {
+        const ConvShape& q = ph.q;
+        const OutputPlacement place{p.c * p.h * p.w, p.h * p.w, p.stride_h * p.w, p.stride_w, ph.a * p.w + ph.b};
+        if (ph.rows.count == 0 || ph.cols.count == 0) {  // no tap reaches this phase: its gradient is 0
+            for (int64_t n = 0; n < p.n; ++n)
+                for (int64_t c = 0; c < p.c; ++c)
+                    for (int64_t u = 0; u < q.out_h; ++u)
+                        for (int64_t v = 0; v < q.out_w; ++v)
+                            grad_x[n * place.batch + c * place.channel + u * place.row + v * place.col + place.offset] = T(0);
+            continue;
+        }
+        // Filter c of group g, tap (kk, i, j) of the phase's forward is
+        // weight[g*kg + kk][c][kr][ks], taps in reverse order.
+        std::vector<int64_t> source(static_cast<size_t>(kg * q.r * q.s));
+        for (int64_t kk = 0; kk < kg; ++kk)
+            for (int64_t i = 0; i < q.r; ++i)
+                for (int64_t j = 0; j < q.s; ++j) {
+                    const int64_t kr = ph.rows.first + (q.r - 1 - i) * ph.rows.step;
+                    const int64_t ks = ph.cols.first + (q.s - 1 - j) * ph.cols.step;
+                    source[static_cast<size_t>((kk * q.r + i) * q.s + j)] = (kk * cg * p.r + kr) * p.s + ks;
+                }
+        auto weight_of = [&](int64_t g, int64_t c, int64_t j) {
+            return weight[(g * kg * cg + c) * p.r * p.s + source[static_cast<size_t>(j)]];
+        };
+        any_direct_forward(q, grad_y, weight_of, static_cast<const T*>(nullptr), grad_x, place);
     }
     return true;
 }
@@ -103,6 +186,7 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
     if (p.stride_h == 1 && p.stride_w == 1 && (p.r > 1 || p.s > 1) && backward_data_as_forward(p, grad_y, weight, grad_x))
         return;
     if (p.c_per_group() == 1) return plane_backward_data(p, grad_y, weight, grad_x);
+    if ((p.stride_h > 1 || p.stride_w > 1) && backward_data_by_phase(p, grad_y, weight, grad_x)) return;
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
     const int64_t out_plane = p.out_h * p.out_w, in_plane = p.h * p.w;
     for (int64_t a = 0; a < p.stride_h && a < p.h; ++a) {
@@ -132,97 +216,12 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
     }
 }
 
-// acc[i][jj] += sum over the chunk of dy row i times col row jj, lane-wise.
-template <class T, int MK, int NJ>
-inline void micro_dot(int64_t steps, int64_t width, const T* __restrict dy, const T* __restrict col,
-                      typename Simd<T>::vec* __restrict acc, int64_t ld) {
-    using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>;
-    V a[MK][NJ];
-#pragma GCC unroll 8
-    for (int i = 0; i < MK; ++i)
-#pragma GCC unroll 8
-        for (int jj = 0; jj < NJ; ++jj) a[i][jj] = acc[i * ld + jj];
-    for (int64_t s = 0; s < steps; ++s) {
-        V d[MK];
-#pragma GCC unroll 8
-        for (int i = 0; i < MK; ++i) d[i] = load<V>(dy + i * width + s * L);
-#pragma GCC unroll 8
-        for (int jj = 0; jj < NJ; ++jj) {
-            const V cv = load<V>(col + jj * width + s * L);
-#pragma GCC unroll 8
-            for (int i = 0; i < MK; ++i) a[i][jj] += d[i] * cv;
-        }
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < MK; ++i)
-#pragma GCC unroll 8
-        for (int jj = 0; jj < NJ; ++jj) acc[i * ld + jj] = a[i][jj];
-}
-
-// dL/dweight[k, j] = sum over pixels of grad_y[k, pixel] * col[j, pixel]: dot
-// products along pixels, vectorised over lanes of pixels. Each task owns a
-// block of filters x taps and walks all pixels in a fixed order (lanes summed
-// last, in a fixed order too), so no partial results cross threads and the
-// result does not depend on the thread count.
+// dL/dweight: plane by plane where each filter reads one input channel, else
+// the direct kernel vectorised over filters (direct_backward_weights_impl.h).
 template <class T>
 void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
     if (p.c_per_group() == 1) return plane_backward_weights(p, grad_y, x, grad_weight);
-    // Small output rows make the GEMM's packing runs short: the direct kernel wins there.
-    if ((p.r > 1 || p.s > 1) && p.out_w <= 32) return direct_backward_weights(p, grad_y, x, grad_weight);
-    using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>, MK = FASTCONV_DOT_MK, NJ = FASTCONV_DOT_NJ;
-    const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
-    const int64_t out_plane = p.out_h * p.out_w;
-    const int64_t pixels = p.n * out_plane;
-    auto round_up = [](int64_t v, int64_t m) { return (v + m - 1) / m * m; };
-    // Filters and taps per task, pixels per packed chunk: at most 64 x 96 x 1024
-    // (fp32), less for small layers so that their scratch stays small.
-    const int64_t kblock = std::min<int64_t>(16 * MK, round_up(kg, MK));
-    const int64_t jblock = std::min<int64_t>(16 * NJ, round_up(ntaps, NJ));
-    const int64_t chunk = std::min<int64_t>(4096 / static_cast<int64_t>(sizeof(T)), round_up(std::max<int64_t>(pixels, 1), L));
-    const int64_t kblocks = (kg + kblock - 1) / kblock, jblocks = (ntaps + jblock - 1) / jblock;
-    const int64_t tasks = p.groups * kblocks * jblocks;
-
-    const std::vector<Tap> taps = forward_taps(p);
-    const SourceGrid grid = forward_grid(p);
-
-#pragma omp parallel
-    {
-        Scratch<T> dy_panel(kblock * chunk + kCopySlack<T>), col_panel(jblock * chunk + kCopySlack<T>);
-        std::vector<V> acc(static_cast<size_t>(kblock * jblock));
-        std::vector<Segment> segs(static_cast<size_t>(chunk));
-#pragma omp for schedule(dynamic)
-        for (int64_t t = 0; t < tasks; ++t) {
-            const int64_t g = t / (kblocks * jblocks);
-            const int64_t k0 = ((t / jblocks) % kblocks) * kblock, j0 = (t % jblocks) * jblock;
-            const int64_t krows = std::min(kblock, kg - k0), jrows = std::min(jblock, ntaps - j0);
-            const int64_t kpad = (krows + MK - 1) / MK * MK, jpad = (jrows + NJ - 1) / NJ * NJ;
-            std::fill(acc.begin(), acc.begin() + kpad * jpad, V{});
-            for (int64_t q0 = 0; q0 < pixels; q0 += chunk) {
-                const int64_t filled = std::min(chunk, pixels - q0);
-                const int64_t width = (filled + L - 1) / L * L;
-                const int nsegs = split_segments(grid, q0, filled, segs.data());
-                pack_planes(grad_y + (g * kg + k0) * out_plane, out_plane, p.k * out_plane, krows, q0, filled, width,
-                            dy_panel.get());
-                pack_panel(x + g * cg * p.h * p.w, grid, taps.data() + j0, jrows, segs.data(), nsegs, filled, width,
-                           col_panel.get());
-                std::fill(dy_panel.get() + krows * width, dy_panel.get() + kpad * width, T(0));
-                std::fill(col_panel.get() + jrows * width, col_panel.get() + jpad * width, T(0));
-                for (int64_t jj = 0; jj < jpad; jj += NJ)
-                    for (int64_t i = 0; i < kpad; i += MK)
-                        micro_dot<T, MK, NJ>(width / L, width, dy_panel.get() + i * width,
-                                             col_panel.get() + jj * width, acc.data() + i * jpad + jj, jpad);
-            }
-            for (int64_t i = 0; i < krows; ++i)
-                for (int64_t jj = 0; jj < jrows; ++jj) {
-                    const V v = acc[static_cast<size_t>(i * jpad + jj)];
-                    T sum = 0;
-                    for (int l = 0; l < L; ++l) sum += v[l];
-                    grad_weight[(g * kg + k0 + i) * ntaps + j0 + jj] = sum;
-                }
-        }
-    }
+    direct_backward_weights(p, grad_y, x, grad_weight);
 }
 
 #define FASTCONV_INSTANTIATE(T)                                                                 \

@@ -1,0 +1,140 @@
+// Direct convolution vectorised over output pixels, for layers with few
+// filters per group (3 input channels' worth of dL/dx, say) at column stride
+// 1: the im2col row of tap j for a run of output pixels is a contiguous run
+// of the zero-padded input window, so the GEMM micro-kernel's B operand is
+// read in place, with no packing. MR filters x NV vectors of pixels stay in
+// registers.
+// Included by simd_kernels_impl.h inside the instruction set's namespace.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include "direct_forward_impl.h"
+#include "implicit_gemm.h"
+#include "input_window.h"
+
+namespace fastconv::FASTCONV_ISA {
+
+// c[i][pixel] = sum over live taps j of a[j * MR + i] * base[offset[j] + pixel].
+template <class T, int MR>
+void row_micro(const T* __restrict base, const int64_t* __restrict offset, const int32_t* __restrict live,
+               int64_t nlive, const T* __restrict a, T* __restrict c) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>, NV = kVectorsPerTile, W = kTile<T>;
+    V acc[MR][NV];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] = V{};
+    for (int64_t t = 0; t < nlive; ++t) {
+        const int32_t j = live[t];
+        const T* b = base + offset[j];
+        V bv[NV];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + v * L);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; ++i) {
+            const T av = a[static_cast<int64_t>(j) * MR + i];
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) store(c + i * W + v * L, acc[i][v]);
+}
+
+template <class T>
+using RowMicro = void (*)(const T*, const int64_t*, const int32_t*, int64_t, const T*, T*);
+
+template <class T, int... R>
+RowMicro<T> pick_row_micro(int rows, std::integer_sequence<int, R...>) {
+    RowMicro<T> table[] = {&row_micro<T, R + 1>...};
+    return table[rows - 1];
+}
+
+// Whether row_direct_forward suits p better than direct_forward: column
+// stride 1, at most FASTCONV_MR filters per group, and fewer idle vector
+// lanes (pixel tiles past the row's end here, filter slots past the group's
+// filters there).
+template <class T>
+bool row_direct_suits(const ConvShape& p) {
+    constexpr int64_t W = kTile<T>, L = kLanes<T>;
+    const int64_t kg = p.k_per_group();
+    if (p.stride_w != 1 || kg > FASTCONV_MR) return false;
+    const double row_use = static_cast<double>(p.out_w) / static_cast<double>((p.out_w + W - 1) / W * W);
+    const double filter_use = static_cast<double>(kg) / static_cast<double>((kg + L - 1) / L * L);
+    return row_use > filter_use;
+}
+
+template <class T, class WeightOf>
+void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y,
+                        const OutputPlacement& place) {
+    constexpr int W = kTile<T>;
+    const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
+    const int64_t tiles_per_row = (p.out_w + W - 1) / W;
+    const InputWindow win(p, tiles_per_row * W);
+    const int64_t row_blocks = (p.out_h + win.out_rows - 1) / win.out_rows;
+    const int mr = static_cast<int>(kg);  // kg <= FASTCONV_MR here: one block of rows
+    const RowMicro<T> micro = pick_row_micro<T>(mr, std::make_integer_sequence<int, FASTCONV_MR>{});
+
+    // a_packed[g][j][i] = weight of filter i of group g for tap j.
+    std::vector<T> a_packed(static_cast<size_t>(p.groups * ntaps * kg));
+    for (int64_t g = 0; g < p.groups; ++g)
+        for (int64_t i = 0; i < kg; ++i)
+            for (int64_t j = 0; j < ntaps; ++j) a_packed[static_cast<size_t>((g * ntaps + j) * kg + i)] = weight_of(g, i, j);
+    const int64_t tasks = p.n * p.groups * row_blocks;
+
+#pragma omp parallel
+    {
+        Scratch<T> window(win.size()), result(mr * W);
+        std::vector<int32_t> live(static_cast<size_t>(ntaps));
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < tasks; ++t) {
+            const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);
+            const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
+            win.fill(p, x + (n * p.c + g * cg) * p.h * p.w, oh0, window.get());
+            const T* a = a_packed.data() + g * ntaps * kg;
+            for (int64_t oh = oh0; oh < oh1; ++oh) {
+                int64_t nlive = 0;  // the taps whose kernel row reads a real input row
+                for (int64_t c = 0; c < cg; ++c)
+                    for (int64_t kr = 0; kr < p.r; ++kr) {
+                        const int64_t ih = oh * p.stride_h - p.pad_top + kr * p.dil_h;
+                        if (ih < 0 || ih >= p.h) continue;
+                        for (int64_t ks = 0; ks < p.s; ++ks) live[static_cast<size_t>(nlive++)] = static_cast<int32_t>((c * p.r + kr) * p.s + ks);
+                    }
+                const T* row = window.get() + (oh - oh0) * p.stride_h * win.cols;
+                for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += W) {
+                    const int64_t np = std::min<int64_t>(W, p.out_w - ow0);
+                    micro(row + ow0, win.offset.data(), live.data(), nlive, a, result.get());
+                    for (int64_t i = 0; i < kg; ++i) {
+                        T* out = y + n * place.batch + (g * kg + i) * place.channel + oh * place.row + ow0 * place.col +
+                                 place.offset;
+                        const T b = bias ? bias[g * kg + i] : T(0);
+                        const T* r = result.get() + i * W;
+                        if (place.col == 1) {
+                            for (int64_t k = 0; k < np; ++k) out[k] = r[k] + b;
+                        } else {
+                            for (int64_t k = 0; k < np; ++k) out[k * place.col] = r[k] + b;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// The direct forward that suits p: vectorised over pixels for few filters,
+// else over filters.
+template <class T, class WeightOf>
+void any_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y,
+                        const OutputPlacement& place) {
+    if (row_direct_suits<T>(p)) row_direct_forward(p, x, weight_of, bias, y, place);
+    else direct_forward(p, x, weight_of, bias, y, place);
+}
+
+}  // namespace fastconv::FASTCONV_ISA
