@@ -82,6 +82,7 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
     const int64_t kblocks = (kg + F - 1) / F;
     const InputWindow win(p);  // a chunk of pixels = the output rows of one window
+    const int64_t row_step = p.stride_h * win.cols;  // window elements between output rows
     // Split the taps too when there are fewer filter blocks than threads (each
     // split transposes grad_y again, so no more than that). Every weight is
     // still summed by one task in pixel order: the split changes no result.
@@ -108,7 +109,7 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                 const T* xg = x + (n * p.c + g * cg) * p.h * p.w;
                 for (int64_t oh0 = 0; oh0 < p.out_h; oh0 += win.out_rows) {
                     const int64_t oh1 = std::min(p.out_h, oh0 + win.out_rows);
-                    win.fill(p, xg, oh0, window.get());
+                    const T* base = win.prepare(p, xg, oh0, window.get());
                     // gyt[(oh - oh0) * out_w + ow][f] = grad_y[n, k0 + f, oh, ow], 0 past the block's filters.
                     const int64_t pix = (oh1 - oh0) * p.out_w;
                     for (int64_t f = 0; f < F; ++f) {
@@ -123,8 +124,12 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                         const int64_t nj = std::min<int64_t>(NJ, j1 - j);
                         const DirectBwMicro<T> micro =
                             nj == NJ ? full : pick_direct_bw<T, NK>(static_cast<int>(nj), std::make_integer_sequence<int, NJ>{});
-                        for (int64_t jj = 0; jj < nj; ++jj) src[jj] = window.get() + win.offset[static_cast<size_t>(j + jj)];
-                        micro(src, p.stride_w, p.stride_h * win.cols, gyt.get(), oh1 - oh0, p.out_w, acc.get() + (j - j0) * F);
+                        for (int64_t jj = 0; jj < nj; ++jj) src[jj] = base + win.offset[static_cast<size_t>(j + jj)];
+                        if (row_step == p.out_w) {  // rows follow each other in the window: one long row
+                            micro(src, 1, 0, gyt.get(), 1, (oh1 - oh0) * p.out_w, acc.get() + (j - j0) * F);
+                        } else {
+                            micro(src, p.stride_w, row_step, gyt.get(), oh1 - oh0, p.out_w, acc.get() + (j - j0) * F);
+                        }
                     }
                 }
             }

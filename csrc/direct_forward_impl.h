@@ -112,7 +112,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);
             const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
-            win.fill(p, x + (n * p.c + g * cg) * p.h * p.w, oh0, window.get());
+            const T* base = win.prepare(p, x + (n * p.c + g * cg) * p.h * p.w, oh0, window.get());
             // live[(oh - oh0) * ntaps ...]: the taps whose kernel row reads a real input row.
             for (int64_t oh = oh0; oh < oh1; ++oh) {
                 int32_t* list = live.data() + (oh - oh0) * ntaps;
@@ -130,7 +130,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                 const T* wb = w_packed.data() + (g * kblocks + kb) * ntaps * F;
                 const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
                 for (int64_t oh = oh0; oh < oh1; ++oh) {
-                    const T* row = window.get() + (oh - oh0) * p.stride_h * win.cols;
+                    const T* row = base + (oh - oh0) * p.stride_h * win.cols;
                     const int32_t* list = live.data() + (oh - oh0) * ntaps;
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += NP) {
                         const int64_t np = std::min<int64_t>(NP, p.out_w - ow0);

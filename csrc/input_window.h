@@ -16,6 +16,10 @@ struct InputWindow {
     int64_t out_rows = 0;  // output rows per window: at most 8, and a window of at most ~256 K values
     int64_t rows = 0;      // input rows those output rows read
     int64_t channels = 0;  // input channels of one group
+    // Without padding and with whole input rows, the window is the input
+    // itself: no copy, and channels are an input plane apart.
+    bool in_place = false;
+    int64_t channel_stride = 0;
     std::vector<int64_t> offset;
 
     // out_w_rounded: output columns computed per row (>= out_w; the extra ones
@@ -27,18 +31,30 @@ struct InputWindow {
         out_rows = std::max<int64_t>(1, std::min<int64_t>(p.out_h, 8));
         while (out_rows > 1 && channels * ((out_rows - 1) * p.stride_h + span_h) * cols > (1 << 18)) --out_rows;
         rows = (out_rows - 1) * p.stride_h + span_h;
+        in_place = p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0 && cols == p.w;
+        channel_stride = in_place ? p.h * p.w : rows * cols;
         offset.resize(static_cast<size_t>(channels * p.r * p.s));
         for (int64_t c = 0; c < channels; ++c)
             for (int64_t kr = 0; kr < p.r; ++kr)
                 for (int64_t ks = 0; ks < p.s; ++ks)
                     offset[static_cast<size_t>((c * p.r + kr) * p.s + ks)] =
-                        (c * rows + kr * p.dil_h) * cols + ks * p.dil_w;
+                        c * channel_stride + kr * p.dil_h * cols + ks * p.dil_w;
     }
 
-    int64_t size() const { return channels * rows * cols; }
+    // Scratch elements a thread needs for its window.
+    int64_t size() const { return in_place ? 1 : channels * rows * cols; }
 
-    // Copies the input rows that output rows oh0... read (of the group whose
-    // first channel is x_group) into dst, zeros in the padding.
+    // The window of output rows oh0... of the group whose first channel is
+    // x_group: the input itself in place, else a copy in scratch.
+    template <class T>
+    const T* prepare(const ConvShape& p, const T* x_group, int64_t oh0, T* scratch) const {
+        if (in_place) return x_group + oh0 * p.stride_h * p.w;
+        fill(p, x_group, oh0, scratch);
+        return scratch;
+    }
+
+  private:
+    // Copies the input rows that output rows oh0... read into dst, zeros in the padding.
     template <class T>
     void fill(const ConvShape& p, const T* x_group, int64_t oh0, T* dst) const {
         const int64_t ih0 = oh0 * p.stride_h - p.pad_top;

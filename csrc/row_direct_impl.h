@@ -97,7 +97,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);
             const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
-            win.fill(p, x + (n * p.c + g * cg) * p.h * p.w, oh0, window.get());
+            const T* base = win.prepare(p, x + (n * p.c + g * cg) * p.h * p.w, oh0, window.get());
             const T* a = a_packed.data() + g * ntaps * kg;
             for (int64_t oh = oh0; oh < oh1; ++oh) {
                 int64_t nlive = 0;  // the taps whose kernel row reads a real input row
@@ -107,7 +107,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
                         if (ih < 0 || ih >= p.h) continue;
                         for (int64_t ks = 0; ks < p.s; ++ks) live[static_cast<size_t>(nlive++)] = static_cast<int32_t>((c * p.r + kr) * p.s + ks);
                     }
-                const T* row = window.get() + (oh - oh0) * p.stride_h * win.cols;
+                const T* row = base + (oh - oh0) * p.stride_h * win.cols;
                 for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += W) {
                     const int64_t np = std::min<int64_t>(W, p.out_w - ow0);
                     micro(row + ow0, win.offset.data(), live.data(), nlive, a, result.get());
