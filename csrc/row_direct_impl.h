@@ -18,12 +18,13 @@
 
 namespace fastconv::FASTCONV_ISA {
 
-// c[i][pixel] = sum over live taps j of a[j * MR + i] * base[offset[j] + pixel].
-template <class T, int MR>
+// c[i][pixel] = sum over live taps j of a[j * MR + i] * base[offset[j] + pixel],
+// for NV vectors of pixels.
+template <class T, int MR, int NV>
 void row_micro(const T* __restrict base, const int64_t* __restrict offset, const int32_t* __restrict live,
                int64_t nlive, const T* __restrict a, T* __restrict c) {
     using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>, NV = kVectorsPerTile, W = kTile<T>;
+    constexpr int L = kLanes<T>, W = NV * kLanes<T>;
     V acc[MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
@@ -51,10 +52,25 @@ void row_micro(const T* __restrict base, const int64_t* __restrict offset, const
 template <class T>
 using RowMicro = void (*)(const T*, const int64_t*, const int32_t*, int64_t, const T*, T*);
 
-template <class T, int... R>
+template <class T, int NV, int... R>
 RowMicro<T> pick_row_micro(int rows, std::integer_sequence<int, R...>) {
-    RowMicro<T> table[] = {&row_micro<T, R + 1>...};
+    RowMicro<T> table[] = {&row_micro<T, R + 1, NV>...};
     return table[rows - 1];
+}
+
+// Vectors of pixels per row tile (1 .. kVectorsPerTile): the most that keep
+// the lanes past the row's end fewest.
+template <class T>
+int row_vectors(int64_t out_w) {
+    constexpr int64_t L = kLanes<T>;
+    int best = 1;
+    double best_use = 0;
+    for (int nv = 1; nv <= kVectorsPerTile; ++nv) {
+        const int64_t w = nv * L;
+        const double use = static_cast<double>(out_w) / static_cast<double>((out_w + w - 1) / w * w);
+        if (use >= best_use) best = nv, best_use = use;
+    }
+    return best;
 }
 
 // Whether row_direct_forward suits p better than direct_forward: column
@@ -63,10 +79,11 @@ RowMicro<T> pick_row_micro(int rows, std::integer_sequence<int, R...>) {
 // filters there).
 template <class T>
 bool row_direct_suits(const ConvShape& p) {
-    constexpr int64_t W = kTile<T>, L = kLanes<T>;
+    constexpr int64_t L = kLanes<T>;
     const int64_t kg = p.k_per_group();
     if (p.stride_w != 1 || kg > FASTCONV_MR) return false;
-    const double row_use = static_cast<double>(p.out_w) / static_cast<double>((p.out_w + W - 1) / W * W);
+    const int64_t w = row_vectors<T>(p.out_w) * L;
+    const double row_use = static_cast<double>(p.out_w) / static_cast<double>((p.out_w + w - 1) / w * w);
     const double filter_use = static_cast<double>(kg) / static_cast<double>((kg + L - 1) / L * L);
     return row_use > filter_use;
 }
@@ -74,13 +91,18 @@ bool row_direct_suits(const ConvShape& p) {
 template <class T, class WeightOf>
 void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y,
                         const OutputPlacement& place) {
-    constexpr int W = kTile<T>;
+    const int nv = row_vectors<T>(p.out_w);
+    const int64_t W = nv * kLanes<T>;  // pixels per tile
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
     const int64_t tiles_per_row = (p.out_w + W - 1) / W;
     const InputWindow win(p, tiles_per_row * W);
     const int64_t row_blocks = (p.out_h + win.out_rows - 1) / win.out_rows;
     const int mr = static_cast<int>(kg);  // kg <= FASTCONV_MR here: one block of rows
-    const RowMicro<T> micro = pick_row_micro<T>(mr, std::make_integer_sequence<int, FASTCONV_MR>{});
+    const auto rows = std::make_integer_sequence<int, FASTCONV_MR>{};
+    static_assert(kVectorsPerTile <= 3, "row_direct_forward picks among 1..3 vectors");
+    const RowMicro<T> micro = nv == 1 ? pick_row_micro<T, 1>(mr, rows)
+                              : nv == 2 ? pick_row_micro<T, 2>(mr, rows)
+                                        : pick_row_micro<T, kVectorsPerTile>(mr, rows);
 
     // a_packed[g][j][i] = weight of filter i of group g for tap j.
     std::vector<T> a_packed(static_cast<size_t>(p.groups * ntaps * kg));
