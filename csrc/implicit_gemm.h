@@ -173,10 +173,10 @@ void pack_panel(const T* src, const SourceGrid& grid, const Tap* taps, int64_t n
     }
 }
 
-// c[i][pixel] = sum_j a[j * MR + i] * b[j * kTile + pixel] for i < MR and a whole tile.
+// c[i][pixel] = sum_j a[j * MR + i] * b[j * ldb + pixel] for i < MR and a whole tile.
 template <class T, int MR>
 __attribute__((always_inline)) inline void micro_gemm(int64_t ntaps, const T* __restrict a, const T* __restrict b,
-                                                      T* __restrict c) {
+                                                      int64_t ldb, T* __restrict c) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>, NV = kVectorsPerTile, W = kTile<T>;
     V acc[MR][NV];
@@ -187,7 +187,7 @@ __attribute__((always_inline)) inline void micro_gemm(int64_t ntaps, const T* __
     for (int64_t j = 0; j < ntaps; ++j) {
         V bv[NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + j * W + v * L);
+        for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + j * ldb + v * L);
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
             const T av = a[j * MR + i];
@@ -202,11 +202,11 @@ __attribute__((always_inline)) inline void micro_gemm(int64_t ntaps, const T* __
 }
 
 template <class T>
-using MicroGemm = void (*)(int64_t, const T*, const T*, T*);
+using MicroGemm = void (*)(int64_t, const T*, const T*, int64_t, T*);
 
 template <class T, int MR>
-void micro_gemm_fn(int64_t ntaps, const T* a, const T* b, T* c) {
-    micro_gemm<T, MR>(ntaps, a, b, c);
+void micro_gemm_fn(int64_t ntaps, const T* a, const T* b, int64_t ldb, T* c) {
+    micro_gemm<T, MR>(ntaps, a, b, ldb, c);
 }
 
 // The micro-kernel for `rows` (1..FASTCONV_MR) output channels.
@@ -253,6 +253,14 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
     const int64_t tasks = groups * tiles;
     const MicroGemm<T> full = micro_for_rows<T>(static_cast<int>(std::min(mr, m_per_group)));
     const MicroGemm<T> tail = micro_for_rows<T>(static_cast<int>(m_per_group - (blocks - 1) * mr));
+    // Where the taps are whole source planes read as they are (a 1x1 kernel,
+    // stride 1, no padding), a tile inside one image is read in place: tap j's
+    // row is the source plane j from the tile's first pixel, nothing packed.
+    const int64_t per_image = grid.rows * grid.cols, plane = grid.height * grid.width;
+    bool in_place = grid.su == 1 && grid.sv == 1 && grid.rows == grid.height && grid.cols == grid.width;
+    for (int64_t j = 0; j < ntaps && in_place; ++j)
+        in_place = taps[static_cast<size_t>(j)].channel == j * plane && taps[static_cast<size_t>(j)].dr == 0 &&
+                   taps[static_cast<size_t>(j)].dc == 0;
 
 #pragma omp parallel
     {
@@ -265,11 +273,18 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
             const int64_t q0 = (t % tiles) * W;
             const int64_t filled = std::min<int64_t>(W, pixels - q0);
             const int nsegs = split_segments(grid, q0, filled, segs);
-            pack_panel(src + g * src_group_stride, grid, taps.data(), ntaps, segs, nsegs, filled, W, panel.get());
+            const T* b_tile = panel.get();
+            int64_t ldb = W;
+            if (in_place && filled == W && q0 % per_image + W <= per_image) {
+                b_tile = src + g * src_group_stride + (q0 / per_image) * grid.batch_stride + q0 % per_image;
+                ldb = plane;
+            } else {
+                pack_panel(src + g * src_group_stride, grid, taps.data(), ntaps, segs, nsegs, filled, W, panel.get());
+            }
             for (int64_t blk = 0; blk < blocks; ++blk) {
                 const int64_t m0 = blk * mr, rows = std::min(mr, m_per_group - m0);
                 const T* a = a_packed.data() + (g * m_per_group + m0) * ntaps;
-                (blk + 1 < blocks ? full : tail)(ntaps, a, panel.get(), result.get());
+                (blk + 1 < blocks ? full : tail)(ntaps, a, b_tile, ldb, result.get());
                 for (int64_t i = 0; i < rows; ++i) {
                     const T* res = result.get() + i * W;
                     const T b = bias ? bias[g * m_per_group + m0 + i] : T(0);
