@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -23,6 +22,8 @@ Padding4 = tuple[int, int, int, int]  # top, bottom, left, right
 
 def positive_int(value: Any, name: str) -> int:
     """`value` as an int >= 1, or a TypeError/ValueError naming `name`."""
+    if type(value) is int and value >= 1:  # the common case, without the slow ABC check
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be a positive integer, got {value!r} of type {type(value).__name__}")
     if value < 1:
@@ -92,9 +93,9 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[in
     return total // 2, total - total // 2
 
 
-@dataclass(frozen=True)
-class ConvGeometry:
-    """Everything a kernel needs besides the arrays: normalised and checked."""
+class ConvGeometry(NamedTuple):
+    """Everything a kernel needs besides the arrays: normalised and checked.
+    (A named tuple: cheap to make on every call.)"""
 
     stride: Pair
     dilation: Pair
