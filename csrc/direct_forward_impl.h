@@ -98,9 +98,15 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
             for (int64_t j = 0; j < ntaps; ++j)
                 w_packed[static_cast<size_t>(((g * kblocks + k / F) * ntaps + j) * F + k % F)] = weight_of(g, k, j);
     const int64_t tasks = p.n * p.groups * row_blocks;
-    const DirectMicro<T> full = DirectKernels<T, NK>::for_pixels(static_cast<int>(std::min<int64_t>(NP, p.out_w)));
-    const int64_t tail_pixels = p.out_w % NP;
-    const DirectMicro<T> tail = tail_pixels ? DirectKernels<T, NK>::for_pixels(static_cast<int>(tail_pixels)) : full;
+    // Pixels per micro-kernel call: NP, but a row whose last call would get
+    // under half of that is split evenly (14 = 7 + 7, not 12 + 2), since a
+    // call on few pixels leaves most accumulators idle.
+    const int64_t pixel_blocks = (p.out_w + NP - 1) / NP;
+    const int64_t block = p.out_w % NP != 0 && 2 * (p.out_w % NP) < NP ? (p.out_w + pixel_blocks - 1) / pixel_blocks
+                                                                         : std::min<int64_t>(NP, p.out_w);
+    const DirectMicro<T> full = DirectKernels<T, NK>::for_pixels(static_cast<int>(block));
+    const DirectMicro<T> tail =
+        DirectKernels<T, NK>::for_pixels(static_cast<int>(p.out_w - (pixel_blocks - 1) * block));
 
 #pragma omp parallel
     {
@@ -132,9 +138,9 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                 for (int64_t oh = oh0; oh < oh1; ++oh) {
                     const T* row = base + (oh - oh0) * p.stride_h * win.cols;
                     const int32_t* list = live.data() + (oh - oh0) * ntaps;
-                    for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += NP) {
-                        const int64_t np = std::min<int64_t>(NP, p.out_w - ow0);
-                        (np == NP ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(), list,
+                    for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += block) {
+                        const int64_t np = std::min<int64_t>(block, p.out_w - ow0);
+                        (np == block ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(), list,
                                                  nlive[static_cast<size_t>(oh - oh0)], result.get());
                         for (int64_t f = 0; f < nk; ++f) {
                             T* out = y + n * place.batch + (k0 + f) * place.channel + oh * place.row +
