@@ -173,24 +173,30 @@ void pack_panel(const T* src, const SourceGrid& grid, const Tap* taps, int64_t n
     }
 }
 
-// c[i][pixel] = sum_j a[j * MR + i] * b[j * ldb + pixel] for i < MR and a whole tile.
-template <class T, int MR>
-__attribute__((always_inline)) inline void micro_gemm(int64_t ntaps, const T* __restrict a, const T* __restrict b,
-                                                      int64_t ldb, T* __restrict c) {
+// The micro-kernel of every GEMM-shaped kernel here: c[i][pixel] = sum over
+// the listed taps j of a[j * MR + i] * base[offset[j] + pixel], for MR rows and
+// NV vectors of pixels held in registers. The tap list and offsets let the
+// B rows be a packed panel, input planes read in place, or rows of a padded
+// window, with taps that only read padding left out.
+template <class T, int MR, int NV>
+void row_micro(const T* __restrict base, const int64_t* __restrict offset, const int32_t* __restrict live,
+               int64_t nlive, const T* __restrict a, T* __restrict c) {
     using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>, NV = kVectorsPerTile, W = kTile<T>;
+    constexpr int L = kLanes<T>, W = NV * kLanes<T>;
     V acc[MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[i][v] = V{};
-    for (int64_t j = 0; j < ntaps; ++j) {
+    for (int64_t t = 0; t < nlive; ++t) {
+        const int32_t j = live[t];
+        const T* b = base + offset[j];
         V bv[NV];
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + j * ldb + v * L);
+        for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + v * L);
 #pragma GCC unroll 16
         for (int i = 0; i < MR; ++i) {
-            const T av = a[j * MR + i];
+            const T av = a[static_cast<int64_t>(j) * MR + i];
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
         }
@@ -202,22 +208,18 @@ __attribute__((always_inline)) inline void micro_gemm(int64_t ntaps, const T* __
 }
 
 template <class T>
-using MicroGemm = void (*)(int64_t, const T*, const T*, int64_t, T*);
+using RowMicro = void (*)(const T*, const int64_t*, const int32_t*, int64_t, const T*, T*);
 
-template <class T, int MR>
-void micro_gemm_fn(int64_t ntaps, const T* a, const T* b, int64_t ldb, T* c) {
-    micro_gemm<T, MR>(ntaps, a, b, ldb, c);
-}
-
-// The micro-kernel for `rows` (1..FASTCONV_MR) output channels.
-template <class T, int... R>
-MicroGemm<T> pick_micro(int rows, std::integer_sequence<int, R...>) {
-    MicroGemm<T> table[] = {&micro_gemm_fn<T, R + 1>...};
+template <class T, int NV, int... R>
+RowMicro<T> pick_row_micro(int rows, std::integer_sequence<int, R...>) {
+    RowMicro<T> table[] = {&row_micro<T, R + 1, NV>...};
     return table[rows - 1];
 }
-template <class T>
-MicroGemm<T> micro_for_rows(int rows) {
-    return pick_micro<T>(rows, std::make_integer_sequence<int, FASTCONV_MR>{});
+
+// The micro-kernel for `rows` (1..FASTCONV_MR) rows and NV vectors of pixels.
+template <class T, int NV>
+RowMicro<T> micro_for_rows(int rows) {
+    return pick_row_micro<T, NV>(rows, std::make_integer_sequence<int, FASTCONV_MR>{});
 }
 
 // Where the result of output channel m, grid pixel (n, u, v) goes:
@@ -251,8 +253,8 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
     const int64_t pixels = batch * grid.rows * grid.cols;
     const int64_t tiles = (pixels + W - 1) / W;
     const int64_t tasks = groups * tiles;
-    const MicroGemm<T> full = micro_for_rows<T>(static_cast<int>(std::min(mr, m_per_group)));
-    const MicroGemm<T> tail = micro_for_rows<T>(static_cast<int>(m_per_group - (blocks - 1) * mr));
+    const RowMicro<T> full = micro_for_rows<T, kVectorsPerTile>(static_cast<int>(std::min(mr, m_per_group)));
+    const RowMicro<T> tail = micro_for_rows<T, kVectorsPerTile>(static_cast<int>(m_per_group - (blocks - 1) * mr));
     // Where the taps are whole source planes read as they are (a 1x1 kernel,
     // stride 1, no padding), a tile inside one image is read in place: tap j's
     // row is the source plane j from the tile's first pixel, nothing packed.
@@ -261,6 +263,14 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
     for (int64_t j = 0; j < ntaps && in_place; ++j)
         in_place = taps[static_cast<size_t>(j)].channel == j * plane && taps[static_cast<size_t>(j)].dr == 0 &&
                    taps[static_cast<size_t>(j)].dc == 0;
+    // B row j sits at j * W in a packed panel, at j * plane in place; every tap is used.
+    std::vector<int64_t> packed_rows(static_cast<size_t>(ntaps)), plane_rows(static_cast<size_t>(ntaps));
+    std::vector<int32_t> all_taps(static_cast<size_t>(ntaps));
+    for (int64_t j = 0; j < ntaps; ++j) {
+        packed_rows[static_cast<size_t>(j)] = j * W;
+        plane_rows[static_cast<size_t>(j)] = j * plane;
+        all_taps[static_cast<size_t>(j)] = static_cast<int32_t>(j);
+    }
 
 #pragma omp parallel
     {
@@ -274,17 +284,17 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
             const int64_t filled = std::min<int64_t>(W, pixels - q0);
             const int nsegs = split_segments(grid, q0, filled, segs);
             const T* b_tile = panel.get();
-            int64_t ldb = W;
+            const int64_t* b_rows = packed_rows.data();
             if (in_place && filled == W && q0 % per_image + W <= per_image) {
                 b_tile = src + g * src_group_stride + (q0 / per_image) * grid.batch_stride + q0 % per_image;
-                ldb = plane;
+                b_rows = plane_rows.data();
             } else {
                 pack_panel(src + g * src_group_stride, grid, taps.data(), ntaps, segs, nsegs, filled, W, panel.get());
             }
             for (int64_t blk = 0; blk < blocks; ++blk) {
                 const int64_t m0 = blk * mr, rows = std::min(mr, m_per_group - m0);
                 const T* a = a_packed.data() + (g * m_per_group + m0) * ntaps;
-                (blk + 1 < blocks ? full : tail)(ntaps, a, b_tile, ldb, result.get());
+                (blk + 1 < blocks ? full : tail)(b_tile, b_rows, all_taps.data(), ntaps, a, result.get());
                 for (int64_t i = 0; i < rows; ++i) {
                     const T* res = result.get() + i * W;
                     const T b = bias ? bias[g * m_per_group + m0 + i] : T(0);

@@ -1,9 +1,8 @@
 // Direct convolution vectorised over output pixels, for layers with few
 // filters per group (3 input channels' worth of dL/dx, say) at column stride
 // 1: the im2col row of tap j for a run of output pixels is a contiguous run
-// of the zero-padded input window, so the GEMM micro-kernel's B operand is
-// read in place, with no packing. MR filters x NV vectors of pixels stay in
-// registers.
+// of the zero-padded input window, so the GEMM micro-kernel (row_micro in
+// implicit_gemm.h) reads its B operand in place, with no packing.
 // Included by simd_kernels_impl.h inside the instruction set's namespace.
 #pragma once
 
@@ -17,46 +16,6 @@
 #include "input_window.h"
 
 namespace fastconv::FASTCONV_ISA {
-
-// c[i][pixel] = sum over live taps j of a[j * MR + i] * base[offset[j] + pixel],
-// for NV vectors of pixels.
-template <class T, int MR, int NV>
-void row_micro(const T* __restrict base, const int64_t* __restrict offset, const int32_t* __restrict live,
-               int64_t nlive, const T* __restrict a, T* __restrict c) {
-    using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>, W = NV * kLanes<T>;
-    V acc[MR][NV];
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[i][v] = V{};
-    for (int64_t t = 0; t < nlive; ++t) {
-        const int32_t j = live[t];
-        const T* b = base + offset[j];
-        V bv[NV];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + v * L);
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) {
-            const T av = a[static_cast<int64_t>(j) * MR + i];
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
-        }
-    }
-#pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) store(c + i * W + v * L, acc[i][v]);
-}
-
-template <class T>
-using RowMicro = void (*)(const T*, const int64_t*, const int32_t*, int64_t, const T*, T*);
-
-template <class T, int NV, int... R>
-RowMicro<T> pick_row_micro(int rows, std::integer_sequence<int, R...>) {
-    RowMicro<T> table[] = {&row_micro<T, R + 1, NV>...};
-    return table[rows - 1];
-}
 
 // Vectors of pixels per row tile (1 .. kVectorsPerTile): the most that keep
 // the lanes past the row's end fewest.
@@ -98,11 +57,10 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
     const InputWindow win(p, tiles_per_row * W);
     const int64_t row_blocks = (p.out_h + win.out_rows - 1) / win.out_rows;
     const int mr = static_cast<int>(kg);  // kg <= FASTCONV_MR here: one block of rows
-    const auto rows = std::make_integer_sequence<int, FASTCONV_MR>{};
     static_assert(kVectorsPerTile <= 3, "row_direct_forward picks among 1..3 vectors");
-    const RowMicro<T> micro = nv == 1 ? pick_row_micro<T, 1>(mr, rows)
-                              : nv == 2 ? pick_row_micro<T, 2>(mr, rows)
-                                        : pick_row_micro<T, kVectorsPerTile>(mr, rows);
+    const RowMicro<T> micro = nv == 1   ? micro_for_rows<T, 1>(mr)
+                              : nv == 2 ? micro_for_rows<T, 2>(mr)
+                                        : micro_for_rows<T, kVectorsPerTile>(mr);
 
     // a_packed[g][j][i] = weight of filter i of group g for tap j.
     std::vector<T> a_packed(static_cast<size_t>(p.groups * ntaps * kg));
