@@ -194,6 +194,26 @@ PYBIND11_MODULE(_core, m) {
     m.def("backward_bias", &backward_bias, py::arg("grad_y"), py::arg("grad_bias"),
           "grad_bias = grad_y summed over batch and pixels");
     m.def("build_info", &build_info, "compiler, flags and OpenMP of this build");
+    m.def(
+        "max_threads",
+        [] {
+#ifdef _OPENMP
+            return omp_get_max_threads();
+#else
+            return 1;
+#endif
+        },
+        "threads the kernels use on the calling thread (OpenMP's nthreads-var: OMP_NUM_THREADS, "
+        "omp_set_num_threads, threadpoolctl)");
+    m.def(
+        "set_num_threads",
+        [](int n) {
+            if (n < 1) value_error("number of threads must be >= 1, got " + std::to_string(n));
+#ifdef _OPENMP
+            omp_set_num_threads(n);
+#endif
+        },
+        py::arg("n"), "threads the kernels use from now on (omp_set_num_threads)");
     m.def("isa", [] { return std::string(fastconv::isa_name(fastconv::active_isa())); },
           "the instruction set the kernels use now");
     m.def("set_isa", [](const std::string& name) { fastconv::set_active_isa(parse_isa(name)); }, py::arg("name"),

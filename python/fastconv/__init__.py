@@ -7,6 +7,7 @@ NumPy implementation beside them as the readable reference.
 from importlib.metadata import PackageNotFoundError, version
 
 from . import reference
+from ._threads import get_num_threads, set_num_threads, threads
 from .functional import ConvGradients, conv2d, conv2d_backward
 from .layer import Conv2D
 
@@ -15,4 +16,14 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["Conv2D", "ConvGradients", "conv2d", "conv2d_backward", "reference", "__version__"]
+__all__ = [
+    "Conv2D",
+    "ConvGradients",
+    "conv2d",
+    "conv2d_backward",
+    "get_num_threads",
+    "reference",
+    "set_num_threads",
+    "threads",
+    "__version__",
+]

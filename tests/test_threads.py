@@ -1,0 +1,78 @@
+"""Thread control: fastconv's own functions, OMP_NUM_THREADS and threadpoolctl,
+alone and beside PyTorch, with the same results at every count."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastconv
+
+core = fastconv._backend.core
+
+
+def test_set_and_get_num_threads_and_the_context_manager():
+    before = fastconv.get_num_threads()
+    try:
+        fastconv.set_num_threads(1)
+        assert fastconv.get_num_threads() == 1
+        with fastconv.threads(2):
+            assert fastconv.get_num_threads() == 2
+            assert core.build_info()["max_threads"] == 2
+        assert fastconv.get_num_threads() == 1
+    finally:
+        fastconv.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad,error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), ("2", TypeError)])
+def test_bad_thread_counts(bad, error):
+    with pytest.raises(error, match="number of threads"):
+        fastconv.set_num_threads(bad)
+    with pytest.raises(error, match="number of threads"):
+        with fastconv.threads(bad):
+            pass
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 16, 20, 20)).astype(np.float32)
+    w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    outs = []
+    for n in (1, 2):
+        with fastconv.threads(n):
+            y = fastconv.conv2d(x, w, padding="same")
+            g = fastconv.conv2d_backward(y, x, w, padding="same")
+            outs.append((y, g.input, g.weight, g.bias))
+    for a, b in zip(*outs):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_omp_num_threads_is_honoured():
+    code = "import fastconv; print(fastconv.get_num_threads())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+
+
+@pytest.mark.parametrize("torch_first", [False, True], ids=["fastconv-only", "after-torch"])
+def test_threadpoolctl_limits_fastconv(torch_first):
+    pytest.importorskip("threadpoolctl")
+    if torch_first:
+        pytest.importorskip("torch")
+    code = (
+        ("import torch\n" if torch_first else "")
+        + "import fastconv\n"
+        + "from threadpoolctl import threadpool_limits\n"
+        + "with threadpool_limits(limits=1, user_api='openmp'):\n"
+        + "    print(fastconv.get_num_threads())\n"
+        + "print(fastconv.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    inside, after = out.stdout.split()
+    assert inside == "1"
+    assert int(after) == len(os.sched_getaffinity(0))  # OpenMP's default: every CPU this process may use
