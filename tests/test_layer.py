@@ -220,3 +220,21 @@ def test_auto_backend_uses_the_core_without_warning(rng):
         warnings.simplefilter("error")
         fastconv.conv2d(rng.standard_normal((1, 1, 4, 4)), np.ones((1, 1, 2, 2)))
     assert _backend.resolve("auto") == "cpp"
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+def test_backward_can_skip_the_input_gradient(rng, backend, monkeypatch):
+    layer = fastconv.Conv2D(4, 3, padding="same", in_channels=3, dtype="float64", backend=backend, seed=0)
+    x = rng.standard_normal((2, 3, 6, 6))
+    g = rng.standard_normal(layer.forward(x).shape)
+    full_w, full_x = layer.backward(g)
+    if backend == "cpp":  # the dL/dX kernel must not even run
+        monkeypatch.setattr(_backend.core, "backward_data", None)
+    grad_w, grad_x = layer.backward(g, need_input_grad=False)
+    assert grad_x is None
+    np.testing.assert_array_equal(grad_w, full_w)
+    grads = fastconv.conv2d_backward(g, x, layer.weight, padding="same", need_input_grad=False, backend=backend)
+    assert grads.input is None
+    np.testing.assert_array_equal(grads.weight, full_w)
+    unbatched = fastconv.conv2d_backward(g[0], x[0], layer.weight, padding="same", need_input_grad=False)
+    assert unbatched.input is None and unbatched.weight.shape == full_w.shape

@@ -14,7 +14,7 @@ from ._validation import ConvGeometry, as_float_array, plan_geometry
 class ConvGradients(NamedTuple):
     """Gradients of the loss with respect to each argument of ``conv2d``."""
 
-    input: np.ndarray
+    input: np.ndarray | None  # None when not asked for (need_input_grad=False)
     weight: np.ndarray
     bias: np.ndarray | None
 
@@ -62,22 +62,29 @@ def forward_checked(
 
 
 def backward_checked(
-    grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, geom: ConvGeometry, bias: bool, backend: str
+    grad_y: np.ndarray,
+    x: np.ndarray,
+    w: np.ndarray,
+    geom: ConvGeometry,
+    bias: bool,
+    backend: str,
+    need_input_grad: bool = True,
 ) -> ConvGradients:
     """The backward pass on checked, contiguous arrays (grad_y of the output's shape)."""
     kernel = (w.shape[2], w.shape[3])
+    args = (geom.stride, geom.padding, geom.dilation, geom.groups)
     if _backend.resolve(backend) == "numpy":
-        args = (geom.stride, geom.padding, geom.dilation, geom.groups)
         return ConvGradients(
-            reference.conv2d_grad_input(grad_y, w, x.shape[2:], *args),
+            reference.conv2d_grad_input(grad_y, w, x.shape[2:], *args) if need_input_grad else None,
             reference.conv2d_grad_weight(grad_y, x, kernel, *args),
             reference.conv2d_grad_bias(grad_y) if bias else None,
         )
     core = _backend.core
-    args = (geom.stride, geom.padding, geom.dilation, geom.groups)
-    grad_x = np.empty_like(x)
+    grad_x = None
+    if need_input_grad:
+        grad_x = np.empty_like(x)
+        core.backward_data(grad_y, w, grad_x, *args)
     grad_w = np.empty_like(w)
-    core.backward_data(grad_y, w, grad_x, *args)
     core.backward_weights(grad_y, x, grad_w, *args)
     grad_b = None
     if bias:
@@ -135,13 +142,15 @@ def conv2d_backward(
     groups: int = 1,
     bias: bool = True,
     *,
+    need_input_grad: bool = True,
     backend: str = "auto",
 ) -> ConvGradients:
     """Gradients of a loss through ``conv2d(x, weight, bias, ...)``.
 
     ``grad_output`` is dL/dy, of the shape ``conv2d`` returned. Returns the
     named tuple ``(input, weight, bias)`` of dL/dx, dL/dweight and dL/dbias
-    (``bias`` is None when ``bias=False``).
+    (``bias`` is None when ``bias=False``; ``input`` is None, and its cost
+    skipped, with ``need_input_grad=False``, as for a network's first layer).
     """
     _backend.check_backend(backend)
     x4, w, unbatched, geom = _prepare(x, weight, stride, padding, dilation, groups, None)
@@ -151,7 +160,7 @@ def conv2d_backward(
     if got != expected:
         shown = expected[1:] if unbatched else expected
         raise ValueError(f"grad_output must have the output's shape {shown}, got {grad_y.shape}")
-    grads = backward_checked(grad_y.reshape(expected), x4, w, geom, bool(bias), backend)
-    if unbatched:
+    grads = backward_checked(grad_y.reshape(expected), x4, w, geom, bool(bias), backend, bool(need_input_grad))
+    if unbatched and grads.input is not None:
         grads = grads._replace(input=grads.input[0])
     return grads

@@ -196,11 +196,13 @@ class Conv2D:
 
     __call__ = forward
 
-    def backward(self, grad_output: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    def backward(self, grad_output: ArrayLike, need_input_grad: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Gradients for dL/dO = ``grad_output`` (the shape ``forward`` returned).
 
         Returns ``(grad_weight, grad_input)`` = (dL/dF, dL/dX), and stores
         ``grad_weight`` and ``grad_bias`` (None without bias) on the layer.
+        ``need_input_grad=False`` skips dL/dX and its cost (a first layer has
+        no use for it); ``grad_input`` is then None.
         """
         if self._saved is None or self._weight is None:
             raise RuntimeError("backward() needs a forward() first: there is no saved input")
@@ -212,10 +214,12 @@ class Conv2D:
             raise ValueError(
                 f"grad_output must have the shape of the last forward's output {shown}, got {grad_y.shape}"
             )
-        grads = backward_checked(grad_y.reshape(expected), x4, self._weight, geom, self._bias is not None, self.backend)
+        grads = backward_checked(
+            grad_y.reshape(expected), x4, self._weight, geom, self._bias is not None, self.backend, bool(need_input_grad)
+        )
         self.grad_weight = grads.weight
         self.grad_bias = grads.bias
-        grad_input = grads.input[0] if unbatched else grads.input
+        grad_input = grads.input[0] if unbatched and grads.input is not None else grads.input
         return grads.weight, grad_input
 
     def __repr__(self) -> str:
