@@ -46,17 +46,50 @@ def test_pair_arguments_check_each_item():
         fastconv.Conv2D(4, (0, 3))
 
 
+PADDING_FORMS = r'padding must be "valid", "same", an int, \(h, w\) or \(top, bottom, left, right\)'
+
+
 @pytest.mark.parametrize("padding", ["full", "SAME ", ""])
 def test_unknown_padding_string(padding):
-    with pytest.raises(ValueError, match=f'padding must be "valid" or "same", got {padding!r}'):
+    with pytest.raises(ValueError, match=f"{PADDING_FORMS}, got {padding!r}"):
         fastconv.Conv2D(4, 3, padding=padding)
     with pytest.raises(ValueError, match="padding must be"):
         fastconv.conv2d(X, W, padding=padding)
 
 
-def test_padding_of_the_wrong_type():
-    with pytest.raises(TypeError, match='padding must be "valid" or "same", got 1 of type int'):
-        fastconv.conv2d(X, W, padding=1)
+@pytest.mark.parametrize(
+    "padding,error,message",
+    [
+        (1.5, TypeError, f"{PADDING_FORMS}, got 1.5 of type float"),
+        (True, TypeError, f"{PADDING_FORMS}, got True of type bool"),
+        (-1, ValueError, "padding must be >= 0, got -1"),
+        ((1, 2, 3), ValueError, r"got 3 values: \(1, 2, 3\)"),
+        ((1, -2), ValueError, "padding w must be >= 0, got -2"),
+        ((0, 1, 2, "3"), TypeError, "padding right must be a non-negative integer, got '3'"),
+    ],
+)
+def test_bad_explicit_padding(padding, error, message):
+    with pytest.raises(error, match=message):
+        fastconv.conv2d(X, W, padding=padding)
+    with pytest.raises(error, match=message):
+        fastconv.Conv2D(4, 3, padding=padding)
+
+
+@pytest.mark.parametrize("mode", ["zero", "mirror", None, "REFLECT"])
+def test_unknown_padding_mode(mode):
+    with pytest.raises(ValueError, match=r"padding_mode must be one of \('zeros', 'reflect', 'replicate', 'circular'\)"):
+        fastconv.Conv2D(4, 3, padding_mode=mode)
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        fastconv.conv2d(X, W, padding=1, padding_mode=mode)
+
+
+def test_padding_mode_limits_follow_pytorch():
+    x = np.zeros((1, 4, 3, 5), np.float32)
+    with pytest.raises(ValueError, match="reflect padding must be smaller than the input: top 3 >= 3"):
+        fastconv.conv2d(x, W, padding=(3, 0), padding_mode="reflect")
+    with pytest.raises(ValueError, match="circular padding must not exceed the input: left 6 > 5"):
+        fastconv.conv2d(x, W, padding=(0, 0, 6, 0), padding_mode="circular")
+    assert fastconv.conv2d(x, W, padding=(9, 9), padding_mode="replicate").shape == (1, 6, 19, 21)
 
 
 def test_wrong_ndim():

@@ -41,13 +41,49 @@ def int_pair(value: Any, name: str) -> Pair:
     return v, v
 
 
-def check_padding(padding: Any) -> str:
-    """The padding mode, lower-cased; only "valid" and "same" exist."""
-    if not isinstance(padding, str):
-        raise TypeError(f'padding must be "valid" or "same", got {padding!r} of type {type(padding).__name__}')
-    mode = padding.lower()
-    if mode not in PADDING_STRINGS:
-        raise ValueError(f'padding must be "valid" or "same", got {padding!r}')
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def _non_negative_int(value: Any, name: str) -> int:
+    if type(value) is int and value >= 0:
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a non-negative integer, got {value!r} of type {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
+def check_padding(padding: Any) -> str | Padding4:
+    """The padding: "valid" or "same" (lower-cased), or explicit amounts as
+    (top, bottom, left, right) from an int (all sides), an (h, w) pair (top and
+    bottom, left and right) or a 4-tuple, which PyTorch's Conv2d cannot take."""
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode not in PADDING_STRINGS:
+            raise ValueError(f'padding must be "valid", "same", an int, (h, w) or (top, bottom, left, right), got {padding!r}')
+        return mode
+    if isinstance(padding, (tuple, list)):
+        names = {2: ("h", "w"), 4: ("top", "bottom", "left", "right")}.get(len(padding))
+        if names is None:
+            raise ValueError(
+                f"padding must be an int, (h, w) or (top, bottom, left, right), got {len(padding)} values: {padding!r}"
+            )
+        amounts = tuple(_non_negative_int(v, f"padding {n}") for v, n in zip(padding, names))
+        return (amounts[0], amounts[0], amounts[1], amounts[1]) if len(amounts) == 2 else amounts  # type: ignore[return-value]
+    if isinstance(padding, numbers.Integral) and not isinstance(padding, bool):
+        p = _non_negative_int(padding, "padding")
+        return (p, p, p, p)
+    raise TypeError(
+        f'padding must be "valid", "same", an int, (h, w) or (top, bottom, left, right), '
+        f"got {padding!r} of type {type(padding).__name__}"
+    )
+
+
+def check_padding_mode(mode: Any) -> str:
+    """How padding is filled, with PyTorch's meaning: "zeros", "reflect", "replicate" or "circular"."""
+    if not isinstance(mode, str) or mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {mode!r}")
     return mode
 
 
@@ -117,7 +153,7 @@ def plan_geometry(
     stride_hw = int_pair(stride, "stride")
     dilation_hw = int_pair(dilation, "dilation")
     groups = positive_int(groups, "groups")
-    mode = check_padding(padding)
+    spec = check_padding(padding)
 
     _, c, h, w = x_shape
     k, c_per_group, kh, kw = w_shape
@@ -137,11 +173,13 @@ def plan_geometry(
             f"(weight.shape[1]={c_per_group} x groups={groups})"
         )
 
-    if mode == "same":
+    if spec == "same":
         pads_h = same_padding(h, kh, stride_hw[0], dilation_hw[0])
         pads_w = same_padding(w, kw, stride_hw[1], dilation_hw[1])
-    else:
+    elif spec == "valid":
         pads_h = pads_w = (0, 0)
+    else:
+        pads_h, pads_w = (spec[0], spec[1]), (spec[2], spec[3])
 
     out = []
     for axis, size, kernel, st, dil, pads in (

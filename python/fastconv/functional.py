@@ -7,8 +7,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _backend, reference
-from ._validation import ConvGeometry, as_float_array, plan_geometry
+from . import _backend, _padding_modes, reference
+from ._validation import ConvGeometry, as_float_array, check_padding_mode, plan_geometry
 
 
 class ConvGradients(NamedTuple):
@@ -47,6 +47,22 @@ def _check_bias(bias: Any, filters: int, dtype: np.dtype) -> np.ndarray:
     if b.shape != (filters,):
         raise ValueError(f"bias must have shape ({filters},) (one value per filter), got {b.shape}")
     return b
+
+
+def apply_padding_mode(x: np.ndarray, geom: ConvGeometry, padding_mode: str) -> tuple[np.ndarray, ConvGeometry]:
+    """For a padding_mode other than zeros: the input padded in that mode, and
+    a geometry that pads nothing more (the output size is unchanged)."""
+    if padding_mode == "zeros" or not any(geom.padding):
+        return x, geom
+    _padding_modes.check_fits(padding_mode, geom.padding, x.shape[2], x.shape[3])
+    return _padding_modes.pad(x, geom.padding, padding_mode), geom._replace(padding=(0, 0, 0, 0))
+
+
+def fold_padding_mode(grads: ConvGradients, geom: ConvGeometry, padding_mode: str, in_hw: tuple[int, int]) -> ConvGradients:
+    """Gradients of a padded-in-mode input folded back onto the input itself."""
+    if padding_mode == "zeros" or not any(geom.padding) or grads.input is None:
+        return grads
+    return grads._replace(input=_padding_modes.fold_gradient(grads.input, geom.padding, padding_mode, *in_hw))
 
 
 def forward_checked(
@@ -98,10 +114,11 @@ def conv2d(
     weight: ArrayLike,
     bias: ArrayLike | None = None,
     stride: int | tuple[int, int] = 1,
-    padding: str = "valid",
+    padding: str | int | tuple[int, ...] = "valid",
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
     *,
+    padding_mode: str = "zeros",
     backend: str = "auto",
 ) -> np.ndarray:
     """2-D convolution (cross-correlation) of ``x`` with ``weight``, plus ``bias``.
@@ -114,11 +131,13 @@ def conv2d(
         Filters in PyTorch's OIHW layout.
     bias : array_like, shape (K,), optional
     stride, dilation : int or (int, int)
-    padding : "valid" or "same"
+    padding : "valid", "same", int, (h, w) or (top, bottom, left, right)
         "same" pads as TensorFlow/Keras do, at every stride: output size
         ceil(H / stride), the odd extra row/column at the bottom/right.
     groups : int
         Must divide C and K; groups == C is a depthwise convolution.
+    padding_mode : "zeros", "reflect", "replicate" or "circular"
+        What the padding holds, with PyTorch's meaning.
     backend : "auto", "cpp" or "numpy"
 
     Returns
@@ -126,9 +145,11 @@ def conv2d(
     numpy.ndarray of shape (N, K, Ho, Wo), or (K, Ho, Wo) for unbatched input.
     """
     _backend.check_backend(backend)
+    padding_mode = check_padding_mode(padding_mode)
     x4, w, unbatched, geom = _prepare(x, weight, stride, padding, dilation, groups, None)
     b = None if bias is None else _check_bias(bias, w.shape[0], w.dtype)
-    y = forward_checked(x4, w, b, geom, backend)
+    xk, gk = apply_padding_mode(x4, geom, padding_mode)
+    y = forward_checked(xk, w, b, gk, backend)
     return y[0] if unbatched else y
 
 
@@ -137,12 +158,13 @@ def conv2d_backward(
     x: ArrayLike,
     weight: ArrayLike,
     stride: int | tuple[int, int] = 1,
-    padding: str = "valid",
+    padding: str | int | tuple[int, ...] = "valid",
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
     bias: bool = True,
     *,
     need_input_grad: bool = True,
+    padding_mode: str = "zeros",
     backend: str = "auto",
 ) -> ConvGradients:
     """Gradients of a loss through ``conv2d(x, weight, bias, ...)``.
@@ -153,6 +175,7 @@ def conv2d_backward(
     skipped, with ``need_input_grad=False``, as for a network's first layer).
     """
     _backend.check_backend(backend)
+    padding_mode = check_padding_mode(padding_mode)
     x4, w, unbatched, geom = _prepare(x, weight, stride, padding, dilation, groups, None)
     grad_y = as_float_array(grad_output, "grad_output", x4.dtype)
     expected = (x4.shape[0], w.shape[0], *geom.out_hw)
@@ -160,7 +183,9 @@ def conv2d_backward(
     if got != expected:
         shown = expected[1:] if unbatched else expected
         raise ValueError(f"grad_output must have the output's shape {shown}, got {grad_y.shape}")
-    grads = backward_checked(grad_y.reshape(expected), x4, w, geom, bool(bias), backend, bool(need_input_grad))
+    xk, gk = apply_padding_mode(x4, geom, padding_mode)
+    grads = backward_checked(grad_y.reshape(expected), xk, w, gk, bool(bias), backend, bool(need_input_grad))
+    grads = fold_padding_mode(grads, geom, padding_mode, (x4.shape[2], x4.shape[3]))
     if unbatched and grads.input is not None:
         grads = grads._replace(input=grads.input[0])
     return grads

@@ -15,12 +15,13 @@ from ._validation import (
     as_float_array,
     check_dtype,
     check_padding,
+    check_padding_mode,
     fan_in,
     int_pair,
     plan_geometry,
     positive_int,
 )
-from .functional import _batched, backward_checked, forward_checked
+from .functional import _batched, apply_padding_mode, backward_checked, fold_padding_mode, forward_checked
 
 
 class Conv2D:
@@ -31,14 +32,18 @@ class Conv2D:
     filters : int
         Number of filters (output channels).
     kernel_size, stride : int or (int, int)
-    padding : "valid" or "same"
+    padding : "valid", "same", int, (h, w) or (top, bottom, left, right)
         "same" follows TensorFlow/Keras at every stride: output size
         ceil(H / stride), the odd extra row/column padded at the bottom/right.
+        An int pads all sides, (h, w) top/bottom and left/right, and the
+        4-tuple each side on its own (which PyTorch's Conv2d cannot do).
     dilation : int or (int, int)
     groups : int
         Must divide ``in_channels`` and ``filters``.
     bias : bool
         Whether the layer adds a learnable bias.
+    padding_mode : "zeros", "reflect", "replicate" or "circular"
+        What the padding holds, with PyTorch's meaning (gradients included).
     in_channels : int, optional
         If None, taken from the first input, when the weights are created.
     dtype : "float32" or "float64"
@@ -65,11 +70,12 @@ class Conv2D:
         filters: int,
         kernel_size: int | tuple[int, int],
         stride: int | tuple[int, int] = 1,
-        padding: str = "valid",
+        padding: str | int | tuple[int, ...] = "valid",
         *,
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
+        padding_mode: str = "zeros",
         in_channels: int | None = None,
         dtype: DTypeLike = "float32",
         backend: str = "auto",
@@ -79,6 +85,7 @@ class Conv2D:
         self.kernel_size = int_pair(kernel_size, "kernel_size")
         self.stride = int_pair(stride, "stride")
         self.padding = check_padding(padding)
+        self.padding_mode = check_padding_mode(padding_mode)
         self.dilation = int_pair(dilation, "dilation")
         self.groups = positive_int(groups, "groups")
         if self.filters % self.groups:
@@ -90,7 +97,10 @@ class Conv2D:
         self.in_channels: int | None = None
         self._weight: np.ndarray | None = None
         self._bias: np.ndarray | None = None
-        self._saved: tuple[np.ndarray, ConvGeometry, bool] | None = None  # input, geometry, unbatched
+        # For backward: the input as the kernels saw it (padded in padding_mode
+        # if not zeros), their geometry, the layer's geometry, the input's
+        # (H, W) and whether it was unbatched.
+        self._saved: tuple[np.ndarray, ConvGeometry, ConvGeometry, tuple[int, int], bool] | None = None
         self.grad_weight: np.ndarray | None = None
         self.grad_bias: np.ndarray | None = None
         if in_channels is not None:
@@ -167,6 +177,13 @@ class Conv2D:
         out = (self.filters, *geom.out_hw)
         return (x_shape[0], *out) if len(shape) == 4 else out
 
+    def padding_for(self, input_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        """The (top, bottom, left, right) padding used for an input of ``input_shape``."""
+        shape = tuple(int(d) for d in input_shape)
+        if len(shape) not in (3, 4):
+            raise ValueError(f"input shape must be (N, C, H, W) or (C, H, W), got {shape}")
+        return self._geometry(shape if len(shape) == 4 else (1, *shape)).padding
+
     def _geometry(self, x_shape: tuple[int, ...]) -> ConvGeometry:
         channels = x_shape[1]
         if self.in_channels is not None and channels != self.in_channels:
@@ -187,11 +204,12 @@ class Conv2D:
         if self._weight is None:
             self._create_weights(x4.shape[1])
         assert self._weight is not None
-        y = forward_checked(x4, self._weight, self._bias, geom, self.backend)
+        x_used, geom_used = apply_padding_mode(x4, geom, self.padding_mode)
+        y = forward_checked(x_used, self._weight, self._bias, geom_used, self.backend)
         # Like PyTorch, keep a reference, not a copy: an input that is already
         # C-contiguous in the layer's dtype is never copied, so changing it in
         # place before backward() changes dL/dF.
-        self._saved = (x4, geom, unbatched)
+        self._saved = (x_used, geom_used, geom, (x4.shape[2], x4.shape[3]), unbatched)
         return y[0] if unbatched else y
 
     __call__ = forward
@@ -206,17 +224,19 @@ class Conv2D:
         """
         if self._saved is None or self._weight is None:
             raise RuntimeError("backward() needs a forward() first: there is no saved input")
-        x4, geom, unbatched = self._saved
+        x_used, geom_used, geom, in_hw, unbatched = self._saved
         grad_y = as_float_array(grad_output, "grad_output", self.dtype)
-        expected = (x4.shape[0], self.filters, *geom.out_hw)
+        expected = (x_used.shape[0], self.filters, *geom.out_hw)
         shown = expected[1:] if unbatched else expected
         if grad_y.shape != shown:
             raise ValueError(
                 f"grad_output must have the shape of the last forward's output {shown}, got {grad_y.shape}"
             )
         grads = backward_checked(
-            grad_y.reshape(expected), x4, self._weight, geom, self._bias is not None, self.backend, bool(need_input_grad)
+            grad_y.reshape(expected), x_used, self._weight, geom_used, self._bias is not None, self.backend,
+            bool(need_input_grad),
         )
+        grads = fold_padding_mode(grads, geom, self.padding_mode, in_hw)
         self.grad_weight = grads.weight
         self.grad_bias = grads.bias
         grad_input = grads.input[0] if unbatched and grads.input is not None else grads.input
@@ -230,6 +250,8 @@ class Conv2D:
             f"stride={self.stride}",
             f"padding={self.padding}",
         ]
+        if self.padding_mode != "zeros":
+            parts.append(f"padding_mode={self.padding_mode}")
         if self.dilation != (1, 1):
             parts.append(f"dilation={self.dilation}")
         if self.groups != 1:
