@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import math
+from os import PathLike
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import _backend
+from . import _backend, _weights_io
 from ._validation import (
     ConvGeometry,
     as_float_array,
@@ -164,6 +165,142 @@ class Conv2D:
             raise ValueError(f"bias must have shape ({self.filters},), got {b.shape}")
         self.use_bias = True
         self._bias = b.copy()
+
+    # -- weights in and out ------------------------------------------------------
+
+    def _require_weights(self) -> np.ndarray:
+        if self._weight is None:
+            raise RuntimeError("the layer has no weights yet: give in_channels or run forward() first")
+        return self._weight
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the weights, as PyTorch names them: "weight" and, with a bias, "bias"."""
+        state = {"weight": self._require_weights().copy()}
+        if self._bias is not None:
+            state["bias"] = self._bias.copy()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Set the weights from a state_dict(); keys and shapes must match exactly."""
+        expected = {"weight", "bias"} if self.use_bias else {"weight"}
+        if not isinstance(state, dict) or set(state) != expected:
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"state must have the keys {sorted(expected)}, got {got}")
+        self.weight = state["weight"]
+        if self.use_bias:
+            self.bias = state["bias"]
+
+    def _config(self) -> dict[str, Any]:
+        padding = self.padding if isinstance(self.padding, str) else list(self.padding)
+        return {
+            "filters": self.filters, "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+            "padding": padding, "padding_mode": self.padding_mode, "dilation": list(self.dilation),
+            "groups": self.groups, "bias": self._bias is not None, "in_channels": self.in_channels,
+            "dtype": self.dtype.name,
+        }
+
+    def save(self, path: str | PathLike[str]) -> None:
+        """Write the configuration and weights to an .npz file (no pickle inside)."""
+        self._require_weights()
+        _weights_io.save(path, self._config(), self.state_dict())
+
+    @classmethod
+    def load(cls, path: str | PathLike[str], *, backend: str = "auto") -> "Conv2D":
+        """The layer saved at `path`. A wrong or corrupt file raises ValueError."""
+        config, arrays = _weights_io.load(path)
+        try:
+            for key in ("kernel_size", "stride", "dilation"):
+                config[key] = tuple(config[key])
+            if not isinstance(config["padding"], str):
+                config["padding"] = tuple(config["padding"])
+            layer = cls(**config, backend=backend)
+            layer.load_state_dict(arrays)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: inconsistent layer file ({exc})") from exc
+        return layer
+
+    @classmethod
+    def from_torch(cls, module: Any, *, backend: str = "auto") -> "Conv2D":
+        """A layer with the configuration and a copy of the weights of a torch.nn.Conv2d."""
+        import torch
+
+        if not isinstance(module, torch.nn.Conv2d):
+            raise TypeError(f"expected a torch.nn.Conv2d, got {type(module).__name__}")
+        dtypes = {torch.float32: "float32", torch.float64: "float64"}
+        if module.weight.dtype not in dtypes:
+            raise TypeError(f"weights must be float32 or float64, got {module.weight.dtype}")
+        padding = module.padding if isinstance(module.padding, str) else tuple(module.padding)
+        layer = cls(
+            module.out_channels, tuple(module.kernel_size), tuple(module.stride), padding,
+            dilation=tuple(module.dilation), groups=module.groups, bias=module.bias is not None,
+            padding_mode=module.padding_mode, in_channels=module.in_channels, dtype=dtypes[module.weight.dtype],
+            backend=backend,
+        )
+        state = {"weight": module.weight.detach().cpu().numpy()}
+        if module.bias is not None:
+            state["bias"] = module.bias.detach().cpu().numpy()
+        layer.load_state_dict(state)
+        return layer
+
+    def to_torch(self) -> Any:
+        """A torch.nn.Conv2d with this configuration and a copy of the weights.
+
+        PyTorch's padding is symmetric and its "same" refuses stride > 1, so
+        asymmetric padding (a 4-tuple, or "same" at stride > 1) has no
+        equivalent there and raises ValueError.
+        """
+        import torch
+
+        weight = self._require_weights()
+        padding: Any = self.padding
+        if padding == "same" and self.stride != (1, 1):
+            raise ValueError('PyTorch\'s Conv2d has no "same" padding at stride > 1; pad with padding_for() and F.pad')
+        if isinstance(padding, tuple):
+            top, bottom, left, right = padding
+            if top != bottom or left != right:
+                raise ValueError(f"PyTorch's Conv2d pads symmetrically; padding {padding} is not")
+            padding = (top, left)
+        conv = torch.nn.Conv2d(
+            weight.shape[1] * self.groups, self.filters, self.kernel_size, self.stride, padding, self.dilation,
+            self.groups, self._bias is not None, self.padding_mode, dtype=getattr(torch, self.dtype.name),
+        )
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(weight))
+            if self._bias is not None:
+                conv.bias.copy_(torch.from_numpy(self._bias))
+        return conv
+
+    @classmethod
+    def from_keras(
+        cls,
+        kernel: ArrayLike,
+        bias: ArrayLike | None = None,
+        *,
+        strides: int | tuple[int, int] = 1,
+        padding: str = "valid",
+        dilation_rate: int | tuple[int, int] = 1,
+        groups: int = 1,
+        dtype: DTypeLike = "float32",
+        backend: str = "auto",
+    ) -> "Conv2D":
+        """A layer from Keras Conv2D weights: `kernel` in Keras' HWIO layout
+        (kh, kw, in_channels / groups, filters) and `bias` (filters,)."""
+        hwio = as_float_array(kernel, "kernel", check_dtype(dtype))
+        if hwio.ndim != 4:
+            raise ValueError(f"kernel must have shape (kh, kw, in_channels / groups, filters), got {hwio.shape}")
+        layer = cls(hwio.shape[3], hwio.shape[:2], strides, padding, dilation=dilation_rate, groups=groups,
+                    bias=bias is not None, dtype=dtype, backend=backend)
+        layer.weight = hwio.transpose(3, 2, 0, 1)  # HWIO -> OIHW
+        if bias is not None:
+            layer.bias = bias
+        return layer
+
+    def keras_weights(self) -> list[np.ndarray]:
+        """[kernel, bias] (bias only with one) in Keras' layout: kernel HWIO."""
+        weights = [np.ascontiguousarray(self._require_weights().transpose(2, 3, 1, 0))]  # OIHW -> HWIO
+        if self._bias is not None:
+            weights.append(self._bias.copy())
+        return weights
 
     # -- passes ------------------------------------------------------------------
 
