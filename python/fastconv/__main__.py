@@ -40,11 +40,12 @@ def demo(dtype: str) -> int:
         layers[backend] = Conv2D(8, 3, stride=2, padding="same", in_channels=4, dtype=dtype, backend=backend, seed=0)
 
     print(f"fastconv {__version__}: Conv2D(8 filters, 3x3, stride 2, padding='same') on input {x.shape}, {dtype}")
-    results = {}
+    results: dict[str, tuple[np.ndarray, ...]] = {}
     for name, layer in layers.items():
         y = layer.forward(x)
         grad_y = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
         grad_w, grad_x = layer.backward(grad_y)
+        assert grad_x is not None and layer.grad_bias is not None
         results[name] = (y, grad_w, grad_x, layer.grad_bias)
         fwd = _median_ms(lambda: layer.forward(x))
         bwd = _median_ms(lambda: layer.backward(grad_y))
@@ -70,6 +71,7 @@ def demo(dtype: str) -> int:
     # For this shape TF-style "same" is symmetric: one row/column on each side.
     yt = F.conv2d(xt, wt, bt, stride=2, padding=1)
     yt.backward(torch.tensor(np.random.default_rng(1).standard_normal(tuple(yt.shape)).astype(dtype)))
+    assert wt.grad is not None and xt.grad is not None and bt.grad is not None
     torch_results = (yt.detach().numpy(), wt.grad.numpy(), xt.grad.numpy(), bt.grad.numpy())
     for name, res in results.items():
         diffs = ", ".join(f"{lab} {_max_rel_diff(a, b):.1e}" for lab, a, b in zip(labels, res, torch_results))

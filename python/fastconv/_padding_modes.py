@@ -9,6 +9,8 @@ its gradient to the input position it copied.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ._validation import Padding4
@@ -42,7 +44,9 @@ def fold_gradient(grad_padded: np.ndarray, padding: Padding4, mode: str, height:
     top, bottom, left, right = padding
     n, c = grad_padded.shape[:2]
     rows = np.zeros((n, c, height, grad_padded.shape[3]), dtype=grad_padded.dtype)
-    np.add.at(rows, (slice(None), slice(None), _sources(height, top, bottom, mode)), grad_padded)
+    along_h: Any = (slice(None), slice(None), _sources(height, top, bottom, mode))
+    np.add.at(rows, along_h, grad_padded)
     out = np.zeros((n, c, height, width), dtype=grad_padded.dtype)
-    np.add.at(out, (slice(None), slice(None), slice(None), _sources(width, left, right, mode)), rows)
+    along_w: Any = (slice(None), slice(None), slice(None), _sources(width, left, right, mode))
+    np.add.at(out, along_w, rows)
     return out

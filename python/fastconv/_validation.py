@@ -176,10 +176,10 @@ def plan_geometry(
     if spec == "same":
         pads_h = same_padding(h, kh, stride_hw[0], dilation_hw[0])
         pads_w = same_padding(w, kw, stride_hw[1], dilation_hw[1])
-    elif spec == "valid":
-        pads_h = pads_w = (0, 0)
-    else:
+    elif isinstance(spec, tuple):
         pads_h, pads_w = (spec[0], spec[1]), (spec[2], spec[3])
+    else:  # "valid"
+        pads_h = pads_w = (0, 0)
 
     out = []
     for axis, size, kernel, st, dil, pads in (

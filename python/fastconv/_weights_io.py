@@ -22,7 +22,8 @@ CONFIG_KEYS = {"filters", "kernel_size", "stride", "padding", "padding_mode", "d
 def save(path: str | PathLike[str], config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     """Write `config` (JSON-able) and `arrays` to an .npz file."""
     meta = json.dumps({"format": FORMAT, **config})
-    np.savez(path, config=np.array(meta), **arrays)
+    contents: Any = {"config": np.array(meta), **arrays}
+    np.savez(path, **contents)
 
 
 def load(path: str | PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

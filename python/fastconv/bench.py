@@ -45,6 +45,12 @@ MAX_SAMPLES = 1000
 BUSY_PERCENT = 5.0  # other processes' share of the CPUs above which the run warns that it was disturbed
 
 
+def _core() -> Any:
+    """The C++ core: `run` refuses to start without it."""
+    assert _backend.core is not None
+    return _backend.core
+
+
 class BenchError(Exception):
     """A run that cannot go ahead as asked (shapes, threads, ISA): a message, not a traceback."""
 MEMORY_NOTE = (
@@ -270,7 +276,7 @@ def make_case(shape: Shape, dtype: str) -> Case:
 def fastconv_passes(case: Case) -> PassFns:
     """The public API (what users call) for forward/backward; the C++ core
     directly, into preallocated outputs, for the backward parts."""
-    s, g, core = case.shape, case.geom, _backend.core
+    s, g, core = case.shape, case.geom, _core()
     api = (s.stride, s.padding, 1, s.groups)
     geometry = (g.stride, g.padding, g.dilation, g.groups)
     grad_x, grad_w, grad_b = np.empty_like(case.x), np.empty_like(case.w), np.empty_like(case.b)
@@ -478,9 +484,9 @@ def thread_limit(n: int, torch: Any) -> Iterator[None]:
     only the thread count the process started with (OMP_NUM_THREADS) can be
     used, and NumPy's BLAS keeps its own.
     """
-    core = _backend.core
+    core = _core()
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
     except ImportError:
         threadpool_limits = None
     if threadpool_limits is None and core.build_info()["max_threads"] != n:
@@ -513,12 +519,12 @@ def torch_full_precision(torch: Any) -> Iterator[None]:
     old_conv = getattr(conv, "fp32_precision", None)
     old_matmul = torch.get_float32_matmul_precision()
     try:
-        if old_conv is not None:
+        if conv is not None and old_conv is not None:
             conv.fp32_precision = "ieee"
         torch.set_float32_matmul_precision("highest")
         yield
     finally:
-        if old_conv is not None:
+        if conv is not None and old_conv is not None:
             conv.fp32_precision = old_conv
         torch.set_float32_matmul_precision(old_matmul)
 
@@ -526,7 +532,7 @@ def torch_full_precision(torch: Any) -> Iterator[None]:
 @contextlib.contextmanager
 def using_isa(name: str | None) -> Iterator[None]:
     """fastconv's kernels on the chosen instruction set, restored afterwards."""
-    core = _backend.core
+    core = _core()
     old = core.isa()
     if name is not None:
         if name not in core.supported_isas():
@@ -541,7 +547,7 @@ def using_isa(name: str | None) -> Iterator[None]:
 def measure_peak(float64: bool) -> float:
     """Single-thread FMA peak in GFLOP/s: the best of three short runs, since a
     run that a stray process interrupts only ever reads low."""
-    return max(_backend.core.peak_gflops(float64=float64) for _ in range(3))
+    return max(_core().peak_gflops(float64=float64) for _ in range(3))
 
 
 def import_torch() -> Any:
@@ -674,7 +680,7 @@ def openmp_libraries() -> list[dict[str, Any]] | None:
 
 def runtime_info() -> dict[str, Any]:
     """Versions, instruction sets, OpenMP and build of this fastconv (no PyTorch import)."""
-    core = _backend.core
+    core = _core()
     info: dict[str, Any] = {
         "versions": {"fastconv": __version__, "numpy": np.__version__, "python": platform.python_version()},
         "cpu_model": cpu_model(),
@@ -833,7 +839,7 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
     report.update(threads=list(cfg.threads), dtypes=list(cfg.dtypes), peak_gflops_per_thread=peak,
                   config=asdict(cfg), memory_note=MEMORY_NOTE)
     with using_isa(args.isa), torch_full_precision(torch):
-        report["isa"] = _backend.core.isa()
+        report["isa"] = _core().isa()
         n_timed = sum(len(library_names(s, torch, cfg)) for s in cfg.shapes)
         progress = Progress(len(cfg.threads) * len(cfg.dtypes) * (len(cfg.shapes) + n_timed * len(cfg.passes)))
         try:

@@ -72,8 +72,10 @@ def forward_checked(
     n, k = x.shape[0], w.shape[0]
     if _backend.resolve(backend) == "numpy":
         return reference.conv2d(x, w, b, geom.stride, geom.padding, geom.dilation, geom.groups)
+    core = _backend.core
+    assert core is not None  # resolve() said "cpp"
     y = np.empty((n, k, *geom.out_hw), dtype=x.dtype)
-    _backend.core.forward(x, w, b, y, geom.stride, geom.padding, geom.dilation, geom.groups)
+    core.forward(x, w, b, y, geom.stride, geom.padding, geom.dilation, geom.groups)
     return y
 
 
@@ -96,6 +98,7 @@ def backward_checked(
             reference.conv2d_grad_bias(grad_y) if bias else None,
         )
     core = _backend.core
+    assert core is not None  # resolve() said "cpp"
     grad_x = None
     if need_input_grad:
         grad_x = np.empty_like(x)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from os import PathLike
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -229,10 +229,13 @@ class Conv2D:
         dtypes = {torch.float32: "float32", torch.float64: "float64"}
         if module.weight.dtype not in dtypes:
             raise TypeError(f"weights must be float32 or float64, got {module.weight.dtype}")
-        padding = module.padding if isinstance(module.padding, str) else tuple(module.padding)
+        def pair(value: Any) -> tuple[int, int]:
+            return int(value[0]), int(value[1])
+
+        padding = module.padding if isinstance(module.padding, str) else pair(module.padding)
         layer = cls(
-            module.out_channels, tuple(module.kernel_size), tuple(module.stride), padding,
-            dilation=tuple(module.dilation), groups=module.groups, bias=module.bias is not None,
+            module.out_channels, pair(module.kernel_size), pair(module.stride), padding,
+            dilation=pair(module.dilation), groups=module.groups, bias=module.bias is not None,
             padding_mode=module.padding_mode, in_channels=module.in_channels, dtype=dtypes[module.weight.dtype],
             backend=backend,
         )
@@ -262,11 +265,12 @@ class Conv2D:
             padding = (top, left)
         conv = torch.nn.Conv2d(
             weight.shape[1] * self.groups, self.filters, self.kernel_size, self.stride, padding, self.dilation,
-            self.groups, self._bias is not None, self.padding_mode, dtype=getattr(torch, self.dtype.name),
+            self.groups, self._bias is not None, cast(Any, self.padding_mode), dtype=getattr(torch, self.dtype.name),
         )
         with torch.no_grad():
             conv.weight.copy_(torch.from_numpy(weight))
             if self._bias is not None:
+                assert conv.bias is not None
                 conv.bias.copy_(torch.from_numpy(self._bias))
         return conv
 

@@ -42,7 +42,7 @@ Pair = tuple[int, int]
 Padding4 = tuple[int, int, int, int]
 
 
-def _windows(hp: int, wp: int, r: int, q: int, out_hw: Pair, stride: Pair, dilation: Pair) -> tuple[slice, slice]:
+def _windows(r: int, q: int, out_hw: Pair, stride: Pair, dilation: Pair) -> tuple[slice, slice]:
     """Slices of the padded input that tap (r, q) reads for every output pixel:
     rows r*dh, r*dh + sh, ..., (Ho - 1)*sh + r*dh (and the same for columns)."""
     top = r * dilation[0]
@@ -85,7 +85,7 @@ def conv2d(
     y = np.zeros((n, g, k // g, ho, wo), dtype=x.dtype)
     for r in range(kh):
         for q in range(kw):
-            rows, cols = _windows(*xp.shape[2:], r, q, (ho, wo), stride, dilation)
+            rows, cols = _windows(r, q, (ho, wo), stride, dilation)
             window = xg[:, :, :, rows, cols]  # (N, G, C/G, Ho, Wo): xp[n, c, i*sh + r*dh, j*sw + q*dw]
             # y[n, k, i, j] += sum_c w[k, c, r, q] * window[n, c, i, j]
             y += np.einsum("ngchw,gkc->ngkhw", window, wg[:, :, :, r, q], optimize=True)
@@ -120,7 +120,7 @@ def conv2d_grad_weight(
     grad_w = np.empty((g, k // g, cg, *kernel), dtype=x.dtype)
     for r in range(kernel[0]):
         for q in range(kernel[1]):
-            rows, cols = _windows(*xp.shape[2:], r, q, (ho, wo), stride, dilation)
+            rows, cols = _windows(r, q, (ho, wo), stride, dilation)
             # The same window the forward pass multiplied by w[:, :, r, q],
             # now correlated with the output gradient over batch and pixels.
             grad_w[:, :, :, r, q] = np.einsum(
@@ -150,7 +150,7 @@ def conv2d_grad_input(
     wg = weight.reshape(g, k // g, cg, kh, kw)
     for r in range(kh):
         for q in range(kw):
-            rows, cols = _windows(hp, wp, r, q, (ho, wo), stride, dilation)
+            rows, cols = _windows(r, q, (ho, wo), stride, dilation)
             # dL/dxp[n, c, i*sh + r*dh, j*sw + q*dw] += sum_k g[n, k, i, j] * w[k, c, r, q]
             grad_xp[:, :, :, rows, cols] += np.einsum(
                 "ngkhw,gkc->ngchw", gg, wg[:, :, :, r, q], optimize=True
