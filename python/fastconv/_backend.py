@@ -13,9 +13,9 @@ try:
     from . import _core as core
 
     _import_error: ImportError | None = None
-except ImportError as exc:  # a source checkout without a build, or a broken install
+except ImportError as _exc:  # a source checkout without a build, or a broken install
     core = None
-    _import_error = exc
+    _import_error = _exc
 
 
 def _apply_isa_from_environment() -> None:
