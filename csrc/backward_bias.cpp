@@ -8,7 +8,7 @@ namespace fastconv {
 template <class T>
 void conv_backward_bias(const ConvShape& p, const T* grad_y, T* grad_bias) {
     const int64_t pixels = p.out_h * p.out_w;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (worth_parallel(static_cast<double>(p.n * p.k * pixels)))
     for (int64_t k = 0; k < p.k; ++k) {
         double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int64_t n = 0; n < p.n; ++n) {

@@ -31,7 +31,7 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
     const int64_t cols = tile_columns(rows, p.w);
     const int64_t tasks = p.n * p.groups * p.h;
 
-#pragma omp parallel
+#pragma omp parallel if (worth_parallel(conv_flops(p)))
     {
         std::vector<T> tile(static_cast<size_t>(rows * cols));
 #pragma omp for schedule(static)

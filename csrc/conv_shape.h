@@ -49,6 +49,19 @@ struct ConvShape {
     }
 };
 
+// Multiply-adds x 2 of a convolution of shape p: its FLOP count.
+inline double conv_flops(const ConvShape& p) {
+    return 2.0 * static_cast<double>(p.n) * static_cast<double>(p.k) * static_cast<double>(p.c_per_group()) *
+           static_cast<double>(p.r * p.s) * static_cast<double>(p.out_h * p.out_w);
+}
+
+// Whether `flops` of work is worth an OpenMP team. Below about a million,
+// starting and joining the threads costs more than they save (and on a busy
+// machine one unscheduled team member stalls the rest), so the call runs on
+// the calling thread. Results do not change: every output is computed by one
+// task in a fixed order either way.
+inline bool worth_parallel(double flops) { return flops >= double(1 << 20); }
+
 // The half-open range [lo, hi) of i in [0, count) for which
 // 0 <= start + i * step < limit (step >= 1). Used to skip padding taps
 // without a branch per element.

@@ -46,7 +46,7 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
     const int64_t kg = p.k_per_group(), taps = p.r * p.s, tasks = p.n * p.groups;
     const PaddedPlane pp(p, x);
     const int64_t width = row_width<T>(p);
-#pragma omp parallel
+#pragma omp parallel if (worth_parallel(conv_flops(p)))
     {
         Scratch<T> xp(pp.rows * pp.cols + kCopySlack<T>), row_out(4 * width);
 #pragma omp for schedule(static)
@@ -126,7 +126,7 @@ template <class T>
 void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
     const int64_t kg = p.k_per_group(), taps = p.r * p.s, tasks = p.n * p.groups;
     const PaddedPlane pp(p, grad_x);
-#pragma omp parallel
+#pragma omp parallel if (worth_parallel(conv_flops(p)))
     {
         Scratch<T> dxp(pp.rows * pp.cols);
 #pragma omp for schedule(static)
@@ -221,7 +221,7 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     const int64_t kg = p.k_per_group(), taps = p.r * p.s;
     const PaddedPlane pp(p, x);
     const int64_t width = row_width<T>(p);
-#pragma omp parallel
+#pragma omp parallel if (worth_parallel(conv_flops(p)))
     {
         // grad_y plane with each row zero-extended to `width` columns.
         Scratch<T> xp(pp.rows * pp.cols + kCopySlack<T>), gyp(p.out_h * width + kCopySlack<T>);

@@ -95,7 +95,7 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
     const DirectBwMicro<T> full = pick_direct_bw<T, NK>(static_cast<int>(std::min<int64_t>(NJ, ntaps)),
                                                        std::make_integer_sequence<int, NJ>{});
 
-#pragma omp parallel
+#pragma omp parallel if (worth_parallel(conv_flops(p)))
     {
         Scratch<T> window(win.size()), gyt(win.out_rows * p.out_w * F), acc(jper * F);
         const T* src[NJ];

@@ -69,7 +69,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
             for (int64_t j = 0; j < ntaps; ++j) a_packed[static_cast<size_t>((g * ntaps + j) * kg + i)] = weight_of(g, i, j);
     const int64_t tasks = p.n * p.groups * row_blocks;
 
-#pragma omp parallel
+#pragma omp parallel if (worth_parallel(conv_flops(p)))
     {
         Scratch<T> window(win.size()), result(mr * W);
         std::vector<int32_t> live(static_cast<size_t>(ntaps));
