@@ -20,15 +20,20 @@ Pair = tuple[int, int]
 Padding4 = tuple[int, int, int, int]  # top, bottom, left, right
 
 
-def positive_int(value: Any, name: str) -> int:
-    """`value` as an int >= 1, or a TypeError/ValueError naming `name`."""
-    if type(value) is int and value >= 1:  # the common case, without the slow ABC check
+def _int_at_least(value: Any, name: str, minimum: int, kind: str) -> int:
+    """`value` as an int >= minimum, or a TypeError/ValueError naming `name`."""
+    if type(value) is int and value >= minimum:  # the common case, without the slow ABC check
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive integer, got {value!r} of type {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+        raise TypeError(f"{name} must be a {kind} integer, got {value!r} of type {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def positive_int(value: Any, name: str) -> int:
+    """`value` as an int >= 1, or a TypeError/ValueError naming `name`."""
+    return _int_at_least(value, name, 1, "positive")
 
 
 def int_pair(value: Any, name: str) -> Pair:
@@ -45,13 +50,7 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 def _non_negative_int(value: Any, name: str) -> int:
-    if type(value) is int and value >= 0:
-        return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a non-negative integer, got {value!r} of type {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return int(value)
+    return _int_at_least(value, name, 0, "non-negative")
 
 
 def check_padding(padding: Any) -> str | Padding4:
