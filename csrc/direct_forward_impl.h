@@ -89,14 +89,17 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const int64_t ntaps = cg * p.r * p.s;
     const int64_t kblocks = (kg + F - 1) / F;
     const InputWindow win(p);
+    const LiveTaps live(p);
     const int64_t row_blocks = (p.out_h + win.out_rows - 1) / win.out_rows;
 
     // w_packed[g][kb][j][f] = weight[g*kg + kb*F + f][j], zero past the group's filters.
     std::vector<T> w_packed(static_cast<size_t>(p.groups * kblocks * ntaps * F), T(0));
     for (int64_t g = 0; g < p.groups; ++g)
-        for (int64_t k = 0; k < kg; ++k)
-            for (int64_t j = 0; j < ntaps; ++j)
-                w_packed[static_cast<size_t>(((g * kblocks + k / F) * ntaps + j) * F + k % F)] = weight_of(g, k, j);
+        for (int64_t kb = 0; kb < kblocks; ++kb)
+            for (int64_t j = 0; j < ntaps; ++j) {
+                T* dst = w_packed.data() + ((g * kblocks + kb) * ntaps + j) * F;
+                for (int64_t f = 0; f < std::min<int64_t>(F, kg - kb * F); ++f) dst[f] = weight_of(g, kb * F + f, j);
+            }
     const int64_t tasks = p.n * p.groups * row_blocks;
     // Pixels per micro-kernel call: NP, but a row whose last call would get
     // under half of that is split evenly (14 = 7 + 7, not 12 + 2), since a
@@ -112,36 +115,21 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     {
         Scratch<T> window(win.size());
         Scratch<T> result(NP * F);
-        std::vector<int32_t> live(static_cast<size_t>(win.out_rows * ntaps));
-        std::vector<int64_t> nlive(static_cast<size_t>(win.out_rows));
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);
             const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
             const T* base = win.prepare(p, x + (n * p.c + g * cg) * p.h * p.w, oh0, window.get());
-            // live[(oh - oh0) * ntaps ...]: the taps whose kernel row reads a real input row.
-            for (int64_t oh = oh0; oh < oh1; ++oh) {
-                int32_t* list = live.data() + (oh - oh0) * ntaps;
-                int64_t count = 0;
-                for (int64_t c = 0; c < cg; ++c)
-                    for (int64_t kr = 0; kr < p.r; ++kr) {
-                        const int64_t ih = oh * p.stride_h - p.pad_top + kr * p.dil_h;
-                        if (ih < 0 || ih >= p.h) continue;
-                        for (int64_t ks = 0; ks < p.s; ++ks) list[count++] = static_cast<int32_t>((c * p.r + kr) * p.s + ks);
-                    }
-                nlive[static_cast<size_t>(oh - oh0)] = count;
-            }
             // Filter blocks outermost: one block's weights stay in cache for all the rows.
             for (int64_t kb = 0; kb < kblocks; ++kb) {
                 const T* wb = w_packed.data() + (g * kblocks + kb) * ntaps * F;
                 const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
                 for (int64_t oh = oh0; oh < oh1; ++oh) {
                     const T* row = base + (oh - oh0) * p.stride_h * win.cols;
-                    const int32_t* list = live.data() + (oh - oh0) * ntaps;
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += block) {
                         const int64_t np = std::min<int64_t>(block, p.out_w - ow0);
-                        (np == block ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(), list,
-                                                 nlive[static_cast<size_t>(oh - oh0)], result.get());
+                        (np == block ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(),
+                                                    live.row(oh), live.size(oh), result.get());
                         for (int64_t f = 0; f < nk; ++f) {
                             T* out = y + n * place.batch + (k0 + f) * place.channel + oh * place.row +
                                      ow0 * place.col + place.offset;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -69,6 +70,42 @@ struct InputWindow {
                 for (int64_t i = p.pad_left; i < hi; ++i) row[i] = src[i];
             }
     }
+};
+
+// For each output row, the taps j = (c, kr, ks) whose kernel row reads a real
+// input row (the others read only padding). Rows share a list when their
+// range of valid kernel rows is the same, so there are at most R(R+1)/2
+// lists however tall the output: computed once per call, not per task.
+struct LiveTaps {
+    std::vector<int32_t> taps;         // the distinct lists, one after another
+    std::vector<int64_t> start, count;  // per output row: where its list is, and its length
+
+    explicit LiveTaps(const ConvShape& p) : start(static_cast<size_t>(p.out_h)), count(static_cast<size_t>(p.out_h)) {
+        const int64_t cg = p.c_per_group();
+        std::vector<std::array<int64_t, 3>> ranges;  // (first kernel row, end, start in taps)
+        for (int64_t oh = 0; oh < p.out_h; ++oh) {
+            int64_t lo = p.r, hi = 0;
+            for (int64_t kr = 0; kr < p.r; ++kr) {
+                const int64_t ih = oh * p.stride_h - p.pad_top + kr * p.dil_h;
+                if (ih >= 0 && ih < p.h) lo = std::min(lo, kr), hi = kr + 1;
+            }
+            if (lo >= hi) lo = hi = 0;
+            auto found = std::find_if(ranges.begin(), ranges.end(),
+                                      [&](const std::array<int64_t, 3>& r) { return r[0] == lo && r[1] == hi; });
+            if (found == ranges.end()) {
+                ranges.push_back({lo, hi, static_cast<int64_t>(taps.size())});
+                for (int64_t c = 0; c < cg; ++c)
+                    for (int64_t kr = lo; kr < hi; ++kr)
+                        for (int64_t ks = 0; ks < p.s; ++ks) taps.push_back(static_cast<int32_t>((c * p.r + kr) * p.s + ks));
+                found = ranges.end() - 1;
+            }
+            start[static_cast<size_t>(oh)] = (*found)[2];
+            count[static_cast<size_t>(oh)] = cg * (hi - lo) * p.s;
+        }
+    }
+
+    const int32_t* row(int64_t oh) const { return taps.data() + start[static_cast<size_t>(oh)]; }
+    int64_t size(int64_t oh) const { return count[static_cast<size_t>(oh)]; }
 };
 
 }  // namespace fastconv

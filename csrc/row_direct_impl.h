@@ -55,6 +55,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
     const int64_t tiles_per_row = (p.out_w + W - 1) / W;
     const InputWindow win(p, tiles_per_row * W);
+    const LiveTaps live(p);
     const int64_t row_blocks = (p.out_h + win.out_rows - 1) / win.out_rows;
     const int mr = static_cast<int>(kg);  // kg <= FASTCONV_MR here: one block of rows
     static_assert(kVectorsPerTile <= 3, "row_direct_forward picks among 1..3 vectors");
@@ -72,7 +73,6 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
 #pragma omp parallel if (worth_parallel(conv_flops(p)))
     {
         Scratch<T> window(win.size()), result(mr * W);
-        std::vector<int32_t> live(static_cast<size_t>(ntaps));
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);
@@ -80,17 +80,10 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
             const T* base = win.prepare(p, x + (n * p.c + g * cg) * p.h * p.w, oh0, window.get());
             const T* a = a_packed.data() + g * ntaps * kg;
             for (int64_t oh = oh0; oh < oh1; ++oh) {
-                int64_t nlive = 0;  // the taps whose kernel row reads a real input row
-                for (int64_t c = 0; c < cg; ++c)
-                    for (int64_t kr = 0; kr < p.r; ++kr) {
-                        const int64_t ih = oh * p.stride_h - p.pad_top + kr * p.dil_h;
-                        if (ih < 0 || ih >= p.h) continue;
-                        for (int64_t ks = 0; ks < p.s; ++ks) live[static_cast<size_t>(nlive++)] = static_cast<int32_t>((c * p.r + kr) * p.s + ks);
-                    }
                 const T* row = base + (oh - oh0) * p.stride_h * win.cols;
                 for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += W) {
                     const int64_t np = std::min<int64_t>(W, p.out_w - ow0);
-                    micro(row + ow0, win.offset.data(), live.data(), nlive, a, result.get());
+                    micro(row + ow0, win.offset.data(), live.row(oh), live.size(oh), a, result.get());
                     for (int64_t i = 0; i < kg; ++i) {
                         T* out = y + n * place.batch + (g * kg + i) * place.channel + oh * place.row + ow0 * place.col +
                                  place.offset;
