@@ -12,11 +12,16 @@ void conv_backward_bias(const ConvShape& p, const T* grad_y, T* grad_bias) {
     for (int64_t k = 0; k < p.k; ++k) {
         double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int64_t n = 0; n < p.n; ++n) {
-            const T* src = grad_y + (n * p.k + k) * pixels;
-            int64_t i = 0;
-            for (; i + 8 <= pixels; i += 8)
-                for (int l = 0; l < 8; ++l) part[l] += static_cast<double>(src[i + l]);
-            for (; i < pixels; ++i) part[i % 8] += static_cast<double>(src[i]);
+            const T* plane = grad_y + n * p.ys.n + k * p.ys.c;
+            if (p.ys.w == 1 && p.ys.h == p.out_w) {  // a dense plane
+                int64_t i = 0;
+                for (; i + 8 <= pixels; i += 8)
+                    for (int l = 0; l < 8; ++l) part[l] += static_cast<double>(plane[i + l]);
+                for (; i < pixels; ++i) part[i % 8] += static_cast<double>(plane[i]);
+            } else {  // channels last, say: the same order, strided
+                for (int64_t i = 0; i < pixels; ++i)
+                    part[i % 8] += static_cast<double>(plane[(i / p.out_w) * p.ys.h + (i % p.out_w) * p.ys.w]);
+            }
         }
         grad_bias[k] = static_cast<T>(((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7])));
     }

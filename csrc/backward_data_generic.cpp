@@ -14,7 +14,6 @@ namespace fastconv::generic {
 template <class T>
 void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
-    const int64_t plane = p.h * p.w;
 
     // weight_t[g][kr][c][kk][ks] = weight[g*kg + kk][c][kr][ks]: for a fixed
     // kernel row and input channel, the taps over (filter, ks) are contiguous.
@@ -34,13 +33,13 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
 #pragma omp parallel if (worth_parallel(conv_flops(p)))
     {
         std::vector<T> tile(static_cast<size_t>(rows * cols));
+        std::vector<T> sums(static_cast<size_t>(cg * p.w));  // the task's input row, every channel of the group
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t ih = t % p.h;
             const int64_t g = (t / p.h) % p.groups;
             const int64_t n = t / (p.h * p.groups);
-            T* gx_row = grad_x + (n * p.c + g * cg) * plane + ih * p.w;  // channel c at + c*plane
-            for (int64_t c = 0; c < cg; ++c) std::fill(gx_row + c * plane, gx_row + c * plane + p.w, T(0));
+            std::fill(sums.begin(), sums.end(), T(0));
 
             for (int64_t kr = 0; kr < p.r; ++kr) {
                 // Output row oh reaches input row ih through kernel row kr iff
@@ -55,18 +54,18 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
                     // tile[(kk, ks)][i] = grad_y[n, k, oh, ow] where
                     // ow * stride_w - pad_left + ks * dil_w == iw0 + i, else 0.
                     for (int64_t kk = 0; kk < kg; ++kk) {
-                        const T* gy_row = grad_y + ((n * p.k + g * kg + kk) * p.out_h + oh) * p.out_w;
+                        const T* gy_row = grad_y + n * p.ys.n + (g * kg + kk) * p.ys.c + oh * p.ys.h;
                         for (int64_t ks = 0; ks < p.s; ++ks) {
                             T* dst = tile.data() + (kk * p.s + ks) * m;
                             std::fill(dst, dst + m, T(0));
                             const int64_t start = ks * p.dil_w - p.pad_left - iw0;
                             int64_t lo, hi;
                             valid_range(start, p.stride_w, p.out_w, m, lo, hi);
-                            for (int64_t ow = lo; ow < hi; ++ow) dst[start + ow * p.stride_w] = gy_row[ow];
+                            for (int64_t ow = lo; ow < hi; ++ow) dst[start + ow * p.stride_w] = gy_row[ow * p.ys.w];
                         }
                     }
                     for (int64_t c = 0; c < cg; ++c) {
-                        T* out = gx_row + c * plane + iw0;
+                        T* out = sums.data() + c * p.w + iw0;
                         const T* wc = w_row + c * rows;
                         for (int64_t j = 0; j < rows; ++j) {
                             const T wv = wc[j];
@@ -76,6 +75,9 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
                     }
                 }
             }
+            T* gx_row = grad_x + n * p.xs.n + g * cg * p.xs.c + ih * p.xs.h;
+            for (int64_t c = 0; c < cg; ++c)
+                for (int64_t iw = 0; iw < p.w; ++iw) gx_row[c * p.xs.c + iw * p.xs.w] = sums[static_cast<size_t>(c * p.w + iw)];
         }
     }
 }

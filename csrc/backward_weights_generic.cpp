@@ -29,7 +29,7 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
             const int64_t k1 = std::min(k0 + block, (g + 1) * kg);
             std::fill(grad_weight + k0 * taps, grad_weight + k1 * taps, T(0));
             for (int64_t n = 0; n < p.n; ++n) {
-                const T* x_group = x + (n * p.c + g * cg) * p.h * p.w;
+                const T* x_group = x + n * p.xs.n + g * cg * p.xs.c;
                 for (int64_t oh = 0; oh < p.out_h; ++oh) {
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += cols) {
                         const int64_t m = std::min(cols, p.out_w - ow0);
@@ -38,10 +38,10 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
                         for (int64_t j = 0; j < taps; ++j)
                             for (int64_t i = 0; i < m; ++i) col_t[i * taps + j] = col[j * m + i];
                         for (int64_t k = k0; k < k1; ++k) {
-                            const T* gy = grad_y + ((n * p.k + k) * p.out_h + oh) * p.out_w + ow0;
+                            const T* gy = grad_y + n * p.ys.n + k * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
                             T* gw = grad_weight + k * taps;
                             for (int64_t i = 0; i < m; ++i) {
-                                const T a = gy[i];
+                                const T a = gy[i * p.ys.w];
                                 const T* ci = col_t.data() + i * taps;
                                 for (int64_t j = 0; j < taps; ++j) gw[j] += a * ci[j];
                             }

@@ -29,28 +29,43 @@ using Quad = std::array<int64_t, 4>;
 [[noreturn]] void type_error(const std::string& msg) { throw py::type_error(msg); }
 [[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
 
+// Element strides of a 4-D array that may be a strided view (channels-last
+// data seen as NCHW); byte strides must be non-negative item multiples.
+fastconv::Strides strides_of(const py::array& a, const char* name) {
+    int64_t s[4];
+    for (int i = 0; i < 4; ++i) {
+        const auto bytes = static_cast<int64_t>(a.strides(i));
+        if (bytes < 0 || bytes % a.itemsize() != 0)
+            value_error(std::string(name) + ": strides must be non-negative multiples of the item size");
+        s[i] = bytes / a.itemsize();
+    }
+    return fastconv::Strides{s[0], s[1], s[2], s[3]};
+}
+
+// Tensors (x, y and their gradients) may be strided views; weight and bias
+// must be C-contiguous.
 template <class T>
-void check_array(const py::array& a, const char* name, bool writeable, py::ssize_t ndim) {
+void check_array(const py::array& a, const char* name, bool writeable, py::ssize_t ndim, bool strided = false) {
     if (a.dtype().num() != py::dtype::of<T>().num() || a.dtype().byteorder() == '>')
         type_error(std::string(name) + ": expected a native " + std::string(py::str(py::dtype::of<T>())) +
                    " array, got " + std::string(py::str(a.dtype())));
     if (a.ndim() != ndim)
         value_error(std::string(name) + ": expected " + std::to_string(ndim) + " dimensions, got " +
                     std::to_string(a.ndim()));
-    if (!(a.flags() & py::array::c_style) || !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-        value_error(std::string(name) + ": expected a C-contiguous, aligned array");
+    if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) value_error(std::string(name) + ": expected an aligned array");
+    if (!strided && !(a.flags() & py::array::c_style)) value_error(std::string(name) + ": expected a C-contiguous array");
     if (writeable && !a.writeable()) value_error(std::string(name) + ": output array is read-only");
 }
 
 template <class T>
-const T* in_ptr(const py::array& a, const char* name, py::ssize_t ndim = 4) {
-    check_array<T>(a, name, false, ndim);
+const T* in_ptr(const py::array& a, const char* name, py::ssize_t ndim = 4, bool strided = false) {
+    check_array<T>(a, name, false, ndim, strided);
     return static_cast<const T*>(a.data());
 }
 
 template <class T>
-T* out_ptr(py::array& a, const char* name, py::ssize_t ndim = 4) {
-    check_array<T>(a, name, true, ndim);
+T* out_ptr(py::array& a, const char* name, py::ssize_t ndim = 4, bool strided = false) {
+    check_array<T>(a, name, true, ndim, strided);
     return static_cast<T*>(a.mutable_data());
 }
 
@@ -68,6 +83,7 @@ ConvShape make_shape(const py::array& x, const py::array& w, const py::array& y,
     p.dil_h = dilation[0], p.dil_w = dilation[1];
     p.pad_top = padding[0], p.pad_bottom = padding[1], p.pad_left = padding[2], p.pad_right = padding[3];
     p.out_h = y.shape(2), p.out_w = y.shape(3);
+    p.xs = strides_of(x, "x"), p.ys = strides_of(y, "y");
     p.check();
     if (groups < 1 || w.shape(1) * groups != p.c) value_error("weight channels do not match input channels / groups");
     if (y.shape(0) != p.n || y.shape(1) != p.k) value_error("output batch or channels do not match");
@@ -84,9 +100,9 @@ void forward_t(const py::array& x, const py::array& w, const py::object& bias, p
         b = in_ptr<T>(bias_arr, "bias", 1);
         if (bias_arr.shape(0) != p.k) value_error("bias: expected shape (filters,)");
     }
-    const T* xp = in_ptr<T>(x, "x");
+    const T* xp = in_ptr<T>(x, "x", 4, true);
     const T* wp = in_ptr<T>(w, "weight");
-    T* yp = out_ptr<T>(y, "out");
+    T* yp = out_ptr<T>(y, "out", 4, true);
     py::gil_scoped_release release;
     fastconv::conv_forward<T>(p, xp, wp, b, yp);
 }
@@ -103,9 +119,9 @@ void backward_data(const py::array& grad_y, const py::array& w, py::array grad_x
     const ConvShape p = make_shape(grad_x, w, grad_y, stride, padding, dilation, groups);
     auto run = [&](auto tag) {
         using T = decltype(tag);
-        const T* gy = in_ptr<T>(grad_y, "grad_y");
+        const T* gy = in_ptr<T>(grad_y, "grad_y", 4, true);
         const T* wp = in_ptr<T>(w, "weight");
-        T* gx = out_ptr<T>(grad_x, "grad_x");
+        T* gx = out_ptr<T>(grad_x, "grad_x", 4, true);
         py::gil_scoped_release release;
         fastconv::conv_backward_data<T>(p, gy, wp, gx);
     };
@@ -118,8 +134,8 @@ void backward_weights(const py::array& grad_y, const py::array& x, py::array gra
     const ConvShape p = make_shape(x, grad_w, grad_y, stride, padding, dilation, groups);
     auto run = [&](auto tag) {
         using T = decltype(tag);
-        const T* gy = in_ptr<T>(grad_y, "grad_y");
-        const T* xp = in_ptr<T>(x, "x");
+        const T* gy = in_ptr<T>(grad_y, "grad_y", 4, true);
+        const T* xp = in_ptr<T>(x, "x", 4, true);
         T* gw = out_ptr<T>(grad_w, "grad_weight");
         py::gil_scoped_release release;
         fastconv::conv_backward_weights<T>(p, gy, xp, gw);
@@ -133,9 +149,10 @@ void backward_bias(const py::array& grad_y, py::array grad_b) {
     if (grad_b.ndim() != 1 || grad_b.shape(0) != grad_y.shape(1)) value_error("grad_bias: expected shape (filters,)");
     ConvShape p;
     p.n = grad_y.shape(0), p.k = grad_y.shape(1), p.out_h = grad_y.shape(2), p.out_w = grad_y.shape(3);
+    p.ys = strides_of(grad_y, "grad_y");
     auto run = [&](auto tag) {
         using T = decltype(tag);
-        const T* gy = in_ptr<T>(grad_y, "grad_y");
+        const T* gy = in_ptr<T>(grad_y, "grad_y", 4, true);
         T* gb = out_ptr<T>(grad_b, "grad_bias", 1);
         py::gil_scoped_release release;
         fastconv::conv_backward_bias<T>(p, gy, gb);

@@ -12,6 +12,16 @@
 
 namespace fastconv {
 
+// Element strides of a 4-D tensor seen as (N, C, H, W): dense NCHW, or NHWC
+// (channels last) seen through a transposed view, or any other.
+struct Strides {
+    int64_t n = 0, c = 0, h = 0, w = 0;
+    static Strides dense(int64_t channels, int64_t height, int64_t width) {
+        return Strides{channels * height * width, height * width, width, 1};
+    }
+    bool operator==(const Strides& o) const { return n == o.n && c == o.c && h == o.h && w == o.w; }
+};
+
 struct ConvShape {
     int64_t n = 0, c = 0, h = 0, w = 0;  // input: batch, channels, height, width (NCHW)
     int64_t k = 0;                       // filters (output channels)
@@ -21,9 +31,16 @@ struct ConvShape {
     int64_t dil_h = 1, dil_w = 1;
     int64_t pad_top = 0, pad_bottom = 0, pad_left = 0, pad_right = 0;
     int64_t out_h = 0, out_w = 0;        // output height, width
+    Strides xs, ys;                      // element strides of x (and grad_x), y (and grad_y)
 
     int64_t c_per_group() const { return c / groups; }
     int64_t k_per_group() const { return k / groups; }
+    bool x_dense() const { return xs == Strides::dense(c, h, w); }
+    bool y_dense() const { return ys == Strides::dense(k, out_h, out_w); }
+    void set_dense_strides() {
+        xs = Strides::dense(c, h, w);
+        ys = Strides::dense(k, out_h, out_w);
+    }
 
     // Output size along one axis for a padded input of `size`, or -1 when the
     // dilated kernel does not fit.

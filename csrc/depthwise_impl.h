@@ -35,8 +35,14 @@ struct PaddedPlane {
 template <class T>
 void pad_plane(const ConvShape& p, const PaddedPlane& pp, const T* plane, T* out) {
     std::fill(out, out + pp.rows * pp.cols, T(0));
-    for (int64_t ih = 0; ih < p.h; ++ih)
-        copy_run(out + (ih + p.pad_top) * pp.cols + p.pad_left, plane + ih * p.w, p.w);  // spills zeros into padding
+    for (int64_t ih = 0; ih < p.h; ++ih) {
+        T* dst = out + (ih + p.pad_top) * pp.cols + p.pad_left;
+        if (p.xs.w == 1) {
+            copy_run(dst, plane + ih * p.xs.h, p.w);  // spills zeros into padding
+        } else {
+            for (int64_t iw = 0; iw < p.w; ++iw) dst[iw] = plane[ih * p.xs.h + iw * p.xs.w];
+        }
+    }
 }
 
 template <class T>
@@ -52,12 +58,12 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t n = t / p.groups, g = t % p.groups;
-            pad_plane(p, pp, x + (n * p.c + g) * p.h * p.w, xp.get());
+            pad_plane(p, pp, x + n * p.xs.n + g * p.xs.c, xp.get());
             for (int64_t kk = 0; kk < kg; ++kk) {
                 const int64_t k = g * kg + kk;
                 const T* w = weight + k * taps;
                 const T b = bias ? bias[k] : T(0);
-                T* out = y + (n * p.k + k) * p.out_h * p.out_w;
+                T* out = y + n * p.ys.n + k * p.ys.c;
                 int64_t oh = 0;
                 if (p.stride_w == 1) {
                     // RB output rows at once: RB x NV independent accumulators per tap.
@@ -79,9 +85,9 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
                                 for (int v = 0; v < NV; ++v) store(row_out.get() + rb * width + ow + v * L, acc[rb][v]);
                         }
                         for (int rb = 0; rb < RB; ++rb) {
-                            T* dst = out + (oh + rb) * p.out_w;
+                            T* dst = out + (oh + rb) * p.ys.h;
                             const T* o = row_out.get() + rb * width;
-                            for (int64_t i = 0; i < p.out_w; ++i) dst[i] = o[i];
+                            for (int64_t i = 0; i < p.out_w; ++i) dst[i * p.ys.w] = o[i];
                         }
                     }
                 }
@@ -111,8 +117,8 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
                             o[ow] = acc;
                         }
                     }
-                    T* dst = out + oh * p.out_w;
-                    for (int64_t i = 0; i < p.out_w; ++i) dst[i] = o[i];
+                    T* dst = out + oh * p.ys.h;
+                    for (int64_t i = 0; i < p.out_w; ++i) dst[i * p.ys.w] = o[i];
                 }
             }
         }
@@ -136,28 +142,29 @@ void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T
             for (int64_t kk = 0; kk < kg; ++kk) {
                 const int64_t k = g * kg + kk;
                 const T* w = weight + k * taps;
-                const T* gy = grad_y + (n * p.k + k) * p.out_h * p.out_w;
+                const T* gy = grad_y + n * p.ys.n + k * p.ys.c;
                 for (int64_t oh = 0; oh < p.out_h; ++oh) {
-                    const T* src = gy + oh * p.out_w;
+                    const T* src = gy + oh * p.ys.h;
+                    const int64_t sy = p.ys.w;
                     for (int64_t kr = 0; kr < p.r; ++kr) {
                         T* row = dxp.get() + (oh * p.stride_h + kr * p.dil_h) * pp.cols;
                         for (int64_t ks = 0; ks < p.s; ++ks) {
                             const T wv = w[kr * p.s + ks];
                             T* d = row + ks * p.dil_w;
                             if (p.stride_w == 1) {
-                                for (int64_t ow = 0; ow < p.out_w; ++ow) d[ow] += wv * src[ow];
+                                for (int64_t ow = 0; ow < p.out_w; ++ow) d[ow] += wv * src[ow * sy];
                             } else {
-                                for (int64_t ow = 0; ow < p.out_w; ++ow) d[ow * p.stride_w] += wv * src[ow];
+                                for (int64_t ow = 0; ow < p.out_w; ++ow) d[ow * p.stride_w] += wv * src[ow * sy];
                             }
                         }
                     }
                 }
             }
-            T* dx = grad_x + (n * p.c + g) * p.h * p.w;
+            T* dx = grad_x + n * p.xs.n + g * p.xs.c;
             for (int64_t ih = 0; ih < p.h; ++ih) {
                 const T* src = dxp.get() + (ih + p.pad_top) * pp.cols + p.pad_left;
-                T* dst = dx + ih * p.w;
-                for (int64_t i = 0; i < p.w; ++i) dst[i] = src[i];
+                T* dst = dx + ih * p.xs.h;
+                for (int64_t i = 0; i < p.w; ++i) dst[i * p.xs.w] = src[i];
             }
         }
     }
@@ -229,13 +236,17 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
         for (int64_t g = 0; g < p.groups; ++g) {
             std::fill(grad_weight + g * kg * taps, grad_weight + (g + 1) * kg * taps, T(0));
             for (int64_t n = 0; n < p.n; ++n) {
-                pad_plane(p, pp, x + (n * p.c + g) * p.h * p.w, xp.get());
+                pad_plane(p, pp, x + n * p.xs.n + g * p.xs.c, xp.get());
                 for (int64_t kk = 0; kk < kg; ++kk) {
                     const int64_t k = g * kg + kk;
-                    const T* gy = grad_y + (n * p.k + k) * p.out_h * p.out_w;
+                    const T* gy = grad_y + n * p.ys.n + k * p.ys.c;
                     for (int64_t oh = 0; oh < p.out_h; ++oh) {
                         T* dst = gyp.get() + oh * width;
-                        copy_run(dst, gy + oh * p.out_w, p.out_w);  // any spill is zeroed just below
+                        if (p.ys.w == 1) {
+                            copy_run(dst, gy + oh * p.ys.h, p.out_w);  // any spill is zeroed just below
+                        } else {
+                            for (int64_t i = 0; i < p.out_w; ++i) dst[i] = gy[oh * p.ys.h + i * p.ys.w];
+                        }
                         std::fill(dst + p.out_w, dst + width, T(0));
                     }
                     if (p.stride_w == 1) {

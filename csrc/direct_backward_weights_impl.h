@@ -106,7 +106,7 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
             const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
             std::fill(acc.get(), acc.get() + (j1 - j0) * F, T(0));
             for (int64_t n = 0; n < p.n; ++n) {
-                const T* xg = x + (n * p.c + g * cg) * p.h * p.w;
+                const T* xg = x + n * p.xs.n + g * cg * p.xs.c;
                 for (int64_t oh0 = 0; oh0 < p.out_h; oh0 += win.out_rows) {
                     const int64_t oh1 = std::min(p.out_h, oh0 + win.out_rows);
                     const T* base = win.prepare(p, xg, oh0, window.get());
@@ -114,8 +114,13 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                     const int64_t pix = (oh1 - oh0) * p.out_w;
                     for (int64_t f = 0; f < F; ++f) {
                         if (f < nk) {
-                            const T* gy = grad_y + ((n * p.k + k0 + f) * p.out_h + oh0) * p.out_w;
-                            for (int64_t i = 0; i < pix; ++i) gyt.get()[i * F + f] = gy[i];
+                            const T* gy = grad_y + n * p.ys.n + (k0 + f) * p.ys.c + oh0 * p.ys.h;
+                            if (p.y_dense()) {
+                                for (int64_t i = 0; i < pix; ++i) gyt.get()[i * F + f] = gy[i];
+                            } else {
+                                for (int64_t i = 0; i < pix; ++i)
+                                    gyt.get()[i * F + f] = gy[(i / p.out_w) * p.ys.h + (i % p.out_w) * p.ys.w];
+                            }
                         } else {
                             for (int64_t i = 0; i < pix; ++i) gyt.get()[i * F + f] = T(0);
                         }

@@ -74,9 +74,7 @@ struct DirectKernels {
 // writes one stride phase of grad_x.
 struct OutputPlacement {
     int64_t batch, channel, row, col, offset;
-    static OutputPlacement dense(const ConvShape& p) {
-        return OutputPlacement{p.k * p.out_h * p.out_w, p.out_h * p.out_w, p.out_w, 1, 0};
-    }
+    static OutputPlacement of_output(const ConvShape& p) { return OutputPlacement{p.ys.n, p.ys.c, p.ys.h, p.ys.w, 0}; }
 };
 
 // weight_of(g, m, j): weight of filter m of group g for tap j = (c, kr, ks).
@@ -119,7 +117,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);
             const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
-            const T* base = win.prepare(p, x + (n * p.c + g * cg) * p.h * p.w, oh0, window.get());
+            const T* base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window.get());
             // Filter blocks outermost: one block's weights stay in cache for all the rows.
             for (int64_t kb = 0; kb < kblocks; ++kb) {
                 const T* wb = w_packed.data() + (g * kblocks + kb) * ntaps * F;

@@ -18,30 +18,29 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
 
 #pragma omp parallel if (worth_parallel(conv_flops(p)))
     {
-        std::vector<T> col(static_cast<size_t>(taps * cols));
+        std::vector<T> col(static_cast<size_t>(taps * cols)), sums(static_cast<size_t>(cols));
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t oh = t % p.out_h;
             const int64_t g = (t / p.out_h) % p.groups;
             const int64_t n = t / (p.out_h * p.groups);
-            const T* x_group = x + (n * p.c + g * cg) * p.h * p.w;
+            const T* x_group = x + n * p.xs.n + g * cg * p.xs.c;
             for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += cols) {
                 const int64_t m = std::min(cols, p.out_w - ow0);
                 im2col_row(p, x_group, cg, oh, ow0, m, col.data());
                 for (int64_t kk = 0; kk < kg; ++kk) {
                     const int64_t k = g * kg + kk;
-                    T* out = y + ((n * p.k + k) * p.out_h + oh) * p.out_w + ow0;
+                    T* out = y + n * p.ys.n + k * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
                     const T* wk = weight + k * taps;
-                    std::fill(out, out + m, T(0));
+                    T* acc = sums.data();
+                    std::fill(acc, acc + m, T(0));
                     for (int64_t j = 0; j < taps; ++j) {
                         const T wv = wk[j];
                         const T* cj = col.data() + j * m;
-                        for (int64_t i = 0; i < m; ++i) out[i] += wv * cj[i];
+                        for (int64_t i = 0; i < m; ++i) acc[i] += wv * cj[i];
                     }
-                    if (bias) {
-                        const T b = bias[k];
-                        for (int64_t i = 0; i < m; ++i) out[i] += b;
-                    }
+                    const T b = bias ? bias[k] : T(0);
+                    for (int64_t i = 0; i < m; ++i) out[i * p.ys.w] = acc[i] + b;
                 }
             }
         }

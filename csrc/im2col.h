@@ -15,7 +15,6 @@ namespace fastconv {
 template <class T>
 void im2col_row(const ConvShape& p, const T* x_group, int64_t channels, int64_t oh,
                 int64_t ow0, int64_t cols, T* col) {
-    const int64_t plane = p.h * p.w;
     for (int64_t c = 0; c < channels; ++c) {
         for (int64_t kr = 0; kr < p.r; ++kr) {
             const int64_t ih = oh * p.stride_h - p.pad_top + kr * p.dil_h;
@@ -28,9 +27,10 @@ void im2col_row(const ConvShape& p, const T* x_group, int64_t channels, int64_t 
                 const int64_t iw0 = ow0 * p.stride_w - p.pad_left + ks * p.dil_w;
                 int64_t lo, hi;
                 valid_range(iw0, p.stride_w, cols, p.w, lo, hi);
-                const T* src = x_group + c * plane + ih * p.w + iw0;
+                const T* src = x_group + c * p.xs.c + ih * p.xs.h + iw0 * p.xs.w;
+                const int64_t step = p.stride_w * p.xs.w;
                 std::fill(dst, dst + lo, T(0));
-                for (int64_t i = lo; i < hi; ++i) dst[i] = src[i * p.stride_w];
+                for (int64_t i = lo; i < hi; ++i) dst[i] = src[i * step];
                 std::fill(dst + hi, dst + cols, T(0));
             }
         }

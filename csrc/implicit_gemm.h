@@ -89,6 +89,7 @@ struct SourceGrid {
     int64_t su, sv;           // source step per grid step
     int64_t batch_stride;     // elements between images in the source
     int64_t height, width;    // source plane size
+    int64_t row_stride, col_stride;  // elements between source rows, columns
 };
 
 // A run of consecutive grid columns inside one grid row of one image.
@@ -160,12 +161,13 @@ void pack_panel(const T* src, const SourceGrid& grid, const Tap* taps, int64_t n
             const int64_t c0 = s.v0 * grid.sv + t.dc;
             int64_t lo, hi;
             valid_range(c0, grid.sv, s.len, grid.width, lo, hi);
-            const T* line = src + s.n * grid.batch_stride + t.channel + r * grid.width + c0;
+            const T* line = src + s.n * grid.batch_stride + t.channel + r * grid.row_stride + c0 * grid.col_stride;
+            const int64_t step = grid.sv * grid.col_stride;
             std::fill(dst, dst + lo, T(0));
-            if (grid.sv == 1) {
+            if (step == 1) {
                 copy_run(dst + lo, line + lo, hi - lo);
             } else {
-                for (int64_t i = lo; i < hi; ++i) dst[i] = line[i * grid.sv];
+                for (int64_t i = lo; i < hi; ++i) dst[i] = line[i * step];
             }
             std::fill(dst + hi, dst + s.len, T(0));
         }
@@ -259,7 +261,8 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
     // stride 1, no padding), a tile inside one image is read in place: tap j's
     // row is the source plane j from the tile's first pixel, nothing packed.
     const int64_t per_image = grid.rows * grid.cols, plane = grid.height * grid.width;
-    bool in_place = grid.su == 1 && grid.sv == 1 && grid.rows == grid.height && grid.cols == grid.width;
+    bool in_place = grid.su == 1 && grid.sv == 1 && grid.rows == grid.height && grid.cols == grid.width &&
+                    grid.row_stride == grid.width && grid.col_stride == 1;
     for (int64_t j = 0; j < ntaps && in_place; ++j)
         in_place = taps[static_cast<size_t>(j)].channel == j * plane && taps[static_cast<size_t>(j)].dr == 0 &&
                    taps[static_cast<size_t>(j)].dc == 0;

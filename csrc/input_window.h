@@ -32,7 +32,8 @@ struct InputWindow {
         out_rows = std::max<int64_t>(1, std::min<int64_t>(p.out_h, 8));
         while (out_rows > 1 && channels * ((out_rows - 1) * p.stride_h + span_h) * cols > (1 << 18)) --out_rows;
         rows = (out_rows - 1) * p.stride_h + span_h;
-        in_place = p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0 && cols == p.w;
+        in_place = p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0 && cols == p.w &&
+                   p.x_dense();
         channel_stride = in_place ? p.h * p.w : rows * cols;
         offset.resize(static_cast<size_t>(channels * p.r * p.s));
         for (int64_t c = 0; c < channels; ++c)
@@ -66,8 +67,12 @@ struct InputWindow {
                 const int64_t ih = ih0 + wr;
                 std::fill(row, row + cols, T(0));
                 if (ih < 0 || ih >= p.h) continue;
-                const T* src = x_group + (c * p.h + ih) * p.w - p.pad_left;
-                for (int64_t i = p.pad_left; i < hi; ++i) row[i] = src[i];
+                const T* src = x_group + c * p.xs.c + ih * p.xs.h;
+                if (p.xs.w == 1) {
+                    for (int64_t i = p.pad_left; i < hi; ++i) row[i] = src[i - p.pad_left];
+                } else {
+                    for (int64_t i = p.pad_left; i < hi; ++i) row[i] = src[(i - p.pad_left) * p.xs.w];
+                }
             }
     }
 };

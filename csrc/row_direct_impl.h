@@ -77,7 +77,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);
             const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
-            const T* base = win.prepare(p, x + (n * p.c + g * cg) * p.h * p.w, oh0, window.get());
+            const T* base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window.get());
             const T* a = a_packed.data() + g * ntaps * kg;
             for (int64_t oh = oh0; oh < oh1; ++oh) {
                 const T* row = base + (oh - oh0) * p.stride_h * win.cols;

@@ -27,12 +27,12 @@ inline std::vector<Tap> forward_taps(const ConvShape& p) {
     for (int64_t c = 0; c < p.c_per_group(); ++c)
         for (int64_t kr = 0; kr < p.r; ++kr)
             for (int64_t ks = 0; ks < p.s; ++ks)
-                taps.push_back(Tap{c * p.h * p.w, kr * p.dil_h - p.pad_top, ks * p.dil_w - p.pad_left});
+                taps.push_back(Tap{c * p.xs.c, kr * p.dil_h - p.pad_top, ks * p.dil_w - p.pad_left});
     return taps;
 }
 
 inline SourceGrid forward_grid(const ConvShape& p) {
-    return SourceGrid{p.out_h, p.out_w, p.stride_h, p.stride_w, p.c * p.h * p.w, p.h, p.w};
+    return SourceGrid{p.out_h, p.out_w, p.stride_h, p.stride_w, p.xs.n, p.h, p.w, p.xs.h, p.xs.w};
 }
 
 template <class T>
@@ -42,12 +42,11 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
     if (p.r > 1 || p.s > 1) {
         const int64_t kg = p.k_per_group(), ntaps = p.c_per_group() * p.r * p.s;
         return any_direct_forward(p, x, [&](int64_t g, int64_t m, int64_t j) { return weight[(g * kg + m) * ntaps + j]; },
-                                  bias, y, OutputPlacement::dense(p));
+                                  bias, y, OutputPlacement::of_output(p));
     }
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
-    const int64_t out_plane = p.out_h * p.out_w;
-    const Destination out{p.k * out_plane, out_plane, p.out_w, 1, 1, 0, 0};
-    gather_gemm<T>(p.groups, kg, forward_taps(p), forward_grid(p), p.n, x, cg * p.h * p.w, y, out, kg * out_plane,
+    const Destination out{p.ys.n, p.ys.c, p.ys.h, 1, p.ys.w, 0, 0};
+    gather_gemm<T>(p.groups, kg, forward_taps(p), forward_grid(p), p.n, x, cg * p.xs.c, y, out, kg * p.ys.c,
                    bias, [&](int64_t g, int64_t m, int64_t j) { return weight[(g * kg + m) * ntaps + j]; });
 }
 
@@ -60,6 +59,7 @@ bool backward_data_as_forward(const ConvShape& p, const T* grad_y, const T* weig
     ConvShape q = p;
     q.c = p.k, q.h = p.out_h, q.w = p.out_w;
     q.k = p.c, q.out_h = p.h, q.out_w = p.w;
+    q.xs = p.ys, q.ys = p.xs;  // reads grad_y, writes grad_x
     q.pad_top = (p.r - 1) * p.dil_h - p.pad_top;
     q.pad_left = (p.s - 1) * p.dil_w - p.pad_left;
     q.pad_bottom = p.h - 1 + (p.r - 1) * p.dil_h + 1 - p.out_h - q.pad_top;
@@ -88,7 +88,7 @@ bool backward_data_as_forward(const ConvShape& p, const T* grad_y, const T* weig
                 for (int64_t j = 0; j < taps; ++j) w[static_cast<size_t>((g * cg + c) * taps + j)] = flipped(g, c, j);
         plane_forward(q, grad_y, w.data(), static_cast<const T*>(nullptr), grad_x);
     } else {
-        any_direct_forward(q, grad_y, flipped, static_cast<const T*>(nullptr), grad_x, OutputPlacement::dense(q));
+        any_direct_forward(q, grad_y, flipped, static_cast<const T*>(nullptr), grad_x, OutputPlacement::of_output(q));
     }
     return true;
 }
@@ -134,6 +134,7 @@ bool backward_data_by_phase(const ConvShape& p, const T* grad_y, const T* weight
                      PhaseTaps(b, p.pad_left, p.s, p.dil_w, p.stride_w), p};
             ConvShape& q = ph.q;
             q.c = p.k, q.h = p.out_h, q.w = p.out_w, q.k = p.c;
+            q.xs = p.ys, q.ys = p.xs;  // reads grad_y, writes grad_x
             q.out_h = (p.h - a + p.stride_h - 1) / p.stride_h;
             q.out_w = (p.w - b + p.stride_w - 1) / p.stride_w;
             if (ph.rows.count > 0 && ph.cols.count > 0) {
@@ -150,7 +151,8 @@ bool backward_data_by_phase(const ConvShape& p, const T* grad_y, const T* weight
         }
     for (const Phase& ph : phases) {
         const ConvShape& q = ph.q;
-        const OutputPlacement place{p.c * p.h * p.w, p.h * p.w, p.stride_h * p.w, p.stride_w, ph.a * p.w + ph.b};
+        const OutputPlacement place{p.xs.n, p.xs.c, p.stride_h * p.xs.h, p.stride_w * p.xs.w,
+                                    ph.a * p.xs.h + ph.b * p.xs.w};
         if (ph.rows.count == 0 || ph.cols.count == 0) {  // no tap reaches this phase: its gradient is 0
             for (int64_t n = 0; n < p.n; ++n)
                 for (int64_t c = 0; c < p.c; ++c)
@@ -188,7 +190,6 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
     if (p.c_per_group() == 1) return plane_backward_data(p, grad_y, weight, grad_x);
     if ((p.stride_h > 1 || p.stride_w > 1) && backward_data_by_phase(p, grad_y, weight, grad_x)) return;
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
-    const int64_t out_plane = p.out_h * p.out_w, in_plane = p.h * p.w;
     for (int64_t a = 0; a < p.stride_h && a < p.h; ++a) {
         for (int64_t b = 0; b < p.stride_w && b < p.w; ++b) {
             std::vector<Tap> taps;
@@ -200,14 +201,14 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
                     for (int64_t ks = 0; ks < p.s; ++ks) {
                         const int64_t num_c = b + p.pad_left - ks * p.dil_w;
                         if (num_c % p.stride_w != 0) continue;
-                        taps.push_back(Tap{k * out_plane, num_r / p.stride_h, num_c / p.stride_w});
+                        taps.push_back(Tap{k * p.ys.c, num_r / p.stride_h, num_c / p.stride_w});
                         which.push_back({k, kr, ks});
                     }
                 }
             const SourceGrid grid{(p.h - a + p.stride_h - 1) / p.stride_h, (p.w - b + p.stride_w - 1) / p.stride_w,
-                                  1, 1, p.k * out_plane, p.out_h, p.out_w};
-            const Destination out{p.c * in_plane, in_plane, p.w, p.stride_h, p.stride_w, a, b};
-            gather_gemm<T>(p.groups, cg, taps, grid, p.n, grad_y, kg * out_plane, grad_x, out, cg * in_plane,
+                                  1, 1, p.ys.n, p.out_h, p.out_w, p.ys.h, p.ys.w};
+            const Destination out{p.xs.n, p.xs.c, p.xs.h, p.stride_h, p.stride_w * p.xs.w, a, b * p.xs.w};
+            gather_gemm<T>(p.groups, cg, taps, grid, p.n, grad_y, kg * p.ys.c, grad_x, out, cg * p.xs.c,
                            static_cast<const T*>(nullptr), [&](int64_t g, int64_t c, int64_t j) {
                                const auto& w = which[static_cast<size_t>(j)];
                                return weight[(((g * kg + w[0]) * cg + c) * p.r + w[1]) * p.s + w[2]];
