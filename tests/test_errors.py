@@ -213,8 +213,10 @@ def test_private_core_refuses_inconsistent_arrays_instead_of_crashing():
         core.forward(x, w, None, np.zeros((1, 3, 4, 4)), (1, 1), (0, 0, 0, 0), (1, 1), 1)
     with pytest.raises(TypeError, match="expected a native float64 array, got float32"):
         core.forward(x, w.astype(np.float32), None, np.zeros((1, 3, 3, 3)), (1, 1), (0, 0, 0, 0), (1, 1), 1)
-    with pytest.raises(ValueError, match="C-contiguous"):
-        core.forward(np.asfortranarray(np.zeros((2, 2, 5, 5))), w, None, np.zeros((2, 3, 3, 3)), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    with pytest.raises(ValueError, match="weight: expected a C-contiguous array"):
+        core.forward(x, np.asfortranarray(w), None, np.zeros((1, 3, 3, 3)), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    with pytest.raises(ValueError, match="x: strides must be non-negative multiples of the item size"):
+        core.forward(x[:, :, ::-1], w, None, np.zeros((1, 3, 3, 3)), (1, 1), (0, 0, 0, 0), (1, 1), 1)
     out = np.zeros((1, 3, 3, 3))
     out.flags.writeable = False
     with pytest.raises(ValueError, match="read-only"):

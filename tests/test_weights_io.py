@@ -15,6 +15,7 @@ CONFIGS = [
          bias=False, dtype="float64"),
     dict(filters=4, kernel_size=3, padding=(0, 1, 2, 1), padding_mode="reflect", in_channels=2),
     dict(filters=2, kernel_size=4, padding="same", padding_mode="circular", in_channels=1, dtype="float64"),
+    dict(filters=3, kernel_size=3, stride=2, padding="same", in_channels=2, data_format="NHWC"),
 ]
 
 
@@ -40,6 +41,8 @@ def test_save_and_load_round_trip(tmp_path, rng, config):
     again = fastconv.Conv2D.load(path)
     assert repr(again) == repr(layer)
     x = rng.standard_normal((2, layer.in_channels, 7, 8))
+    if layer.data_format == "NHWC":
+        x = x.transpose(0, 2, 3, 1).copy()
     assert_same_outputs(layer, again, x)
 
 
@@ -142,7 +145,13 @@ def test_keras_layout_round_trip(rng):
     assert kernel.shape == (2, 3, 2, 6)  # HWIO
     k, c, r, s = 5, 1, 1, 2
     assert kernel[r, s, c, k] == layer.weight[k, c, r, s]
-    again = fastconv.Conv2D.from_keras(kernel, bias, strides=2, padding="same", groups=2, dtype="float64")
+    again = fastconv.Conv2D.from_keras(kernel, bias, strides=2, padding="same", groups=2, dtype="float64",
+                                       data_format="NCHW")
     assert_same_outputs(layer, again, rng.standard_normal((2, 4, 7, 7)))
+    keras_style = fastconv.Conv2D.from_keras(kernel, bias, strides=2, padding="same", groups=2, dtype="float64")
+    assert keras_style.data_format == "NHWC"  # Keras' default layout
+    x = rng.standard_normal((2, 4, 7, 7))
+    np.testing.assert_allclose(keras_style.forward(x.transpose(0, 2, 3, 1)), layer.forward(x).transpose(0, 2, 3, 1),
+                               rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="kernel must have shape"):
         fastconv.Conv2D.from_keras(np.zeros((3, 3, 2)))

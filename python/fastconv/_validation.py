@@ -47,6 +47,14 @@ def int_pair(value: Any, name: str) -> Pair:
 
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+DATA_FORMATS = ("NCHW", "NHWC")
+
+
+def check_data_format(data_format: Any) -> str:
+    """ "NCHW" (channels first, PyTorch's) or "NHWC" (channels last, Keras')."""
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
+    return str(data_format)
 
 
 def _non_negative_int(value: Any, name: str) -> int:

@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _backend, _padding_modes, reference
-from ._validation import ConvGeometry, as_float_array, check_padding_mode, plan_geometry
+from ._validation import ConvGeometry, as_float_array, check_data_format, check_padding_mode, plan_geometry
 
 
 class ConvGradients(NamedTuple):
@@ -19,17 +19,41 @@ class ConvGradients(NamedTuple):
     bias: np.ndarray | None
 
 
-def _batched(x: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
-    """(N, C, H, W) as is, (C, H, W) as a batch of one; True if it was unbatched."""
+def _batched(x: np.ndarray, name: str, data_format: str = "NCHW") -> tuple[np.ndarray, bool]:
+    """(N, C, H, W) as is, (C, H, W) as a batch of one (or the NHWC forms);
+    True if it was unbatched."""
     if x.ndim == 4:
         return x, False
     if x.ndim == 3:
         return x[np.newaxis], True
-    raise ValueError(f"{name} must have shape (N, C, H, W) or (C, H, W), got {x.ndim} dimensions: {x.shape}")
+    forms = "(N, C, H, W) or (C, H, W)" if data_format == "NCHW" else "(N, H, W, C) or (H, W, C)"
+    raise ValueError(f"{name} must have shape {forms}, got {x.ndim} dimensions: {x.shape}")
 
 
-def _prepare(x: Any, weight: Any, stride: Any, padding: Any, dilation: Any, groups: Any, dtype: np.dtype | None):
-    """Convert and check input and weight; the common dtype is float64 if either is."""
+def to_nchw(a: np.ndarray, data_format: str) -> np.ndarray:
+    """A 4-D array in `data_format` as an (N, C, H, W) view: never a copy (the
+    kernels take the strides of channels-last data as they are)."""
+    return a if data_format == "NCHW" else a.transpose(0, 3, 1, 2)
+
+
+def from_nchw(a: np.ndarray, data_format: str) -> np.ndarray:
+    """An (N, C, H, W) result in `data_format`, C-contiguous: a view where the
+    storage already has that layout (the C++ path writes it so), else a copy."""
+    out = a if data_format == "NCHW" else a.transpose(0, 2, 3, 1)
+    return out if out.flags.c_contiguous else np.ascontiguousarray(out)
+
+
+def nchw_shape(shape: tuple[int, ...], data_format: str) -> tuple[int, ...]:
+    """A 4-D shape in `data_format` in (N, C, H, W) order."""
+    return shape if data_format == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
+
+
+def _prepare(
+    x: Any, weight: Any, stride: Any, padding: Any, dilation: Any, groups: Any, dtype: np.dtype | None,
+    data_format: str = "NCHW",
+):
+    """Convert and check input and weight; the common dtype is float64 if either is.
+    The input comes back as an (N, C, H, W) view whatever its layout."""
     x_arr = as_float_array(x, "input", dtype)
     w_arr = as_float_array(weight, "weight", dtype)
     if dtype is None and x_arr.dtype != w_arr.dtype:
@@ -37,7 +61,8 @@ def _prepare(x: Any, weight: Any, stride: Any, padding: Any, dilation: Any, grou
         x_arr, w_arr = x_arr.astype(common), w_arr.astype(common)
     if w_arr.ndim != 4:
         raise ValueError(f"weight must have shape (filters, in_channels/groups, kh, kw), got {w_arr.ndim} dimensions: {w_arr.shape}")
-    x4, unbatched = _batched(x_arr, "input")
+    x4, unbatched = _batched(x_arr, "input", data_format)
+    x4 = to_nchw(x4, data_format)
     geom = plan_geometry(x4.shape, w_arr.shape, stride, padding, dilation, groups)
     return x4, w_arr, unbatched, geom
 
@@ -66,15 +91,19 @@ def fold_padding_mode(grads: ConvGradients, geom: ConvGeometry, padding_mode: st
 
 
 def forward_checked(
-    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry, backend: str
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry, backend: str, channels_last: bool = False
 ) -> np.ndarray:
-    """The forward pass on checked, contiguous (N, C, H, W) arrays."""
+    """The forward pass on checked (N, C, H, W) arrays or views; the result an
+    (N, K, Ho, Wo) view of channels-last storage with `channels_last`."""
     n, k = x.shape[0], w.shape[0]
     if _backend.resolve(backend) == "numpy":
         return reference.conv2d(x, w, b, geom.stride, geom.padding, geom.dilation, geom.groups)
     core = _backend.core
     assert core is not None  # resolve() said "cpp"
-    y = np.empty((n, k, *geom.out_hw), dtype=x.dtype)
+    if channels_last:
+        y = np.empty((n, *geom.out_hw, k), dtype=x.dtype).transpose(0, 3, 1, 2)
+    else:
+        y = np.empty((n, k, *geom.out_hw), dtype=x.dtype)
     core.forward(x, w, b, y, geom.stride, geom.padding, geom.dilation, geom.groups)
     return y
 
@@ -122,6 +151,7 @@ def conv2d(
     groups: int = 1,
     *,
     padding_mode: str = "zeros",
+    data_format: str = "NCHW",
     backend: str = "auto",
 ) -> np.ndarray:
     """2-D convolution (cross-correlation) of ``x`` with ``weight``, plus ``bias``.
@@ -141,18 +171,23 @@ def conv2d(
         Must divide C and K; groups == C is a depthwise convolution.
     padding_mode : "zeros", "reflect", "replicate" or "circular"
         What the padding holds, with PyTorch's meaning.
+    data_format : "NCHW" or "NHWC"
+        Layout of the input and the result (the weights stay OIHW); NHWC
+        (channels last, Keras') data is read and written as it is.
     backend : "auto", "cpp" or "numpy"
 
     Returns
     -------
-    numpy.ndarray of shape (N, K, Ho, Wo), or (K, Ho, Wo) for unbatched input.
+    numpy.ndarray of shape (N, K, Ho, Wo), or (K, Ho, Wo) for unbatched input
+    ((N, Ho, Wo, K) or (Ho, Wo, K) in NHWC).
     """
     _backend.check_backend(backend)
     padding_mode = check_padding_mode(padding_mode)
-    x4, w, unbatched, geom = _prepare(x, weight, stride, padding, dilation, groups, None)
+    data_format = check_data_format(data_format)
+    x4, w, unbatched, geom = _prepare(x, weight, stride, padding, dilation, groups, None, data_format)
     b = None if bias is None else _check_bias(bias, w.shape[0], w.dtype)
     xk, gk = apply_padding_mode(x4, geom, padding_mode)
-    y = forward_checked(xk, w, b, gk, backend)
+    y = from_nchw(forward_checked(xk, w, b, gk, backend, data_format == "NHWC"), data_format)
     return y[0] if unbatched else y
 
 
@@ -168,6 +203,7 @@ def conv2d_backward(
     *,
     need_input_grad: bool = True,
     padding_mode: str = "zeros",
+    data_format: str = "NCHW",
     backend: str = "auto",
 ) -> ConvGradients:
     """Gradients of a loss through ``conv2d(x, weight, bias, ...)``.
@@ -179,16 +215,20 @@ def conv2d_backward(
     """
     _backend.check_backend(backend)
     padding_mode = check_padding_mode(padding_mode)
-    x4, w, unbatched, geom = _prepare(x, weight, stride, padding, dilation, groups, None)
+    data_format = check_data_format(data_format)
+    x4, w, unbatched, geom = _prepare(x, weight, stride, padding, dilation, groups, None, data_format)
     grad_y = as_float_array(grad_output, "grad_output", x4.dtype)
-    expected = (x4.shape[0], w.shape[0], *geom.out_hw)
+    n, k, (ho, wo) = x4.shape[0], w.shape[0], geom.out_hw
+    expected = (n, k, ho, wo) if data_format == "NCHW" else (n, ho, wo, k)
     got = grad_y.shape if not unbatched else (1, *grad_y.shape)
     if got != expected:
         shown = expected[1:] if unbatched else expected
         raise ValueError(f"grad_output must have the output's shape {shown}, got {grad_y.shape}")
     xk, gk = apply_padding_mode(x4, geom, padding_mode)
-    grads = backward_checked(grad_y.reshape(expected), xk, w, gk, bool(bias), backend, bool(need_input_grad))
+    grad_y4 = to_nchw(grad_y.reshape(expected), data_format)
+    grads = backward_checked(grad_y4, xk, w, gk, bool(bias), backend, bool(need_input_grad))
     grads = fold_padding_mode(grads, geom, padding_mode, (x4.shape[2], x4.shape[3]))
-    if unbatched and grads.input is not None:
-        grads = grads._replace(input=grads.input[0])
+    if grads.input is not None:
+        grad_x = from_nchw(grads.input, data_format)
+        grads = grads._replace(input=grad_x[0] if unbatched else grad_x)
     return grads

@@ -14,6 +14,7 @@ from . import _backend, _weights_io
 from ._validation import (
     ConvGeometry,
     as_float_array,
+    check_data_format,
     check_dtype,
     check_padding,
     check_padding_mode,
@@ -22,7 +23,16 @@ from ._validation import (
     plan_geometry,
     positive_int,
 )
-from .functional import _batched, apply_padding_mode, backward_checked, fold_padding_mode, forward_checked
+from .functional import (
+    _batched,
+    apply_padding_mode,
+    backward_checked,
+    fold_padding_mode,
+    forward_checked,
+    from_nchw,
+    nchw_shape,
+    to_nchw,
+)
 
 
 class Conv2D:
@@ -45,6 +55,9 @@ class Conv2D:
         Whether the layer adds a learnable bias.
     padding_mode : "zeros", "reflect", "replicate" or "circular"
         What the padding holds, with PyTorch's meaning (gradients included).
+    data_format : "NCHW" or "NHWC"
+        Layout of inputs, outputs and their gradients: channels first
+        (PyTorch's) or channels last (Keras'). Weights stay OIHW.
     in_channels : int, optional
         If None, taken from the first input, when the weights are created.
     dtype : "float32" or "float64"
@@ -77,6 +90,7 @@ class Conv2D:
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
+        data_format: str = "NCHW",
         in_channels: int | None = None,
         dtype: DTypeLike = "float32",
         backend: str = "auto",
@@ -87,6 +101,7 @@ class Conv2D:
         self.stride = int_pair(stride, "stride")
         self.padding = check_padding(padding)
         self.padding_mode = check_padding_mode(padding_mode)
+        self.data_format = check_data_format(data_format)
         self.dilation = int_pair(dilation, "dilation")
         self.groups = positive_int(groups, "groups")
         if self.filters % self.groups:
@@ -196,7 +211,7 @@ class Conv2D:
             "filters": self.filters, "kernel_size": list(self.kernel_size), "stride": list(self.stride),
             "padding": padding, "padding_mode": self.padding_mode, "dilation": list(self.dilation),
             "groups": self.groups, "bias": self._bias is not None, "in_channels": self.in_channels,
-            "dtype": self.dtype.name,
+            "dtype": self.dtype.name, "data_format": self.data_format,
         }
 
     def save(self, path: str | PathLike[str]) -> None:
@@ -285,15 +300,17 @@ class Conv2D:
         dilation_rate: int | tuple[int, int] = 1,
         groups: int = 1,
         dtype: DTypeLike = "float32",
+        data_format: str = "NHWC",
         backend: str = "auto",
     ) -> "Conv2D":
         """A layer from Keras Conv2D weights: `kernel` in Keras' HWIO layout
-        (kh, kw, in_channels / groups, filters) and `bias` (filters,)."""
+        (kh, kw, in_channels / groups, filters) and `bias` (filters,). Data is
+        channels last, as in Keras, unless `data_format` says otherwise."""
         hwio = as_float_array(kernel, "kernel", check_dtype(dtype))
         if hwio.ndim != 4:
             raise ValueError(f"kernel must have shape (kh, kw, in_channels / groups, filters), got {hwio.shape}")
         layer = cls(hwio.shape[3], hwio.shape[:2], strides, padding, dilation=dilation_rate, groups=groups,
-                    bias=bias is not None, dtype=dtype, backend=backend)
+                    bias=bias is not None, dtype=dtype, data_format=data_format, backend=backend)
         layer.weight = hwio.transpose(3, 2, 0, 1)  # HWIO -> OIHW
         if bias is not None:
             layer.bias = bias
@@ -308,22 +325,23 @@ class Conv2D:
 
     # -- passes ------------------------------------------------------------------
 
-    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Shape of ``forward``'s result for an input of ``input_shape``."""
+    def _nchw_input_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         shape = tuple(int(d) for d in input_shape)
         if len(shape) not in (3, 4):
-            raise ValueError(f"input shape must be (N, C, H, W) or (C, H, W), got {shape}")
-        x_shape = shape if len(shape) == 4 else (1, *shape)
-        geom = self._geometry(x_shape)
-        out = (self.filters, *geom.out_hw)
-        return (x_shape[0], *out) if len(shape) == 4 else out
+            forms = "(N, C, H, W) or (C, H, W)" if self.data_format == "NCHW" else "(N, H, W, C) or (H, W, C)"
+            raise ValueError(f"input shape must be {forms}, got {shape}")
+        return nchw_shape(shape if len(shape) == 4 else (1, *shape), self.data_format)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of ``forward``'s result for an input of ``input_shape`` (both in data_format)."""
+        x_shape = self._nchw_input_shape(input_shape)
+        (ho, wo), k = self._geometry(x_shape).out_hw, self.filters
+        out = (k, ho, wo) if self.data_format == "NCHW" else (ho, wo, k)
+        return (x_shape[0], *out) if len(input_shape) == 4 else out
 
     def padding_for(self, input_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         """The (top, bottom, left, right) padding used for an input of ``input_shape``."""
-        shape = tuple(int(d) for d in input_shape)
-        if len(shape) not in (3, 4):
-            raise ValueError(f"input shape must be (N, C, H, W) or (C, H, W), got {shape}")
-        return self._geometry(shape if len(shape) == 4 else (1, *shape)).padding
+        return self._geometry(self._nchw_input_shape(input_shape)).padding
 
     def _geometry(self, x_shape: tuple[int, ...]) -> ConvGeometry:
         channels = x_shape[1]
@@ -340,13 +358,17 @@ class Conv2D:
         in between.
         """
         x_arr = as_float_array(x, "input", self.dtype)
-        x4, unbatched = _batched(x_arr, "input")
+        x4, unbatched = _batched(x_arr, "input", self.data_format)
+        x4 = to_nchw(x4, self.data_format)
         geom = self._geometry(x4.shape)
         if self._weight is None:
             self._create_weights(x4.shape[1])
         assert self._weight is not None
         x_used, geom_used = apply_padding_mode(x4, geom, self.padding_mode)
-        y = forward_checked(x_used, self._weight, self._bias, geom_used, self.backend)
+        y = from_nchw(
+            forward_checked(x_used, self._weight, self._bias, geom_used, self.backend, self.data_format == "NHWC"),
+            self.data_format,
+        )
         # Like PyTorch, keep a reference, not a copy: an input that is already
         # C-contiguous in the layer's dtype is never copied, so changing it in
         # place before backward() changes dL/dF.
@@ -367,20 +389,23 @@ class Conv2D:
             raise RuntimeError("backward() needs a forward() first: there is no saved input")
         x_used, geom_used, geom, in_hw, unbatched = self._saved
         grad_y = as_float_array(grad_output, "grad_output", self.dtype)
-        expected = (x_used.shape[0], self.filters, *geom.out_hw)
+        (ho, wo), k = geom.out_hw, self.filters
+        expected = (x_used.shape[0], k, ho, wo) if self.data_format == "NCHW" else (x_used.shape[0], ho, wo, k)
         shown = expected[1:] if unbatched else expected
         if grad_y.shape != shown:
             raise ValueError(
                 f"grad_output must have the shape of the last forward's output {shown}, got {grad_y.shape}"
             )
         grads = backward_checked(
-            grad_y.reshape(expected), x_used, self._weight, geom_used, self._bias is not None, self.backend,
-            bool(need_input_grad),
+            to_nchw(grad_y.reshape(expected), self.data_format), x_used, self._weight, geom_used,
+            self._bias is not None, self.backend, bool(need_input_grad),
         )
         grads = fold_padding_mode(grads, geom, self.padding_mode, in_hw)
         self.grad_weight = grads.weight
         self.grad_bias = grads.bias
-        grad_input = grads.input[0] if unbatched and grads.input is not None else grads.input
+        grad_input = None if grads.input is None else from_nchw(grads.input, self.data_format)
+        if unbatched and grad_input is not None:
+            grad_input = grad_input[0]
         return grads.weight, grad_input
 
     def __repr__(self) -> str:
@@ -393,6 +418,8 @@ class Conv2D:
         ]
         if self.padding_mode != "zeros":
             parts.append(f"padding_mode={self.padding_mode}")
+        if self.data_format != "NCHW":
+            parts.append(f"data_format={self.data_format}")
         if self.dilation != (1, 1):
             parts.append(f"dilation={self.dilation}")
         if self.groups != 1:
