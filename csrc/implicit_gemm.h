@@ -7,7 +7,7 @@
 //   FASTCONV_MR             rows (output channels) per micro-kernel
 // and compiles with the matching -m flags.
 //
-// Forward and backward-data are both "gather" GEMMs:
+// The 1x1 forward and strided backward-data fallbacks are "gather" GEMMs:
 //   dst[m, pixel] = sum_j A[m, j] * src[channel(j), row(pixel) + dr(j), col(pixel) + dc(j)]
 // with zero outside the source. A tile of output pixels (flattened over batch,
 // rows and columns, so small images still fill a tile) is packed once into a

@@ -1,9 +1,11 @@
 // The narrow interface between the bindings and the convolution kernels.
 //
-// Every tensor is C-contiguous: x (N, C, H, W), weight (K, C/groups, R, S),
-// y and grad_y (N, K, out_h, out_w). Kernels overwrite their outputs; they
-// never allocate them. Every output element is computed by exactly one task
-// in a fixed order, so results do not depend on the number of threads.
+// x and grad_x are (N, C, H, W), y and grad_y (N, K, out_h, out_w), each
+// addressed through the element strides in ConvShape (xs, ys): dense NCHW, or
+// channels-last data seen through a transposed view. weight (K, C/groups, R, S)
+// and bias are C-contiguous. Kernels overwrite their outputs; they never
+// allocate them. Every output element is computed by exactly one task in a
+// fixed order, so results do not depend on the number of threads.
 #pragma once
 
 #include "conv_shape.h"
