@@ -38,6 +38,8 @@ def positive_int(value: Any, name: str) -> int:
 
 def int_pair(value: Any, name: str) -> Pair:
     """An int or an (h, w) pair of ints >= 1, as a pair."""
+    if type(value) is int and value >= 1:  # the common case first: this runs on every call
+        return value, value
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
             raise ValueError(f"{name} must be an int or an (h, w) pair, got {len(value)} values: {value!r}")
@@ -112,6 +114,10 @@ def as_float_array(value: Any, name: str, dtype: np.dtype | None = None) -> np.n
     objects and strings are refused). With `dtype` None, float64 stays float64
     and any other float becomes float32.
     """
+    if type(value) is np.ndarray and value.dtype.kind == "f" and value.flags.c_contiguous and (
+        value.dtype == dtype if dtype is not None else value.dtype.itemsize in (4, 8)
+    ):
+        return value  # the common case, checked cheaply: this runs on every call
     try:
         arr = np.asarray(value)
     except Exception as exc:  # anything that array conversion can raise
