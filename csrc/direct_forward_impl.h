@@ -69,18 +69,9 @@ struct DirectKernels {
     }
 };
 
-// Where output (n, k, oh, ow) goes: y[n * batch + k * channel + oh * row +
-// ow * col + offset]. A plain forward writes y densely; strided backward-data
-// writes one stride phase of grad_x.
-struct OutputPlacement {
-    int64_t batch, channel, row, col, offset;
-    static OutputPlacement of_output(const ConvShape& p) { return OutputPlacement{p.ys.n, p.ys.c, p.ys.h, p.ys.w, 0}; }
-};
-
 // weight_of(g, m, j): weight of filter m of group g for tap j = (c, kr, ks).
 template <class T, int NK, class WeightOf>
-void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y,
-                       const OutputPlacement& place) {
+void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
     constexpr int L = kLanes<T>, F = NK * L;  // filters per block
     constexpr int NP = DirectKernels<T, NK>::max_pixels;
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
@@ -129,13 +120,12 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                         (np == block ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(),
                                                     live.row(oh), live.size(oh), result.get());
                         for (int64_t f = 0; f < nk; ++f) {
-                            T* out = y + n * place.batch + (k0 + f) * place.channel + oh * place.row +
-                                     ow0 * place.col + place.offset;
+                            T* out = y + n * p.ys.n + (k0 + f) * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
                             const T b = bias ? bias[k0 + f] : T(0);
-                            if (place.col == 1) {
+                            if (p.ys.w == 1) {
                                 for (int64_t i = 0; i < np; ++i) out[i] = result.get()[i * F + f] + b;
                             } else {
-                                for (int64_t i = 0; i < np; ++i) out[i * place.col] = result.get()[i * F + f] + b;
+                                for (int64_t i = 0; i < np; ++i) out[i * p.ys.w] = result.get()[i * F + f] + b;
                             }
                         }
                     }
@@ -146,10 +136,9 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
 }
 
 template <class T, class WeightOf>
-void direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y,
-                    const OutputPlacement& place) {
-    if (p.k_per_group() <= kLanes<T>) direct_forward_nk<T, 1>(p, x, weight_of, bias, y, place);
-    else direct_forward_nk<T, 2>(p, x, weight_of, bias, y, place);
+void direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
+    if (p.k_per_group() <= kLanes<T>) direct_forward_nk<T, 1>(p, x, weight_of, bias, y);
+    else direct_forward_nk<T, 2>(p, x, weight_of, bias, y);
 }
 
 }  // namespace fastconv::FASTCONV_ISA

@@ -48,8 +48,7 @@ bool row_direct_suits(const ConvShape& p) {
 }
 
 template <class T, class WeightOf>
-void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y,
-                        const OutputPlacement& place) {
+void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
     const int nv = row_vectors<T>(p.out_w);
     const int64_t W = nv * kLanes<T>;  // pixels per tile
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
@@ -85,14 +84,13 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
                     const int64_t np = std::min<int64_t>(W, p.out_w - ow0);
                     micro(row + ow0, win.offset.data(), live.row(oh), live.size(oh), a, result.get());
                     for (int64_t i = 0; i < kg; ++i) {
-                        T* out = y + n * place.batch + (g * kg + i) * place.channel + oh * place.row + ow0 * place.col +
-                                 place.offset;
+                        T* out = y + n * p.ys.n + (g * kg + i) * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
                         const T b = bias ? bias[g * kg + i] : T(0);
                         const T* r = result.get() + i * W;
-                        if (place.col == 1) {
+                        if (p.ys.w == 1) {
                             for (int64_t k = 0; k < np; ++k) out[k] = r[k] + b;
                         } else {
-                            for (int64_t k = 0; k < np; ++k) out[k * place.col] = r[k] + b;
+                            for (int64_t k = 0; k < np; ++k) out[k * p.ys.w] = r[k] + b;
                         }
                     }
                 }
@@ -104,10 +102,9 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
 // The direct forward that suits p: vectorised over pixels for few filters,
 // else over filters.
 template <class T, class WeightOf>
-void any_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y,
-                        const OutputPlacement& place) {
-    if (row_direct_suits<T>(p)) row_direct_forward(p, x, weight_of, bias, y, place);
-    else direct_forward(p, x, weight_of, bias, y, place);
+void any_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
+    if (row_direct_suits<T>(p)) row_direct_forward(p, x, weight_of, bias, y);
+    else direct_forward(p, x, weight_of, bias, y);
 }
 
 }  // namespace fastconv::FASTCONV_ISA

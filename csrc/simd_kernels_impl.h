@@ -42,55 +42,12 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
     if (p.r > 1 || p.s > 1) {
         const int64_t kg = p.k_per_group(), ntaps = p.c_per_group() * p.r * p.s;
         return any_direct_forward(p, x, [&](int64_t g, int64_t m, int64_t j) { return weight[(g * kg + m) * ntaps + j]; },
-                                  bias, y, OutputPlacement::of_output(p));
+                                  bias, y);
     }
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
     const Destination out{p.ys.n, p.ys.c, p.ys.h, 1, p.ys.w, 0, 0};
     gather_gemm<T>(p.groups, kg, forward_taps(p), forward_grid(p), p.n, x, cg * p.xs.c, y, out, kg * p.ys.c,
                    bias, [&](int64_t g, int64_t m, int64_t j) { return weight[(g * kg + m) * ntaps + j]; });
-}
-
-// At stride 1, dL/dx is a forward convolution of grad_y, padded by the kernel
-// span minus the forward padding, with the filters flipped and their in/out
-// channels swapped. Returns false (nothing done) if that padding would be
-// negative (padding wider than the kernel span).
-template <class T>
-bool backward_data_as_forward(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
-    ConvShape q = p;
-    q.c = p.k, q.h = p.out_h, q.w = p.out_w;
-    q.k = p.c, q.out_h = p.h, q.out_w = p.w;
-    q.xs = p.ys, q.ys = p.xs;  // reads grad_y, writes grad_x
-    q.pad_top = (p.r - 1) * p.dil_h - p.pad_top;
-    q.pad_left = (p.s - 1) * p.dil_w - p.pad_left;
-    q.pad_bottom = p.h - 1 + (p.r - 1) * p.dil_h + 1 - p.out_h - q.pad_top;
-    q.pad_right = p.w - 1 + (p.s - 1) * p.dil_w + 1 - p.out_w - q.pad_left;
-    if (q.pad_top < 0 || q.pad_left < 0 || q.pad_bottom < 0 || q.pad_right < 0) return false;
-    q.check();
-    // The filters of q: filter c of group g, tap (kk, kr', ks') is
-    // weight[g*kg + kk][c][R-1-kr'][S-1-ks'] (flipped, channels swapped).
-    const int64_t cg = p.c_per_group(), kg = p.k_per_group(), taps = p.r * p.s;
-    // source[j] for j = (kk, kr', ks'): offset of weight[kk][0][R-1-kr'][S-1-ks']
-    // (tabulated once: this runs for every weight).
-    std::vector<int64_t> source(static_cast<size_t>(kg * taps));
-    for (int64_t kk = 0; kk < kg; ++kk)
-        for (int64_t kr = 0; kr < p.r; ++kr)
-            for (int64_t ks = 0; ks < p.s; ++ks)
-                source[static_cast<size_t>((kk * p.r + kr) * p.s + ks)] =
-                    kk * cg * taps + (p.r - 1 - kr) * p.s + (p.s - 1 - ks);
-    auto flipped = [&](int64_t g, int64_t c, int64_t j) {
-        return weight[(g * kg * cg + c) * taps + source[static_cast<size_t>(j)]];
-    };
-    if (q.c_per_group() == 1) {
-        // One grad_y channel per group: the plane kernel, with its (small) weights laid out.
-        std::vector<T> w(static_cast<size_t>(q.k * taps));
-        for (int64_t g = 0; g < q.groups; ++g)
-            for (int64_t c = 0; c < cg; ++c)
-                for (int64_t j = 0; j < taps; ++j) w[static_cast<size_t>((g * cg + c) * taps + j)] = flipped(g, c, j);
-        plane_forward(q, grad_y, w.data(), static_cast<const T*>(nullptr), grad_x);
-    } else {
-        any_direct_forward(q, grad_y, flipped, static_cast<const T*>(nullptr), grad_x, OutputPlacement::of_output(q));
-    }
-    return true;
 }
 
 // The kernel rows (or columns) that reach input positions of phase a
@@ -115,10 +72,27 @@ struct PhaseTaps {
     }
 };
 
-// At stride > 1, each phase (ih mod stride_h, iw mod stride_w) of dL/dx is a
-// stride-1 forward convolution of grad_y with the flipped sub-kernel of the
-// taps that reach that phase, written into every stride-th pixel. Returns
-// false (nothing done) where a phase would need negative padding.
+// A bias-free forward convolution of x into y with weights given by
+// weight_of(g, m, j), by whichever kernel suits q.
+template <class T, class WeightOf>
+void forward_with(const ConvShape& q, const T* x, WeightOf weight_of, T* y) {
+    if (q.c_per_group() == 1) {  // the plane kernel, with the (small) weights laid out
+        const int64_t taps = q.r * q.s, kg = q.k_per_group();
+        std::vector<T> w(static_cast<size_t>(q.k * taps));
+        for (int64_t g = 0; g < q.groups; ++g)
+            for (int64_t m = 0; m < kg; ++m)
+                for (int64_t j = 0; j < taps; ++j) w[static_cast<size_t>((g * kg + m) * taps + j)] = weight_of(g, m, j);
+        return plane_forward(q, x, w.data(), static_cast<const T*>(nullptr), y);
+    }
+    any_direct_forward(q, x, weight_of, static_cast<const T*>(nullptr), y);
+}
+
+// Each phase (ih mod stride_h, iw mod stride_w) of dL/dx is a stride-1
+// forward convolution of grad_y -- padded by the taps' span minus the forward
+// padding -- with the flipped sub-kernel of the taps that reach that phase,
+// their in/out channels swapped, written into every stride-th pixel. At
+// stride 1 there is one phase: all of dL/dx. Returns false (nothing done)
+// where a phase would need negative padding (padding wider than the kernel).
 template <class T>
 bool backward_data_by_phase(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
@@ -134,7 +108,8 @@ bool backward_data_by_phase(const ConvShape& p, const T* grad_y, const T* weight
                      PhaseTaps(b, p.pad_left, p.s, p.dil_w, p.stride_w), p};
             ConvShape& q = ph.q;
             q.c = p.k, q.h = p.out_h, q.w = p.out_w, q.k = p.c;
-            q.xs = p.ys, q.ys = p.xs;  // reads grad_y, writes grad_x
+            // Reads grad_y; writes the phase's pixels of grad_x, every stride-th one.
+            q.xs = p.ys, q.ys = Strides{p.xs.n, p.xs.c, p.stride_h * p.xs.h, p.stride_w * p.xs.w};
             q.out_h = (p.h - a + p.stride_h - 1) / p.stride_h;
             q.out_w = (p.w - b + p.stride_w - 1) / p.stride_w;
             if (ph.rows.count > 0 && ph.cols.count > 0) {
@@ -151,14 +126,12 @@ bool backward_data_by_phase(const ConvShape& p, const T* grad_y, const T* weight
         }
     for (const Phase& ph : phases) {
         const ConvShape& q = ph.q;
-        const OutputPlacement place{p.xs.n, p.xs.c, p.stride_h * p.xs.h, p.stride_w * p.xs.w,
-                                    ph.a * p.xs.h + ph.b * p.xs.w};
+        T* out = grad_x + ph.a * p.xs.h + ph.b * p.xs.w;
         if (ph.rows.count == 0 || ph.cols.count == 0) {  // no tap reaches this phase: its gradient is 0
             for (int64_t n = 0; n < p.n; ++n)
                 for (int64_t c = 0; c < p.c; ++c)
                     for (int64_t u = 0; u < q.out_h; ++u)
-                        for (int64_t v = 0; v < q.out_w; ++v)
-                            grad_x[n * place.batch + c * place.channel + u * place.row + v * place.col + place.offset] = T(0);
+                        for (int64_t v = 0; v < q.out_w; ++v) out[n * q.ys.n + c * q.ys.c + u * q.ys.h + v * q.ys.w] = T(0);
             continue;
         }
         // Filter c of group g, tap (kk, i, j) of the phase's forward is
@@ -174,7 +147,7 @@ bool backward_data_by_phase(const ConvShape& p, const T* grad_y, const T* weight
         auto weight_of = [&](int64_t g, int64_t c, int64_t j) {
             return weight[(g * kg * cg + c) * p.r * p.s + source[static_cast<size_t>(j)]];
         };
-        any_direct_forward(q, grad_y, weight_of, static_cast<const T*>(nullptr), grad_x, place);
+        forward_with(q, grad_y, weight_of, out);
     }
     return true;
 }
@@ -185,10 +158,13 @@ bool backward_data_by_phase(const ConvShape& p, const T* grad_y, const T* weight
 // at run time, none multiply zeros).
 template <class T>
 void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
-    if (p.stride_h == 1 && p.stride_w == 1 && (p.r > 1 || p.s > 1) && backward_data_as_forward(p, grad_y, weight, grad_x))
-        return;
-    if (p.c_per_group() == 1) return plane_backward_data(p, grad_y, weight, grad_x);
-    if ((p.stride_h > 1 || p.stride_w > 1) && backward_data_by_phase(p, grad_y, weight, grad_x)) return;
+    const bool strided = p.stride_h > 1 || p.stride_w > 1, one_channel = p.c_per_group() == 1;
+    // By phase, except where another kernel does better: strided layers with
+    // one input channel per group (the plane scatter) and, at stride 1, 1x1
+    // kernels (the GEMM reads their planes in place).
+    const bool by_phase = strided ? !one_channel : p.r > 1 || p.s > 1;
+    if (by_phase && backward_data_by_phase(p, grad_y, weight, grad_x)) return;
+    if (one_channel) return plane_backward_data(p, grad_y, weight, grad_x);
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
     for (int64_t a = 0; a < p.stride_h && a < p.h; ++a) {
         for (int64_t b = 0; b < p.stride_w && b < p.w; ++b) {
