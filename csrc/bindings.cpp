@@ -144,6 +144,41 @@ void backward_weights(const py::array& grad_y, const py::array& x, py::array gra
     else run(double{});
 }
 
+// The whole backward pass in one call (one argument check, one GIL release):
+// grad_x and grad_b are skipped when None.
+void backward(const py::array& grad_y, const py::array& x, const py::array& w, const py::object& grad_x,
+              py::array grad_w, const py::object& grad_b, Pair stride, Quad padding, Pair dilation, int64_t groups) {
+    const ConvShape p = make_shape(x, w, grad_y, stride, padding, dilation, groups);
+    py::array gx_arr = grad_x.is_none() ? py::array() : grad_x.cast<py::array>();
+    py::array gb_arr = grad_b.is_none() ? py::array() : grad_b.cast<py::array>();
+    ConvShape p_data = p;  // dL/dx's own strides: its layout need not be x's
+    if (!grad_x.is_none()) {
+        if (gx_arr.ndim() != 4) value_error("grad_x: expected 4 dimensions");
+        for (int i = 0; i < 4; ++i)
+            if (gx_arr.shape(i) != x.shape(i)) value_error("grad_x: expected the shape of x");
+        p_data.xs = strides_of(gx_arr, "grad_x");
+    }
+    for (int i = 0; i < 4; ++i)
+        if (grad_w.ndim() != 4 || grad_w.shape(i) != w.shape(i)) value_error("grad_weight: expected the shape of weight");
+    if (!grad_b.is_none() && (gb_arr.ndim() != 1 || gb_arr.shape(0) != p.k))
+        value_error("grad_bias: expected shape (filters,)");
+    auto run = [&](auto tag) {
+        using T = decltype(tag);
+        const T* gy = in_ptr<T>(grad_y, "grad_y", 4, true);
+        const T* xp = in_ptr<T>(x, "x", 4, true);
+        const T* wp = in_ptr<T>(w, "weight");
+        T* gx = grad_x.is_none() ? nullptr : out_ptr<T>(gx_arr, "grad_x", 4, true);
+        T* gw = out_ptr<T>(grad_w, "grad_weight");
+        T* gb = grad_b.is_none() ? nullptr : out_ptr<T>(gb_arr, "grad_bias", 1);
+        py::gil_scoped_release release;
+        if (gx) fastconv::conv_backward_data<T>(p_data, gy, wp, gx);
+        fastconv::conv_backward_weights<T>(p, gy, xp, gw);
+        if (gb) fastconv::conv_backward_bias<T>(p, gy, gb);
+    };
+    if (is_float32(grad_y)) run(float{});
+    else run(double{});
+}
+
 void backward_bias(const py::array& grad_y, py::array grad_b) {
     if (grad_y.ndim() != 4) value_error("grad_y: expected 4 dimensions");
     if (grad_b.ndim() != 1 || grad_b.shape(0) != grad_y.shape(1)) value_error("grad_bias: expected shape (filters,)");
@@ -208,6 +243,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("backward_weights", &backward_weights, py::arg("grad_y"), py::arg("x"), py::arg("grad_weight"),
           std::get<0>(geometry), std::get<1>(geometry), std::get<2>(geometry), std::get<3>(geometry),
           "grad_weight = dL/dweight, written into `grad_weight`");
+    m.def("backward", &backward, py::arg("grad_y"), py::arg("x"), py::arg("weight"), py::arg("grad_x"),
+          py::arg("grad_weight"), py::arg("grad_bias"), std::get<0>(geometry), std::get<1>(geometry),
+          std::get<2>(geometry), std::get<3>(geometry),
+          "dL/dx, dL/dweight and dL/dbias into grad_x, grad_weight and grad_bias (grad_x, grad_bias: None skips)");
     m.def("backward_bias", &backward_bias, py::arg("grad_y"), py::arg("grad_bias"),
           "grad_bias = grad_y summed over batch and pixels");
     m.def("build_info", &build_info, "compiler, flags and OpenMP of this build");

@@ -227,3 +227,22 @@ def test_private_core_refuses_inconsistent_arrays_instead_of_crashing():
         core.backward_data(np.zeros((3, 3)), w, np.zeros((1, 2, 5, 5)), (1, 1), (0, 0, 0, 0), (1, 1), 1)
     with pytest.raises(ValueError, match="bias: expected 1 dimensions, got 2"):
         core.forward(x, w, np.zeros((3, 1)), np.zeros((1, 3, 3, 3)), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    geometry = ((1, 1), (0, 0, 0, 0), (1, 1), 1)
+    gy = np.zeros((1, 3, 3, 3))
+    with pytest.raises(ValueError, match="grad_x: expected the shape of x"):
+        core.backward(gy, x, w, np.zeros((1, 2, 5, 4)), np.zeros_like(w), None, *geometry)
+    with pytest.raises(ValueError, match="grad_weight: expected the shape of weight"):
+        core.backward(gy, x, w, None, np.zeros((3, 2, 3, 2)), None, *geometry)
+    with pytest.raises(ValueError, match=r"grad_bias: expected shape \(filters,\)"):
+        core.backward(gy, x, w, None, np.zeros_like(w), np.zeros(2), *geometry)
+    with pytest.raises(TypeError, match="grad_x: expected a native float64 array, got float32"):
+        core.backward(gy, x, w, np.zeros((1, 2, 5, 5), np.float32), np.zeros_like(w), None, *geometry)
+
+
+def test_checked_geometry_cache_never_lets_a_bool_pass_for_an_int():
+    x, w = np.zeros((1, 2, 5, 5)), np.zeros((3, 2, 3, 3))
+    for _ in range(2):  # the second call finds the geometry cached
+        assert fastconv.conv2d(x, w, stride=1, groups=1, dilation=(1, 1)).shape == (1, 3, 3, 3)
+    for bad in ({"stride": True}, {"groups": True}, {"dilation": (True, 1)}, {"padding": (False, 0)}):
+        with pytest.raises(TypeError, match="integer"):
+            fastconv.conv2d(x, w, **bad)

@@ -35,6 +35,18 @@ def backward_weights(
     dilation: Sequence[_Int],
     groups: _Int,
 ) -> None: ...
+def backward(
+    grad_y: np.ndarray,
+    x: np.ndarray,
+    weight: np.ndarray,
+    grad_x: np.ndarray | None,
+    grad_weight: np.ndarray,
+    grad_bias: np.ndarray | None,
+    stride: Sequence[_Int],
+    padding: Sequence[_Int],
+    dilation: Sequence[_Int],
+    groups: _Int,
+) -> None: ...
 def backward_bias(grad_y: np.ndarray, grad_bias: np.ndarray) -> None: ...
 def build_info() -> dict[str, Any]: ...
 def isa() -> str: ...

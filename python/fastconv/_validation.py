@@ -153,6 +153,17 @@ class ConvGeometry(NamedTuple):
     out_hw: Pair
 
 
+def _plain(value: Any) -> bool:
+    """An int, a str or a tuple of ints, by exact type: arguments that can key
+    the geometry cache (True == 1 and hashes alike, but must still be refused)."""
+    kind = type(value)
+    return kind is int or kind is str or (kind is tuple and all(type(v) is int for v in value))
+
+
+_geometry_cache: dict[tuple[Any, ...], ConvGeometry] = {}
+_GEOMETRY_CACHE_SIZE = 256
+
+
 def plan_geometry(
     x_shape: tuple[int, ...],
     w_shape: tuple[int, ...],
@@ -162,7 +173,31 @@ def plan_geometry(
     groups: Any,
 ) -> ConvGeometry:
     """Check that input (N, C, H, W) and weight (K, C/groups, kh, kw) fit the
-    hyper-parameters, and work out the padding and the output size."""
+    hyper-parameters, and work out the padding and the output size.
+
+    Geometries already checked come from a small cache: a training loop asks
+    for the same one on every call, and checking costs more than the
+    convolution of a tiny input."""
+    plain = _plain(stride) and _plain(padding) and _plain(dilation) and _plain(groups)
+    key = (x_shape, w_shape, stride, padding, dilation, groups)
+    if plain and key in _geometry_cache:
+        return _geometry_cache[key]
+    geom = _plan_geometry(x_shape, w_shape, stride, padding, dilation, groups)
+    if plain:
+        if len(_geometry_cache) >= _GEOMETRY_CACHE_SIZE:
+            _geometry_cache.clear()
+        _geometry_cache[key] = geom
+    return geom
+
+
+def _plan_geometry(
+    x_shape: tuple[int, ...],
+    w_shape: tuple[int, ...],
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: Any,
+) -> ConvGeometry:
     stride_hw = int_pair(stride, "stride")
     dilation_hw = int_pair(dilation, "dilation")
     groups = positive_int(groups, "groups")

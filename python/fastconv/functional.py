@@ -128,16 +128,10 @@ def backward_checked(
         )
     core = _backend.core
     assert core is not None  # resolve() said "cpp"
-    grad_x = None
-    if need_input_grad:
-        grad_x = np.empty_like(x)
-        core.backward_data(grad_y, w, grad_x, *args)
+    grad_x = np.empty_like(x) if need_input_grad else None  # empty_like keeps x's (channels-last) layout
     grad_w = np.empty_like(w)
-    core.backward_weights(grad_y, x, grad_w, *args)
-    grad_b = None
-    if bias:
-        grad_b = np.empty(w.shape[0], dtype=w.dtype)
-        core.backward_bias(grad_y, grad_b)
+    grad_b = np.empty(w.shape[0], dtype=w.dtype) if bias else None
+    core.backward(grad_y, x, w, grad_x, grad_w, grad_b, *args)  # None skips a gradient
     return ConvGradients(grad_x, grad_w, grad_b)
 
 
