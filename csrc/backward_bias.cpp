@@ -8,7 +8,8 @@ namespace fastconv {
 template <class T>
 void conv_backward_bias(const ConvShape& p, const T* grad_y, T* grad_bias) {
     const int64_t pixels = p.out_h * p.out_w;
-#pragma omp parallel for schedule(static) if (worth_parallel(static_cast<double>(p.n * p.k * pixels)))
+    parallel_region(worth_parallel(static_cast<double>(p.n * p.k * pixels)), [&] {
+#pragma omp for schedule(static)
     for (int64_t k = 0; k < p.k; ++k) {
         double part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int64_t n = 0; n < p.n; ++n) {
@@ -25,6 +26,7 @@ void conv_backward_bias(const ConvShape& p, const T* grad_y, T* grad_bias) {
         }
         grad_bias[k] = static_cast<T>(((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7])));
     }
+    });
 }
 
 template void conv_backward_bias<float>(const ConvShape&, const float*, float*);

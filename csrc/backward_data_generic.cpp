@@ -30,8 +30,7 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
     const int64_t cols = tile_columns(rows, p.w);
     const int64_t tasks = p.n * p.groups * p.h;
 
-#pragma omp parallel if (worth_parallel(conv_flops(p)))
-    {
+    parallel_region(worth_parallel(conv_flops(p)), [&] {
         std::vector<T> tile(static_cast<size_t>(rows * cols));
         std::vector<T> sums(static_cast<size_t>(cg * p.w));  // the task's input row, every channel of the group
 #pragma omp for schedule(static)
@@ -79,7 +78,7 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
             for (int64_t c = 0; c < cg; ++c)
                 for (int64_t iw = 0; iw < p.w; ++iw) gx_row[c * p.xs.c + iw * p.xs.w] = sums[static_cast<size_t>(c * p.w + iw)];
         }
-    }
+    });
 }
 
 template void conv_backward_data<float>(const ConvShape&, const float*, const float*, float*);

@@ -18,8 +18,7 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
     const int64_t tasks = p.groups * blocks_per_group;
     const int64_t cols = tile_columns(taps, p.out_w);
 
-#pragma omp parallel if (worth_parallel(conv_flops(p)))
-    {
+    parallel_region(worth_parallel(conv_flops(p)), [&] {
         std::vector<T> col(static_cast<size_t>(taps * cols));
         std::vector<T> col_t(static_cast<size_t>(taps * cols));
 #pragma omp for schedule(dynamic)
@@ -50,7 +49,7 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
                 }
             }
         }
-    }
+    });
 }
 
 template void conv_backward_weights<float>(const ConvShape&, const float*, const float*, float*);

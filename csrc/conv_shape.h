@@ -10,6 +10,10 @@
 #include <stdexcept>
 #include <string>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace fastconv {
 
 // Element strides of a 4-D tensor seen as (N, C, H, W): dense NCHW, or NHWC
@@ -78,6 +82,30 @@ inline double conv_flops(const ConvShape& p) {
 // the calling thread. Results do not change: every output is computed by one
 // task in a fixed order either way.
 inline bool worth_parallel(double flops) { return flops >= double(1 << 20); }
+
+// Runs body() on an OpenMP team when `parallel`, else directly on the calling
+// thread, where its `omp for` loops run whole. (A region with a false `if`
+// clause still builds a team of one, and libgomp's closing barrier makes a
+// futex syscall: more than a tiny convolution costs.) A caller that is itself
+// in an OpenMP team gets a team of one, so its team never splits our loops.
+template <class Body>
+void parallel_region(bool parallel, Body&& body) {
+#ifdef _OPENMP
+    if (parallel) {
+#pragma omp parallel
+        body();
+        return;
+    }
+    if (omp_in_parallel()) {
+#pragma omp parallel num_threads(1)
+        body();
+        return;
+    }
+#else
+    (void)parallel;
+#endif
+    body();
+}
 
 // The half-open range [lo, hi) of i in [0, count) for which
 // 0 <= start + i * step < limit (step >= 1). Used to skip padding taps

@@ -52,8 +52,7 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
     const int64_t kg = p.k_per_group(), taps = p.r * p.s, tasks = p.n * p.groups;
     const PaddedPlane pp(p, x);
     const int64_t width = row_width<T>(p);
-#pragma omp parallel if (worth_parallel(conv_flops(p)))
-    {
+    parallel_region(worth_parallel(conv_flops(p)), [&] {
         Scratch<T> xp(pp.rows * pp.cols + kCopySlack<T>), row_out(4 * width);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
@@ -122,7 +121,7 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
                 }
             }
         }
-    }
+    });
 }
 
 // dL/dx of one input plane: every filter of its group sends w * grad_y back to
@@ -132,8 +131,7 @@ template <class T>
 void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
     const int64_t kg = p.k_per_group(), taps = p.r * p.s, tasks = p.n * p.groups;
     const PaddedPlane pp(p, grad_x);
-#pragma omp parallel if (worth_parallel(conv_flops(p)))
-    {
+    parallel_region(worth_parallel(conv_flops(p)), [&] {
         Scratch<T> dxp(pp.rows * pp.cols);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
@@ -167,7 +165,7 @@ void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T
                 for (int64_t i = 0; i < p.w; ++i) dst[i * p.xs.w] = src[i];
             }
         }
-    }
+    });
 }
 
 // dL/dweight of the filters of one group: dot products of grad_y planes with
@@ -228,8 +226,7 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     const int64_t kg = p.k_per_group(), taps = p.r * p.s;
     const PaddedPlane pp(p, x);
     const int64_t width = row_width<T>(p);
-#pragma omp parallel if (worth_parallel(conv_flops(p)))
-    {
+    parallel_region(worth_parallel(conv_flops(p)), [&] {
         // grad_y plane with each row zero-extended to `width` columns.
         Scratch<T> xp(pp.rows * pp.cols + kCopySlack<T>), gyp(p.out_h * width + kCopySlack<T>);
 #pragma omp for schedule(static)
@@ -268,7 +265,7 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                 }
             }
         }
-    }
+    });
 }
 
 }  // namespace fastconv::FASTCONV_ISA

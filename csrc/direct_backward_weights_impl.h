@@ -95,8 +95,7 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
     const DirectBwMicro<T> full = pick_direct_bw<T, NK>(static_cast<int>(std::min<int64_t>(NJ, ntaps)),
                                                        std::make_integer_sequence<int, NJ>{});
 
-#pragma omp parallel if (worth_parallel(conv_flops(p)))
-    {
+    parallel_region(worth_parallel(conv_flops(p)), [&] {
         Scratch<T> window(win.size()), gyt(win.out_rows * p.out_w * F), acc(jper * F);
         const T* src[NJ];
 #pragma omp for schedule(dynamic)
@@ -141,7 +140,7 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
             for (int64_t f = 0; f < nk; ++f)
                 for (int64_t j = j0; j < j1; ++j) grad_weight[(k0 + f) * ntaps + j] = acc.get()[(j - j0) * F + f];
         }
-    }
+    });
 }
 
 template <class T>

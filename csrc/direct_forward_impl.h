@@ -100,8 +100,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const DirectMicro<T> tail =
         DirectKernels<T, NK>::for_pixels(static_cast<int>(p.out_w - (pixel_blocks - 1) * block));
 
-#pragma omp parallel if (worth_parallel(conv_flops(p)))
-    {
+    parallel_region(worth_parallel(conv_flops(p)), [&] {
         Scratch<T> window(win.size());
         Scratch<T> result(NP * F);
 #pragma omp for schedule(static)
@@ -132,7 +131,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                 }
             }
         }
-    }
+    });
 }
 
 template <class T, class WeightOf>

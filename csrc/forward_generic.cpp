@@ -16,8 +16,7 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
     const int64_t cols = tile_columns(taps, p.out_w);
     const int64_t tasks = p.n * p.groups * p.out_h;
 
-#pragma omp parallel if (worth_parallel(conv_flops(p)))
-    {
+    parallel_region(worth_parallel(conv_flops(p)), [&] {
         std::vector<T> col(static_cast<size_t>(taps * cols)), sums(static_cast<size_t>(cols));
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
@@ -44,7 +43,7 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
                 }
             }
         }
-    }
+    });
 }
 
 template void conv_forward<float>(const ConvShape&, const float*, const float*, const float*, float*);

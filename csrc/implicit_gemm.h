@@ -275,8 +275,7 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
         all_taps[static_cast<size_t>(j)] = static_cast<int32_t>(j);
     }
 
-#pragma omp parallel if (worth_parallel(2.0 * static_cast<double>(groups * m_per_group * ntaps) * static_cast<double>(pixels)))
-    {
+    parallel_region(worth_parallel(2.0 * static_cast<double>(groups * m_per_group * ntaps) * static_cast<double>(pixels)), [&] {
         Scratch<T> panel(ntaps * W + kCopySlack<T>);
         Scratch<T> result(mr * W);
         Segment segs[W];
@@ -316,7 +315,7 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
                 }
             }
         }
-    }
+    });
 }
 
 }  // namespace fastconv::FASTCONV_ISA

@@ -69,8 +69,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
             for (int64_t j = 0; j < ntaps; ++j) a_packed[static_cast<size_t>((g * ntaps + j) * kg + i)] = weight_of(g, i, j);
     const int64_t tasks = p.n * p.groups * row_blocks;
 
-#pragma omp parallel if (worth_parallel(conv_flops(p)))
-    {
+    parallel_region(worth_parallel(conv_flops(p)), [&] {
         Scratch<T> window(win.size()), result(mr * W);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
@@ -96,7 +95,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
                 }
             }
         }
-    }
+    });
 }
 
 // The direct forward that suits p: vectorised over pixels for few filters,
