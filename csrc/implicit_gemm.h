@@ -175,21 +175,22 @@ void pack_panel(const T* src, const SourceGrid& grid, const Tap* taps, int64_t n
     }
 }
 
-// The micro-kernel of every GEMM-shaped kernel here: c[i][pixel] = sum over
+// The micro-kernel of every GEMM-shaped kernel here: c[i * ldc + pixel] =
+// init[i] (0 without init) + the sum over
 // the listed taps j of a[j * MR + i] * base[offset[j] + pixel], for MR rows and
 // NV vectors of pixels held in registers. The tap list and offsets let the
 // B rows be a packed panel, input planes read in place, or rows of a padded
 // window, with taps that only read padding left out.
 template <class T, int MR, int NV>
 void row_micro(const T* __restrict base, const int64_t* __restrict offset, const int32_t* __restrict live,
-               int64_t nlive, const T* __restrict a, T* __restrict c) {
+               int64_t nlive, const T* __restrict a, T* __restrict c, int64_t ldc, const T* __restrict init) {
     using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>, W = NV * kLanes<T>;
+    constexpr int L = kLanes<T>;
     V acc[MR][NV];
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[i][v] = V{};
+        for (int v = 0; v < NV; ++v) acc[i][v] = init ? V{} + init[i] : V{};
     for (int64_t t = 0; t < nlive; ++t) {
         const int32_t j = live[t];
         const T* b = base + offset[j];
@@ -206,11 +207,11 @@ void row_micro(const T* __restrict base, const int64_t* __restrict offset, const
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) store(c + i * W + v * L, acc[i][v]);
+        for (int v = 0; v < NV; ++v) store(c + i * ldc + v * L, acc[i][v]);
 }
 
 template <class T>
-using RowMicro = void (*)(const T*, const int64_t*, const int32_t*, int64_t, const T*, T*);
+using RowMicro = void (*)(const T*, const int64_t*, const int32_t*, int64_t, const T*, T*, int64_t, const T*);
 
 template <class T, int NV, int... R>
 RowMicro<T> pick_row_micro(int rows, std::integer_sequence<int, R...>) {
@@ -293,13 +294,24 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
             } else {
                 pack_panel(src + g * src_group_stride, grid, taps.data(), ntaps, segs, nsegs, filled, W, panel.get());
             }
+            // A full tile whose outputs are one dense run (one image, rows
+            // adjacent in the destination) is written there directly.
+            const bool whole = filled == W && segs[0].n == segs[nsegs - 1].n && out.dv == 1 &&
+                               (nsegs == 1 || (out.du == 1 && out.width == grid.cols));
+            T* const direct = dst + g * dst_group_stride + segs[0].n * out.batch_stride +
+                              (segs[0].u * out.du + out.r0) * out.width + segs[0].v0 + out.c0;
             for (int64_t blk = 0; blk < blocks; ++blk) {
                 const int64_t m0 = blk * mr, rows = std::min(mr, m_per_group - m0);
                 const T* a = a_packed.data() + (g * m_per_group + m0) * ntaps;
-                (blk + 1 < blocks ? full : tail)(b_tile, b_rows, all_taps.data(), ntaps, a, result.get());
+                const T* init = bias ? bias + g * m_per_group + m0 : nullptr;
+                if (whole) {
+                    (blk + 1 < blocks ? full : tail)(b_tile, b_rows, all_taps.data(), ntaps, a,
+                                                     direct + m0 * out.channel_stride, out.channel_stride, init);
+                    continue;
+                }
+                (blk + 1 < blocks ? full : tail)(b_tile, b_rows, all_taps.data(), ntaps, a, result.get(), W, init);
                 for (int64_t i = 0; i < rows; ++i) {
                     const T* res = result.get() + i * W;
-                    const T b = bias ? bias[g * m_per_group + m0 + i] : T(0);
                     T* base = dst + g * dst_group_stride + (m0 + i) * out.channel_stride;
                     for (int si = 0; si < nsegs; ++si) {
                         const Segment& s = segs[si];
@@ -307,9 +319,9 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
                                s.v0 * out.dv + out.c0;
                         const T* r = res + s.offset;
                         if (out.dv == 1) {
-                            for (int64_t k = 0; k < s.len; ++k) o[k] = r[k] + b;
+                            for (int64_t k = 0; k < s.len; ++k) o[k] = r[k];
                         } else {
-                            for (int64_t k = 0; k < s.len; ++k) o[k * out.dv] = r[k] + b;
+                            for (int64_t k = 0; k < s.len; ++k) o[k * out.dv] = r[k];
                         }
                     }
                 }
