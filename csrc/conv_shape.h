@@ -41,6 +41,12 @@ struct ConvShape {
     int64_t k_per_group() const { return k / groups; }
     bool x_dense() const { return xs == Strides::dense(c, h, w); }
     bool y_dense() const { return ys == Strides::dense(k, out_h, out_w); }
+    // Unpadded input in dense planes (any batch stride): windows of input
+    // rows can be read where they are.
+    bool in_place_planes() const {
+        return pad_top == 0 && pad_bottom == 0 && pad_left == 0 && pad_right == 0 && xs.w == 1 && xs.h == w &&
+               xs.c == h * w;
+    }
     void set_dense_strides() {
         xs = Strides::dense(c, h, w);
         ys = Strides::dense(k, out_h, out_w);

@@ -3,7 +3,7 @@
 // of rows) is multiplied by the broadcast input value of each of NJ kernel
 // taps, read from a zero-padded window of input rows as in the direct
 // forward. NJ x NK accumulators stay in registers over a chunk of pixels.
-// Each task owns a block of filters (and of taps) and walks every pixel in a
+// Each task owns a range of filters and of taps and walks every pixel in a
 // fixed order, so the result does not depend on the thread count.
 // Included by simd_kernels_impl.h inside the instruction set's namespace;
 // FASTCONV_BW_NJ taps and up to FASTCONV_BW_NK filter vectors per micro-kernel.
@@ -79,66 +79,98 @@ DirectBwMicro<T> pick_direct_bw(int taps, std::integer_sequence<int, J...>) {
 template <class T, int NK>
 void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
     constexpr int L = kLanes<T>, F = NK * L, NJ = FASTCONV_BW_NJ;
-    const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
+    const int64_t cg = p.c_per_group(), kg = p.k_per_group(), rs = p.r * p.s, ntaps = cg * rs;
     const int64_t kblocks = (kg + F - 1) / F;
-    const InputWindow win(p);  // a chunk of pixels = the output rows of one window
-    const int64_t row_step = p.stride_h * win.cols;  // window elements between output rows
-    // Split the taps too when there are fewer filter blocks than threads (each
-    // split transposes grad_y again, so no more than that). Every weight is
-    // still summed by one task in pixel order: the split changes no result.
-    const int64_t jsplit = std::max<int64_t>(1, std::min<int64_t>((max_threads() + p.groups * kblocks - 1) / (p.groups * kblocks),
-                                                                  (ntaps + NJ - 1) / NJ));
-    const int64_t jper = ((ntaps + jsplit - 1) / jsplit + NJ - 1) / NJ * NJ;
-    const int64_t jblocks = (ntaps + jper - 1) / jper;
-    const int64_t tasks = p.groups * kblocks * jblocks;
-
-    const DirectBwMicro<T> full = pick_direct_bw<T, NK>(static_cast<int>(std::min<int64_t>(NJ, ntaps)),
-                                                       std::make_integer_sequence<int, NJ>{});
+    // A task owns a range of filter blocks and a range of taps. Per window it
+    // copies the input channels its taps read and transposes grad_y for its
+    // filters: splitting the filters copies the input again, splitting the
+    // taps transposes grad_y again. The split is the cheapest of those that
+    // give every thread a task and keep the accumulators within 512 KB. Each
+    // weight is still summed by one task in pixel order, so the split changes
+    // no result.
+    const double copy_x = p.in_place_planes() ? 0.0
+                                              : static_cast<double>(p.n * cg) * static_cast<double>((p.h + p.pad_top + p.pad_bottom) * (p.w + p.pad_left + p.pad_right));
+    const double transpose_gy = 2.0 * static_cast<double>(p.n * kg) * static_cast<double>(p.out_h * p.out_w);  // scalar, strided: dearer
+    const int64_t threads_per_group = (max_threads() + p.groups - 1) / p.groups;
+    int64_t kper = kblocks, jper = ntaps;
+    double best = -1;
+    for (int64_t fs = 1; fs <= kblocks; ++fs) {
+        const int64_t kp = (kblocks + fs - 1) / fs;
+        if (fs > 1 && kp == (kblocks + fs - 2) / (fs - 1)) continue;  // the same split as fs - 1
+        const int64_t fsplits = (kblocks + kp - 1) / kp;
+        for (int64_t ts = (threads_per_group + fsplits - 1) / fsplits; ; ++ts) {
+            const int64_t jp = std::min(ntaps, ((ntaps + ts - 1) / ts + NJ - 1) / NJ * NJ);
+            if (jp * kp * F * static_cast<int64_t>(sizeof(T)) > (int64_t(1) << 19) && jp > NJ) continue;
+            const double cost = static_cast<double>(fsplits) * copy_x + static_cast<double>((ntaps + jp - 1) / jp) * transpose_gy;
+            if (best < 0 || cost < best) best = cost, kper = kp, jper = jp;
+            break;
+        }
+    }
+    const int64_t kranges = (kblocks + kper - 1) / kper, jranges = (ntaps + jper - 1) / jper;
+    const int64_t tasks = p.groups * kranges * jranges;
+    const int64_t max_rows = std::max<int64_t>(1, std::min<int64_t>(p.out_h, 8));  // InputWindow's most
 
     parallel_region(worth_parallel(conv_flops(p)), [&] {
-        Scratch<T> window(win.size()), gyt(win.out_rows * p.out_w * F), acc(jper * F);
+        Scratch<T> gyt(kper * max_rows * p.out_w * F), acc(jper * kper * F);
         const T* src[NJ];
 #pragma omp for schedule(dynamic)
         for (int64_t t = 0; t < tasks; ++t) {
-            const int64_t jb = t % jblocks, kb = (t / jblocks) % kblocks, g = t / (jblocks * kblocks);
-            const int64_t j0 = jb * jper, j1 = std::min(ntaps, j0 + jper);
-            const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
-            std::fill(acc.get(), acc.get() + (j1 - j0) * F, T(0));
+            const int64_t jr = t % jranges, kr = (t / jranges) % kranges, g = t / (jranges * kranges);
+            const int64_t j0 = jr * jper, jn = std::min(jper, ntaps - j0);
+            const int64_t kb0 = kr * kper, kbn = std::min(kper, kblocks - kb0);  // filter blocks kb0 + kb, kb < kbn
+            const int64_t c0 = j0 / rs, c1 = (j0 + jn + rs - 1) / rs;  // the channels these taps read
+            ConvShape q = p;
+            q.c = (c1 - c0) * p.groups;
+            const InputWindow win(q);
+            Scratch<T> window(win.size());
+            const int64_t first = j0 - c0 * rs;  // this task's first tap in the window's tap order
+            const int64_t row_step = p.stride_h * win.cols;  // window elements between output rows
+            const int64_t block = win.out_rows * p.out_w * F;  // one filter block of transposed grad_y
+            std::fill(acc.get(), acc.get() + kbn * jn * F, T(0));
             for (int64_t n = 0; n < p.n; ++n) {
-                const T* xg = x + n * p.xs.n + g * cg * p.xs.c;
+                const T* xc = x + n * p.xs.n + (g * cg + c0) * p.xs.c;
                 for (int64_t oh0 = 0; oh0 < p.out_h; oh0 += win.out_rows) {
                     const int64_t oh1 = std::min(p.out_h, oh0 + win.out_rows);
-                    const T* base = win.prepare(p, xg, oh0, window.get());
-                    // gyt[(oh - oh0) * out_w + ow][f] = grad_y[n, k0 + f, oh, ow], 0 past the block's filters.
+                    const T* base = win.prepare(q, xc, oh0, window.get());
+                    // gyt[kb][(oh - oh0) * out_w + ow][f] = grad_y[n, g*kg + kb*F + f, oh, ow], 0 past the group's filters.
                     const int64_t pix = (oh1 - oh0) * p.out_w;
-                    for (int64_t f = 0; f < F; ++f) {
-                        if (f < nk) {
-                            const T* gy = grad_y + n * p.ys.n + (k0 + f) * p.ys.c + oh0 * p.ys.h;
-                            if (p.y_dense()) {
-                                for (int64_t i = 0; i < pix; ++i) gyt.get()[i * F + f] = gy[i];
+                    for (int64_t kb = 0; kb < kbn; ++kb) {
+                        T* dst = gyt.get() + kb * block;
+                        for (int64_t f = 0; f < F; ++f) {
+                            const int64_t m = (kb0 + kb) * F + f;  // filter of the group
+                            if (m < kg) {
+                                const T* gy = grad_y + n * p.ys.n + (g * kg + m) * p.ys.c + oh0 * p.ys.h;
+                                if (p.y_dense()) {
+                                    for (int64_t i = 0; i < pix; ++i) dst[i * F + f] = gy[i];
+                                } else {
+                                    for (int64_t i = 0; i < pix; ++i)
+                                        dst[i * F + f] = gy[(i / p.out_w) * p.ys.h + (i % p.out_w) * p.ys.w];
+                                }
                             } else {
-                                for (int64_t i = 0; i < pix; ++i)
-                                    gyt.get()[i * F + f] = gy[(i / p.out_w) * p.ys.h + (i % p.out_w) * p.ys.w];
+                                for (int64_t i = 0; i < pix; ++i) dst[i * F + f] = T(0);
                             }
-                        } else {
-                            for (int64_t i = 0; i < pix; ++i) gyt.get()[i * F + f] = T(0);
                         }
                     }
-                    for (int64_t j = j0; j < j1; j += NJ) {
-                        const int64_t nj = std::min<int64_t>(NJ, j1 - j);
-                        const DirectBwMicro<T> micro =
-                            nj == NJ ? full : pick_direct_bw<T, NK>(static_cast<int>(nj), std::make_integer_sequence<int, NJ>{});
-                        for (int64_t jj = 0; jj < nj; ++jj) src[jj] = base + win.offset[static_cast<size_t>(j + jj)];
-                        if (row_step == p.out_w) {  // rows follow each other in the window: one long row
-                            micro(src, 1, 0, gyt.get(), 1, (oh1 - oh0) * p.out_w, acc.get() + (j - j0) * F);
-                        } else {
-                            micro(src, p.stride_w, row_step, gyt.get(), oh1 - oh0, p.out_w, acc.get() + (j - j0) * F);
+                    for (int64_t kb = 0; kb < kbn; ++kb) {
+                        for (int64_t j = 0; j < jn; j += NJ) {
+                            const int64_t nj = std::min<int64_t>(NJ, jn - j);
+                            const DirectBwMicro<T> micro =
+                                pick_direct_bw<T, NK>(static_cast<int>(nj), std::make_integer_sequence<int, NJ>{});
+                            for (int64_t jj = 0; jj < nj; ++jj) src[jj] = base + win.offset[static_cast<size_t>(first + j + jj)];
+                            T* acc_j = acc.get() + (kb * jn + j) * F;
+                            if (row_step == p.out_w) {  // rows follow each other in the window: one long row
+                                micro(src, 1, 0, gyt.get() + kb * block, 1, pix, acc_j);
+                            } else {
+                                micro(src, p.stride_w, row_step, gyt.get() + kb * block, oh1 - oh0, p.out_w, acc_j);
+                            }
                         }
                     }
                 }
             }
-            for (int64_t f = 0; f < nk; ++f)
-                for (int64_t j = j0; j < j1; ++j) grad_weight[(k0 + f) * ntaps + j] = acc.get()[(j - j0) * F + f];
+            for (int64_t kb = 0; kb < kbn; ++kb)
+                for (int64_t f = 0; f < std::min<int64_t>(F, kg - (kb0 + kb) * F); ++f)
+                    for (int64_t j = 0; j < jn; ++j)
+                        grad_weight[(g * kg + (kb0 + kb) * F + f) * ntaps + j0 + j] = acc.get()[(kb * jn + j) * F + f];
         }
     });
 }

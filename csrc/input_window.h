@@ -32,8 +32,7 @@ struct InputWindow {
         out_rows = std::max<int64_t>(1, std::min<int64_t>(p.out_h, 8));
         while (out_rows > 1 && channels * ((out_rows - 1) * p.stride_h + span_h) * cols > (1 << 18)) --out_rows;
         rows = (out_rows - 1) * p.stride_h + span_h;
-        in_place = p.pad_top == 0 && p.pad_bottom == 0 && p.pad_left == 0 && p.pad_right == 0 && cols == p.w &&
-                   p.x_dense();
+        in_place = cols == p.w && p.in_place_planes();
         channel_stride = in_place ? p.h * p.w : rows * cols;
         offset.resize(static_cast<size_t>(channels * p.r * p.s));
         for (int64_t c = 0; c < channels; ++c)
