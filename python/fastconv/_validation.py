@@ -108,19 +108,28 @@ def check_dtype(dtype: DTypeLike, name: str = "dtype") -> np.dtype:
 
 
 def as_float_array(value: Any, name: str, dtype: np.dtype | None = None) -> np.ndarray:
-    """`value` as a C-contiguous float array, copied only when it must be.
+    """`value` as a C-contiguous, aligned, native-byte-order float array, copied
+    only when it must be.
 
     Only floating-point input is accepted (integers, booleans, complex numbers,
-    objects and strings are refused). With `dtype` None, float64 stays float64
-    and any other float becomes float32.
+    objects and strings are refused, and so is a masked array with masked
+    values, whose meaning a convolution cannot keep). With `dtype` None,
+    float64 stays float64 and any other float becomes float32.
     """
-    if type(value) is np.ndarray and value.dtype.kind == "f" and value.flags.c_contiguous and (
-        value.dtype == dtype if dtype is not None else value.dtype.itemsize in (4, 8)
+    if type(value) is np.ndarray and value.flags.c_contiguous and value.flags.aligned and (
+        value.dtype == dtype if dtype is not None else value.dtype in SUPPORTED_DTYPES
     ):
         return value  # the common case, checked cheaply: this runs on every call
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
+        raise ValueError(
+            f"{name} is a masked array with {np.ma.count_masked(value)} masked values: "
+            "fill them first (e.g. with .filled(0))"
+        )
     try:
         arr = np.asarray(value)
-    except Exception as exc:  # anything that array conversion can raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # anything else that array conversion can raise
         raise TypeError(f"{name} could not be converted to a NumPy array: {exc}") from exc
     if arr.dtype.kind != "f":
         raise TypeError(
@@ -128,7 +137,10 @@ def as_float_array(value: Any, name: str, dtype: np.dtype | None = None) -> np.n
         )
     if dtype is None:
         dtype = np.dtype(np.float64) if arr.dtype.itemsize >= 8 else np.dtype(np.float32)
-    return np.asarray(arr, dtype=dtype, order="C")  # unlike ascontiguousarray, keeps 0-d as 0-d
+    out = np.asarray(arr, dtype=dtype, order="C")  # native byte order; unlike ascontiguousarray, keeps 0-d as 0-d
+    # A view of a buffer at an odd offset is contiguous but unaligned, which
+    # the kernels cannot read: a copy is aligned.
+    return out if out.flags.aligned else out.copy()
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
