@@ -6,10 +6,14 @@ this file has the strange ones."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from helpers import assert_close
-from hostile import LAYOUTS, NOT_FLOAT
+from hostile import INT_LIKE, LAYOUTS, NOT_FLOAT, NOT_INT, OUT_OF_RANGE, ReprRaises
 
 import fastconv
 
@@ -211,3 +215,176 @@ def test_wrong_number_of_dimensions(shape):
             fastconv.conv2d(X, W, np.zeros(shape), groups=2)
     with pytest.raises(ValueError, match="grad_output must have the output's shape"):
         fastconv.conv2d_backward(np.zeros(shape), X, W, **KW)
+
+
+# -- hyper-parameters ------------------------------------------------------------
+
+FUNCTIONAL_INTS = ["stride", "dilation", "groups"]
+
+
+def call_with(name, value, backend="cpp"):
+    kw = {**KW, name: value}
+    return fastconv.conv2d(X, W, B, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("value", NOT_INT, ids=lambda v: f"{type(v).__name__}")
+@pytest.mark.parametrize("name", FUNCTIONAL_INTS + ["padding"])
+def test_hyper_parameters_that_are_not_integers(name, value):
+    if name == "padding" and isinstance(value, (str, bytes)):
+        return  # a string is a padding name: test_errors.py checks unknown ones
+    with pytest.raises(TypeError, match=f"{name}.* must be a (positive|non-negative) integer|padding must be"):
+        call_with(name, value)
+    if name == "padding":
+        return
+    with pytest.raises(TypeError, match=f"{name} must be a positive integer"):
+        fastconv.Conv2D(6, 3, **{name: value})
+    if name != "groups":  # an (h, w) pair: each item is checked
+        with pytest.raises(TypeError, match=f"{name}\\[1\\] must be a positive integer"):
+            fastconv.Conv2D(6, 3, **{name: (1, value)})
+
+
+@pytest.mark.parametrize("value", OUT_OF_RANGE, ids=str)
+@pytest.mark.parametrize("name", FUNCTIONAL_INTS + ["padding", "kernel_size", "filters"])
+def test_hyper_parameters_out_of_range(name, value):
+    if name == "padding" and value == 0:
+        return  # no padding: fine
+    low = "must be >= 0" if name == "padding" else "must be >= 1"
+    message = f"{low}|must be <= 2147483647 \\(2\\*\\*31 - 1\\), got {int(value)}"
+    with pytest.raises(ValueError, match=message):
+        if name in ("kernel_size", "filters"):
+            fastconv.Conv2D(**{"filters": 6, "kernel_size": 3, name: value})
+        else:
+            call_with(name, value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("value", INT_LIKE, ids=lambda v: type(v).__name__)
+def test_numpy_integers_are_integers(backend, value):
+    got = fastconv.conv2d(X, W, B, stride=value, padding=(value, 1), dilation=(1, value), groups=value,
+                          backend=backend)
+    want = fastconv.conv2d(X, W, B, stride=2, padding=(2, 1), dilation=(1, 2), groups=2, backend="numpy")
+    assert_close(got, want, "output")
+    layer = fastconv.Conv2D(value, value, value, in_channels=4, dtype="float64")
+    assert layer.kernel_size == (2, 2) and type(layer.kernel_size[0]) is int
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_largest_stride_and_dilation_work(backend):
+    # 2**31 - 1 is accepted; the output is then a single pixel (or the input's
+    # own size for a dilated 1x1 kernel).
+    big = 2**31 - 1
+    assert_same(run(X, W, B, GY[:, :, :1, :1], backend, stride=big, padding=0),
+                reference(X, W, B, GY[:, :, :1, :1], stride=big, padding=0))
+    w1 = W[:, :, :1, :1]
+    y = fastconv.conv2d(X, w1, backend=backend, dilation=big, groups=2)
+    assert_close(y, fastconv.conv2d(X, w1, backend="numpy", groups=2), "dilated 1x1")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(padding=2**20),
+        dict(padding=(0, 2**30), stride=2**30),
+        dict(padding=(2**30, 0, 0, 0), stride=2**30),
+        dict(padding=2**28, stride=2**29),
+        dict(padding=2**14, dilation=2**15),
+    ],
+    ids=str,
+)
+def test_huge_padding_is_refused_before_any_allocation(backend, kwargs):
+    # Millions of pixels of padding would take gigabytes in both backends
+    # (and crash the C++ kernels: see the xfail tests below).
+    with pytest.raises(ValueError, match=r"padding \(.*\) \(top, bottom, left, right\) would add \d+ values"):
+        fastconv.conv2d(X, W, groups=2, backend=backend, **kwargs)
+    with pytest.raises(ValueError, match="would add"):
+        fastconv.Conv2D(6, 3, padding_mode="replicate", backend=backend, **kwargs).forward(X)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_padding_just_inside_the_limit_gives_the_right_answer(backend):
+    # A 1x1 input padded to 2049x2047 gains 4194302 values: just under 2**22.
+    x = np.ones((1, 1, 1, 1), np.float32)
+    w = np.full((1, 1, 2, 2), 2.0, np.float32)
+    kw = dict(padding=(1024, 1024, 1024, 1022), stride=1024, backend=backend)
+    y = fastconv.conv2d(x, w, **kw)
+    # Windows start at rows and columns 0 and 1024; the input sits at
+    # (1024, 1024), under tap (0, 0) of window (1, 1) only.
+    np.testing.assert_array_equal(y, [[[[0, 0], [0, 2]]]])
+    grads = fastconv.conv2d_backward(np.ones_like(y), x, w, **kw)
+    np.testing.assert_array_equal(grads.input, [[[[2]]]])
+    np.testing.assert_array_equal(grads.weight, [[[[1, 0], [0, 0]]]])
+    with pytest.raises(ValueError, match=r"would add 4196351 values to each 1x1x1 input \(padded to 1x2049x2048\)"):
+        fastconv.conv2d(x, w, **{**kw, "padding": (1024, 1024, 1024, 1023)})
+
+
+def test_padding_of_a_large_input_may_add_three_times_its_size():
+    x = np.zeros((1, 1, 1, 2**21), np.float32)  # 2M values: padding rows adds 2M each
+    assert fastconv.conv2d(x, np.ones((1, 1, 1, 1), np.float32), padding=(1, 2, 0, 0), stride=(1, 2**20)).shape == (1, 1, 4, 2)
+    with pytest.raises(ValueError, match="at most 3x the input's own values"):
+        fastconv.conv2d(x, np.ones((1, 1, 1, 1), np.float32), padding=(2, 2, 0, 0), stride=(1, 2**20))
+
+
+def test_hostile_values_in_error_messages():
+    with pytest.raises(TypeError, match="stride must be a positive integer, got <ReprRaises object>"):
+        call_with("stride", ReprRaises())
+    with pytest.raises(TypeError, match=r"padding must be .*got <ReprRaises object> of type ReprRaises"):
+        call_with("padding", ReprRaises())
+    with pytest.raises(ValueError, match="backend must be one of .*got <ReprRaises object>"):
+        fastconv.conv2d(X, W, groups=2, backend=ReprRaises())
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got <ReprRaises object>"):
+        fastconv.Conv2D(6, 3, dtype=ReprRaises())
+    long = (1, 2) * 1000
+    with pytest.raises(ValueError, match=r"stride must be an int or an \(h, w\) pair, got 2000 values: \(1, 2, .*\.\.\.$"):
+        call_with("stride", long)
+
+
+# -- the C++ core on its own -------------------------------------------------------
+#
+# The public API refuses these geometries (MAX_INT, the padding limit), but
+# fastconv._core, called directly with them, crashes the process. Each runs
+# in a subprocess so that a crash fails one test, not the whole run.
+
+
+def run_core(body: str) -> subprocess.CompletedProcess:
+    code = textwrap.dedent(
+        """
+        import numpy as np
+        from fastconv import _core
+        x = np.ones((1, 1, 6, 6), np.float32)
+        w = np.ones((1, 1, 3, 3), np.float32)
+        try:
+        {body}
+        except (ValueError, MemoryError) as exc:
+            print("refused:", type(exc).__name__, exc)
+        """
+    ).format(body=textwrap.indent(textwrap.dedent(body), "    "))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+CORE_CRASHES = {
+    # int64 overflow: (padded - span) fits, but the kernels' own sums wrap.
+    "forward-padding-2**61-stride-2**62": "_core.forward(x, w, None, np.empty((1, 1, 2, 2), np.float32), "
+    "(2**62, 2**62), (2**61,) * 4, (1, 1), 1)",
+    # Sizes past 2**31 overflow 32-bit tap indices (SIGSEGV).
+    "forward-padding-2**30-stride-2**31": "_core.forward(x, w, None, np.empty((1, 1, 2, 2), np.float32), "
+    "(2**31, 2**31), (2**30,) * 4, (1, 1), 1)",
+    "backward-data-padding-2**30-stride-2**31": "_core.backward_data(np.ones((1, 1, 2, 2), np.float32), w, "
+    "np.empty_like(x), (2**31, 2**31), (2**30,) * 4, (1, 1), 1)",
+    # A scratch buffer the size of the padded row cannot be allocated:
+    # std::bad_alloc inside the kernels ends in std::terminate (SIGABRT), not MemoryError.
+    "forward-padding-2**40-bad-alloc": "_core.forward(x, w, None, np.empty((1, 1, 4, 2), np.float32), "
+    "(1, 2**40), (0, 0, 0, 2**40), (1, 1), 1)",
+    "backward-data-padding-2**40-bad-alloc": "_core.backward_data(np.ones((1, 1, 4, 2), np.float32), w, "
+    "np.empty_like(x), (1, 2**40), (0, 0, 0, 2**40), (1, 1), 1)",
+    "backward-weights-padding-2**40-bad-alloc": "_core.backward_weights(np.ones((1, 1, 4, 2), np.float32), x, "
+    "np.empty_like(w), (1, 2**40), (0, 0, 0, 2**40), (1, 1), 1)",
+}
+
+
+@pytest.mark.xfail(strict=True, reason="C++ core crashes (SIGSEGV/SIGABRT) on geometries the Python layer refuses")
+@pytest.mark.parametrize("body", CORE_CRASHES.values(), ids=CORE_CRASHES.keys())
+def test_core_refuses_impossible_geometry_instead_of_crashing(body):
+    result = run_core(body)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-300:]}"
+    assert "refused:" in result.stdout

@@ -8,27 +8,55 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import DTypeLike
 
 PADDING_STRINGS = ("valid", "same")
+# Padding may add at most this many values to one image (C x padded H x
+# padded W less C x H x W), or 3x the image's own values where that is more.
+# Both backends materialise padded rows (the NumPy reference the whole padded
+# input, the C++ kernels windows many times larger), so padding of thousands
+# of pixels around a small input, useless in itself, would take gigabytes.
+MAX_PADDING_VALUES = 2**22
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 Pair = tuple[int, int]
 Padding4 = tuple[int, int, int, int]  # top, bottom, left, right
 
 
+# The largest size, stride, dilation, padding amount or count accepted. The
+# kernels index with 64-bit integers, but sizes past 2**31 (or sums of them
+# past 2**63) overflow inside them; no real layer comes near this.
+MAX_INT = 2**31 - 1
+
+
+def shown(value: Any) -> str:
+    """repr(value) for an error message: short, and safe from a repr that raises."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _int_at_least(value: Any, name: str, minimum: int, kind: str) -> int:
-    """`value` as an int >= minimum, or a TypeError/ValueError naming `name`."""
-    if type(value) is int and value >= minimum:  # the common case, without the slow ABC check
+    """`value` as an int in [minimum, MAX_INT], or a TypeError/ValueError naming `name`."""
+    if type(value) is int and minimum <= value <= MAX_INT:  # the common case, without the slow ABC check
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a {kind} integer, got {value!r} of type {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+        raise TypeError(f"{name} must be a {kind} integer, got {shown(value)} of type {type(value).__name__}")
+    try:
+        v = operator.index(value)
+    except Exception as exc:  # an Integral whose __index__ fails
+        raise TypeError(f"{name} must be a {kind} integer, got {shown(value)} of type {type(value).__name__}") from exc
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if v > MAX_INT:
+        raise ValueError(f"{name} must be <= {MAX_INT} (2**31 - 1), got {v}")
+    return v
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -38,11 +66,11 @@ def positive_int(value: Any, name: str) -> int:
 
 def int_pair(value: Any, name: str) -> Pair:
     """An int or an (h, w) pair of ints >= 1, as a pair."""
-    if type(value) is int and value >= 1:  # the common case first: this runs on every call
+    if type(value) is int and 1 <= value <= MAX_INT:  # the common case first: this runs on every call
         return value, value
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
-            raise ValueError(f"{name} must be an int or an (h, w) pair, got {len(value)} values: {value!r}")
+            raise ValueError(f"{name} must be an int or an (h, w) pair, got {len(value)} values: {shown(value)}")
         return positive_int(value[0], f"{name}[0]"), positive_int(value[1], f"{name}[1]")
     v = positive_int(value, name)
     return v, v
@@ -55,7 +83,7 @@ DATA_FORMATS = ("NCHW", "NHWC")
 def check_data_format(data_format: Any) -> str:
     """ "NCHW" (channels first, PyTorch's) or "NHWC" (channels last, Keras')."""
     if data_format not in DATA_FORMATS:
-        raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
+        raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {shown(data_format)}")
     return str(data_format)
 
 
@@ -70,13 +98,13 @@ def check_padding(padding: Any) -> str | Padding4:
     if isinstance(padding, str):
         mode = padding.lower()
         if mode not in PADDING_STRINGS:
-            raise ValueError(f'padding must be "valid", "same", an int, (h, w) or (top, bottom, left, right), got {padding!r}')
+            raise ValueError(f'padding must be "valid", "same", an int, (h, w) or (top, bottom, left, right), got {shown(padding)}')
         return mode
     if isinstance(padding, (tuple, list)):
         names = {2: ("h", "w"), 4: ("top", "bottom", "left", "right")}.get(len(padding))
         if names is None:
             raise ValueError(
-                f"padding must be an int, (h, w) or (top, bottom, left, right), got {len(padding)} values: {padding!r}"
+                f"padding must be an int, (h, w) or (top, bottom, left, right), got {len(padding)} values: {shown(padding)}"
             )
         amounts = tuple(_non_negative_int(v, f"padding {n}") for v, n in zip(padding, names))
         return (amounts[0], amounts[0], amounts[1], amounts[1]) if len(amounts) == 2 else amounts  # type: ignore[return-value]
@@ -85,14 +113,14 @@ def check_padding(padding: Any) -> str | Padding4:
         return (p, p, p, p)
     raise TypeError(
         f'padding must be "valid", "same", an int, (h, w) or (top, bottom, left, right), '
-        f"got {padding!r} of type {type(padding).__name__}"
+        f"got {shown(padding)} of type {type(padding).__name__}"
     )
 
 
 def check_padding_mode(mode: Any) -> str:
     """How padding is filled, with PyTorch's meaning: "zeros", "reflect", "replicate" or "circular"."""
     if not isinstance(mode, str) or mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {mode!r}")
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {shown(mode)}")
     return mode
 
 
@@ -100,8 +128,8 @@ def check_dtype(dtype: DTypeLike, name: str = "dtype") -> np.dtype:
     """float32 or float64, or a TypeError that says what was given."""
     try:
         dt = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from exc
+    except Exception as exc:  # TypeError for most, anything from a hostile object
+        raise TypeError(f"{name} must be float32 or float64, got {shown(dtype)}") from exc
     if dt not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {dt}")
     return dt
@@ -205,6 +233,16 @@ def plan_geometry(
         pads_h, pads_w = (spec[0], spec[1]), (spec[2], spec[3])
     else:  # "valid"
         pads_h = pads_w = (0, 0)
+
+    padded_h, padded_w = h + pads_h[0] + pads_h[1], w + pads_w[0] + pads_w[1]
+    added = c * (padded_h * padded_w - h * w)
+    if added > MAX_PADDING_VALUES and added > 3 * c * h * w:
+        pads = (pads_h[0], pads_h[1], pads_w[0], pads_w[1])
+        raise ValueError(
+            f"padding {pads} (top, bottom, left, right) would add {added} values to each {c}x{h}x{w} input "
+            f"(padded to {c}x{padded_h}x{padded_w}); padding may add at most 3x the input's own values "
+            f"or {MAX_PADDING_VALUES} (2**22), whichever is more"
+        )
 
     out = []
     for axis, size, kernel, st, dil, pads in (
