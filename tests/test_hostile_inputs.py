@@ -330,6 +330,8 @@ def test_hostile_values_in_error_messages():
         call_with("stride", ReprRaises())
     with pytest.raises(TypeError, match=r"padding must be .*got <ReprRaises object> of type ReprRaises"):
         call_with("padding", ReprRaises())
+    with pytest.raises(ValueError, match="data_format must be one of .*got <ReprRaises object>"):
+        fastconv.conv2d(X, W, groups=2, data_format=ReprRaises())
     with pytest.raises(ValueError, match="backend must be one of .*got <ReprRaises object>"):
         fastconv.conv2d(X, W, groups=2, backend=ReprRaises())
     with pytest.raises(TypeError, match="dtype must be float32 or float64, got <ReprRaises object>"):
@@ -337,6 +339,48 @@ def test_hostile_values_in_error_messages():
     long = (1, 2) * 1000
     with pytest.raises(ValueError, match=r"stride must be an int or an \(h, w\) pair, got 2000 values: \(1, 2, .*\.\.\.$"):
         call_with("stride", long)
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [("data_format", None), ("data_format", "nchw"), ("data_format", ["NCHW"]), ("data_format", np.array(["NHWC"])),
+     ("data_format", b"NCHW"), ("padding_mode", None), ("padding_mode", b"zeros"), ("padding_mode", ["zeros"]),
+     ("backend", None), ("backend", "CPP"), ("backend", b"cpp")],
+    ids=str,
+)
+def test_string_options_must_be_strings(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be one of"):
+        fastconv.conv2d(X, W, groups=2, padding=1, **{name: value})
+    with pytest.raises(ValueError, match=f"{name} must be one of"):
+        fastconv.Conv2D(6, 3, padding=1, **{name: value})
+
+
+def test_numpy_strings_are_strings():
+    got = fastconv.conv2d(X, W, B, **{**KW, "padding": np.str_("same")}, data_format=np.str_("NCHW"),
+                          padding_mode=np.str_("reflect"), backend=np.str_("cpp"))
+    want = fastconv.conv2d(X, W, B, **{**KW, "padding": "same"}, padding_mode="reflect", backend="numpy")
+    assert_close(got, want, "output")
+
+
+@pytest.mark.parametrize("value", [None, 1, 0, "no", "", np.zeros(6), [], 1.0])
+def test_yes_no_flags_must_be_booleans(value):
+    # The bias flag of conv2d_backward is easily given conv2d's bias array.
+    with pytest.raises(TypeError, match="bias must be True or False"):
+        fastconv.conv2d_backward(GY, X, W, bias=value, **KW)
+    with pytest.raises(TypeError, match="need_input_grad must be True or False"):
+        fastconv.conv2d_backward(GY, X, W, need_input_grad=value, **KW)
+    with pytest.raises(TypeError, match="bias must be True or False"):
+        fastconv.Conv2D(6, 3, bias=value)
+    layer = fastconv.Conv2D(6, (3, 2), **KW)
+    layer.forward(X)
+    with pytest.raises(TypeError, match="need_input_grad must be True or False"):
+        layer.backward(GY, value)
+
+
+def test_numpy_booleans_are_booleans():
+    grads = fastconv.conv2d_backward(GY, X, W, bias=np.False_, need_input_grad=np.True_, **KW)
+    assert grads.bias is None and grads.input is not None
+    assert fastconv.Conv2D(6, 3, bias=np.False_).use_bias is False
 
 
 # -- the C++ core on its own -------------------------------------------------------

@@ -59,6 +59,16 @@ def _int_at_least(value: Any, name: str, minimum: int, kind: str) -> int:
     return v
 
 
+def check_flag(value: Any, name: str) -> bool:
+    """A yes/no argument: True or False (a NumPy bool too), nothing merely truthy,
+    so that an array passed by mistake (a bias for the `bias` flag) is caught."""
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {shown(value)} of type {type(value).__name__}")
+
+
 def positive_int(value: Any, name: str) -> int:
     """`value` as an int >= 1, or a TypeError/ValueError naming `name`."""
     return _int_at_least(value, name, 1, "positive")
@@ -82,9 +92,9 @@ DATA_FORMATS = ("NCHW", "NHWC")
 
 def check_data_format(data_format: Any) -> str:
     """ "NCHW" (channels first, PyTorch's) or "NHWC" (channels last, Keras')."""
-    if data_format not in DATA_FORMATS:
+    if not isinstance(data_format, str) or data_format not in DATA_FORMATS:
         raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {shown(data_format)}")
-    return str(data_format)
+    return "NCHW" if data_format == "NCHW" else "NHWC"
 
 
 def _non_negative_int(value: Any, name: str) -> int:

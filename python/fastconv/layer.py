@@ -16,6 +16,7 @@ from ._validation import (
     as_float_array,
     check_data_format,
     check_dtype,
+    check_flag,
     check_padding,
     check_padding_mode,
     fan_in,
@@ -108,7 +109,7 @@ class Conv2D:
             raise ValueError(f"groups={self.groups} must divide filters={self.filters}")
         self.dtype = check_dtype(dtype)
         self.backend = _backend.check_backend(backend)
-        self.use_bias = bool(bias)
+        self.use_bias = check_flag(bias, "bias")
         self._rng = np.random.default_rng(seed)
         self.in_channels: int | None = None
         self._weight: np.ndarray | None = None
@@ -385,6 +386,7 @@ class Conv2D:
         ``need_input_grad=False`` skips dL/dX and its cost (a first layer has
         no use for it); ``grad_input`` is then None.
         """
+        need_input_grad = check_flag(need_input_grad, "need_input_grad")
         if self._saved is None or self._weight is None:
             raise RuntimeError("backward() needs a forward() first: there is no saved input")
         x_used, geom_used, geom, in_hw, unbatched = self._saved
@@ -398,7 +400,7 @@ class Conv2D:
             )
         grads = backward_checked(
             to_nchw(grad_y.reshape(expected), self.data_format), x_used, self._weight, geom_used,
-            self._bias is not None, self.backend, bool(need_input_grad),
+            self._bias is not None, self.backend, need_input_grad,
         )
         grads = fold_padding_mode(grads, geom, self.padding_mode, in_hw)
         self.grad_weight = grads.weight
