@@ -278,6 +278,16 @@ def test_the_largest_stride_and_dilation_work(backend):
     w1 = W[:, :, :1, :1]
     y = fastconv.conv2d(X, w1, backend=backend, dilation=big, groups=2)
     assert_close(y, fastconv.conv2d(X, w1, backend="numpy", groups=2), "dilated 1x1")
+    # One output column: the C++ kernels used to size a buffer by the stride
+    # (std::bad_alloc, then std::terminate); the Python layer now passes them
+    # the smallest stride with the same result.
+    x, w = np.arange(1.0, 3.0).reshape(1, 1, 1, 2), np.array([[[[10.0, 1.0]]]])
+    for padding in [0, (0, 0, 0, 1), "same"]:
+        y = fastconv.conv2d(x, w, stride=(1, big), padding=padding, backend=backend)
+        np.testing.assert_array_equal(y, [[[[12.0]]]])
+        grads = fastconv.conv2d_backward(np.ones_like(y), x, w, stride=(1, big), padding=padding, backend=backend)
+        np.testing.assert_array_equal(grads.input, [[[[10.0, 1.0]]]])
+        np.testing.assert_array_equal(grads.weight, [[[[1.0, 2.0]]]])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -385,7 +395,8 @@ def test_numpy_booleans_are_booleans():
 
 # -- the C++ core on its own -------------------------------------------------------
 #
-# The public API refuses these geometries (MAX_INT, the padding limit), but
+# The public API refuses these geometries (MAX_INT, the padding limit) or
+# normalises them (the stride of a single output), but
 # fastconv._core, called directly with them, crashes the process. Each runs
 # in a subprocess so that a crash fails one test, not the whole run.
 
@@ -415,6 +426,10 @@ CORE_CRASHES = {
     "(2**31, 2**31), (2**30,) * 4, (1, 1), 1)",
     "backward-data-padding-2**30-stride-2**31": "_core.backward_data(np.ones((1, 1, 2, 2), np.float32), w, "
     "np.empty_like(x), (2**31, 2**31), (2**30,) * 4, (1, 1), 1)",
+    # One output column at stride 2**31 - 1: a buffer sized by the stride
+    # (std::bad_alloc, then std::terminate).
+    "forward-stride-2**31-1-bad-alloc": "_core.forward(np.ones((1, 1, 1, 2)), np.ones((1, 1, 1, 2)), None, "
+    "np.empty((1, 1, 1, 1)), (1, 2**31 - 1), (0, 0, 0, 0), (1, 1), 1)",
     # A scratch buffer the size of the padded row cannot be allocated:
     # std::bad_alloc inside the kernels ends in std::terminate (SIGABRT), not MemoryError.
     "forward-padding-2**40-bad-alloc": "_core.forward(x, w, None, np.empty((1, 1, 4, 2), np.float32), "
@@ -426,7 +441,7 @@ CORE_CRASHES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="C++ core crashes (SIGSEGV/SIGABRT) on geometries the Python layer refuses")
+@pytest.mark.xfail(strict=True, reason="C++ core crashes (SIGSEGV/SIGABRT) on geometries the Python layer refuses or normalises")
 @pytest.mark.parametrize("body", CORE_CRASHES.values(), ids=CORE_CRASHES.keys())
 def test_core_refuses_impossible_geometry_instead_of_crashing(body):
     result = run_core(body)

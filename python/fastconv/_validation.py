@@ -254,7 +254,7 @@ def plan_geometry(
             f"or {MAX_PADDING_VALUES} (2**22), whichever is more"
         )
 
-    out = []
+    out, strides, dilations = [], [], []
     for axis, size, kernel, st, dil, pads in (
         ("height", h, kh, stride_hw[0], dilation_hw[0], pads_h),
         ("width", w, kw, stride_hw[1], dilation_hw[1], pads_w),
@@ -267,10 +267,17 @@ def plan_geometry(
                 f"the padded input {axis} {padded}"
             )
         out.append((padded - span) // st + 1)
+        # Where it changes no result, the kernels get the smallest stride and
+        # dilation, not a huge one that they would size buffers by: along an
+        # axis with one output the stride multiplies nothing (any stride past
+        # padded - span gives one output), nor does the dilation of a 1-wide
+        # kernel.
+        strides.append(st if out[-1] > 1 else min(st, padded - span + 1))
+        dilations.append(dil if kernel > 1 else 1)
 
     return ConvGeometry(
-        stride=stride_hw,
-        dilation=dilation_hw,
+        stride=(strides[0], strides[1]),
+        dilation=(dilations[0], dilations[1]),
         padding=(pads_h[0], pads_h[1], pads_w[0], pads_w[1]),
         groups=groups,
         out_hw=(out[0], out[1]),
