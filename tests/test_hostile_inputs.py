@@ -351,6 +351,20 @@ def test_hostile_values_in_error_messages():
         call_with("stride", long)
 
 
+@pytest.mark.parametrize("dtype", [None, "float16", ">f4", "int32", "f8,f8", ReprRaises()], ids=lambda v: type(v).__name__ + str(v if isinstance(v, str) else ""))
+def test_layer_dtype_must_name_float32_or_float64(dtype):
+    # np.dtype(None) is float64: a silent surprise where the default is float32.
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        fastconv.Conv2D(6, 3, dtype=dtype)
+    with pytest.raises(TypeError, match="dtype must be float32 or float64"):
+        fastconv.Conv2D.from_keras(np.zeros((3, 3, 4, 6)), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", ["f", "f4", np.float32, np.dtype("=f4"), "single"])
+def test_layer_dtype_spellings_of_float32(dtype):
+    assert fastconv.Conv2D(6, 3, dtype=dtype).dtype == np.float32
+
+
 @pytest.mark.parametrize(
     "name,value",
     [("data_format", None), ("data_format", "nchw"), ("data_format", ["NCHW"]), ("data_format", np.array(["NHWC"])),

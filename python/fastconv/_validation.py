@@ -135,7 +135,10 @@ def check_padding_mode(mode: Any) -> str:
 
 
 def check_dtype(dtype: DTypeLike, name: str = "dtype") -> np.dtype:
-    """float32 or float64, or a TypeError that says what was given."""
+    """float32 or float64, or a TypeError that says what was given. None is
+    refused: NumPy reads it as float64, where a layer's default is float32."""
+    if dtype is None:
+        raise TypeError(f"{name} must be float32 or float64, got None")
     try:
         dt = np.dtype(dtype)
     except Exception as exc:  # TypeError for most, anything from a hostile object
