@@ -12,7 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import ISAS, assert_close, forced_isa
 from hostile import INT_LIKE, LAYOUTS, NOT_FLOAT, NOT_INT, OUT_OF_RANGE, ReprRaises
 
 import fastconv
@@ -405,6 +405,70 @@ def test_numpy_booleans_are_booleans():
     grads = fastconv.conv2d_backward(GY, X, W, bias=np.False_, need_input_grad=np.True_, **KW)
     assert grads.bias is None and grads.input is not None
     assert fastconv.Conv2D(6, 3, bias=np.False_).use_bias is False
+
+
+# -- NaN and Inf ---------------------------------------------------------------------
+#
+# They propagate as in the reference and PyTorch (IEEE arithmetic on the
+# zero-padded input), with three exceptions in the C++ kernels, each the
+# smallest case found, recorded per instruction set as a strict xfail.
+
+NAN = float("nan")
+
+
+def with_isa(isa, f):
+    with forced_isa(isa):
+        return f()
+
+
+def nonfinite_cases():
+    """(name, call, expected, ISAs where the C++ result differs)."""
+    x_nan = np.array([[[[1.0, NAN, 1.0]]]])
+    w_nan = np.array([[[[1.0, NAN]]]])
+    simd = {"avx512", "avx2"}
+    return [
+        # dL/dw[q] sums g * x over the pixels tap q reads: x's NaN is read by tap 1 only.
+        ("dL/dw: a NaN in x reaches only the taps that read it",
+         lambda b: fastconv.conv2d_backward(np.ones((1, 1, 1, 1)), x_nan, np.ones((1, 1, 1, 3)), backend=b).weight,
+         [[[[1.0, NAN, 1.0]]]], simd),
+        # dL/dx[0] = g[0] * w[0]: pixel 0 is read by tap 0 only (PyTorch: 1 too).
+        ("dL/dx: a NaN weight reaches only the pixels its tap reads",
+         lambda b: fastconv.conv2d_backward(np.ones((1, 1, 1, 3)), np.ones((1, 1, 1, 4)), w_nan, backend=b).input,
+         [[[[1.0, NAN, NAN, NAN]]]], {"avx512", "avx2", "generic"}),
+        # Output rows 0 and 2 read only padding: 0 * NaN is NaN (PyTorch: NaN too).
+        ("output: a NaN weight times zero padding is NaN",
+         lambda b: fastconv.conv2d(np.ones((1, 2, 1, 2)), np.concatenate([w_nan, np.ones_like(w_nan)], 1), padding=1,
+                                   backend=b).ravel(),
+         [NAN] * 9, simd),
+    ]
+
+
+def nonfinite_params():
+    for name, call, expected, failing in nonfinite_cases():
+        for isa in ISAS:
+            marks = [pytest.mark.xfail(strict=True, reason=f"C++ {isa} kernels: {name}")] if isa in failing else []
+            yield pytest.param(call, expected, isa, id=f"{name.split(':')[0]}-{isa}", marks=marks)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("call,expected,isa", list(nonfinite_params()))
+def test_nan_reaches_only_what_it_touches(call, expected, isa):
+    np.testing.assert_array_equal(call("numpy"), expected)  # the reference (and PyTorch) agree
+    np.testing.assert_array_equal(with_isa(isa, lambda: call("cpp")), expected)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_and_inf_in_the_input_propagate_to_the_outputs_that_read_them(backend):
+    x = X.copy()
+    x[0, 1, 3, 2], x[1, 2, 0, 0] = NAN, np.inf
+    y = fastconv.conv2d(x, W, B, backend=backend, **KW)
+    want = fastconv.conv2d(x, W, B, backend="numpy", **KW)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(y), np.isinf(want))
+    assert np.isnan(y).any() and np.isinf(y).any() and np.isfinite(y).any()
+    finite = np.isfinite(want)
+    assert_close(y[finite], want[finite], "finite outputs")
 
 
 # -- the C++ core on its own -------------------------------------------------------
