@@ -202,6 +202,16 @@ def test_zero_sizes_other_than_the_batch_are_value_errors(backend, x_shape, w_sh
         fastconv.conv2d_backward(np.zeros((2, 6, 5, 5)), x, w, backend=backend, groups=2 if w_shape[1] else 1)
 
 
+@pytest.mark.parametrize("in_channels", [None, 4])
+@pytest.mark.parametrize("shape", [(6, 0, 3, 2), (0, 2, 3, 2), (6, 2, 0, 2), (6, 2, 3, 0), (0, 0, 0, 0)])
+def test_layer_weights_with_a_zero_dimension(in_channels, shape):
+    # With in_channels unknown, a (6, 0, 3, 2) weight once meant 0 input
+    # channels and a ZeroDivisionError in the bias initialisation.
+    layer = fastconv.Conv2D(6, (3, 2), groups=2, in_channels=in_channels)
+    with pytest.raises(ValueError, match=r"weight must have shape \(6, .*, 3, 2\), got \(" + ", ".join(map(str, shape))):
+        layer.weight = np.zeros(shape)
+
+
 @pytest.mark.parametrize("shape", [(), (3,), (7, 6), (1, 2, 4, 7, 6), (1, 1, 2, 4, 7, 6)])
 def test_wrong_number_of_dimensions(shape):
     with pytest.raises(ValueError, match=f"input must have shape .*got {len(shape)} dimensions"):

@@ -150,7 +150,7 @@ class Conv2D:
     def weight(self, value: ArrayLike) -> None:
         w = as_float_array(value, "weight", self.dtype)
         if self.in_channels is None:
-            if w.ndim != 4 or w.shape[0] != self.filters or w.shape[2:] != self.kernel_size:
+            if w.ndim != 4 or w.shape[0] != self.filters or w.shape[2:] != self.kernel_size or w.shape[1] < 1:
                 raise ValueError(
                     f"weight must have shape ({self.filters}, in_channels // {self.groups}, "
                     f"{self.kernel_size[0]}, {self.kernel_size[1]}), got {w.shape}"
