@@ -163,7 +163,7 @@ def as_float_array(value: Any, name: str, dtype: np.dtype | None = None) -> np.n
         return value  # the common case, checked cheaply: this runs on every call
     if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
         raise ValueError(
-            f"{name} is a masked array with {np.ma.count_masked(value)} masked values: "
+            f"{name} is a masked array with {np.count_nonzero(np.ma.getmaskarray(value))} masked values: "
             "fill them first (e.g. with .filled(0))"
         )
     try:
@@ -250,9 +250,9 @@ def plan_geometry(
     padded_h, padded_w = h + pads_h[0] + pads_h[1], w + pads_w[0] + pads_w[1]
     added = c * (padded_h * padded_w - h * w)
     if added > MAX_PADDING_VALUES and added > 3 * c * h * w:
-        pads = (pads_h[0], pads_h[1], pads_w[0], pads_w[1])
+        amounts = (pads_h[0], pads_h[1], pads_w[0], pads_w[1])
         raise ValueError(
-            f"padding {pads} (top, bottom, left, right) would add {added} values to each {c}x{h}x{w} input "
+            f"padding {amounts} (top, bottom, left, right) would add {added} values to each {c}x{h}x{w} input "
             f"(padded to {c}x{padded_h}x{padded_w}); padding may add at most 3x the input's own values "
             f"or {MAX_PADDING_VALUES} (2**22), whichever is more"
         )
