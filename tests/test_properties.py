@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import ISAS, assert_close, forced_isa
-from hypothesis import given, settings
-from hypothesis import strategies as st
+
+pytest.importorskip("hypothesis")
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 import fastconv
 
