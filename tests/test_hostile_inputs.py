@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 from helpers import ISAS, assert_close, forced_isa
-from hostile import INT_LIKE, LAYOUTS, NOT_FLOAT, NOT_INT, OUT_OF_RANGE, ReprRaises
+from hostile import INT_LIKE, LAYOUTS, NOT_FLOAT, NOT_INT, OUT_OF_RANGE, FloatRaises, ReprRaises
 
 import fastconv
 
@@ -210,6 +210,32 @@ def test_layer_weights_with_a_zero_dimension(in_channels, shape):
     layer = fastconv.Conv2D(6, (3, 2), groups=2, in_channels=in_channels)
     with pytest.raises(ValueError, match=r"weight must have shape \(6, .*, 3, 2\), got \(" + ", ".join(map(str, shape))):
         layer.weight = np.zeros(shape)
+
+
+@pytest.mark.parametrize(
+    "shape,error,message",
+    [
+        ((1, 4, 7.5, 6), TypeError, r"input shape\[2\] must be a non-negative integer, got 7.5"),
+        ((1, 4, "7", 6), TypeError, r"input shape\[2\] must be a non-negative integer, got '7'"),
+        ((1, True, 7, 6), TypeError, r"input shape\[1\] must be a non-negative integer, got True"),
+        ((1, 4, FloatRaises(), 6), TypeError, r"input shape\[2\] must be a non-negative integer"),
+        ((1, 4, 2**70, 6), ValueError, r"input shape\[2\] must be <= 2147483647"),
+        ((1, 4, -7, 6), ValueError, r"input shape\[2\] must be >= 0, got -7"),
+        (7, TypeError, "input shape must be a tuple of ints, got 7"),
+        (None, TypeError, "input shape must be a tuple of ints, got None"),
+        ((1, 4, 7, 6, 1), ValueError, r"input shape must be \(N, C, H, W\) or \(C, H, W\)"),
+    ],
+    ids=str,
+)
+def test_layer_shape_queries_take_integer_shapes(shape, error, message):
+    # output_shape() once truncated 7.5 to 7, read "7" as 7, and let the
+    # RuntimeError of a hostile __int__ out.
+    layer = fastconv.Conv2D(6, (3, 2), **KW)
+    with pytest.raises(error, match=message):
+        layer.output_shape(shape)
+    with pytest.raises(error, match=message):
+        layer.padding_for(shape)
+    assert layer.output_shape([np.int64(1), 4, np.uint8(7), 6]) == (1, *GY.shape[1:])
 
 
 @pytest.mark.parametrize("shape", [(), (3,), (7, 6), (1, 2, 4, 7, 6), (1, 1, 2, 4, 7, 6)])

@@ -97,7 +97,8 @@ def check_data_format(data_format: Any) -> str:
     return "NCHW" if data_format == "NCHW" else "NHWC"
 
 
-def _non_negative_int(value: Any, name: str) -> int:
+def non_negative_int(value: Any, name: str) -> int:
+    """`value` as an int in [0, MAX_INT], or a TypeError/ValueError naming `name`."""
     return _int_at_least(value, name, 0, "non-negative")
 
 
@@ -116,10 +117,10 @@ def check_padding(padding: Any) -> str | Padding4:
             raise ValueError(
                 f"padding must be an int, (h, w) or (top, bottom, left, right), got {len(padding)} values: {shown(padding)}"
             )
-        amounts = tuple(_non_negative_int(v, f"padding {n}") for v, n in zip(padding, names))
+        amounts = tuple(non_negative_int(v, f"padding {n}") for v, n in zip(padding, names))
         return (amounts[0], amounts[0], amounts[1], amounts[1]) if len(amounts) == 2 else amounts  # type: ignore[return-value]
     if isinstance(padding, numbers.Integral) and not isinstance(padding, bool):
-        p = _non_negative_int(padding, "padding")
+        p = non_negative_int(padding, "padding")
         return (p, p, p, p)
     raise TypeError(
         f'padding must be "valid", "same", an int, (h, w) or (top, bottom, left, right), '

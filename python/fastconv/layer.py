@@ -21,8 +21,10 @@ from ._validation import (
     check_padding_mode,
     fan_in,
     int_pair,
+    non_negative_int,
     plan_geometry,
     positive_int,
+    shown,
 )
 from .functional import (
     _batched,
@@ -327,7 +329,9 @@ class Conv2D:
     # -- passes ------------------------------------------------------------------
 
     def _nchw_input_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        shape = tuple(int(d) for d in input_shape)
+        if not isinstance(input_shape, (tuple, list)):
+            raise TypeError(f"input shape must be a tuple of ints, got {shown(input_shape)}")
+        shape = tuple(non_negative_int(d, f"input shape[{i}]") for i, d in enumerate(input_shape))
         if len(shape) not in (3, 4):
             forms = "(N, C, H, W) or (C, H, W)" if self.data_format == "NCHW" else "(N, H, W, C) or (H, W, C)"
             raise ValueError(f"input shape must be {forms}, got {shape}")
