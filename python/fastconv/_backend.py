@@ -6,6 +6,8 @@ import os
 import warnings
 from types import ModuleType
 
+from ._validation import shown
+
 BACKENDS = ("auto", "cpp", "numpy")
 
 core: ModuleType | None
@@ -39,7 +41,7 @@ _warned = False
 
 def check_backend(backend: object) -> str:
     if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise ValueError(f"backend must be one of {BACKENDS}, got {shown(backend)}")
     return backend
 
 

@@ -8,27 +8,65 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import DTypeLike
 
 PADDING_STRINGS = ("valid", "same")
+# Padding may add at most this many values to one image (C x padded H x
+# padded W less C x H x W), or 3x the image's own values where that is more.
+# Both backends materialise padded rows (the NumPy reference the whole padded
+# input, the C++ kernels windows many times larger), so padding of thousands
+# of pixels around a small input, useless in itself, would take gigabytes.
+MAX_PADDING_VALUES = 2**22
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 Pair = tuple[int, int]
 Padding4 = tuple[int, int, int, int]  # top, bottom, left, right
 
 
+# The largest size, stride, dilation, padding amount or count accepted. The
+# kernels index with 64-bit integers, but sizes past 2**31 (or sums of them
+# past 2**63) overflow inside them; no real layer comes near this.
+MAX_INT = 2**31 - 1
+
+
+def shown(value: Any) -> str:
+    """repr(value) for an error message: short, and safe from a repr that raises."""
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _int_at_least(value: Any, name: str, minimum: int, kind: str) -> int:
-    """`value` as an int >= minimum, or a TypeError/ValueError naming `name`."""
-    if type(value) is int and value >= minimum:  # the common case, without the slow ABC check
+    """`value` as an int in [minimum, MAX_INT], or a TypeError/ValueError naming `name`."""
+    if type(value) is int and minimum <= value <= MAX_INT:  # the common case, without the slow ABC check
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a {kind} integer, got {value!r} of type {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+        raise TypeError(f"{name} must be a {kind} integer, got {shown(value)} of type {type(value).__name__}")
+    try:
+        v = operator.index(value)
+    except Exception as exc:  # an Integral whose __index__ fails
+        raise TypeError(f"{name} must be a {kind} integer, got {shown(value)} of type {type(value).__name__}") from exc
+    if v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if v > MAX_INT:
+        raise ValueError(f"{name} must be <= {MAX_INT} (2**31 - 1), got {v}")
+    return v
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """A yes/no argument: True or False (a NumPy bool too), nothing merely truthy,
+    so that an array passed by mistake (a bias for the `bias` flag) is caught."""
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {shown(value)} of type {type(value).__name__}")
 
 
 def positive_int(value: Any, name: str) -> int:
@@ -38,11 +76,11 @@ def positive_int(value: Any, name: str) -> int:
 
 def int_pair(value: Any, name: str) -> Pair:
     """An int or an (h, w) pair of ints >= 1, as a pair."""
-    if type(value) is int and value >= 1:  # the common case first: this runs on every call
+    if type(value) is int and 1 <= value <= MAX_INT:  # the common case first: this runs on every call
         return value, value
     if isinstance(value, (tuple, list)):
         if len(value) != 2:
-            raise ValueError(f"{name} must be an int or an (h, w) pair, got {len(value)} values: {value!r}")
+            raise ValueError(f"{name} must be an int or an (h, w) pair, got {len(value)} values: {shown(value)}")
         return positive_int(value[0], f"{name}[0]"), positive_int(value[1], f"{name}[1]")
     v = positive_int(value, name)
     return v, v
@@ -54,12 +92,13 @@ DATA_FORMATS = ("NCHW", "NHWC")
 
 def check_data_format(data_format: Any) -> str:
     """ "NCHW" (channels first, PyTorch's) or "NHWC" (channels last, Keras')."""
-    if data_format not in DATA_FORMATS:
-        raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
-    return str(data_format)
+    if not isinstance(data_format, str) or data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {shown(data_format)}")
+    return "NCHW" if data_format == "NCHW" else "NHWC"
 
 
-def _non_negative_int(value: Any, name: str) -> int:
+def non_negative_int(value: Any, name: str) -> int:
+    """`value` as an int in [0, MAX_INT], or a TypeError/ValueError naming `name`."""
     return _int_at_least(value, name, 0, "non-negative")
 
 
@@ -70,57 +109,69 @@ def check_padding(padding: Any) -> str | Padding4:
     if isinstance(padding, str):
         mode = padding.lower()
         if mode not in PADDING_STRINGS:
-            raise ValueError(f'padding must be "valid", "same", an int, (h, w) or (top, bottom, left, right), got {padding!r}')
+            raise ValueError(f'padding must be "valid", "same", an int, (h, w) or (top, bottom, left, right), got {shown(padding)}')
         return mode
     if isinstance(padding, (tuple, list)):
         names = {2: ("h", "w"), 4: ("top", "bottom", "left", "right")}.get(len(padding))
         if names is None:
             raise ValueError(
-                f"padding must be an int, (h, w) or (top, bottom, left, right), got {len(padding)} values: {padding!r}"
+                f"padding must be an int, (h, w) or (top, bottom, left, right), got {len(padding)} values: {shown(padding)}"
             )
-        amounts = tuple(_non_negative_int(v, f"padding {n}") for v, n in zip(padding, names))
+        amounts = tuple(non_negative_int(v, f"padding {n}") for v, n in zip(padding, names))
         return (amounts[0], amounts[0], amounts[1], amounts[1]) if len(amounts) == 2 else amounts  # type: ignore[return-value]
     if isinstance(padding, numbers.Integral) and not isinstance(padding, bool):
-        p = _non_negative_int(padding, "padding")
+        p = non_negative_int(padding, "padding")
         return (p, p, p, p)
     raise TypeError(
         f'padding must be "valid", "same", an int, (h, w) or (top, bottom, left, right), '
-        f"got {padding!r} of type {type(padding).__name__}"
+        f"got {shown(padding)} of type {type(padding).__name__}"
     )
 
 
 def check_padding_mode(mode: Any) -> str:
     """How padding is filled, with PyTorch's meaning: "zeros", "reflect", "replicate" or "circular"."""
     if not isinstance(mode, str) or mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {mode!r}")
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {shown(mode)}")
     return mode
 
 
 def check_dtype(dtype: DTypeLike, name: str = "dtype") -> np.dtype:
-    """float32 or float64, or a TypeError that says what was given."""
+    """float32 or float64, or a TypeError that says what was given. None is
+    refused: NumPy reads it as float64, where a layer's default is float32."""
+    if dtype is None:
+        raise TypeError(f"{name} must be float32 or float64, got None")
     try:
         dt = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"{name} must be float32 or float64, got {dtype!r}") from exc
+    except Exception as exc:  # TypeError for most, anything from a hostile object
+        raise TypeError(f"{name} must be float32 or float64, got {shown(dtype)}") from exc
     if dt not in SUPPORTED_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {dt}")
     return dt
 
 
 def as_float_array(value: Any, name: str, dtype: np.dtype | None = None) -> np.ndarray:
-    """`value` as a C-contiguous float array, copied only when it must be.
+    """`value` as a C-contiguous, aligned, native-byte-order float array, copied
+    only when it must be.
 
     Only floating-point input is accepted (integers, booleans, complex numbers,
-    objects and strings are refused). With `dtype` None, float64 stays float64
-    and any other float becomes float32.
+    objects and strings are refused, and so is a masked array with masked
+    values, whose meaning a convolution cannot keep). With `dtype` None,
+    float64 stays float64 and any other float becomes float32.
     """
-    if type(value) is np.ndarray and value.dtype.kind == "f" and value.flags.c_contiguous and (
-        value.dtype == dtype if dtype is not None else value.dtype.itemsize in (4, 8)
+    if type(value) is np.ndarray and value.flags.c_contiguous and value.flags.aligned and (
+        value.dtype == dtype if dtype is not None else value.dtype in SUPPORTED_DTYPES
     ):
         return value  # the common case, checked cheaply: this runs on every call
+    if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
+        raise ValueError(
+            f"{name} is a masked array with {np.count_nonzero(np.ma.getmaskarray(value))} masked values: "
+            "fill them first (e.g. with .filled(0))"
+        )
     try:
         arr = np.asarray(value)
-    except Exception as exc:  # anything that array conversion can raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # anything else that array conversion can raise
         raise TypeError(f"{name} could not be converted to a NumPy array: {exc}") from exc
     if arr.dtype.kind != "f":
         raise TypeError(
@@ -128,7 +179,10 @@ def as_float_array(value: Any, name: str, dtype: np.dtype | None = None) -> np.n
         )
     if dtype is None:
         dtype = np.dtype(np.float64) if arr.dtype.itemsize >= 8 else np.dtype(np.float32)
-    return np.asarray(arr, dtype=dtype, order="C")  # unlike ascontiguousarray, keeps 0-d as 0-d
+    out = np.asarray(arr, dtype=dtype, order="C")  # native byte order; unlike ascontiguousarray, keeps 0-d as 0-d
+    # A view of a buffer at an odd offset is contiguous but unaligned, which
+    # the kernels cannot read: a copy is aligned.
+    return out if out.flags.aligned else out.copy()
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -229,7 +283,17 @@ def _plan_geometry(
     else:  # "valid"
         pads_h = pads_w = (0, 0)
 
-    out = []
+    padded_h, padded_w = h + pads_h[0] + pads_h[1], w + pads_w[0] + pads_w[1]
+    added = c * (padded_h * padded_w - h * w)
+    if added > MAX_PADDING_VALUES and added > 3 * c * h * w:
+        amounts = (pads_h[0], pads_h[1], pads_w[0], pads_w[1])
+        raise ValueError(
+            f"padding {amounts} (top, bottom, left, right) would add {added} values to each {c}x{h}x{w} input "
+            f"(padded to {c}x{padded_h}x{padded_w}); padding may add at most 3x the input's own values "
+            f"or {MAX_PADDING_VALUES} (2**22), whichever is more"
+        )
+
+    out, strides, dilations = [], [], []
     for axis, size, kernel, st, dil, pads in (
         ("height", h, kh, stride_hw[0], dilation_hw[0], pads_h),
         ("width", w, kw, stride_hw[1], dilation_hw[1], pads_w),
@@ -242,10 +306,17 @@ def _plan_geometry(
                 f"the padded input {axis} {padded}"
             )
         out.append((padded - span) // st + 1)
+        # Where it changes no result, the kernels get the smallest stride and
+        # dilation, not a huge one that they would size buffers by: along an
+        # axis with one output the stride multiplies nothing (any stride past
+        # padded - span gives one output), nor does the dilation of a 1-wide
+        # kernel.
+        strides.append(st if out[-1] > 1 else min(st, padded - span + 1))
+        dilations.append(dil if kernel > 1 else 1)
 
     return ConvGeometry(
-        stride=stride_hw,
-        dilation=dilation_hw,
+        stride=(strides[0], strides[1]),
+        dilation=(dilations[0], dilations[1]),
         padding=(pads_h[0], pads_h[1], pads_w[0], pads_w[1]),
         groups=groups,
         out_hw=(out[0], out[1]),

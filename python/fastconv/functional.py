@@ -8,7 +8,14 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _backend, _padding_modes, reference
-from ._validation import ConvGeometry, as_float_array, check_data_format, check_padding_mode, plan_geometry
+from ._validation import (
+    ConvGeometry,
+    as_float_array,
+    check_data_format,
+    check_flag,
+    check_padding_mode,
+    plan_geometry,
+)
 
 
 class ConvGradients(NamedTuple):
@@ -208,6 +215,8 @@ def conv2d_backward(
     skipped, with ``need_input_grad=False``, as for a network's first layer).
     """
     _backend.check_backend(backend)
+    bias = check_flag(bias, "bias")
+    need_input_grad = check_flag(need_input_grad, "need_input_grad")
     padding_mode = check_padding_mode(padding_mode)
     data_format = check_data_format(data_format)
     x4, w, unbatched, geom = _prepare(x, weight, stride, padding, dilation, groups, None, data_format)
@@ -220,7 +229,7 @@ def conv2d_backward(
         raise ValueError(f"grad_output must have the output's shape {shown}, got {grad_y.shape}")
     xk, gk = apply_padding_mode(x4, geom, padding_mode)
     grad_y4 = to_nchw(grad_y.reshape(expected), data_format)
-    grads = backward_checked(grad_y4, xk, w, gk, bool(bias), backend, bool(need_input_grad))
+    grads = backward_checked(grad_y4, xk, w, gk, bias, backend, need_input_grad)
     grads = fold_padding_mode(grads, geom, padding_mode, (x4.shape[2], x4.shape[3]))
     if grads.input is not None:
         grad_x = from_nchw(grads.input, data_format)

@@ -16,12 +16,15 @@ from ._validation import (
     as_float_array,
     check_data_format,
     check_dtype,
+    check_flag,
     check_padding,
     check_padding_mode,
     fan_in,
     int_pair,
+    non_negative_int,
     plan_geometry,
     positive_int,
+    shown,
 )
 from .functional import (
     _batched,
@@ -108,7 +111,7 @@ class Conv2D:
             raise ValueError(f"groups={self.groups} must divide filters={self.filters}")
         self.dtype = check_dtype(dtype)
         self.backend = _backend.check_backend(backend)
-        self.use_bias = bool(bias)
+        self.use_bias = check_flag(bias, "bias")
         self._rng = np.random.default_rng(seed)
         self.in_channels: int | None = None
         self._weight: np.ndarray | None = None
@@ -149,7 +152,7 @@ class Conv2D:
     def weight(self, value: ArrayLike) -> None:
         w = as_float_array(value, "weight", self.dtype)
         if self.in_channels is None:
-            if w.ndim != 4 or w.shape[0] != self.filters or w.shape[2:] != self.kernel_size:
+            if w.ndim != 4 or w.shape[0] != self.filters or w.shape[2:] != self.kernel_size or w.shape[1] < 1:
                 raise ValueError(
                     f"weight must have shape ({self.filters}, in_channels // {self.groups}, "
                     f"{self.kernel_size[0]}, {self.kernel_size[1]}), got {w.shape}"
@@ -326,7 +329,9 @@ class Conv2D:
     # -- passes ------------------------------------------------------------------
 
     def _nchw_input_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        shape = tuple(int(d) for d in input_shape)
+        if not isinstance(input_shape, (tuple, list)):
+            raise TypeError(f"input shape must be a tuple of ints, got {shown(input_shape)}")
+        shape = tuple(non_negative_int(d, f"input shape[{i}]") for i, d in enumerate(input_shape))
         if len(shape) not in (3, 4):
             forms = "(N, C, H, W) or (C, H, W)" if self.data_format == "NCHW" else "(N, H, W, C) or (H, W, C)"
             raise ValueError(f"input shape must be {forms}, got {shape}")
@@ -385,6 +390,7 @@ class Conv2D:
         ``need_input_grad=False`` skips dL/dX and its cost (a first layer has
         no use for it); ``grad_input`` is then None.
         """
+        need_input_grad = check_flag(need_input_grad, "need_input_grad")
         if self._saved is None or self._weight is None:
             raise RuntimeError("backward() needs a forward() first: there is no saved input")
         x_used, geom_used, geom, in_hw, unbatched = self._saved
@@ -398,7 +404,7 @@ class Conv2D:
             )
         grads = backward_checked(
             to_nchw(grad_y.reshape(expected), self.data_format), x_used, self._weight, geom_used,
-            self._bias is not None, self.backend, bool(need_input_grad),
+            self._bias is not None, self.backend, need_input_grad,
         )
         grads = fold_padding_mode(grads, geom, self.padding_mode, in_hw)
         self.grad_weight = grads.weight
