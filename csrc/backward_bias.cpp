@@ -2,6 +2,7 @@
 // in double (also for float32) in a fixed order, per filter in one task, with
 // eight independent partial sums so that the adds are not latency-bound.
 #include "kernels.h"
+#include "parallel.h"
 
 namespace fastconv {
 

@@ -8,6 +8,7 @@
 
 #include "generic.h"
 #include "im2col.h"
+#include "parallel.h"
 
 namespace fastconv::generic {
 
@@ -30,15 +31,17 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
     const int64_t cols = tile_columns(rows, p.w);
     const int64_t tasks = p.n * p.groups * p.h;
 
+    PerThread<T> tile_mem(rows * cols);
+    PerThread<T> sums_mem(cg * p.w);  // the task's input row, every channel of the group
     parallel_region(worth_parallel(conv_flops(p)), [&] {
-        std::vector<T> tile(static_cast<size_t>(rows * cols));
-        std::vector<T> sums(static_cast<size_t>(cg * p.w));  // the task's input row, every channel of the group
+        T* const tile = tile_mem.get();
+        T* const sums = sums_mem.get();
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t ih = t % p.h;
             const int64_t g = (t / p.h) % p.groups;
             const int64_t n = t / (p.h * p.groups);
-            std::fill(sums.begin(), sums.end(), T(0));
+            std::fill(sums, sums + cg * p.w, T(0));
 
             for (int64_t kr = 0; kr < p.r; ++kr) {
                 // Output row oh reaches input row ih through kernel row kr iff
@@ -55,7 +58,7 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
                     for (int64_t kk = 0; kk < kg; ++kk) {
                         const T* gy_row = grad_y + n * p.ys.n + (g * kg + kk) * p.ys.c + oh * p.ys.h;
                         for (int64_t ks = 0; ks < p.s; ++ks) {
-                            T* dst = tile.data() + (kk * p.s + ks) * m;
+                            T* dst = tile + (kk * p.s + ks) * m;
                             std::fill(dst, dst + m, T(0));
                             const int64_t start = ks * p.dil_w - p.pad_left - iw0;
                             int64_t lo, hi;
@@ -64,11 +67,11 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
                         }
                     }
                     for (int64_t c = 0; c < cg; ++c) {
-                        T* out = sums.data() + c * p.w + iw0;
+                        T* out = sums + c * p.w + iw0;
                         const T* wc = w_row + c * rows;
                         for (int64_t j = 0; j < rows; ++j) {
                             const T wv = wc[j];
-                            const T* tj = tile.data() + j * m;
+                            const T* tj = tile + j * m;
                             for (int64_t i = 0; i < m; ++i) out[i] += wv * tj[i];
                         }
                     }

@@ -6,6 +6,7 @@
 
 #include "generic.h"
 #include "im2col.h"
+#include "parallel.h"
 
 namespace fastconv::generic {
 
@@ -18,9 +19,10 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
     const int64_t tasks = p.groups * blocks_per_group;
     const int64_t cols = tile_columns(taps, p.out_w);
 
+    PerThread<T> col_mem(taps * cols), col_t_mem(taps * cols);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
-        std::vector<T> col(static_cast<size_t>(taps * cols));
-        std::vector<T> col_t(static_cast<size_t>(taps * cols));
+        T* const col = col_mem.get();
+        T* const col_t = col_t_mem.get();
 #pragma omp for schedule(dynamic)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t g = t / blocks_per_group;
@@ -32,7 +34,7 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
                 for (int64_t oh = 0; oh < p.out_h; ++oh) {
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += cols) {
                         const int64_t m = std::min(cols, p.out_w - ow0);
-                        im2col_row(p, x_group, cg, oh, ow0, m, col.data());
+                        im2col_row(p, x_group, cg, oh, ow0, m, col);
                         // col_t[i][j]: one output pixel's taps contiguous.
                         for (int64_t j = 0; j < taps; ++j)
                             for (int64_t i = 0; i < m; ++i) col_t[i * taps + j] = col[j * m + i];
@@ -41,7 +43,7 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
                             T* gw = grad_weight + k * taps;
                             for (int64_t i = 0; i < m; ++i) {
                                 const T a = gy[i * p.ys.w];
-                                const T* ci = col_t.data() + i * taps;
+                                const T* ci = col_t + i * taps;
                                 for (int64_t j = 0; j < taps; ++j) gw[j] += a * ci[j];
                             }
                         }

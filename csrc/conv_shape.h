@@ -10,10 +10,6 @@
 #include <stdexcept>
 #include <string>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace fastconv {
 
 // Element strides of a 4-D tensor seen as (N, C, H, W): dense NCHW, or NHWC
@@ -70,6 +66,12 @@ struct ConvShape {
         if (groups < 1 || c % groups != 0 || k % groups != 0) fail("groups do not divide channels");
         if (stride_h < 1 || stride_w < 1 || dil_h < 1 || dil_w < 1) fail("stride/dilation < 1");
         if (pad_top < 0 || pad_bottom < 0 || pad_left < 0 || pad_right < 0) fail("negative padding");
+        // Python refuses these too; here they keep every sum of sizes, and
+        // the 32-bit tap numbers, far from overflowing.
+        constexpr int64_t kMax = (int64_t(1) << 31) - 1;
+        for (int64_t v : {n, c, h, w, k, r, s, stride_h, stride_w, dil_h, dil_w, pad_top, pad_bottom, pad_left, pad_right})
+            if (v > kMax) fail("a size, stride, dilation or padding above 2**31 - 1");
+        if (c_per_group() * r * s > kMax) fail("more than 2**31 - 1 weights per filter");
         if (out_h != out_size(h, pad_top, pad_bottom, r, dil_h, stride_h) ||
             out_w != out_size(w, pad_left, pad_right, s, dil_w, stride_w))
             fail("output size does not match the geometry");
@@ -80,37 +82,6 @@ struct ConvShape {
 inline double conv_flops(const ConvShape& p) {
     return 2.0 * static_cast<double>(p.n) * static_cast<double>(p.k) * static_cast<double>(p.c_per_group()) *
            static_cast<double>(p.r * p.s) * static_cast<double>(p.out_h * p.out_w);
-}
-
-// Whether `flops` of work is worth an OpenMP team. Below about a million,
-// starting and joining the threads costs more than they save (and on a busy
-// machine one unscheduled team member stalls the rest), so the call runs on
-// the calling thread. Results do not change: every output is computed by one
-// task in a fixed order either way.
-inline bool worth_parallel(double flops) { return flops >= double(1 << 20); }
-
-// Runs body() on an OpenMP team when `parallel`, else directly on the calling
-// thread, where its `omp for` loops run whole. (A region with a false `if`
-// clause still builds a team of one, and libgomp's closing barrier makes a
-// futex syscall: more than a tiny convolution costs.) A caller that is itself
-// in an OpenMP team gets a team of one, so its team never splits our loops.
-template <class Body>
-void parallel_region(bool parallel, Body&& body) {
-#ifdef _OPENMP
-    if (parallel) {
-#pragma omp parallel
-        body();
-        return;
-    }
-    if (omp_in_parallel()) {
-#pragma omp parallel num_threads(1)
-        body();
-        return;
-    }
-#else
-    (void)parallel;
-#endif
-    body();
 }
 
 // The half-open range [lo, hi) of i in [0, count) for which

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "implicit_gemm.h"
+#include "parallel.h"
 
 namespace fastconv::FASTCONV_ISA {
 
@@ -52,8 +53,8 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
     const int64_t kg = p.k_per_group(), taps = p.r * p.s, tasks = p.n * p.groups;
     const PaddedPlane pp(p, x);
     const int64_t width = row_width<T>(p);
+    PerThread<T> xp(pp.rows * pp.cols + kCopySlack<T>), row_out(4 * width);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
-        Scratch<T> xp(pp.rows * pp.cols + kCopySlack<T>), row_out(4 * width);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t n = t / p.groups, g = t % p.groups;
@@ -131,8 +132,8 @@ template <class T>
 void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
     const int64_t kg = p.k_per_group(), taps = p.r * p.s, tasks = p.n * p.groups;
     const PaddedPlane pp(p, grad_x);
+    PerThread<T> dxp(pp.rows * pp.cols);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
-        Scratch<T> dxp(pp.rows * pp.cols);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t n = t / p.groups, g = t % p.groups;
@@ -187,14 +188,27 @@ void plane_dots(const ConvShape& p, const PaddedPlane& pp, const T* gyp, int64_t
     V acc[NT][NV];
     for (int t = 0; t < NT; ++t)
         for (int v = 0; v < NV; ++v) acc[t][v] = V{};
+    // Columns past out_w multiply grad_y's zeros by input values, which must
+    // be zeros too: a NaN or Inf there would leak into the sum.
+    const int64_t whole = p.out_w / (NV * L) * (NV * L);
+    V lane{};
+    for (int l = 0; l < L; ++l) lane[l] = static_cast<T>(l);
     for (int64_t oh = 0; oh < p.out_h; ++oh) {
         const T* d = gyp + oh * width;
         const T* x_row = xp + oh * p.stride_h * pp.cols;
         for (int64_t ow = 0; ow < width; ow += NV * L) {
             V dv[NV];
             for (int v = 0; v < NV; ++v) dv[v] = load<V>(d + ow + v * L);
-            for (int t = 0; t < NT; ++t)
-                for (int v = 0; v < NV; ++v) acc[t][v] += dv[v] * load<V>(x_row + off[t] + ow + v * L);
+            if (ow < whole) {
+                for (int t = 0; t < NT; ++t)
+                    for (int v = 0; v < NV; ++v) acc[t][v] += dv[v] * load<V>(x_row + off[t] + ow + v * L);
+            } else {
+                for (int t = 0; t < NT; ++t)
+                    for (int v = 0; v < NV; ++v) {
+                        const V xv = load<V>(x_row + off[t] + ow + v * L);
+                        acc[t][v] += dv[v] * (lane < static_cast<T>(p.out_w - ow - v * L) ? xv : V{});
+                    }
+            }
         }
     }
     for (int t = 0; t < NT; ++t) {
@@ -226,9 +240,9 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     const int64_t kg = p.k_per_group(), taps = p.r * p.s;
     const PaddedPlane pp(p, x);
     const int64_t width = row_width<T>(p);
+    // grad_y plane with each row zero-extended to `width` columns.
+    PerThread<T> xp(pp.rows * pp.cols + kCopySlack<T>), gyp(p.out_h * width + kCopySlack<T>);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
-        // grad_y plane with each row zero-extended to `width` columns.
-        Scratch<T> xp(pp.rows * pp.cols + kCopySlack<T>), gyp(p.out_h * width + kCopySlack<T>);
 #pragma omp for schedule(static)
         for (int64_t g = 0; g < p.groups; ++g) {
             std::fill(grad_weight + g * kg * taps, grad_weight + (g + 1) * kg * taps, T(0));

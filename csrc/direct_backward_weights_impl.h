@@ -16,20 +16,10 @@
 
 #include "implicit_gemm.h"
 #include "input_window.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "parallel.h"
 
 namespace fastconv::FASTCONV_ISA {
 
-inline int64_t max_threads() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
 
 // acc[jj][f] += sum over `rows` output rows of `width` pixels of
 // x[tap jj at (row, ow)] * gyt[row * width + ow][f]; tap jj of row r, pixel
@@ -110,19 +100,30 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
     const int64_t tasks = p.groups * kranges * jranges;
     const int64_t max_rows = std::max<int64_t>(1, std::min<int64_t>(p.out_h, 8));  // InputWindow's most
 
+    // The channels each range of taps reads, and their windows.
+    std::vector<ConvShape> shapes;
+    std::vector<InputWindow> windows;
+    int64_t window_size = 1;
+    for (int64_t jr = 0; jr < jranges; ++jr) {
+        const int64_t j0 = jr * jper, jn = std::min(jper, ntaps - j0);
+        ConvShape q = p;
+        q.c = ((j0 + jn + rs - 1) / rs - j0 / rs) * p.groups;
+        shapes.push_back(q);
+        windows.emplace_back(q);
+        window_size = std::max(window_size, windows.back().size());
+    }
+
+    PerThread<T> gyt(kper * max_rows * p.out_w * F), acc(jper * kper * F), window(window_size);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
-        Scratch<T> gyt(kper * max_rows * p.out_w * F), acc(jper * kper * F);
         const T* src[NJ];
 #pragma omp for schedule(dynamic)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t jr = t % jranges, kr = (t / jranges) % kranges, g = t / (jranges * kranges);
             const int64_t j0 = jr * jper, jn = std::min(jper, ntaps - j0);
             const int64_t kb0 = kr * kper, kbn = std::min(kper, kblocks - kb0);  // filter blocks kb0 + kb, kb < kbn
-            const int64_t c0 = j0 / rs, c1 = (j0 + jn + rs - 1) / rs;  // the channels these taps read
-            ConvShape q = p;
-            q.c = (c1 - c0) * p.groups;
-            const InputWindow win(q);
-            Scratch<T> window(win.size());
+            const int64_t c0 = j0 / rs;  // the first channel these taps read
+            const ConvShape& q = shapes[static_cast<size_t>(jr)];
+            const InputWindow& win = windows[static_cast<size_t>(jr)];
             const int64_t first = j0 - c0 * rs;  // this task's first tap in the window's tap order
             const int64_t row_step = p.stride_h * win.cols;  // window elements between output rows
             const int64_t block = win.out_rows * p.out_w * F;  // one filter block of transposed grad_y

@@ -17,6 +17,7 @@
 
 #include "implicit_gemm.h"
 #include "input_window.h"
+#include "parallel.h"
 
 namespace fastconv::FASTCONV_ISA {
 
@@ -100,9 +101,9 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const DirectMicro<T> tail =
         DirectKernels<T, NK>::for_pixels(static_cast<int>(p.out_w - (pixel_blocks - 1) * block));
 
+    PerThread<T> window(win.size());
+    PerThread<T> result(NP * F);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
-        Scratch<T> window(win.size());
-        Scratch<T> result(NP * F);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);

@@ -6,13 +6,16 @@
 #include "generic.h"
 #include "isa.h"
 #include "kernels.h"
+#include "nonfinite_weights.h"
 #include "simd_kernels.h"
 
 namespace fastconv {
 
 namespace {
 std::atomic<int> g_isa{static_cast<int>(best_isa())};
-}
+
+int64_t weight_count(const ConvShape& p) { return p.k * p.c_per_group() * p.r * p.s; }
+}  // namespace
 
 Isa active_isa() { return static_cast<Isa>(g_isa.load(std::memory_order_relaxed)); }
 
@@ -24,6 +27,7 @@ void set_active_isa(Isa isa) {
 
 template <class T>
 void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
+    if (!all_finite(weight, weight_count(p))) return nonfinite_forward(p, x, weight, bias, y);
     switch (active_isa()) {
         case Isa::avx512: return avx512::conv_forward(p, x, weight, bias, y);
         case Isa::avx2: return avx2::conv_forward(p, x, weight, bias, y);
@@ -33,6 +37,7 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
 
 template <class T>
 void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
+    if (!all_finite(weight, weight_count(p))) return nonfinite_backward_data(p, grad_y, weight, grad_x);
     switch (active_isa()) {
         case Isa::avx512: return avx512::conv_backward_data(p, grad_y, weight, grad_x);
         case Isa::avx2: return avx2::conv_backward_data(p, grad_y, weight, grad_x);

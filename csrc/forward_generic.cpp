@@ -6,6 +6,7 @@
 
 #include "generic.h"
 #include "im2col.h"
+#include "parallel.h"
 
 namespace fastconv::generic {
 
@@ -16,8 +17,10 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
     const int64_t cols = tile_columns(taps, p.out_w);
     const int64_t tasks = p.n * p.groups * p.out_h;
 
+    PerThread<T> col_mem(taps * cols), sums_mem(cols);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
-        std::vector<T> col(static_cast<size_t>(taps * cols)), sums(static_cast<size_t>(cols));
+        T* const col = col_mem.get();
+        T* const sums = sums_mem.get();
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t oh = t % p.out_h;
@@ -26,16 +29,16 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
             const T* x_group = x + n * p.xs.n + g * cg * p.xs.c;
             for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += cols) {
                 const int64_t m = std::min(cols, p.out_w - ow0);
-                im2col_row(p, x_group, cg, oh, ow0, m, col.data());
+                im2col_row(p, x_group, cg, oh, ow0, m, col);
                 for (int64_t kk = 0; kk < kg; ++kk) {
                     const int64_t k = g * kg + kk;
                     T* out = y + n * p.ys.n + k * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
                     const T* wk = weight + k * taps;
-                    T* acc = sums.data();
+                    T* acc = sums;
                     std::fill(acc, acc + m, T(0));
                     for (int64_t j = 0; j < taps; ++j) {
                         const T wv = wk[j];
-                        const T* cj = col.data() + j * m;
+                        const T* cj = col + j * m;
                         for (int64_t i = 0; i < m; ++i) acc[i] += wv * cj[i];
                     }
                     const T b = bias ? bias[k] : T(0);

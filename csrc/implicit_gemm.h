@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "conv_shape.h"
+#include "parallel.h"
 
 #if FASTCONV_VECTOR_BYTES == 64
 #include <immintrin.h>
@@ -61,21 +62,6 @@ template <class V, class T>
 inline void store(T* p, const V& v) {
     std::memcpy(p, &v, sizeof(V));
 }
-
-// 64-byte aligned scratch memory, one per thread.
-template <class T>
-struct Scratch {
-    struct Free {
-        void operator()(T* p) const { std::free(p); }
-    };
-    std::unique_ptr<T, Free> data;
-    explicit Scratch(int64_t count) {
-        const size_t bytes = ((static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T) + 63) / 64) * 64;
-        data.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
-        if (!data) throw std::bad_alloc();
-    }
-    T* get() const { return data.get(); }
-};
 
 // One reduction index j: where its source value sits relative to a pixel.
 struct Tap {
@@ -276,9 +262,9 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
         all_taps[static_cast<size_t>(j)] = static_cast<int32_t>(j);
     }
 
+    PerThread<T> panel(ntaps * W + kCopySlack<T>);
+    PerThread<T> result(mr * W);
     parallel_region(worth_parallel(2.0 * static_cast<double>(groups * m_per_group * ntaps) * static_cast<double>(pixels)), [&] {
-        Scratch<T> panel(ntaps * W + kCopySlack<T>);
-        Scratch<T> result(mr * W);
         Segment segs[W];
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {

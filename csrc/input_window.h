@@ -42,7 +42,7 @@ struct InputWindow {
                         c * channel_stride + kr * p.dil_h * cols + ks * p.dil_w;
     }
 
-    // Scratch elements a thread needs for its window.
+    // Workspace elements a thread needs for its window.
     int64_t size() const { return in_place ? 1 : channels * rows * cols; }
 
     // The window of output rows oh0... of the group whose first channel is

@@ -14,6 +14,7 @@
 #include "direct_forward_impl.h"
 #include "implicit_gemm.h"
 #include "input_window.h"
+#include "parallel.h"
 
 namespace fastconv::FASTCONV_ISA {
 
@@ -69,8 +70,8 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
             for (int64_t j = 0; j < ntaps; ++j) a_packed[static_cast<size_t>((g * ntaps + j) * kg + i)] = weight_of(g, i, j);
     const int64_t tasks = p.n * p.groups * row_blocks;
 
+    PerThread<T> window(win.size()), result(mr * W);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
-        Scratch<T> window(win.size()), result(mr * W);
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);

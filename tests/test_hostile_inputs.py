@@ -340,7 +340,7 @@ def test_the_largest_stride_and_dilation_work(backend):
 )
 def test_huge_padding_is_refused_before_any_allocation(backend, kwargs):
     # Millions of pixels of padding would take gigabytes in both backends
-    # (and crash the C++ kernels: see the xfail tests below).
+    # (and once crashed the C++ kernels: see the core tests below).
     with pytest.raises(ValueError, match=r"padding \(.*\) \(top, bottom, left, right\) would add \d+ values"):
         fastconv.conv2d(X, W, groups=2, backend=backend, **kwargs)
     with pytest.raises(ValueError, match="would add"):
@@ -445,9 +445,9 @@ def test_numpy_booleans_are_booleans():
 
 # -- NaN and Inf ---------------------------------------------------------------------
 #
-# They propagate as in the reference and PyTorch (IEEE arithmetic on the
-# zero-padded input), with three exceptions in the C++ kernels, each the
-# smallest case found, recorded per instruction set as a strict xfail.
+# They propagate as in the reference and PyTorch. Each case is the smallest
+# found where the C++ kernels once differed (tests/test_special_values.py
+# compares with PyTorch on whole layers).
 
 NAN = float("nan")
 
@@ -458,32 +458,30 @@ def with_isa(isa, f):
 
 
 def nonfinite_cases():
-    """(name, call, expected, ISAs where the C++ result differs)."""
+    """(name, call, expected)."""
     x_nan = np.array([[[[1.0, NAN, 1.0]]]])
     w_nan = np.array([[[[1.0, NAN]]]])
-    simd = {"avx512", "avx2"}
     return [
         # dL/dw[q] sums g * x over the pixels tap q reads: x's NaN is read by tap 1 only.
         ("dL/dw: a NaN in x reaches only the taps that read it",
          lambda b: fastconv.conv2d_backward(np.ones((1, 1, 1, 1)), x_nan, np.ones((1, 1, 1, 3)), backend=b).weight,
-         [[[[1.0, NAN, 1.0]]]], simd),
+         [[[[1.0, NAN, 1.0]]]]),
         # dL/dx[0] = g[0] * w[0]: pixel 0 is read by tap 0 only (PyTorch: 1 too).
         ("dL/dx: a NaN weight reaches only the pixels its tap reads",
          lambda b: fastconv.conv2d_backward(np.ones((1, 1, 1, 3)), np.ones((1, 1, 1, 4)), w_nan, backend=b).input,
-         [[[[1.0, NAN, NAN, NAN]]]], {"avx512", "avx2", "generic"}),
+         [[[[1.0, NAN, NAN, NAN]]]]),
         # Output rows 0 and 2 read only padding: 0 * NaN is NaN (PyTorch: NaN too).
         ("output: a NaN weight times zero padding is NaN",
          lambda b: fastconv.conv2d(np.ones((1, 2, 1, 2)), np.concatenate([w_nan, np.ones_like(w_nan)], 1), padding=1,
                                    backend=b).ravel(),
-         [NAN] * 9, simd),
+         [NAN] * 9),
     ]
 
 
 def nonfinite_params():
-    for name, call, expected, failing in nonfinite_cases():
+    for name, call, expected in nonfinite_cases():
         for isa in ISAS:
-            marks = [pytest.mark.xfail(strict=True, reason=f"C++ {isa} kernels: {name}")] if isa in failing else []
-            yield pytest.param(call, expected, isa, id=f"{name.split(':')[0]}-{isa}", marks=marks)
+            yield pytest.param(call, expected, isa, id=f"{name.split(':')[0]}-{isa}")
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -510,9 +508,9 @@ def test_nan_and_inf_in_the_input_propagate_to_the_outputs_that_read_them(backen
 # -- the C++ core on its own -------------------------------------------------------
 #
 # The public API refuses these geometries (MAX_INT, the padding limit) or
-# normalises them (the stride of a single output), but
-# fastconv._core, called directly with them, crashes the process. Each runs
-# in a subprocess so that a crash fails one test, not the whole run.
+# normalises them (the stride of a single output); fastconv._core, called
+# directly with them, once crashed the process, and must refuse them too. Each
+# runs in a subprocess so that a crash fails one test, not the whole run.
 
 
 def run_core(body: str) -> subprocess.CompletedProcess:
@@ -555,7 +553,6 @@ CORE_CRASHES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="C++ core crashes (SIGSEGV/SIGABRT) on geometries the Python layer refuses or normalises")
 @pytest.mark.parametrize("body", CORE_CRASHES.values(), ids=CORE_CRASHES.keys())
 def test_core_refuses_impossible_geometry_instead_of_crashing(body):
     result = run_core(body)

@@ -1,0 +1,82 @@
+// Weights holding NaN or Inf. The fast kernels skip products that are zero
+// for finite weights (taps that read only padding; in dL/dx, grad_y's zero
+// border): with a NaN weight those products are NaN, and skipping them or
+// not decides which outputs become NaN. These kernels follow PyTorch: the
+// forward multiplies the zero padding (0 * NaN = NaN, as an im2col GEMM
+// does), and dL/dx adds only products of existing grad_y values (as col2im
+// does). Rare and slow, so plain loops.
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "generic.h"
+#include "nonfinite_weights.h"
+#include "parallel.h"
+
+namespace fastconv {
+
+template <class T>
+bool all_finite(const T* a, int64_t count) {
+    // Exponent bits all ones is NaN or Inf. Integer ops: baseline SSE2 vectorises them.
+    using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+    constexpr U exponent = sizeof(T) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+    U bad = 0;
+    for (int64_t i = 0; i < count; ++i) {
+        U bits;
+        std::memcpy(&bits, a + i, sizeof(T));
+        bad |= static_cast<U>((bits & exponent) == exponent);
+    }
+    return bad == 0;
+}
+
+template <class T>
+void nonfinite_forward(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
+    generic::conv_forward(p, x, weight, bias, y);  // im2col rows hold the padding's zeros
+}
+
+// dL/dx[n, c, ih, iw] = sum over filters k of its group, and over output pixels
+// (oh, ow) and taps (kr, ks) with oh*sh - pt + kr*dh == ih and ow*sw - pl + ks*dw == iw,
+// of weight[k, c, kr, ks] * grad_y[n, k, oh, ow]. Each task owns one (n, group):
+// a fixed order, whatever the thread count.
+template <class T>
+void nonfinite_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
+    const int64_t cg = p.c_per_group(), kg = p.k_per_group();
+    parallel_region(worth_parallel(conv_flops(p)), [&] {
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < p.n * p.groups; ++t) {
+            const int64_t n = t / p.groups, g = t % p.groups;
+            T* dx = grad_x + n * p.xs.n + g * cg * p.xs.c;
+            for (int64_t c = 0; c < cg; ++c)
+                for (int64_t ih = 0; ih < p.h; ++ih)
+                    for (int64_t iw = 0; iw < p.w; ++iw) dx[c * p.xs.c + ih * p.xs.h + iw * p.xs.w] = T(0);
+            for (int64_t kk = 0; kk < kg; ++kk) {
+                const int64_t k = g * kg + kk;
+                for (int64_t oh = 0; oh < p.out_h; ++oh)
+                    for (int64_t ow = 0; ow < p.out_w; ++ow) {
+                        const T gy = grad_y[n * p.ys.n + k * p.ys.c + oh * p.ys.h + ow * p.ys.w];
+                        for (int64_t c = 0; c < cg; ++c)
+                            for (int64_t kr = 0; kr < p.r; ++kr) {
+                                const int64_t ih = oh * p.stride_h - p.pad_top + kr * p.dil_h;
+                                if (ih < 0 || ih >= p.h) continue;
+                                for (int64_t ks = 0; ks < p.s; ++ks) {
+                                    const int64_t iw = ow * p.stride_w - p.pad_left + ks * p.dil_w;
+                                    if (iw < 0 || iw >= p.w) continue;
+                                    dx[c * p.xs.c + ih * p.xs.h + iw * p.xs.w] +=
+                                        weight[((k * cg + c) * p.r + kr) * p.s + ks] * gy;
+                                }
+                            }
+                    }
+            }
+        }
+    });
+}
+
+#define FASTCONV_INSTANTIATE(T)                                                                   \
+    template bool all_finite<T>(const T*, int64_t);                                               \
+    template void nonfinite_forward<T>(const ConvShape&, const T*, const T*, const T*, T*);      \
+    template void nonfinite_backward_data<T>(const ConvShape&, const T*, const T*, T*);
+FASTCONV_INSTANTIATE(float)
+FASTCONV_INSTANTIATE(double)
+#undef FASTCONV_INSTANTIATE
+
+}  // namespace fastconv

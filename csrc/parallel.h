@@ -1,0 +1,132 @@
+// How the kernels run in parallel: the OpenMP region, per-thread workspace
+// allocated before it, and the floating-point mode every thread computes in.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <new>
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <xmmintrin.h>
+#define FASTCONV_HAS_MXCSR 1
+#endif
+
+namespace fastconv {
+
+inline int64_t max_threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+// Bytes of RAM in the machine (no limit where the system cannot tell).
+inline size_t physical_memory() {
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && page > 0) return static_cast<size_t>(pages) * static_cast<size_t>(page);
+#endif
+    return static_cast<size_t>(-1);
+}
+
+inline int64_t thread_num() {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+// Flush-to-zero and denormals-are-zero while it lives, then the thread's own
+// mode back: denormal operands cost some CPUs a hundred cycles each, and a
+// convolution of tiny values would crawl. The caller's state is untouched.
+class FlushDenormals {
+  public:
+    FlushDenormals() {
+#ifdef FASTCONV_HAS_MXCSR
+        saved_ = _mm_getcsr();
+        _mm_setcsr(saved_ | 0x8040u);  // FTZ (bit 15) | DAZ (bit 6)
+#endif
+    }
+    ~FlushDenormals() {
+#ifdef FASTCONV_HAS_MXCSR
+        _mm_setcsr(saved_);
+#endif
+    }
+    FlushDenormals(const FlushDenormals&) = delete;
+    FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+  private:
+    unsigned saved_ = 0;
+};
+
+// Whether `flops` of work is worth an OpenMP team. Below about a million,
+// starting and joining the threads costs more than they save (and on a busy
+// machine one unscheduled team member stalls the rest), so the call runs on
+// the calling thread. Results do not change: every output is computed by one
+// task in a fixed order either way.
+inline bool worth_parallel(double flops) { return flops >= double(1 << 20); }
+
+// Runs body() on an OpenMP team when `parallel`, else directly on the calling
+// thread, where its `omp for` loops run whole. (A region with a false `if`
+// clause still builds a team of one, and libgomp's closing barrier makes a
+// futex syscall: more than a tiny convolution costs.) A caller that is itself
+// in an OpenMP team gets a team of one, so its team never splits our loops.
+// body() must not throw: workspace comes from PerThread, allocated before.
+template <class Body>
+void parallel_region(bool parallel, Body&& body) {
+#ifdef _OPENMP
+    if (parallel || omp_in_parallel()) {
+#pragma omp parallel num_threads(parallel ? omp_get_max_threads() : 1)
+        {
+            const FlushDenormals flush;  // each team thread has its own mode
+            body();
+        }
+        return;
+    }
+#else
+    (void)parallel;
+#endif
+    const FlushDenormals flush;
+    body();
+}
+
+// `count` elements of workspace for each thread of a parallel_region,
+// 64-byte aligned, allocated up front by the calling thread: an allocation
+// that fails throws there (a MemoryError in Python), never inside the region,
+// where an exception would end the process. get() is the calling thread's.
+template <class T>
+class PerThread {
+  public:
+    explicit PerThread(int64_t count)
+        : per_(((std::max<int64_t>(count, 1) * static_cast<int64_t>(sizeof(T)) + 63) / 64) * 64 /
+               static_cast<int64_t>(sizeof(T))) {
+        const auto threads = static_cast<size_t>(max_threads());
+        const size_t bytes = threads * static_cast<size_t>(per_) * sizeof(T);
+        // More than the machine's memory would only be overcommitted, then
+        // kill the process when touched: refuse it now.
+        if (bytes / threads / sizeof(T) != static_cast<size_t>(per_) || bytes > physical_memory()) throw std::bad_alloc();
+        data_.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+        if (!data_) throw std::bad_alloc();
+    }
+    T* get() const { return data_.get() + thread_num() * per_; }
+
+  private:
+    struct Free {
+        void operator()(T* p) const { std::free(p); }
+    };
+    int64_t per_;
+    std::unique_ptr<T, Free> data_;
+};
+
+}  // namespace fastconv

@@ -1,0 +1,104 @@
+"""NaN, Inf and denormals: PyTorch as the referee for where non-finite values
+go, and the flush-to-zero mode that keeps denormals from slowing the kernels."""
+
+import time
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import _backend
+from helpers import ISAS, forced_isa, torch_conv
+
+torch = pytest.importorskip("torch")
+
+NAN, INF = float("nan"), float("inf")
+
+# (x shape, weight shape, stride, padding, dilation, groups)
+GEOMETRIES = [
+    ((2, 3, 7, 7), (4, 3, 3, 3), 1, "same", 1, 1),
+    ((2, 4, 8, 7), (6, 2, 3, 2), 2, "same", 1, 2),
+    ((1, 4, 9, 9), (4, 1, 3, 3), 1, (1, 2, 0, 1), 2, 4),  # depthwise, asymmetric padding
+    ((2, 1, 6, 6), (3, 1, 3, 3), 1, "valid", 1, 1),  # one input channel: the plane kernels
+    ((2, 5, 5, 5), (3, 5, 1, 1), 1, 1, 1, 1),  # 1x1 with padding
+]
+
+
+def plant(a, rng, values):
+    a = a.copy()
+    flat = a.reshape(-1)
+    for v in values:
+        flat[rng.integers(flat.size)] = v
+    return a
+
+
+def masks(arrays):
+    return [(np.isnan(a), np.isposinf(a), np.isneginf(a)) for a in arrays]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("where", ["input", "weight", "grad_output"])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+def test_nan_and_inf_reach_exactly_the_values_pytorchs_reach(geometry, where, isa):
+    xs, ws, stride, padding, dilation, groups = geometry
+    rng = np.random.default_rng(hash((where, xs)) % 2**32)
+    x, w, b = rng.standard_normal(xs), rng.standard_normal(ws), rng.standard_normal(ws[0])
+    y_shape = fastconv.conv2d(x, w, b, stride, padding, dilation, groups).shape
+    gy = rng.standard_normal(y_shape)
+    planted = [NAN, INF, -INF]
+    if where == "input":
+        x = plant(x, rng, planted)
+    elif where == "weight":
+        w = plant(w, rng, planted)
+    else:
+        gy = plant(gy, rng, planted)
+    geom = fastconv._validation.plan_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    want = torch_conv(x, w, b, gy, geom.stride, geom.padding, geom.dilation, groups)
+    with forced_isa(isa):
+        y = fastconv.conv2d(x, w, b, stride, padding, dilation, groups, backend="cpp")
+        grads = fastconv.conv2d_backward(gy, x, w, stride, padding, dilation, groups, backend="cpp")
+    got = (y, grads.input, grads.weight, grads.bias)
+    for name, g, t in zip(("output", "dL/dx", "dL/dw", "dL/db"), masks(got), masks(want)):
+        for kind, a, e in zip(("NaN", "+Inf", "-Inf"), g, t):
+            np.testing.assert_array_equal(a, e, err_msg=f"{name}: {kind} placement differs from PyTorch")
+    assert not all(np.isfinite(a).all() for a in got), "nothing non-finite reached the results"
+
+
+def test_denormal_inputs_run_at_full_speed_and_the_callers_mode_is_restored():
+    # Denormal operands cost some CPUs ~100 cycles each; the kernels flush them
+    # to zero during the call (FTZ/DAZ) and give the caller its own mode back.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 32, 24, 24)).astype(np.float32)
+    w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    tiny = np.float32(1e-39)  # below float32's smallest normal, 1.2e-38
+    assert 0 < tiny < np.finfo(np.float32).tiny
+
+    def best(xv, wv):
+        fastconv.conv2d(xv, wv, padding="same")
+        times = []
+        for _ in range(7):
+            t = time.perf_counter()
+            fastconv.conv2d(xv, wv, padding="same")
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    with fastconv.threads(1):
+        normal = best(x, w)
+        denormal = best(x * tiny, w * np.float32(0.5))
+    assert denormal < 2 * normal, f"denormal input: {denormal * 1e3:.2f} ms vs {normal * 1e3:.2f} ms"
+
+    # Flushed inside the kernels only: NumPy, after the call, still makes denormals.
+    fastconv.conv2d(x * tiny, w, padding="same")
+    assert np.float32(1e-38) * np.float32(0.01) != 0, "the caller's floating-point mode was not restored"
+
+
+def test_denormal_products_are_flushed_to_zero_in_every_kernel_path():
+    # 1e-20 * 1e-20 = 1e-40 is a float32 denormal: flushed, the output is exactly 0.
+    x = np.full((1, 2, 5, 5), 1e-20, np.float32)
+    w = np.full((3, 2, 3, 3), 1e-20, np.float32)
+    for isa in ISAS:
+        with forced_isa(isa):
+            y = fastconv.conv2d(x, w, padding="same", backend="cpp")
+        assert np.all(y == 0), f"{isa}: denormal products were not flushed"
+    assert np.all(fastconv.conv2d(x, w, padding="same", backend="numpy") > 0)  # NumPy keeps them
