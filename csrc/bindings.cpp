@@ -13,6 +13,9 @@
 #include "isa.h"
 #include "kernels.h"
 #include "peak_flops.h"
+#ifdef FASTCONV_SANITIZER_CANARY
+#include "sanitizer_canary.h"
+#endif
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -283,4 +286,8 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("float64") = false, py::arg("iterations") = 20000000,
         "measured single-thread FMA peak in GFLOP/s with the best instruction set");
+#ifdef FASTCONV_SANITIZER_CANARY
+    m.def("_canary", &fastconv::sanitizer_canary, py::arg("kind"),
+          "a deliberate 'address' or 'undefined' bug (sanitizer CI build only)");
+#endif
 }
