@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _backend, _padding_modes, reference
+from . import _backend, _memory, _padding_modes, reference
 from ._validation import (
     ConvGeometry,
     as_float_array,
@@ -97,13 +97,29 @@ def fold_padding_mode(grads: ConvGradients, geom: ConvGeometry, padding_mode: st
     return grads._replace(input=_padding_modes.fold_gradient(grads.input, geom.padding, padding_mode, *in_hw))
 
 
+def _working_memory(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, numpy_backend: bool, results: int) -> int:
+    """Bytes a pass needs besides its inputs: its `results` elements, and the
+    NumPy reference's padded input and result-sized temporaries, or the C++
+    kernels' workspace."""
+    itemsize = x.dtype.itemsize
+    if numpy_backend:
+        top, bottom, left, right = geom.padding
+        padded = x.shape[0] * x.shape[1] * (x.shape[2] + top + bottom) * (x.shape[3] + left + right)
+        return (3 * results + 2 * padded) * itemsize
+    core = _backend.core
+    threads = core.max_threads() if core is not None else 1
+    return results * itemsize + _memory.workspace_bytes(itemsize, w.size, threads)
+
+
 def forward_checked(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry, backend: str, channels_last: bool = False
 ) -> np.ndarray:
     """The forward pass on checked (N, C, H, W) arrays or views; the result an
     (N, K, Ho, Wo) view of channels-last storage with `channels_last`."""
     n, k = x.shape[0], w.shape[0]
-    if _backend.resolve(backend) == "numpy":
+    numpy_backend = _backend.resolve(backend) == "numpy"
+    _memory.check_fits(_working_memory(x, w, geom, numpy_backend, n * k * geom.out_hw[0] * geom.out_hw[1]), "this forward")
+    if numpy_backend:
         return reference.conv2d(x, w, b, geom.stride, geom.padding, geom.dilation, geom.groups)
     core = _backend.core
     assert core is not None  # resolve() said "cpp"
@@ -127,7 +143,10 @@ def backward_checked(
     """The backward pass on checked, contiguous arrays (grad_y of the output's shape)."""
     kernel = (w.shape[2], w.shape[3])
     args = (geom.stride, geom.padding, geom.dilation, geom.groups)
-    if _backend.resolve(backend) == "numpy":
+    numpy_backend = _backend.resolve(backend) == "numpy"
+    results = (x.size if need_input_grad else 0) + w.size + w.shape[0]
+    _memory.check_fits(_working_memory(x, w, geom, numpy_backend, results), "this backward")
+    if numpy_backend:
         return ConvGradients(
             reference.conv2d_grad_input(grad_y, w, x.shape[2:], *args) if need_input_grad else None,
             reference.conv2d_grad_weight(grad_y, x, kernel, *args),
