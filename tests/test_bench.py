@@ -49,6 +49,10 @@ def test_bench_checks_then_reports(tmp_path, capsys, monkeypatch, with_torch):
         assert fastconv["samples"] == 1
         assert {"median_ms", "spread_pct", "gflops", "pct_peak", "peak_rss_extra_mib"} <= fastconv.keys()
 
+    libraries = {"fastconv", "torch"} if with_torch else {"fastconv"}
+    assert set(report["fixed_cost_us"]) == libraries and "fixed cost per call" in out
+    assert all(0 < us < 1e5 for costs in report["fixed_cost_us"].values() for us in costs.values())
+
     if not with_torch:
         assert report["versions"]["torch"] is None and not report["geomean"]
         assert all(r["speedup_vs_torch"] is None for r in results)

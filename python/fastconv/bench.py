@@ -621,6 +621,31 @@ def time_all(cfg: Config, torch: Any, peak: dict[str, float], progress: Progress
     return records
 
 
+# The smallest call: what a call costs besides its arithmetic.
+FIXED_COST_SHAPE = Shape("fixed_cost", 1, 1, 3, 3, 1, 3, 1, "valid")
+
+
+def time_fixed_cost(torch: Any, cfg: Config) -> dict[str, dict[str, float]]:
+    """Median microseconds of forward and backward (dL/dX + dL/dF + dL/db) on
+    FIXED_COST_SHAPE, float32, one thread, for each library but the reference."""
+    case = make_case(FIXED_COST_SHAPE, "float32")
+    libs = {"fastconv": fastconv_passes(case)}
+    if torch is not None:
+        libs["torch"] = torch_passes(case, torch)
+    with thread_limit(1, torch):
+        return {
+            lib: {p: time_call(fns[p], cfg)["median_ms"] * 1e3 for p in ("forward", "backward")}
+            for lib, fns in libs.items()
+        }
+
+
+def format_fixed_cost(costs: dict[str, dict[str, float]]) -> str:
+    s = FIXED_COST_SHAPE
+    parts = [f"{lib} forward {c['forward']:.1f} us, backward {c['backward']:.1f} us" for lib, c in costs.items()]
+    return (f"\nfixed cost per call ({s.n}x{s.c}x{s.h}x{s.w} input, {s.k} filter of {s.kernel}x{s.kernel}, float32,"
+            f" 1 thread, median): " + "; ".join(parts))
+
+
 def make_record(
     shape: Shape, dtype: str, threads: int, pass_name: str, timings: dict[str, dict[str, Any]], peak: float
 ) -> dict[str, Any]:
@@ -846,6 +871,7 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
             report["agreement"] = check_all(cfg, torch, progress)
             ok = all(r["ok"] for r in report["agreement"])
             report["results"] = time_all(cfg, torch, peak, progress) if ok else []
+            report["fixed_cost_us"] = time_fixed_cost(torch, cfg) if ok else None
         finally:
             progress.close()
     report["geomean"] = geomean_speedups(report["results"])
@@ -861,6 +887,7 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
     print(f"fastconv {__version__} vs PyTorch {report['versions']['torch'] or '(not installed)'} vs NumPy reference"
           f" on {report['cpu_model']}; outputs agree ({len(report['agreement'])} comparisons)")
     print(format_tables(report["results"], report["geomean"], report["isa"]))
+    print(format_fixed_cost(report["fixed_cost_us"]))
     if args.plot:
         print(write_plot(report["results"], args.plot))
     busy = report["other_processes_cpu_pct"]
