@@ -70,6 +70,15 @@ class Conv2D:
         Seed for the default initialisation (PyTorch's: uniform in
         +-1/sqrt(fan_in) for weights and bias).
 
+    Notes
+    -----
+    A layer is not safe to share between threads: ``forward`` keeps its input
+    on the layer for the next ``backward`` (which stores ``grad_weight`` and
+    ``grad_bias`` there too), so a ``forward`` on another thread in between
+    makes ``backward`` use that thread's input. Use one layer per thread, or
+    the stateless ``conv2d`` and ``conv2d_backward``, which may share weights.
+    Calls on different threads do run at once: the C++ core releases the GIL.
+
     Examples
     --------
     >>> import numpy as np, fastconv
