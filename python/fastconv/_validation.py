@@ -234,8 +234,9 @@ def plan_geometry(
     convolution of a tiny input."""
     plain = _plain(stride) and _plain(padding) and _plain(dilation) and _plain(groups)
     key = (x_shape, w_shape, stride, padding, dilation, groups)
-    if plain and key in _geometry_cache:
-        return _geometry_cache[key]
+    cached = _geometry_cache.get(key) if plain else None  # one lookup: safe if another thread clears it
+    if cached is not None:
+        return cached
     geom = _plan_geometry(x_shape, w_shape, stride, padding, dilation, groups)
     if plain:
         if len(_geometry_cache) >= _GEOMETRY_CACHE_SIZE:
