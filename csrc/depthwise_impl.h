@@ -33,17 +33,42 @@ struct PaddedPlane {
           cols(std::max(p.w + p.pad_left, (row_width<T>(p) - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1)) {}
 };
 
+// Whether a[0, count) holds no NaN or Inf: x - x is 0 for every finite x, NaN
+// otherwise, and a NaN stays in the sum.
+template <class T>
+bool plane_finite(const T* a, int64_t count) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>;
+    V acc{};
+    int64_t i = 0;
+    for (; i + L <= count; i += L) {
+        const V v = load<V>(a + i);
+        acc += v - v;
+    }
+    T sum = 0;
+    for (; i < count; ++i) sum += a[i] - a[i];
+    for (int l = 0; l < L; ++l) sum += acc[l];
+    return sum == 0;
+}
+
 template <class T>
 void pad_plane(const ConvShape& p, const PaddedPlane& pp, const T* plane, T* out) {
-    std::fill(out, out + pp.rows * pp.cols, T(0));
+    // Zeros only where no input lands: the rows above and below, and each
+    // row's margins (written before its values, which copy_run's spill of
+    // zeros past a row may then reach but never overwrite).
+    std::fill(out, out + p.pad_top * pp.cols, T(0));
     for (int64_t ih = 0; ih < p.h; ++ih) {
-        T* dst = out + (ih + p.pad_top) * pp.cols + p.pad_left;
+        T* row = out + (ih + p.pad_top) * pp.cols;
+        T* dst = row + p.pad_left;
+        std::fill(row, dst, T(0));
+        std::fill(dst + p.w, row + pp.cols, T(0));
         if (p.xs.w == 1) {
             copy_run(dst, plane + ih * p.xs.h, p.w);  // spills zeros into padding
         } else {
             for (int64_t iw = 0; iw < p.w; ++iw) dst[iw] = plane[ih * p.xs.h + iw * p.xs.w];
         }
     }
+    std::fill(out + (p.pad_top + p.h) * pp.cols, out + pp.rows * pp.cols, T(0));
 }
 
 template <class T>
@@ -53,12 +78,14 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
     const int64_t kg = p.k_per_group(), taps = p.r * p.s, tasks = p.n * p.groups;
     const PaddedPlane pp(p, x);
     const int64_t width = row_width<T>(p);
-    PerThread<T> xp(pp.rows * pp.cols + kCopySlack<T>), row_out(4 * width);
+    PerThread<T> xp_mem(pp.rows * pp.cols + kCopySlack<T>), row_out_mem(4 * width);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
+        T* const xp = xp_mem.get();
+        T* const row_out = row_out_mem.get();
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t n = t / p.groups, g = t % p.groups;
-            pad_plane(p, pp, x + n * p.xs.n + g * p.xs.c, xp.get());
+            pad_plane(p, pp, x + n * p.xs.n + g * p.xs.c, xp);
             for (int64_t kk = 0; kk < kg; ++kk) {
                 const int64_t k = g * kg + kk;
                 const T* w = weight + k * taps;
@@ -76,24 +103,24 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
                             for (int64_t kr = 0; kr < p.r; ++kr)
                                 for (int64_t ks = 0; ks < p.s; ++ks) {
                                     const T wv = w[kr * p.s + ks];
-                                    const T* src = xp.get() + (oh * p.stride_h + kr * p.dil_h) * pp.cols + ks * p.dil_w + ow;
+                                    const T* src = xp + (oh * p.stride_h + kr * p.dil_h) * pp.cols + ks * p.dil_w + ow;
                                     for (int rb = 0; rb < RB; ++rb)
                                         for (int v = 0; v < NV; ++v)
                                             acc[rb][v] += wv * load<V>(src + rb * p.stride_h * pp.cols + v * L);
                                 }
                             for (int rb = 0; rb < RB; ++rb)
-                                for (int v = 0; v < NV; ++v) store(row_out.get() + rb * width + ow + v * L, acc[rb][v]);
+                                for (int v = 0; v < NV; ++v) store(row_out + rb * width + ow + v * L, acc[rb][v]);
                         }
                         for (int rb = 0; rb < RB; ++rb) {
                             T* dst = out + (oh + rb) * p.ys.h;
-                            const T* o = row_out.get() + rb * width;
+                            const T* o = row_out + rb * width;
                             for (int64_t i = 0; i < p.out_w; ++i) dst[i * p.ys.w] = o[i];
                         }
                     }
                 }
                 for (; oh < p.out_h; ++oh) {
-                    const T* rows = xp.get() + oh * p.stride_h * pp.cols;
-                    T* o = row_out.get();
+                    const T* rows = xp + oh * p.stride_h * pp.cols;
+                    T* o = row_out;
                     if (p.stride_w == 1) {
                         for (int64_t ow = 0; ow < width; ow += NV * L) {
                             V acc[NV];
@@ -132,12 +159,13 @@ template <class T>
 void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
     const int64_t kg = p.k_per_group(), taps = p.r * p.s, tasks = p.n * p.groups;
     const PaddedPlane pp(p, grad_x);
-    PerThread<T> dxp(pp.rows * pp.cols);
+    PerThread<T> dxp_mem(pp.rows * pp.cols);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
+        T* const dxp = dxp_mem.get();
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t n = t / p.groups, g = t % p.groups;
-            std::fill(dxp.get(), dxp.get() + pp.rows * pp.cols, T(0));
+            std::fill(dxp, dxp + pp.rows * pp.cols, T(0));
             for (int64_t kk = 0; kk < kg; ++kk) {
                 const int64_t k = g * kg + kk;
                 const T* w = weight + k * taps;
@@ -146,7 +174,7 @@ void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T
                     const T* src = gy + oh * p.ys.h;
                     const int64_t sy = p.ys.w;
                     for (int64_t kr = 0; kr < p.r; ++kr) {
-                        T* row = dxp.get() + (oh * p.stride_h + kr * p.dil_h) * pp.cols;
+                        T* row = dxp + (oh * p.stride_h + kr * p.dil_h) * pp.cols;
                         for (int64_t ks = 0; ks < p.s; ++ks) {
                             const T wv = w[kr * p.s + ks];
                             T* d = row + ks * p.dil_w;
@@ -161,7 +189,7 @@ void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T
             }
             T* dx = grad_x + n * p.xs.n + g * p.xs.c;
             for (int64_t ih = 0; ih < p.h; ++ih) {
-                const T* src = dxp.get() + (ih + p.pad_top) * pp.cols + p.pad_left;
+                const T* src = dxp + (ih + p.pad_top) * pp.cols + p.pad_left;
                 T* dst = dx + ih * p.xs.h;
                 for (int64_t i = 0; i < p.w; ++i) dst[i * p.xs.w] = src[i];
             }
@@ -188,27 +216,14 @@ void plane_dots(const ConvShape& p, const PaddedPlane& pp, const T* gyp, int64_t
     V acc[NT][NV];
     for (int t = 0; t < NT; ++t)
         for (int v = 0; v < NV; ++v) acc[t][v] = V{};
-    // Columns past out_w multiply grad_y's zeros by input values, which must
-    // be zeros too: a NaN or Inf there would leak into the sum.
-    const int64_t whole = p.out_w / (NV * L) * (NV * L);
-    V lane{};
-    for (int l = 0; l < L; ++l) lane[l] = static_cast<T>(l);
     for (int64_t oh = 0; oh < p.out_h; ++oh) {
         const T* d = gyp + oh * width;
         const T* x_row = xp + oh * p.stride_h * pp.cols;
         for (int64_t ow = 0; ow < width; ow += NV * L) {
             V dv[NV];
             for (int v = 0; v < NV; ++v) dv[v] = load<V>(d + ow + v * L);
-            if (ow < whole) {
-                for (int t = 0; t < NT; ++t)
-                    for (int v = 0; v < NV; ++v) acc[t][v] += dv[v] * load<V>(x_row + off[t] + ow + v * L);
-            } else {
-                for (int t = 0; t < NT; ++t)
-                    for (int v = 0; v < NV; ++v) {
-                        const V xv = load<V>(x_row + off[t] + ow + v * L);
-                        acc[t][v] += dv[v] * (lane < static_cast<T>(p.out_w - ow - v * L) ? xv : V{});
-                    }
-            }
+            for (int t = 0; t < NT; ++t)
+                for (int v = 0; v < NV; ++v) acc[t][v] += dv[v] * load<V>(x_row + off[t] + ow + v * L);
         }
     }
     for (int t = 0; t < NT; ++t) {
@@ -241,18 +256,24 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     const PaddedPlane pp(p, x);
     const int64_t width = row_width<T>(p);
     // grad_y plane with each row zero-extended to `width` columns.
-    PerThread<T> xp(pp.rows * pp.cols + kCopySlack<T>), gyp(p.out_h * width + kCopySlack<T>);
+    PerThread<T> xp_mem(pp.rows * pp.cols + kCopySlack<T>), gyp_mem(p.out_h * width + kCopySlack<T>);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
+        T* const xp = xp_mem.get();
+        T* const gyp = gyp_mem.get();
 #pragma omp for schedule(static)
         for (int64_t g = 0; g < p.groups; ++g) {
             std::fill(grad_weight + g * kg * taps, grad_weight + (g + 1) * kg * taps, T(0));
             for (int64_t n = 0; n < p.n; ++n) {
-                pad_plane(p, pp, x + n * p.xs.n + g * p.xs.c, xp.get());
+                pad_plane(p, pp, x + n * p.xs.n + g * p.xs.c, xp);
+                // plane_dots computes whole blocks of columns, multiplying
+                // grad_y's zero extension by input values: only where those
+                // are finite (a NaN there would leak into the sums).
+                const bool dots = p.stride_w == 1 && plane_finite(xp, pp.rows * pp.cols);
                 for (int64_t kk = 0; kk < kg; ++kk) {
                     const int64_t k = g * kg + kk;
                     const T* gy = grad_y + n * p.ys.n + k * p.ys.c;
                     for (int64_t oh = 0; oh < p.out_h; ++oh) {
-                        T* dst = gyp.get() + oh * width;
+                        T* dst = gyp + oh * width;
                         if (p.ys.w == 1) {
                             copy_run(dst, gy + oh * p.ys.h, p.out_w);  // any spill is zeroed just below
                         } else {
@@ -260,18 +281,18 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                         }
                         std::fill(dst + p.out_w, dst + width, T(0));
                     }
-                    if (p.stride_w == 1) {
+                    if (dots) {
                         for (int64_t t0 = 0; t0 < taps; t0 += kTapGroup)
                             plane_dots_for<T>(static_cast<int>(std::min<int64_t>(kTapGroup, taps - t0)))(
-                                p, pp, gyp.get(), width, xp.get(), t0, grad_weight + k * taps + t0);
+                                p, pp, gyp, width, xp, t0, grad_weight + k * taps + t0);
                         continue;
                     }
                     for (int64_t kr = 0; kr < p.r; ++kr)
                         for (int64_t ks = 0; ks < p.s; ++ks) {
                             T total = 0;
                             for (int64_t oh = 0; oh < p.out_h; ++oh) {
-                                const T* d = gyp.get() + oh * width;
-                                const T* src = xp.get() + (oh * p.stride_h + kr * p.dil_h) * pp.cols + ks * p.dil_w;
+                                const T* d = gyp + oh * width;
+                                const T* src = xp + (oh * p.stride_h + kr * p.dil_h) * pp.cols + ks * p.dil_w;
                                 for (int64_t ow = 0; ow < p.out_w; ++ow) total += d[ow] * src[ow * p.stride_w];
                             }
                             grad_weight[k * taps + kr * p.s + ks] += total;

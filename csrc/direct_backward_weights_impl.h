@@ -113,8 +113,11 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
         window_size = std::max(window_size, windows.back().size());
     }
 
-    PerThread<T> gyt(kper * max_rows * p.out_w * F), acc(jper * kper * F), window(window_size);
+    PerThread<T> gyt_mem(kper * max_rows * p.out_w * F), acc_mem(jper * kper * F), window_mem(window_size);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
+        T* const gyt = gyt_mem.get();
+        T* const acc = acc_mem.get();
+        T* const window = window_mem.get();
         const T* src[NJ];
 #pragma omp for schedule(dynamic)
         for (int64_t t = 0; t < tasks; ++t) {
@@ -127,16 +130,16 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
             const int64_t first = j0 - c0 * rs;  // this task's first tap in the window's tap order
             const int64_t row_step = p.stride_h * win.cols;  // window elements between output rows
             const int64_t block = win.out_rows * p.out_w * F;  // one filter block of transposed grad_y
-            std::fill(acc.get(), acc.get() + kbn * jn * F, T(0));
+            std::fill(acc, acc + kbn * jn * F, T(0));
             for (int64_t n = 0; n < p.n; ++n) {
                 const T* xc = x + n * p.xs.n + (g * cg + c0) * p.xs.c;
                 for (int64_t oh0 = 0; oh0 < p.out_h; oh0 += win.out_rows) {
                     const int64_t oh1 = std::min(p.out_h, oh0 + win.out_rows);
-                    const T* base = win.prepare(q, xc, oh0, window.get());
+                    const T* base = win.prepare(q, xc, oh0, window);
                     // gyt[kb][(oh - oh0) * out_w + ow][f] = grad_y[n, g*kg + kb*F + f, oh, ow], 0 past the group's filters.
                     const int64_t pix = (oh1 - oh0) * p.out_w;
                     for (int64_t kb = 0; kb < kbn; ++kb) {
-                        T* dst = gyt.get() + kb * block;
+                        T* dst = gyt + kb * block;
                         for (int64_t f = 0; f < F; ++f) {
                             const int64_t m = (kb0 + kb) * F + f;  // filter of the group
                             if (m < kg) {
@@ -158,11 +161,11 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                             const DirectBwMicro<T> micro =
                                 pick_direct_bw<T, NK>(static_cast<int>(nj), std::make_integer_sequence<int, NJ>{});
                             for (int64_t jj = 0; jj < nj; ++jj) src[jj] = base + win.offset[static_cast<size_t>(first + j + jj)];
-                            T* acc_j = acc.get() + (kb * jn + j) * F;
+                            T* acc_j = acc + (kb * jn + j) * F;
                             if (row_step == p.out_w) {  // rows follow each other in the window: one long row
-                                micro(src, 1, 0, gyt.get() + kb * block, 1, pix, acc_j);
+                                micro(src, 1, 0, gyt + kb * block, 1, pix, acc_j);
                             } else {
-                                micro(src, p.stride_w, row_step, gyt.get() + kb * block, oh1 - oh0, p.out_w, acc_j);
+                                micro(src, p.stride_w, row_step, gyt + kb * block, oh1 - oh0, p.out_w, acc_j);
                             }
                         }
                     }
@@ -171,7 +174,7 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
             for (int64_t kb = 0; kb < kbn; ++kb)
                 for (int64_t f = 0; f < std::min<int64_t>(F, kg - (kb0 + kb) * F); ++f)
                     for (int64_t j = 0; j < jn; ++j)
-                        grad_weight[(g * kg + (kb0 + kb) * F + f) * ntaps + j0 + j] = acc.get()[(kb * jn + j) * F + f];
+                        grad_weight[(g * kg + (kb0 + kb) * F + f) * ntaps + j0 + j] = acc[(kb * jn + j) * F + f];
         }
     });
 }

@@ -101,14 +101,16 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const DirectMicro<T> tail =
         DirectKernels<T, NK>::for_pixels(static_cast<int>(p.out_w - (pixel_blocks - 1) * block));
 
-    PerThread<T> window(win.size());
-    PerThread<T> result(NP * F);
+    PerThread<T> window_mem(win.size());
+    PerThread<T> result_mem(NP * F);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
+        T* const window = window_mem.get();
+        T* const result = result_mem.get();
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);
             const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
-            const T* base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window.get());
+            const T* base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window);
             // Filter blocks outermost: one block's weights stay in cache for all the rows.
             for (int64_t kb = 0; kb < kblocks; ++kb) {
                 const T* wb = w_packed.data() + (g * kblocks + kb) * ntaps * F;
@@ -118,14 +120,14 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += block) {
                         const int64_t np = std::min<int64_t>(block, p.out_w - ow0);
                         (np == block ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(),
-                                                    live.row(oh), live.size(oh), result.get());
+                                                    live.row(oh), live.size(oh), result);
                         for (int64_t f = 0; f < nk; ++f) {
                             T* out = y + n * p.ys.n + (k0 + f) * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
                             const T b = bias ? bias[k0 + f] : T(0);
                             if (p.ys.w == 1) {
-                                for (int64_t i = 0; i < np; ++i) out[i] = result.get()[i * F + f] + b;
+                                for (int64_t i = 0; i < np; ++i) out[i] = result[i * F + f] + b;
                             } else {
-                                for (int64_t i = 0; i < np; ++i) out[i * p.ys.w] = result.get()[i * F + f] + b;
+                                for (int64_t i = 0; i < np; ++i) out[i * p.ys.w] = result[i * F + f] + b;
                             }
                         }
                     }

@@ -262,9 +262,11 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
         all_taps[static_cast<size_t>(j)] = static_cast<int32_t>(j);
     }
 
-    PerThread<T> panel(ntaps * W + kCopySlack<T>);
-    PerThread<T> result(mr * W);
+    PerThread<T> panel_mem(ntaps * W + kCopySlack<T>);
+    PerThread<T> result_mem(mr * W);
     parallel_region(worth_parallel(2.0 * static_cast<double>(groups * m_per_group * ntaps) * static_cast<double>(pixels)), [&] {
+        T* const panel = panel_mem.get();
+        T* const result = result_mem.get();
         Segment segs[W];
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
@@ -272,13 +274,13 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
             const int64_t q0 = (t % tiles) * W;
             const int64_t filled = std::min<int64_t>(W, pixels - q0);
             const int nsegs = split_segments(grid, q0, filled, segs);
-            const T* b_tile = panel.get();
+            const T* b_tile = panel;
             const int64_t* b_rows = packed_rows.data();
             if (in_place && filled == W && q0 % per_image + W <= per_image) {
                 b_tile = src + g * src_group_stride + (q0 / per_image) * grid.batch_stride + q0 % per_image;
                 b_rows = plane_rows.data();
             } else {
-                pack_panel(src + g * src_group_stride, grid, taps.data(), ntaps, segs, nsegs, filled, W, panel.get());
+                pack_panel(src + g * src_group_stride, grid, taps.data(), ntaps, segs, nsegs, filled, W, panel);
             }
             // A full tile whose outputs are one dense run (one image, rows
             // adjacent in the destination) is written there directly.
@@ -295,9 +297,9 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
                                                      direct + m0 * out.channel_stride, out.channel_stride, init);
                     continue;
                 }
-                (blk + 1 < blocks ? full : tail)(b_tile, b_rows, all_taps.data(), ntaps, a, result.get(), W, init);
+                (blk + 1 < blocks ? full : tail)(b_tile, b_rows, all_taps.data(), ntaps, a, result, W, init);
                 for (int64_t i = 0; i < rows; ++i) {
-                    const T* res = result.get() + i * W;
+                    const T* res = result + i * W;
                     T* base = dst + g * dst_group_stride + (m0 + i) * out.channel_stride;
                     for (int si = 0; si < nsegs; ++si) {
                         const Segment& s = segs[si];

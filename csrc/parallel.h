@@ -104,7 +104,8 @@ void parallel_region(bool parallel, Body&& body) {
 // `count` elements of workspace for each thread of a parallel_region,
 // 64-byte aligned, allocated up front by the calling thread: an allocation
 // that fails throws there (a MemoryError in Python), never inside the region,
-// where an exception would end the process. get() is the calling thread's.
+// where an exception would end the process. get() is the calling thread's
+// part: it asks OpenMP which thread this is, so a region looks it up once.
 template <class T>
 class PerThread {
   public:

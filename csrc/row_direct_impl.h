@@ -116,13 +116,15 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
             for (int64_t j = 0; j < ntaps; ++j) a_packed[static_cast<size_t>((g * ntaps + j) * kg + i)] = weight_of(g, i, j);
     const int64_t tasks = p.n * p.groups * row_blocks;
 
-    PerThread<T> window(win.size()), result(std::max(mr, kRowsPerCall) * W);
+    PerThread<T> window_mem(win.size()), result_mem(std::max(mr, kRowsPerCall) * W);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
+        T* const window = window_mem.get();
+        T* const result = result_mem.get();
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);
             const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
-            const T* base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window.get());
+            const T* base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window);
             const T* a = a_packed.data() + g * ntaps * kg;
             if (kg == 1) {  // rows of output per call, every tap (those in the padding read the window's zeros)
                 const int64_t row_step = p.stride_h * win.cols;
@@ -132,11 +134,11 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += W) {
                         const int64_t np = std::min<int64_t>(W, p.out_w - ow0);
                         rows_call(base + (oh - oh0) * row_step + ow0, row_step, win.offset.data(), ntaps, a,
-                                  result.get());
+                                  result);
                         const T b = bias ? bias[g] : T(0);
                         for (int r = 0; r < rows; ++r) {
                             T* out = y + n * p.ys.n + g * p.ys.c + (oh + r) * p.ys.h + ow0 * p.ys.w;
-                            const T* res = result.get() + r * W;
+                            const T* res = result + r * W;
                             for (int64_t k = 0; k < np; ++k) out[k * p.ys.w] = res[k] + b;
                         }
                     }
@@ -147,11 +149,11 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
                 const T* row = base + (oh - oh0) * p.stride_h * win.cols;
                 for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += W) {
                     const int64_t np = std::min<int64_t>(W, p.out_w - ow0);
-                    micro(row + ow0, win.offset.data(), live.row(oh), live.size(oh), a, result.get(), W, nullptr);
+                    micro(row + ow0, win.offset.data(), live.row(oh), live.size(oh), a, result, W, nullptr);
                     for (int64_t i = 0; i < kg; ++i) {
                         T* out = y + n * p.ys.n + (g * kg + i) * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
                         const T b = bias ? bias[g * kg + i] : T(0);
-                        const T* r = result.get() + i * W;
+                        const T* r = result + i * W;
                         if (p.ys.w == 1) {
                             for (int64_t k = 0; k < np; ++k) out[k] = r[k] + b;
                         } else {

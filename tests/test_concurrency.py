@@ -243,7 +243,9 @@ def test_the_ticker_stops_during_a_call_that_holds_the_gil():
     # range runs in C without ever letting the ticker in.
     ticks, elapsed = ticks_during(lambda: sum(range(20_000_000)))
     assert elapsed > 0.05
-    assert ticks <= 2, f"{ticks} ticks in {elapsed:.3f} s while the GIL was held"
+    # A tick or two can land at the call's edges (more of them under a
+    # sanitizer, where the call takes seconds): at most 1% of the possible.
+    assert ticks <= max(2, 0.01 * elapsed / TICK_S), f"{ticks} ticks in {elapsed:.3f} s while the GIL was held"
 
 
 # -- one layer shared between threads ------------------------------------------
