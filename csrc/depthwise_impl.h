@@ -53,22 +53,15 @@ bool plane_finite(const T* a, int64_t count) {
 
 template <class T>
 void pad_plane(const ConvShape& p, const PaddedPlane& pp, const T* plane, T* out) {
-    // Zeros only where no input lands: the rows above and below, and each
-    // row's margins (written before its values, which copy_run's spill of
-    // zeros past a row may then reach but never overwrite).
-    std::fill(out, out + p.pad_top * pp.cols, T(0));
+    std::fill(out, out + pp.rows * pp.cols, T(0));
     for (int64_t ih = 0; ih < p.h; ++ih) {
-        T* row = out + (ih + p.pad_top) * pp.cols;
-        T* dst = row + p.pad_left;
-        std::fill(row, dst, T(0));
-        std::fill(dst + p.w, row + pp.cols, T(0));
+        T* dst = out + (ih + p.pad_top) * pp.cols + p.pad_left;
         if (p.xs.w == 1) {
             copy_run(dst, plane + ih * p.xs.h, p.w);  // spills zeros into padding
         } else {
             for (int64_t iw = 0; iw < p.w; ++iw) dst[iw] = plane[ih * p.xs.h + iw * p.xs.w];
         }
     }
-    std::fill(out + (p.pad_top + p.h) * pp.cols, out + pp.rows * pp.cols, T(0));
 }
 
 template <class T>

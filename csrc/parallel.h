@@ -30,13 +30,17 @@ inline int64_t max_threads() {
 #endif
 }
 
-// Bytes of RAM in the machine (no limit where the system cannot tell).
+// Bytes of RAM in the machine (no limit where the system cannot tell); asked
+// once, since sysconf makes a system call.
 inline size_t physical_memory() {
+    static const size_t bytes = [] {
 #if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
-    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    if (pages > 0 && page > 0) return static_cast<size_t>(pages) * static_cast<size_t>(page);
+        const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        if (pages > 0 && page > 0) return static_cast<size_t>(pages) * static_cast<size_t>(page);
 #endif
-    return static_cast<size_t>(-1);
+        return static_cast<size_t>(-1);
+    }();
+    return bytes;
 }
 
 inline int64_t thread_num() {
