@@ -249,6 +249,9 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     const PaddedPlane pp(p, x);
     const int64_t width = row_width<T>(p);
     // grad_y plane with each row zero-extended to `width` columns.
+    // Taps per plane_dots call: at most kTapGroup, in groups of even size (25
+    // taps as 9 + 8 + 8, not 12 + 12 + 1, whose last call would be latency-bound).
+    const int64_t group = (taps + (taps + kTapGroup - 1) / kTapGroup - 1) / ((taps + kTapGroup - 1) / kTapGroup);
     PerThread<T> xp_mem(pp.rows * pp.cols + kCopySlack<T>), gyp_mem(p.out_h * width + kCopySlack<T>);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const xp = xp_mem.get();
@@ -275,8 +278,8 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                         std::fill(dst + p.out_w, dst + width, T(0));
                     }
                     if (dots) {
-                        for (int64_t t0 = 0; t0 < taps; t0 += kTapGroup)
-                            plane_dots_for<T>(static_cast<int>(std::min<int64_t>(kTapGroup, taps - t0)))(
+                        for (int64_t t0 = 0; t0 < taps; t0 += group)
+                            plane_dots_for<T>(static_cast<int>(std::min<int64_t>(group, taps - t0)))(
                                 p, pp, gyp, width, xp, t0, grad_weight + k * taps + t0);
                         continue;
                     }
