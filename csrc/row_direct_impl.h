@@ -48,50 +48,70 @@ bool row_direct_suits(const ConvShape& p) {
     return row_use > filter_use;
 }
 
-// One filter, NR output rows at once: c[r * W + pixel] = sum over taps j of
-// a[j] * base[offset[j] + r * row_step + pixel]. A single filter gives the
-// GEMM micro-kernel one row of accumulators, too few to hide the FMA
-// latency; rows of output give it NR.
-template <class T, int NR, int NV>
+// MR filters (at most 3), NR output rows at once: c[(i * NR + r) * W + pixel]
+// = sum over taps j of a[j * MR + i] * base[offset[j] + r * row_step + pixel].
+// A few filters give the GEMM micro-kernel too few rows of accumulators to
+// hide the FMA latency; rows of output multiply them.
+template <class T, int MR, int NR, int NV>
 void rows_micro(const T* __restrict base, int64_t row_step, const int64_t* __restrict offset, int64_t ntaps,
                 const T* __restrict a, T* __restrict c) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>, W = NV * kLanes<T>;
-    V acc[NR][NV];
+    V acc[MR][NR][NV];
 #pragma GCC unroll 4
-    for (int r = 0; r < NR; ++r)
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) acc[r][v] = V{};
-    for (int64_t j = 0; j < ntaps; ++j) {
-        const T* b = base + offset[j];
-        const T av = a[j];
+    for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
         for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) acc[r][v] += av * load<V>(b + r * row_step + v * L);
+            for (int v = 0; v < NV; ++v) acc[i][r][v] = V{};
+    for (int64_t j = 0; j < ntaps; ++j) {
+        const T* b = base + offset[j];
+        V bv[NR][NV];
+#pragma GCC unroll 4
+        for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) bv[r][v] = load<V>(b + r * row_step + v * L);
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; ++i) {
+            const T av = a[j * MR + i];
+#pragma GCC unroll 4
+            for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; ++v) acc[i][r][v] += av * bv[r][v];
+        }
     }
 #pragma GCC unroll 4
-    for (int r = 0; r < NR; ++r)
+    for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) store(c + r * W + v * L, acc[r][v]);
+        for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) store(c + (i * NR + r) * W + v * L, acc[i][r][v]);
 }
 
-constexpr int kRowsPerCall = 4;
+// Output rows per call: 4 for one filter, 2 for two or three.
+constexpr int kRowsFilters = 3;
+constexpr int rows_per_call(int filters) { return filters == 1 ? 4 : 2; }
 
 template <class T>
 using RowsMicro = void (*)(const T*, int64_t, const int64_t*, int64_t, const T*, T*);
 
-template <class T, int NV, int... R>
+template <class T, int MR, int NV, int... R>
 RowsMicro<T> pick_rows_micro(int rows, std::integer_sequence<int, R...>) {
-    RowsMicro<T> table[] = {&rows_micro<T, R + 1, NV>...};
+    RowsMicro<T> table[] = {&rows_micro<T, MR, R + 1, NV>...};
     return table[rows - 1];
 }
 
+template <class T, int MR>
+RowsMicro<T> rows_micro_for_filters(int rows, int nv) {
+    constexpr auto R = std::make_integer_sequence<int, rows_per_call(MR)>{};
+    return nv == 1 ? pick_rows_micro<T, MR, 1>(rows, R) : nv == 2 ? pick_rows_micro<T, MR, 2>(rows, R)
+                                                                  : pick_rows_micro<T, MR, kVectorsPerTile>(rows, R);
+}
+
 template <class T>
-RowsMicro<T> rows_micro_for(int rows, int nv) {
-    constexpr auto R = std::make_integer_sequence<int, kRowsPerCall>{};
-    return nv == 1 ? pick_rows_micro<T, 1>(rows, R) : nv == 2 ? pick_rows_micro<T, 2>(rows, R)
-                                                              : pick_rows_micro<T, kVectorsPerTile>(rows, R);
+RowsMicro<T> rows_micro_for(int filters, int rows, int nv) {
+    return filters == 1 ? rows_micro_for_filters<T, 1>(rows, nv)
+                        : filters == 2 ? rows_micro_for_filters<T, 2>(rows, nv) : rows_micro_for_filters<T, 3>(rows, nv);
 }
 
 template <class T, class WeightOf>
@@ -116,7 +136,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
             for (int64_t j = 0; j < ntaps; ++j) a_packed[static_cast<size_t>((g * ntaps + j) * kg + i)] = weight_of(g, i, j);
     const int64_t tasks = p.n * p.groups * row_blocks;
 
-    PerThread<T> window_mem(win.size()), result_mem(std::max(mr, kRowsPerCall) * W);
+    PerThread<T> window_mem(win.size()), result_mem((mr <= kRowsFilters ? mr * rows_per_call(mr) : mr) * W);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const window = window_mem.get();
         T* const result = result_mem.get();
@@ -126,20 +146,22 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
             const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
             const T* base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window);
             const T* a = a_packed.data() + g * ntaps * kg;
-            if (kg == 1) {  // rows of output per call, every tap (those in the padding read the window's zeros)
+            if (kg <= kRowsFilters) {  // rows of output per call, every tap (those in the padding read the window's zeros)
                 const int64_t row_step = p.stride_h * win.cols;
-                for (int64_t oh = oh0; oh < oh1; oh += kRowsPerCall) {
-                    const int rows = static_cast<int>(std::min<int64_t>(kRowsPerCall, oh1 - oh));
-                    const RowsMicro<T> rows_call = rows_micro_for<T>(rows, nv);
+                const int nr = rows_per_call(mr);
+                for (int64_t oh = oh0; oh < oh1; oh += nr) {
+                    const int rows = static_cast<int>(std::min<int64_t>(nr, oh1 - oh));
+                    const RowsMicro<T> rows_call = rows_micro_for<T>(mr, rows, nv);
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += W) {
                         const int64_t np = std::min<int64_t>(W, p.out_w - ow0);
-                        rows_call(base + (oh - oh0) * row_step + ow0, row_step, win.offset.data(), ntaps, a,
-                                  result);
-                        const T b = bias ? bias[g] : T(0);
-                        for (int r = 0; r < rows; ++r) {
-                            T* out = y + n * p.ys.n + g * p.ys.c + (oh + r) * p.ys.h + ow0 * p.ys.w;
-                            const T* res = result + r * W;
-                            for (int64_t k = 0; k < np; ++k) out[k * p.ys.w] = res[k] + b;
+                        rows_call(base + (oh - oh0) * row_step + ow0, row_step, win.offset.data(), ntaps, a, result);
+                        for (int64_t i = 0; i < kg; ++i) {
+                            const T b = bias ? bias[g * kg + i] : T(0);
+                            for (int r = 0; r < rows; ++r) {
+                                T* out = y + n * p.ys.n + (g * kg + i) * p.ys.c + (oh + r) * p.ys.h + ow0 * p.ys.w;
+                                const T* res = result + (i * rows + r) * W;
+                                for (int64_t k = 0; k < np; ++k) out[k * p.ys.w] = res[k] + b;
+                            }
                         }
                     }
                 }
