@@ -23,12 +23,13 @@ something through that the kernels caught).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import random
 import time
 import traceback
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from helpers import ISAS, TOLERANCE, forced_isa
@@ -432,35 +433,62 @@ def judge(call: Call, case: Case) -> tuple[str, str | None]:
     return outcome, None
 
 
+def fuzz_case(r: random.Random, calls_per_case: int = 8) -> tuple[collections.Counter, list]:
+    """One drawn case and `calls_per_case` fuzzed calls from it, all chosen by
+    `r`: (outcomes by API and kind, failures)."""
+    outcomes: collections.Counter = collections.Counter()
+    failures: list = []
+    case = draw_case(r)
+    build(case, r)
+    fastconv._backend.core.set_isa(r.choice(ISAS))
+    for _ in range(calls_per_case):
+        call = make_call(case, r.choice(APIS), r)
+        outcome, failure = judge(call, case)
+        outcomes[outcome] += 1
+        outcomes[(call.api, outcome)] += 1
+        if failure:
+            outcomes["FAILURE"] += 1
+            failures.append(dict(failure=failure, api=call.api, backend=call.backend,
+                                 invalid=call.invalid, mutated=call.mutated, case=repr(case),
+                                 args={k: _short(v) for k, v in call.args.items()}))
+    return outcomes, failures
+
+
+@contextlib.contextmanager
+def fuzzing() -> Iterator[None]:
+    """The state fuzz_case runs in: warnings and floating-point errors
+    silenced (NaN is planted in inputs), the ISA restored after."""
+    with forced_isa(ISAS[0]), warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        yield
+
+
 def fuzz(calls: int, seed: int = 0, calls_per_case: int = 8) -> dict:
     """Make at least `calls` fuzzed API calls; a summary of what happened."""
     r = random.Random(seed)
     outcomes: collections.Counter = collections.Counter()
-    per_api: dict = {api: collections.Counter() for api in APIS}
     failures: list = []
-    made = cases = 0
+    cases = 0
     start = time.perf_counter()
-    with forced_isa(ISAS[0]), warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")  # NaN planted in the input, casts of it to int
-        while made < calls:
-            case = draw_case(r)
-            build(case, r)
+    with fuzzing():
+        while cases * calls_per_case < calls:
+            case_outcomes, case_failures = fuzz_case(r, calls_per_case)
             cases += 1
-            fastconv._backend.core.set_isa(r.choice(ISAS))
-            for _ in range(calls_per_case):
-                call = make_call(case, r.choice(APIS), r)
-                outcome, failure = judge(call, case)
-                made += 1
-                outcomes[outcome] += 1
-                per_api[call.api][outcome] += 1
-                if failure:
-                    outcomes["FAILURE"] += 1
-                    if len(failures) < 50:
-                        failures.append(dict(failure=failure, api=call.api, backend=call.backend,
-                                             invalid=call.invalid, mutated=call.mutated, case=repr(case),
-                                             args={k: _short(v) for k, v in call.args.items()}))
-    return dict(calls=made, cases=cases, seed=seed, seconds=round(time.perf_counter() - start, 1),
-                outcomes=dict(outcomes), per_api={k: dict(v) for k, v in per_api.items()}, failures=failures)
+            outcomes.update(case_outcomes)
+            failures.extend(case_failures[: max(0, 50 - len(failures))])
+    return summarize(outcomes, failures, cases, seed, time.perf_counter() - start)
+
+
+def summarize(outcomes: collections.Counter, failures: list, cases: int, seed: Any, seconds: float) -> dict:
+    """The JSON summary: calls made, outcomes by kind and by API, the first failures."""
+    kinds = {k: v for k, v in outcomes.items() if isinstance(k, str)}
+    per_api: dict = {api: {} for api in APIS}
+    for key, count in outcomes.items():
+        if isinstance(key, tuple):
+            per_api[key[0]][key[1]] = count
+    made = sum(v for k, v in kinds.items() if k != "FAILURE")
+    return dict(calls=made, cases=cases, seed=seed, seconds=round(seconds, 1), outcomes=kinds, per_api=per_api,
+                failures=failures)
 
 
 def _short(value: Any) -> str:
