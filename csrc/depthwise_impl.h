@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "implicit_gemm.h"
+#include "nonfinite_weights.h"
 #include "parallel.h"
 
 namespace fastconv::FASTCONV_ISA {
@@ -32,24 +33,6 @@ struct PaddedPlane {
         : rows(std::max(p.h + p.pad_top, (p.out_h - 1) * p.stride_h + (p.r - 1) * p.dil_h + 1)),
           cols(std::max(p.w + p.pad_left, (row_width<T>(p) - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1)) {}
 };
-
-// Whether a[0, count) holds no NaN or Inf: x - x is 0 for every finite x, NaN
-// otherwise, and a NaN stays in the sum.
-template <class T>
-bool plane_finite(const T* a, int64_t count) {
-    using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>;
-    V acc{};
-    int64_t i = 0;
-    for (; i + L <= count; i += L) {
-        const V v = load<V>(a + i);
-        acc += v - v;
-    }
-    T sum = 0;
-    for (; i < count; ++i) sum += a[i] - a[i];
-    for (int l = 0; l < L; ++l) sum += acc[l];
-    return sum == 0;
-}
 
 template <class T>
 void pad_plane(const ConvShape& p, const PaddedPlane& pp, const T* plane, T* out) {
@@ -264,7 +247,7 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                 // plane_dots computes whole blocks of columns, multiplying
                 // grad_y's zero extension by input values: only where those
                 // are finite (a NaN there would leak into the sums).
-                const bool dots = p.stride_w == 1 && plane_finite(xp, pp.rows * pp.cols);
+                const bool dots = p.stride_w == 1 && all_finite(xp, pp.rows * pp.cols);
                 for (int64_t kk = 0; kk < kg; ++kk) {
                     const int64_t k = g * kg + kk;
                     const T* gy = grad_y + n * p.ys.n + k * p.ys.c;

@@ -7,7 +7,7 @@
 
 namespace fastconv {
 
-// Whether no element of a[0, count) is NaN or Inf.
+// Whether no element of a[0, count) is NaN or Inf (weights, planes of input).
 template <class T>
 bool all_finite(const T* a, int64_t count);
 
