@@ -3,7 +3,7 @@
 // (16 float32 filters with AVX-512) is multiplied by the broadcast input
 // value of each of NP output pixels of a row; NP x NK accumulators stay in
 // registers. Input rows are copied once per task into a zero-padded window,
-// and kernel rows that fall entirely into the padding are skipped. It wins
+// and taps that read only padding are skipped (BlockTaps). It wins
 // over the implicit GEMM where packing dominates: few filters per group,
 // small images.
 // Included by simd_kernels_impl.h inside the instruction set's namespace;
@@ -21,11 +21,30 @@
 
 namespace fastconv::FASTCONV_ISA {
 
+// acc[p][f] += w[j][f] * in[offset[j] + p * sw] for tap j, the pixels p
+// in [P0, P1) and NK vectors of filters f.
+template <int P0, int P1, class T, class V, int NP, int NK>
+__attribute__((always_inline)) inline void direct_tap(V (&acc)[NP][NK], const T* __restrict in, int64_t sw,
+                                                      const T* __restrict w, const int64_t* __restrict offset, int32_t j) {
+    constexpr int L = kLanes<T>;
+    const T* src = in + offset[j];
+    V wv[NK];
+#pragma GCC unroll 4
+    for (int v = 0; v < NK; ++v) wv[v] = load<V>(w + (static_cast<int64_t>(j) * NK + v) * L);
+#pragma GCC unroll 32
+    for (int p = P0; p < P1; ++p) {
+        const T xv = src[p * sw];
+#pragma GCC unroll 4
+        for (int v = 0; v < NK; ++v) acc[p][v] += xv * wv[v];
+    }
+}
+
 // out[p][f] = sum over taps t of w[tap[t]][f] * in[offset[tap[t]] + p * sw],
-// for NP pixels p and NK vectors of filters f.
+// for NP pixels p and NK vectors of filters f, leaving out the first or the
+// last pixel where pixels[t] says so (BlockTaps).
 template <class T, int NP, int NK>
 void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, const int64_t* __restrict offset,
-                  const int32_t* __restrict tap, int64_t ntaps, T* __restrict out) {
+                  const int32_t* __restrict tap, const int8_t* __restrict pixels, int64_t ntaps, T* __restrict out) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
     V acc[NP][NK];
@@ -33,17 +52,13 @@ void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, con
     for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 4
         for (int v = 0; v < NK; ++v) acc[p][v] = V{};
-    for (int64_t t = 0; t < ntaps; ++t) {
-        const int32_t j = tap[t];
-        const T* src = in + offset[j];
-        V wv[NK];
-#pragma GCC unroll 4
-        for (int v = 0; v < NK; ++v) wv[v] = load<V>(w + (static_cast<int64_t>(j) * NK + v) * L);
-#pragma GCC unroll 32
-        for (int p = 0; p < NP; ++p) {
-            const T xv = src[p * sw];
-#pragma GCC unroll 4
-            for (int v = 0; v < NK; ++v) acc[p][v] += xv * wv[v];
+    if (!pixels) {
+        for (int64_t t = 0; t < ntaps; ++t) direct_tap<0, NP>(acc, in, sw, w, offset, tap[t]);
+    } else {
+        for (int64_t t = 0; t < ntaps; ++t) {
+            if (pixels[t] == BlockTaps::kAll) direct_tap<0, NP>(acc, in, sw, w, offset, tap[t]);
+            else if (pixels[t] == BlockTaps::kSkipFirst) direct_tap<1, NP>(acc, in, sw, w, offset, tap[t]);
+            else direct_tap<0, NP - 1>(acc, in, sw, w, offset, tap[t]);
         }
     }
 #pragma GCC unroll 32
@@ -53,7 +68,7 @@ void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, con
 }
 
 template <class T>
-using DirectMicro = void (*)(const T*, int64_t, const T*, const int64_t*, const int32_t*, int64_t, T*);
+using DirectMicro = void (*)(const T*, int64_t, const T*, const int64_t*, const int32_t*, const int8_t*, int64_t, T*);
 
 template <class T, int NK, int... P>
 DirectMicro<T> pick_direct(int pixels, std::integer_sequence<int, P...>) {
@@ -79,18 +94,18 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const int64_t ntaps = cg * p.r * p.s;
     const int64_t kblocks = (kg + F - 1) / F;
     const InputWindow win(p);
-    const LiveTaps live(p);
     const int64_t row_blocks = (p.out_h + win.out_rows - 1) / win.out_rows;
 
-    // w_packed[g][kb][j][f] = weight[g*kg + kb*F + f][j], zero past the group's filters.
-    std::vector<T> w_packed(static_cast<size_t>(p.groups * kblocks * ntaps * F), T(0));
-    for (int64_t g = 0; g < p.groups; ++g)
-        for (int64_t kb = 0; kb < kblocks; ++kb)
-            for (int64_t j = 0; j < ntaps; ++j) {
-                T* dst = w_packed.data() + ((g * kblocks + kb) * ntaps + j) * F;
-                for (int64_t f = 0; f < std::min<int64_t>(F, kg - kb * F); ++f) dst[f] = weight_of(g, kb * F + f, j);
-            }
-    const int64_t tasks = p.n * p.groups * row_blocks;
+    // A task is a range of filter blocks for one window (image, group, block
+    // of output rows). Each thread packs the weights of its range when the
+    // range changes -- tasks go range by range, so mostly once per call -- in
+    // a buffer of at most kPackBytes, not a copy of all the weights: more
+    // ranges would copy the windows more often.
+    constexpr int64_t kPackBytes = int64_t(3) << 20;
+    const int64_t most = std::clamp<int64_t>(kPackBytes / (ntaps * F * static_cast<int64_t>(sizeof(T))), 1, kblocks);
+    const int64_t kranges = (kblocks + most - 1) / most, kper = (kblocks + kranges - 1) / kranges;  // even ranges
+    const int64_t windows = p.n * row_blocks;
+    const int64_t tasks = p.groups * kranges * windows;
     // Pixels per micro-kernel call: NP, but a row whose last call would get
     // under half of that is split evenly (14 = 7 + 7, not 12 + 2), since a
     // call on few pixels leaves most accumulators idle.
@@ -100,27 +115,46 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const DirectMicro<T> full = DirectKernels<T, NK>::for_pixels(static_cast<int>(block));
     const DirectMicro<T> tail =
         DirectKernels<T, NK>::for_pixels(static_cast<int>(p.out_w - (pixel_blocks - 1) * block));
+    const BlockTaps taps(p, LiveTaps(p), block);
 
-    PerThread<T> window_mem(win.size());
-    PerThread<T> result_mem(NP * F);
+    PerThread<T> window_mem(win.size()), result_mem(NP * F), packed_mem(kper * ntaps * F);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const window = window_mem.get();
         T* const result = result_mem.get();
+        T* const packed = packed_mem.get();
+        int64_t packed_range = -1;  // the (group, filter range) in `packed`
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
-            const int64_t rb = t % row_blocks, g = (t / row_blocks) % p.groups, n = t / (row_blocks * p.groups);
+            const int64_t range = t / windows, g = range / kranges, kb0 = range % kranges * kper;
+            const int64_t kbn = std::min(kper, kblocks - kb0);
+            const int64_t rb = t % row_blocks, n = t % windows / row_blocks;
+            if (range != packed_range) {
+                // packed[kb][j][f] = weight of filter (kb0 + kb) * F + f of group g for tap j, zero past the group's filters.
+                for (int64_t kb = 0; kb < kbn; ++kb) {
+                    T* dst = packed + kb * ntaps * F;
+                    const int64_t m0 = (kb0 + kb) * F, nk = std::min<int64_t>(F, kg - m0);
+                    for (int64_t j0 = 0; j0 < ntaps; j0 += 64) {  // 64 taps at a time: the piece stays in L1
+                        const int64_t j1 = std::min<int64_t>(ntaps, j0 + 64);
+                        for (int64_t f = 0; f < nk; ++f)
+                            for (int64_t j = j0; j < j1; ++j) dst[j * F + f] = weight_of(g, m0 + f, j);
+                        for (int64_t j = j0; j < j1; ++j) std::fill(dst + j * F + nk, dst + (j + 1) * F, T(0));
+                    }
+                }
+                packed_range = range;
+            }
             const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
             const T* base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window);
             // Filter blocks outermost: one block's weights stay in cache for all the rows.
-            for (int64_t kb = 0; kb < kblocks; ++kb) {
-                const T* wb = w_packed.data() + (g * kblocks + kb) * ntaps * F;
-                const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
+            for (int64_t kb = 0; kb < kbn; ++kb) {
+                const T* wb = packed + kb * ntaps * F;
+                const int64_t k0 = g * kg + (kb0 + kb) * F, nk = std::min<int64_t>(F, kg - (kb0 + kb) * F);
                 for (int64_t oh = oh0; oh < oh1; ++oh) {
                     const T* row = base + (oh - oh0) * p.stride_h * win.cols;
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += block) {
                         const int64_t np = std::min<int64_t>(block, p.out_w - ow0);
+                        const BlockTaps::List& list = taps.at(oh, ow0 / block);
                         (np == block ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(),
-                                                    live.row(oh), live.size(oh), result);
+                                                    list.taps, list.pixels, list.count, result);
                         for (int64_t f = 0; f < nk; ++f) {
                             T* out = y + n * p.ys.n + (k0 + f) * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
                             const T b = bias ? bias[k0 + f] : T(0);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "conv_shape.h"
@@ -110,6 +111,97 @@ struct LiveTaps {
 
     const int32_t* row(int64_t oh) const { return taps.data() + start[static_cast<size_t>(oh)]; }
     int64_t size(int64_t oh) const { return count[static_cast<size_t>(oh)]; }
+};
+
+// For each output row and block of a row's pixels: the row's live taps
+// without those that read only padding, each marked with the pixels of the
+// block that read inside the input -- all of them, all but the first, or all
+// but the last. The micro-kernel leaves out the padded pixel of the last two:
+// a 3x3 kernel on a 7x7 image reads padding in 18% of its products. Taps
+// padded for more pixels of a block are marked "all" and read the window's
+// zeros. Blocks away from the edges use the row's list unchanged.
+class BlockTaps {
+  public:
+    enum Pixels : int8_t { kAll, kSkipFirst, kSkipLast, kNone };
+    struct List {
+        const int32_t* taps;
+        const int8_t* pixels;  // null where every tap is kAll
+        int64_t count;
+    };
+
+    // Blocks of `block` output pixels: [0, block), [block, 2 block), ...
+    BlockTaps(const ConvShape& p, const LiveTaps& live, int64_t block)
+        : blocks_((p.out_w + block - 1) / block), list_of_row_(static_cast<size_t>(p.out_h)) {
+        // Each block's class of each kernel column; blocks away from the edges have none but kAll.
+        std::vector<std::vector<int8_t>> signatures;  // distinct column classes, [signature][ks]
+        std::vector<int64_t> signature_of_block(static_cast<size_t>(blocks_));
+        for (int64_t b = 0; b < blocks_; ++b) {
+            const int64_t ow0 = b * block, np = std::min(block, p.out_w - ow0);
+            std::vector<int8_t> cls(static_cast<size_t>(p.s));
+            for (int64_t ks = 0; ks < p.s; ++ks) {
+                // Output columns ow read input column ow * stride + ks * dil - pad_left: inside for ow in [lo_ow, hi_ow).
+                const int64_t shift = ks * p.dil_w - p.pad_left;
+                const int64_t lo_ow = std::max<int64_t>(0, ceil_div(-shift, p.stride_w));
+                const int64_t hi_ow = std::max<int64_t>(0, ceil_div(p.w - shift, p.stride_w));
+                const int64_t lo = std::clamp<int64_t>(lo_ow - ow0, 0, np), hi = std::clamp<int64_t>(ow0 + np - hi_ow, 0, np);
+                cls[static_cast<size_t>(ks)] = lo + hi >= np            ? kNone
+                                               : lo == 1 && hi == 0 ? kSkipFirst
+                                               : lo == 0 && hi == 1 ? kSkipLast
+                                                                    : kAll;
+            }
+            auto found = std::find(signatures.begin(), signatures.end(), cls);
+            signature_of_block[static_cast<size_t>(b)] = found - signatures.begin();
+            if (found == signatures.end()) signatures.push_back(cls);
+        }
+        // The distinct row lists of `live`, each filtered once per signature.
+        std::vector<std::pair<const int32_t*, int64_t>> lists;  // (first tap, count)
+        for (int64_t oh = 0; oh < p.out_h; ++oh) {
+            const std::pair<const int32_t*, int64_t> list{live.row(oh), live.size(oh)};
+            auto found = std::find(lists.begin(), lists.end(), list);
+            list_of_row_[static_cast<size_t>(oh)] = found - lists.begin();
+            if (found == lists.end()) lists.push_back(list);
+        }
+        struct Span {
+            size_t start;
+            int64_t count;
+            bool marked;
+        };
+        std::vector<Span> spans;  // [list][signature]
+        for (const auto& [list, count] : lists)
+            for (const std::vector<int8_t>& cls : signatures) {
+                Span span{taps_.size(), 0, false};
+                for (int64_t t = 0; t < count; ++t) {
+                    const int8_t c = cls[static_cast<size_t>(list[t] % p.s)];
+                    if (c == kNone) continue;
+                    taps_.push_back(list[t]), pixels_.push_back(c);
+                    ++span.count, span.marked |= c != kAll;
+                }
+                spans.push_back(span);
+            }
+        lists_.resize(lists.size() * static_cast<size_t>(blocks_));
+        for (size_t l = 0; l < lists.size(); ++l)
+            for (int64_t b = 0; b < blocks_; ++b) {
+                const Span& s = spans[l * signatures.size() + static_cast<size_t>(signature_of_block[static_cast<size_t>(b)])];
+                lists_[l * static_cast<size_t>(blocks_) + static_cast<size_t>(b)] =
+                    List{taps_.data() + s.start, s.marked ? pixels_.data() + s.start : nullptr, s.count};
+            }
+    }
+    BlockTaps(const BlockTaps&) = delete;  // lists_ points into taps_ and pixels_
+    BlockTaps& operator=(const BlockTaps&) = delete;
+
+    // The taps of block b (pixels b * block ...) of output row oh.
+    const List& at(int64_t oh, int64_t b) const {
+        return lists_[static_cast<size_t>(list_of_row_[static_cast<size_t>(oh)] * blocks_ + b)];
+    }
+
+  private:
+    static int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
+    int64_t blocks_;
+    std::vector<int64_t> list_of_row_;
+    std::vector<int32_t> taps_;
+    std::vector<int8_t> pixels_;
+    std::vector<List> lists_;  // [row list][block]
 };
 
 }  // namespace fastconv

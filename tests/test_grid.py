@@ -104,3 +104,17 @@ def test_few_filters_or_channels_per_group(rng, dtype, c, filters, groups, strid
     # One filter per group, one channel per group with several filters: the
     # kernels pick special paths for these.
     run_case(rng, dtype, 2, c, 10, 9, filters, (3, 3), stride, 1, groups, "same")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("width", [1, 2, 6, 7, 13, 25])
+@pytest.mark.parametrize(
+    "kernel,stride,dilation,padding",
+    [((3, 3), 1, 1, "same"), ((3, 3), 1, 1, 2), ((5, 5), 1, 2, "same"), ((3, 3), 2, 1, "same"), ((7, 7), 2, 1, 3)],
+    ids=["3x3", "3x3-pad2", "5x5-dil2", "3x3-s2", "7x7-s2-pad3"],
+)
+def test_padded_columns_of_pixel_blocks(rng, dtype, width, kernel, stride, dilation, padding):
+    # Enough filters for the filter-vectorised direct kernels, whose pixel
+    # blocks leave out the taps that read padding at a row's first or last
+    # pixel, and drop taps that read nothing but padding.
+    run_case(rng, dtype, 2, 5, 6, width, 20, kernel, stride, dilation, 1, padding)
