@@ -60,18 +60,22 @@ struct InputWindow {
     template <class T>
     void fill(const ConvShape& p, const T* x_group, int64_t oh0, T* dst) const {
         const int64_t ih0 = oh0 * p.stride_h - p.pad_top;
-        const int64_t hi = std::min<int64_t>(cols, p.pad_left + p.w);
+        const int64_t lo = std::min<int64_t>(cols, p.pad_left), hi = std::min<int64_t>(cols, p.pad_left + p.w);
         for (int64_t c = 0; c < channels; ++c)
             for (int64_t wr = 0; wr < rows; ++wr) {
                 T* row = dst + (c * rows + wr) * cols;
                 const int64_t ih = ih0 + wr;
-                std::fill(row, row + cols, T(0));
-                if (ih < 0 || ih >= p.h) continue;
+                if (ih < 0 || ih >= p.h) {
+                    std::fill(row, row + cols, T(0));
+                    continue;
+                }
+                std::fill(row, row + lo, T(0));  // zeros only where no input lands
+                std::fill(row + std::max(lo, hi), row + cols, T(0));
                 const T* src = x_group + c * p.xs.c + ih * p.xs.h;
                 if (p.xs.w == 1) {
-                    for (int64_t i = p.pad_left; i < hi; ++i) row[i] = src[i - p.pad_left];
+                    for (int64_t i = lo; i < hi; ++i) row[i] = src[i - p.pad_left];
                 } else {
-                    for (int64_t i = p.pad_left; i < hi; ++i) row[i] = src[(i - p.pad_left) * p.xs.w];
+                    for (int64_t i = lo; i < hi; ++i) row[i] = src[(i - p.pad_left) * p.xs.w];
                 }
             }
     }
