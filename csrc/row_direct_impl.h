@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -114,6 +115,92 @@ RowsMicro<T> rows_micro_for(int filters, int rows, int nv) {
                         : filters == 2 ? rows_micro_for_filters<T, 2>(rows, nv) : rows_micro_for_filters<T, 3>(rows, nv);
 }
 
+// Output rows per call of rows_shared_micro: as many as keep MR x NR x NV
+// accumulators within 24 of AVX-512's 32 registers (12 of AVX2's 16), at most 8.
+constexpr int shared_rows(int filters, int vectors) {
+    const int most = (FASTCONV_VECTOR_BYTES == 64 ? 24 : 12) / (filters * vectors);
+    return most < 4 ? most : 4;
+}
+
+// rows_micro for NR = shared_rows(MR, NV) output rows of a kernel R rows
+// tall, at row stride and dilation 1: the output rows' taps of one kernel
+// column read NR + R - 1 window rows, so each row vector is loaded once and
+// serves every kernel row that reaches it, instead of once per (tap, output
+// row). Taps j = (channel * R + kr) * S + ks; offset[j] - kr * row_step is
+// the same for every kr.
+template <class T, int MR, int NV, int R>
+void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t* __restrict offset, int64_t channels,
+                       int64_t S, const T* __restrict a, T* __restrict c) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>, W = NV * kLanes<T>, NR = shared_rows(MR, NV);
+    V acc[MR][NR][NV];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[i][r][v] = V{};
+    for (int64_t ch = 0; ch < channels; ++ch)
+        for (int64_t ks = 0; ks < S; ++ks) {
+            const int64_t j0 = ch * R * S + ks;  // tap (ch, kr = 0, ks)
+            const T* b = base + offset[j0];
+#pragma GCC unroll 16
+            for (int ir = 0; ir < NR + R - 1; ++ir) {
+                V bv[NV];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + ir * row_step + v * L);
+#pragma GCC unroll 8
+                for (int kr = 0; kr < R; ++kr) {
+                    const int r = ir - kr;  // the output row that kernel row kr reads window row ir for
+                    if (r < 0 || r >= NR) continue;
+#pragma GCC unroll 4
+                    for (int i = 0; i < MR; ++i) {
+                        const T av = a[(j0 + kr * S) * MR + i];
+#pragma GCC unroll 4
+                        for (int v = 0; v < NV; ++v) acc[i][r][v] += av * bv[v];
+                    }
+                }
+            }
+        }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) store(c + (i * NR + r) * W + v * L, acc[i][r][v]);
+}
+
+template <class T>
+using SharedMicro = void (*)(const T*, int64_t, const int64_t*, int64_t, int64_t, const T*, T*);
+
+// Kernel heights with a rows_shared_micro: those of 3x3, 5x5 and 7x7 layers
+// and of their stride-2 backward phases.
+constexpr int kSharedHeights[] = {3, 4, 5, 7};
+
+template <class T, int MR, int NV>
+SharedMicro<T> shared_micro_for_height(int64_t r) {
+    switch (r) {
+        case 3: return &rows_shared_micro<T, MR, NV, 3>;
+        case 4: return &rows_shared_micro<T, MR, NV, 4>;
+        case 5: return &rows_shared_micro<T, MR, NV, 5>;
+        case 7: return &rows_shared_micro<T, MR, NV, 7>;
+        default: return nullptr;
+    }
+}
+
+// The rows_shared_micro for MR filters, NV vectors and a kernel r rows tall;
+// null where there is none.
+template <class T>
+SharedMicro<T> shared_micro_for(int filters, int nv, int64_t r) {
+    auto for_filters = [&](auto mr) -> SharedMicro<T> {
+        constexpr int MR = decltype(mr)::value;
+        return nv == 1 ? shared_micro_for_height<T, MR, 1>(r)
+                       : nv == 2 ? shared_micro_for_height<T, MR, 2>(r) : shared_micro_for_height<T, MR, kVectorsPerTile>(r);
+    };
+    return filters == 1 ? for_filters(std::integral_constant<int, 1>{})
+                        : filters == 2 ? for_filters(std::integral_constant<int, 2>{}) : for_filters(std::integral_constant<int, 3>{});
+}
+
 template <class T, class WeightOf>
 void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
     const int nv = row_vectors<T>(p.out_w);
@@ -136,7 +223,11 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
             for (int64_t j = 0; j < ntaps; ++j) a_packed[static_cast<size_t>((g * ntaps + j) * kg + i)] = weight_of(g, i, j);
     const int64_t tasks = p.n * p.groups * row_blocks;
 
-    PerThread<T> window_mem(win.size()), result_mem((mr <= kRowsFilters ? mr * rows_per_call(mr) : mr) * W);
+    // Few filters at row stride and dilation 1: window rows shared among kernel rows.
+    const SharedMicro<T> shared = kg <= kRowsFilters && p.stride_h == 1 && p.dil_h == 1 ? shared_micro_for<T>(mr, nv, p.r) : nullptr;
+    const int shared_nr = kg <= kRowsFilters ? (nv == 1 ? shared_rows(mr, 1) : nv == 2 ? shared_rows(mr, 2) : shared_rows(mr, kVectorsPerTile)) : 0;
+    PerThread<T> window_mem(win.size()),
+        result_mem((mr <= kRowsFilters ? mr * std::max(rows_per_call(mr), shared_nr) : mr) * W);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const window = window_mem.get();
         T* const result = result_mem.get();
@@ -149,12 +240,15 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
             if (kg <= kRowsFilters) {  // rows of output per call, every tap (those in the padding read the window's zeros)
                 const int64_t row_step = p.stride_h * win.cols;
                 const int nr = rows_per_call(mr);
-                for (int64_t oh = oh0; oh < oh1; oh += nr) {
-                    const int rows = static_cast<int>(std::min<int64_t>(nr, oh1 - oh));
-                    const RowsMicro<T> rows_call = rows_micro_for<T>(mr, rows, nv);
+                for (int64_t oh = oh0; oh < oh1;) {
+                    const bool whole = shared && oh1 - oh >= shared_nr;  // a full call of the shared-row kernel
+                    const int rows = whole ? shared_nr : static_cast<int>(std::min<int64_t>(nr, oh1 - oh));
+                    const RowsMicro<T> rows_call = whole ? nullptr : rows_micro_for<T>(mr, rows, nv);
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += W) {
                         const int64_t np = std::min<int64_t>(W, p.out_w - ow0);
-                        rows_call(base + (oh - oh0) * row_step + ow0, row_step, win.offset.data(), ntaps, a, result);
+                        const T* first = base + (oh - oh0) * row_step + ow0;
+                        if (whole) shared(first, row_step, win.offset.data(), cg, p.s, a, result);
+                        else rows_call(first, row_step, win.offset.data(), ntaps, a, result);
                         for (int64_t i = 0; i < kg; ++i) {
                             const T b = bias ? bias[g * kg + i] : T(0);
                             for (int r = 0; r < rows; ++r) {
@@ -164,6 +258,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
                             }
                         }
                     }
+                    oh += rows;
                 }
                 continue;
             }

@@ -118,3 +118,15 @@ def test_padded_columns_of_pixel_blocks(rng, dtype, width, kernel, stride, dilat
     # blocks leave out the taps that read padding at a row's first or last
     # pixel, and drop taps that read nothing but padding.
     run_case(rng, dtype, 2, 5, 6, width, 20, kernel, stride, dilation, 1, padding)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("filters", [1, 2, 3])
+@pytest.mark.parametrize("kernel", [(3, 3), (4, 2), (5, 5), (7, 3), (7, 7)])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_few_filters_sharing_window_rows(rng, dtype, filters, kernel, padding):
+    # One to three filters (and three input channels, so dL/dX has three
+    # "filters" too): the pixel-vectorised kernel that loads each window row
+    # once for every kernel row, four output rows per call, with rows left
+    # over on 15-row images; 17 columns leave a partial vector.
+    run_case(rng, dtype, 2, 3, 15, 17, filters, kernel, 1, 1, 1, padding)
