@@ -34,9 +34,12 @@ struct PaddedPlane {
           cols(std::max(p.w + p.pad_left, (row_width<T>(p) - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1)) {}
 };
 
+// Copies plane into the padded buffer out. The padding is written only when
+// zero_padding is set: the copies never touch it (copy_run spills zeros
+// there), so a thread's buffer needs it once per call.
 template <class T>
-void pad_plane(const ConvShape& p, const PaddedPlane& pp, const T* plane, T* out) {
-    std::fill(out, out + pp.rows * pp.cols, T(0));
+void pad_plane(const ConvShape& p, const PaddedPlane& pp, const T* plane, T* out, bool zero_padding) {
+    if (zero_padding) std::fill(out, out + pp.rows * pp.cols, T(0));
     for (int64_t ih = 0; ih < p.h; ++ih) {
         T* dst = out + (ih + p.pad_top) * pp.cols + p.pad_left;
         if (p.xs.w == 1) {
@@ -47,6 +50,68 @@ void pad_plane(const ConvShape& p, const PaddedPlane& pp, const T* plane, T* out
     }
 }
 
+// dst[i * step] = row[i] for the out_w outputs of a row.
+template <class T>
+void store_row(T* __restrict dst, int64_t step, const T* __restrict row, int64_t out_w) {
+    if (step == 1) std::copy(row, row + out_w, dst);
+    else
+        for (int64_t i = 0; i < out_w; ++i) dst[i * step] = row[i];
+}
+
+// RB output rows of a kernel R rows tall at row stride and dilation 1, one
+// block of kRowBlock columns: for each kernel column the RB + R - 1 plane
+// rows are loaded once, each serving every kernel row that reads it.
+// src: the padded plane at the block's first output row and column.
+template <class T, int R, int RB>
+void plane_rows_shared(const T* __restrict src, int64_t cols, const T* __restrict w, int64_t S, int64_t dil_w, T b,
+                       T* __restrict out, int64_t out_stride) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>, NV = kRowBlock<T> / L;
+    V acc[RB][NV];
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[r][v] = V{} + b;
+    for (int64_t ks = 0; ks < S; ++ks) {
+        const T* col = src + ks * dil_w;
+#pragma GCC unroll 16
+        for (int ir = 0; ir < RB + R - 1; ++ir) {
+            V xv[NV];
+#pragma GCC unroll 2
+            for (int v = 0; v < NV; ++v) xv[v] = load<V>(col + ir * cols + v * L);
+#pragma GCC unroll 8
+            for (int kr = 0; kr < R; ++kr) {
+                const int r = ir - kr;  // the output row that kernel row kr reads plane row ir for
+                if (r < 0 || r >= RB) continue;
+                const T wv = w[kr * S + ks];
+#pragma GCC unroll 2
+                for (int v = 0; v < NV; ++v) acc[r][v] += wv * xv[v];
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) store(out + r * out_stride + v * L, acc[r][v]);
+}
+
+// Rows per plane_rows_shared call: 16 accumulators with AVX-512, 8 with AVX2.
+constexpr int kSharedPlaneRows = FASTCONV_VECTOR_BYTES == 64 ? 8 : 4;
+
+template <class T>
+using PlaneRowsShared = void (*)(const T*, int64_t, const T*, int64_t, int64_t, T, T*, int64_t);
+
+// The plane_rows_shared for a kernel r rows tall, null where there is none.
+template <class T>
+PlaneRowsShared<T> plane_rows_shared_for(int64_t r) {
+    switch (r) {
+        case 3: return &plane_rows_shared<T, 3, kSharedPlaneRows>;
+        case 5: return &plane_rows_shared<T, 5, kSharedPlaneRows>;
+        case 7: return &plane_rows_shared<T, 7, kSharedPlaneRows>;
+        default: return nullptr;
+    }
+}
+
 template <class T>
 void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
     using V = typename Simd<T>::vec;
@@ -54,20 +119,31 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
     const int64_t kg = p.k_per_group(), taps = p.r * p.s, tasks = p.n * p.groups;
     const PaddedPlane pp(p, x);
     const int64_t width = row_width<T>(p);
-    PerThread<T> xp_mem(pp.rows * pp.cols + kCopySlack<T>), row_out_mem(4 * width);
+    const PlaneRowsShared<T> shared =
+        p.stride_h == 1 && p.stride_w == 1 && p.dil_h == 1 ? plane_rows_shared_for<T>(p.r) : nullptr;
+    PerThread<T> xp_mem(pp.rows * pp.cols + kCopySlack<T>), row_out_mem(std::max(4, kSharedPlaneRows) * width);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const xp = xp_mem.get();
         T* const row_out = row_out_mem.get();
+        bool padded = false;  // whether xp's padding holds its zeros
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t n = t / p.groups, g = t % p.groups;
-            pad_plane(p, pp, x + n * p.xs.n + g * p.xs.c, xp);
+            pad_plane(p, pp, x + n * p.xs.n + g * p.xs.c, xp, !padded);
+            padded = true;
             for (int64_t kk = 0; kk < kg; ++kk) {
                 const int64_t k = g * kg + kk;
                 const T* w = weight + k * taps;
                 const T b = bias ? bias[k] : T(0);
                 T* out = y + n * p.ys.n + k * p.ys.c;
                 int64_t oh = 0;
+                for (; shared && oh + kSharedPlaneRows <= p.out_h; oh += kSharedPlaneRows) {
+                    for (int64_t ow = 0; ow < width; ow += kRowBlock<T>)
+                        shared(xp + oh * pp.cols + ow, pp.cols, w, p.s, p.dil_w, b, row_out + ow, width);
+                    for (int rb = 0; rb < kSharedPlaneRows; ++rb) {
+                        store_row(out + (oh + rb) * p.ys.h, p.ys.w, row_out + rb * width, p.out_w);
+                    }
+                }
                 if (p.stride_w == 1) {
                     // RB output rows at once: RB x NV independent accumulators per tap.
                     constexpr int RB = 4;
@@ -88,9 +164,7 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
                                 for (int v = 0; v < NV; ++v) store(row_out + rb * width + ow + v * L, acc[rb][v]);
                         }
                         for (int rb = 0; rb < RB; ++rb) {
-                            T* dst = out + (oh + rb) * p.ys.h;
-                            const T* o = row_out + rb * width;
-                            for (int64_t i = 0; i < p.out_w; ++i) dst[i * p.ys.w] = o[i];
+                            store_row(out + (oh + rb) * p.ys.h, p.ys.w, row_out + rb * width, p.out_w);
                         }
                     }
                 }
@@ -120,8 +194,7 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
                             o[ow] = acc;
                         }
                     }
-                    T* dst = out + oh * p.ys.h;
-                    for (int64_t i = 0; i < p.out_w; ++i) dst[i * p.ys.w] = o[i];
+                    store_row(out + oh * p.ys.h, p.ys.w, o, p.out_w);
                 }
             }
         }
@@ -239,11 +312,13 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const xp = xp_mem.get();
         T* const gyp = gyp_mem.get();
+        bool padded = false;  // whether xp's padding holds its zeros
 #pragma omp for schedule(static)
         for (int64_t g = 0; g < p.groups; ++g) {
             std::fill(grad_weight + g * kg * taps, grad_weight + (g + 1) * kg * taps, T(0));
             for (int64_t n = 0; n < p.n; ++n) {
-                pad_plane(p, pp, x + n * p.xs.n + g * p.xs.c, xp);
+                pad_plane(p, pp, x + n * p.xs.n + g * p.xs.c, xp, !padded);
+                padded = true;
                 // plane_dots computes whole blocks of columns, multiplying
                 // grad_y's zero extension by input values: only where those
                 // are finite (a NaN there would leak into the sums).

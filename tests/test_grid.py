@@ -130,3 +130,15 @@ def test_few_filters_sharing_window_rows(rng, dtype, filters, kernel, padding):
     # once for every kernel row, four output rows per call, with rows left
     # over on 15-row images; 17 columns leave a partial vector.
     run_case(rng, dtype, 2, 3, 15, 17, filters, kernel, 1, 1, 1, padding)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("channels,groups", [(1, 1), (3, 3)], ids=["one-channel", "depthwise"])
+@pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (7, 7), (5, 2)])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("width", [9, 40])
+def test_plane_kernels_sharing_plane_rows(rng, dtype, channels, groups, kernel, padding, width):
+    # One input channel per filter: the plane kernel that loads each padded
+    # plane row once for all the kernel rows that read it, eight (AVX-512) or
+    # four (AVX2) output rows per call, with rows left over on 21-row images.
+    run_case(rng, dtype, 2, channels, 21, width, 2 * channels, kernel, 1, 1, groups, padding)
