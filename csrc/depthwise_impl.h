@@ -256,7 +256,7 @@ constexpr int kTapGroup = 12;
 
 template <class T, int NT>
 void plane_dots(const ConvShape& p, const PaddedPlane& pp, const T* gyp, int64_t width, const T* xp, int64_t t0,
-                T* out) {
+                int64_t oh0, T* out) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>, NV = kRowBlock<T> / L;
     int64_t off[NT];
@@ -265,7 +265,7 @@ void plane_dots(const ConvShape& p, const PaddedPlane& pp, const T* gyp, int64_t
     V acc[NT][NV];
     for (int t = 0; t < NT; ++t)
         for (int v = 0; v < NV; ++v) acc[t][v] = V{};
-    for (int64_t oh = 0; oh < p.out_h; ++oh) {
+    for (int64_t oh = oh0; oh < p.out_h; ++oh) {
         const T* d = gyp + oh * width;
         const T* x_row = xp + oh * p.stride_h * pp.cols;
         for (int64_t ow = 0; ow < width; ow += NV * L) {
@@ -284,7 +284,7 @@ void plane_dots(const ConvShape& p, const PaddedPlane& pp, const T* gyp, int64_t
 }
 
 template <class T>
-using PlaneDots = void (*)(const ConvShape&, const PaddedPlane&, const T*, int64_t, const T*, int64_t, T*);
+using PlaneDots = void (*)(const ConvShape&, const PaddedPlane&, const T*, int64_t, const T*, int64_t, int64_t, T*);
 
 template <class T, int... N>
 PlaneDots<T> pick_plane_dots(int taps, std::integer_sequence<int, N...>) {
@@ -295,6 +295,67 @@ PlaneDots<T> pick_plane_dots(int taps, std::integer_sequence<int, N...>) {
 template <class T>
 PlaneDots<T> plane_dots_for(int taps) {
     return pick_plane_dots<T>(taps, std::make_integer_sequence<int, kTapGroup>{});
+}
+
+// plane_dots for every tap of an R x S kernel at stride 1 and row dilation
+// 1, over grad_y rows [0, rows), rows a multiple of RG: RG grad_y rows at a
+// time, so each input row vector loaded serves every (kernel row, grad_y
+// row) pair that reads it. R x S accumulators of one vector each.
+template <class T, int R, int S, int RG>
+void plane_dots_shared(const PaddedPlane& pp, const T* __restrict gyp, int64_t width, const T* __restrict xp,
+                       int64_t dil_w, int64_t rows, T* __restrict out) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>;
+    V acc[R][S];
+#pragma GCC unroll 8
+    for (int kr = 0; kr < R; ++kr)
+#pragma GCC unroll 8
+        for (int ks = 0; ks < S; ++ks) acc[kr][ks] = V{};
+    for (int64_t oh = 0; oh < rows; oh += RG)
+        for (int64_t ow = 0; ow < width; ow += L) {
+            V gv[RG];
+#pragma GCC unroll 4
+            for (int r = 0; r < RG; ++r) gv[r] = load<V>(gyp + (oh + r) * width + ow);
+#pragma GCC unroll 16
+            for (int ir = 0; ir < RG + R - 1; ++ir) {
+                const T* x_row = xp + (oh + ir) * pp.cols + ow;
+#pragma GCC unroll 8
+                for (int ks = 0; ks < S; ++ks) {
+                    const V xv = load<V>(x_row + ks * dil_w);
+#pragma GCC unroll 8
+                    for (int kr = 0; kr < R; ++kr) {
+                        const int r = ir - kr;  // the grad_y row that kernel row kr pairs with input row ir
+                        if (r >= 0 && r < RG) acc[kr][ks] += gv[r] * xv;
+                    }
+                }
+            }
+        }
+#pragma GCC unroll 8
+    for (int kr = 0; kr < R; ++kr)
+#pragma GCC unroll 8
+        for (int ks = 0; ks < S; ++ks) {
+            T total = 0;
+            for (int l = 0; l < L; ++l) total += acc[kr][ks][l];
+            out[kr * S + ks] += total;
+        }
+}
+
+template <class T>
+using PlaneDotsShared = void (*)(const PaddedPlane&, const T*, int64_t, const T*, int64_t, int64_t, T*);
+
+// The plane_dots_shared for an r x s kernel and its grad_y rows per step;
+// null where there is none. 3x3 and 5x5, whose 9 or 25 accumulators fit the
+// registers beside the rows (25 only AVX-512's 32).
+template <class T>
+struct SharedDots {
+    PlaneDotsShared<T> kernel = nullptr;
+    int rows = 1;
+};
+template <class T>
+SharedDots<T> plane_dots_shared_for(int64_t r, int64_t s) {
+    if (r == 3 && s == 3) return {&plane_dots_shared<T, 3, 3, 4>, 4};
+    if (r == 5 && s == 5 && FASTCONV_VECTOR_BYTES == 64) return {&plane_dots_shared<T, 5, 5, 2>, 2};
+    return {};
 }
 
 template <class T>
@@ -308,10 +369,12 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     // Taps per plane_dots call: at most kTapGroup, in groups of even size (25
     // taps as 9 + 8 + 8, not 12 + 12 + 1, whose last call would be latency-bound).
     const int64_t group = (taps + (taps + kTapGroup - 1) / kTapGroup - 1) / ((taps + kTapGroup - 1) / kTapGroup);
-    PerThread<T> xp_mem(pp.rows * pp.cols + kCopySlack<T>), gyp_mem(p.out_h * width + kCopySlack<T>);
+    const SharedDots<T> shared = p.stride_h == 1 && p.dil_h == 1 ? plane_dots_shared_for<T>(p.r, p.s) : SharedDots<T>{};
+    PerThread<T> xp_mem(pp.rows * pp.cols + kCopySlack<T>), gyp_mem(p.out_h * width + kCopySlack<T>), part_mem(taps);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const xp = xp_mem.get();
         T* const gyp = gyp_mem.get();
+        T* const part = part_mem.get();  // one image's share of a filter's gradient
         bool padded = false;  // whether xp's padding holds its zeros
 #pragma omp for schedule(static)
         for (int64_t g = 0; g < p.groups; ++g) {
@@ -319,10 +382,6 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
             for (int64_t n = 0; n < p.n; ++n) {
                 pad_plane(p, pp, x + n * p.xs.n + g * p.xs.c, xp, !padded);
                 padded = true;
-                // plane_dots computes whole blocks of columns, multiplying
-                // grad_y's zero extension by input values: only where those
-                // are finite (a NaN there would leak into the sums).
-                const bool dots = p.stride_w == 1 && all_finite(xp, pp.rows * pp.cols);
                 for (int64_t kk = 0; kk < kg; ++kk) {
                     const int64_t k = g * kg + kk;
                     const T* gy = grad_y + n * p.ys.n + k * p.ys.c;
@@ -335,11 +394,25 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                         }
                         std::fill(dst + p.out_w, dst + width, T(0));
                     }
-                    if (dots) {
-                        for (int64_t t0 = 0; t0 < taps; t0 += group)
+                    T* const out = grad_weight + k * taps;
+                    if (p.stride_w == 1) {
+                        std::fill(part, part + taps, T(0));
+                        int64_t oh0 = 0;  // rows before it done by the shared kernel
+                        if (shared.kernel) {
+                            oh0 = p.out_h / shared.rows * shared.rows;
+                            shared.kernel(pp, gyp, width, xp, p.dil_w, oh0, part);
+                        }
+                        for (int64_t t0 = 0; t0 < taps && oh0 < p.out_h; t0 += group)
                             plane_dots_for<T>(static_cast<int>(std::min<int64_t>(group, taps - t0)))(
-                                p, pp, gyp, width, xp, t0, grad_weight + k * taps + t0);
-                        continue;
+                                p, pp, gyp, width, xp, t0, oh0, part + t0);
+                        // The dots computed whole blocks of columns, multiplying
+                        // grad_y's zero extension by input values: a NaN or Inf
+                        // there leaks into the sums, so a result that is not
+                        // finite is computed again by the exact loop below.
+                        if (all_finite(part, taps)) {
+                            for (int64_t t = 0; t < taps; ++t) out[t] += part[t];
+                            continue;
+                        }
                     }
                     for (int64_t kr = 0; kr < p.r; ++kr)
                         for (int64_t ks = 0; ks < p.s; ++ks) {
@@ -349,7 +422,7 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                                 const T* src = xp + (oh * p.stride_h + kr * p.dil_h) * pp.cols + ks * p.dil_w;
                                 for (int64_t ow = 0; ow < p.out_w; ++ow) total += d[ow] * src[ow * p.stride_w];
                             }
-                            grad_weight[k * taps + kr * p.s + ks] += total;
+                            out[kr * p.s + ks] += total;
                         }
                 }
             }
