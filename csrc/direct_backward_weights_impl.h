@@ -98,7 +98,7 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
     }
     const int64_t kranges = (kblocks + kper - 1) / kper, jranges = (ntaps + jper - 1) / jper;
     const int64_t tasks = p.groups * kranges * jranges;
-    const int64_t max_rows = std::max<int64_t>(1, std::min<int64_t>(p.out_h, 8));  // InputWindow's most
+    const int64_t max_rows = std::max<int64_t>(1, std::min<int64_t>(p.out_h, InputWindow::kRows));
 
     // The channels each range of taps reads, and their windows.
     std::vector<ConvShape> shapes;

@@ -14,8 +14,13 @@
 namespace fastconv {
 
 struct InputWindow {
+    // Output rows per window: at most kRows, or kMaxRows where asked.
+    // Neighbouring windows copy the input rows they share twice (a 5-row
+    // kernel copies 12 input rows for 8 output rows, 20 for 16).
+    static constexpr int64_t kRows = 8, kMaxRows = 16;
+
     int64_t cols = 0;      // every column a tap of a row reads: iw = -pad_left ...
-    int64_t out_rows = 0;  // output rows per window: at most 8, and a window of at most ~256 K values
+    int64_t out_rows = 0;  // output rows per window: at most most_rows, and a window of at most ~256 K values
     int64_t rows = 0;      // input rows those output rows read
     int64_t channels = 0;  // input channels of one group
     // Without padding and with whole input rows, the window is the input
@@ -25,12 +30,12 @@ struct InputWindow {
     std::vector<int64_t> offset;
 
     // out_w_rounded: output columns computed per row (>= out_w; the extra ones
-    // are computed from zeros and dropped).
-    explicit InputWindow(const ConvShape& p, int64_t out_w_rounded = 0)
+    // are computed from zeros and dropped); most_rows: kRows or kMaxRows.
+    explicit InputWindow(const ConvShape& p, int64_t out_w_rounded = 0, int64_t most_rows = kRows)
         : cols((std::max(p.out_w, out_w_rounded) - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1),
           channels(p.c_per_group()) {
         const int64_t span_h = (p.r - 1) * p.dil_h + 1;
-        out_rows = std::max<int64_t>(1, std::min<int64_t>(p.out_h, 8));
+        out_rows = std::max<int64_t>(1, std::min({p.out_h, most_rows, kMaxRows}));
         while (out_rows > 1 && channels * ((out_rows - 1) * p.stride_h + span_h) * cols > (1 << 18)) --out_rows;
         rows = (out_rows - 1) * p.stride_h + span_h;
         in_place = cols == p.w && p.in_place_planes();

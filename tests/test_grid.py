@@ -127,9 +127,10 @@ def test_padded_columns_of_pixel_blocks(rng, dtype, width, kernel, stride, dilat
 def test_few_filters_sharing_window_rows(rng, dtype, filters, kernel, padding):
     # One to three filters (and three input channels, so dL/dX has three
     # "filters" too): the pixel-vectorised kernel that loads each window row
-    # once for every kernel row, four output rows per call, with rows left
-    # over on 15-row images; 17 columns leave a partial vector.
-    run_case(rng, dtype, 2, 3, 15, 17, filters, kernel, 1, 1, 1, padding)
+    # once for every kernel row, four output rows per call, in windows of up
+    # to 16 rows: 37-row images take several windows and leave rows over; 17
+    # columns leave a partial vector.
+    run_case(rng, dtype, 2, 3, 37, 17, filters, kernel, 1, 1, 1, padding)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
