@@ -300,10 +300,12 @@ PlaneDots<T> plane_dots_for(int taps) {
 // plane_dots for every tap of an R x S kernel at stride 1 and row dilation
 // 1, over grad_y rows [0, rows), rows a multiple of RG: RG grad_y rows at a
 // time, so each input row vector loaded serves every (kernel row, grad_y
-// row) pair that reads it. R x S accumulators of one vector each.
+// row) pair that reads it. R x S accumulators of one vector each, over the
+// first `span` columns of each row (out_w rounded up to one vector, not two:
+// 24 float64 columns, not 32).
 template <class T, int R, int S, int RG>
-void plane_dots_shared(const PaddedPlane& pp, const T* __restrict gyp, int64_t width, const T* __restrict xp,
-                       int64_t dil_w, int64_t rows, T* __restrict out) {
+void plane_dots_shared(const PaddedPlane& pp, const T* __restrict gyp, int64_t width, int64_t span,
+                       const T* __restrict xp, int64_t dil_w, int64_t rows, T* __restrict out) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
     V acc[R][S];
@@ -312,7 +314,7 @@ void plane_dots_shared(const PaddedPlane& pp, const T* __restrict gyp, int64_t w
 #pragma GCC unroll 8
         for (int ks = 0; ks < S; ++ks) acc[kr][ks] = V{};
     for (int64_t oh = 0; oh < rows; oh += RG)
-        for (int64_t ow = 0; ow < width; ow += L) {
+        for (int64_t ow = 0; ow < span; ow += L) {
             V gv[RG];
 #pragma GCC unroll 4
             for (int r = 0; r < RG; ++r) gv[r] = load<V>(gyp + (oh + r) * width + ow);
@@ -341,7 +343,7 @@ void plane_dots_shared(const PaddedPlane& pp, const T* __restrict gyp, int64_t w
 }
 
 template <class T>
-using PlaneDotsShared = void (*)(const PaddedPlane&, const T*, int64_t, const T*, int64_t, int64_t, T*);
+using PlaneDotsShared = void (*)(const PaddedPlane&, const T*, int64_t, int64_t, const T*, int64_t, int64_t, T*);
 
 // The plane_dots_shared for an r x s kernel and its grad_y rows per step;
 // null where there is none. 3x3 and 5x5, whose 9 or 25 accumulators fit the
@@ -400,7 +402,8 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                         int64_t oh0 = 0;  // rows before it done by the shared kernel
                         if (shared.kernel) {
                             oh0 = p.out_h / shared.rows * shared.rows;
-                            shared.kernel(pp, gyp, width, xp, p.dil_w, oh0, part);
+                            const int64_t span = (p.out_w + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
+                            shared.kernel(pp, gyp, width, span, xp, p.dil_w, oh0, part);
                         }
                         for (int64_t t0 = 0; t0 < taps && oh0 < p.out_h; t0 += group)
                             plane_dots_for<T>(static_cast<int>(std::min<int64_t>(group, taps - t0)))(
