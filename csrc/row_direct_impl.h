@@ -116,7 +116,8 @@ RowsMicro<T> rows_micro_for(int filters, int rows, int nv) {
 }
 
 // Output rows per call of rows_shared_micro: as many as keep MR x NR x NV
-// accumulators within 24 of AVX-512's 32 registers (12 of AVX2's 16), at most 8.
+// accumulators within 24 of AVX-512's 32 registers (12 of AVX2's 16), at most
+// 4 (8 measured no faster).
 constexpr int shared_rows(int filters, int vectors) {
     const int most = (FASTCONV_VECTOR_BYTES == 64 ? 24 : 12) / (filters * vectors);
     return most < 4 ? most : 4;
@@ -175,8 +176,6 @@ using SharedMicro = void (*)(const T*, int64_t, const int64_t*, int64_t, int64_t
 
 // Kernel heights with a rows_shared_micro: those of 3x3, 5x5 and 7x7 layers
 // and of their stride-2 backward phases.
-constexpr int kSharedHeights[] = {3, 4, 5, 7};
-
 template <class T, int MR, int NV>
 SharedMicro<T> shared_micro_for_height(int64_t r) {
     switch (r) {
