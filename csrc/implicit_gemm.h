@@ -229,19 +229,20 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
     const int64_t mr = FASTCONV_MR;
     const int64_t blocks = (m_per_group + mr - 1) / mr;
 
-    // A packed per group and row block: panel[j][i] for the block's rows i.
-    std::vector<T> a_packed(static_cast<size_t>(groups * m_per_group * std::max<int64_t>(ntaps, 1)));
-    for (int64_t g = 0; g < groups; ++g)
-        for (int64_t blk = 0; blk < blocks; ++blk) {
-            const int64_t m0 = blk * mr, rows = std::min(mr, m_per_group - m0);
-            T* panel = a_packed.data() + (g * m_per_group + m0) * ntaps;
-            for (int64_t j = 0; j < ntaps; ++j)
-                for (int64_t i = 0; i < rows; ++i) panel[j * rows + i] = weight_of(g, m0 + i, j);
-        }
+    // A task is a range of row blocks for one pixel tile. Each thread packs
+    // the weights of its range -- panel[j][i] per block, for the block's rows
+    // i -- when the range changes: tasks go range by range and each thread
+    // takes them in increasing order, so at most once per range. The buffer
+    // holds at most kPackBytes, not a copy of all the weights; more ranges
+    // would pack strided tiles more often.
+    constexpr int64_t kPackBytes = int64_t(3) << 20;
+    const int64_t block_values = mr * std::max<int64_t>(ntaps, 1);
+    const int64_t most = std::clamp<int64_t>(kPackBytes / (block_values * static_cast<int64_t>(sizeof(T))), 1, blocks);
+    const int64_t ranges = (blocks + most - 1) / most, per_range = (blocks + ranges - 1) / ranges;  // even ranges
 
     const int64_t pixels = batch * grid.rows * grid.cols;
     const int64_t tiles = (pixels + W - 1) / W;
-    const int64_t tasks = groups * tiles;
+    const int64_t tasks = groups * ranges * tiles;
     const RowMicro<T> full = micro_for_rows<T, kVectorsPerTile>(static_cast<int>(std::min(mr, m_per_group)));
     const RowMicro<T> tail = micro_for_rows<T, kVectorsPerTile>(static_cast<int>(m_per_group - (blocks - 1) * mr));
     // Where the taps are whole source planes read as they are (a 1x1 kernel,
@@ -262,15 +263,26 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
         all_taps[static_cast<size_t>(j)] = static_cast<int32_t>(j);
     }
 
-    PerThread<T> panel_mem(ntaps * W + kCopySlack<T>);
-    PerThread<T> result_mem(mr * W);
+    PerThread<T> panel_mem(ntaps * W + kCopySlack<T>), result_mem(mr * W), a_mem(per_range * block_values);
     parallel_region(worth_parallel(2.0 * static_cast<double>(groups * m_per_group * ntaps) * static_cast<double>(pixels)), [&] {
         T* const panel = panel_mem.get();
         T* const result = result_mem.get();
+        T* const a_packed = a_mem.get();
+        int64_t packed_range = -1;  // the (group, range of blocks) in a_packed
         Segment segs[W];
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
-            const int64_t g = t / tiles;
+            const int64_t range = t / tiles, g = range / ranges;
+            const int64_t blk0 = range % ranges * per_range, blk1 = std::min(blocks, blk0 + per_range);
+            if (range != packed_range) {
+                for (int64_t blk = blk0; blk < blk1; ++blk) {
+                    const int64_t m0 = blk * mr, rows = std::min(mr, m_per_group - m0);
+                    T* a = a_packed + (blk - blk0) * block_values;
+                    for (int64_t j = 0; j < ntaps; ++j)
+                        for (int64_t i = 0; i < rows; ++i) a[j * rows + i] = weight_of(g, m0 + i, j);
+                }
+                packed_range = range;
+            }
             const int64_t q0 = (t % tiles) * W;
             const int64_t filled = std::min<int64_t>(W, pixels - q0);
             const int nsegs = split_segments(grid, q0, filled, segs);
@@ -288,9 +300,9 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
                                (nsegs == 1 || (out.du == 1 && out.width == grid.cols));
             T* const direct = dst + g * dst_group_stride + segs[0].n * out.batch_stride +
                               (segs[0].u * out.du + out.r0) * out.width + segs[0].v0 + out.c0;
-            for (int64_t blk = 0; blk < blocks; ++blk) {
+            for (int64_t blk = blk0; blk < blk1; ++blk) {
                 const int64_t m0 = blk * mr, rows = std::min(mr, m_per_group - m0);
-                const T* a = a_packed.data() + (g * m_per_group + m0) * ntaps;
+                const T* a = a_packed + (blk - blk0) * block_values;
                 const T* init = bias ? bias + g * m_per_group + m0 : nullptr;
                 if (whole) {
                     (blk + 1 < blocks ? full : tail)(b_tile, b_rows, all_taps.data(), ntaps, a,

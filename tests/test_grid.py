@@ -143,3 +143,12 @@ def test_plane_kernels_sharing_plane_rows(rng, dtype, channels, groups, kernel, 
     # plane row once for all the kernel rows that read it, eight (AVX-512) or
     # four (AVX2) output rows per call, with rows left over on 21-row images.
     run_case(rng, dtype, 2, channels, 21, width, 2 * channels, kernel, 1, 1, groups, padding)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_1x1_layer_whose_weights_take_several_packing_ranges(rng, dtype, stride):
+    # 1536 x 1536 weights (9 MiB in float32, 18 MiB in float64): the 1x1 GEMM
+    # packs them per thread in ranges of at most 3 MiB, so each thread meets
+    # several; at stride 2 its pixel tiles are packed too, once per range.
+    run_case(rng, dtype, 2, 1536, 5, 5, 1536, (1, 1), stride, 1, 1, "valid")
