@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include "implicit_gemm.h"
 #include "nonfinite_weights.h"
@@ -58,58 +59,16 @@ void store_row(T* __restrict dst, int64_t step, const T* __restrict row, int64_t
         for (int64_t i = 0; i < out_w; ++i) dst[i * step] = row[i];
 }
 
-// RB output rows of a kernel R rows tall at row stride and dilation 1, one
-// block of kRowBlock columns: for each kernel column the RB + R - 1 plane
-// rows are loaded once, each serving every kernel row that reads it.
-// src: the padded plane at the block's first output row and column.
-template <class T, int R, int RB>
-void plane_rows_shared(const T* __restrict src, int64_t cols, const T* __restrict w, int64_t S, int64_t dil_w, T b,
-                       T* __restrict out, int64_t out_stride) {
-    using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>, NV = kRowBlock<T> / L;
-    V acc[RB][NV];
-#pragma GCC unroll 8
-    for (int r = 0; r < RB; ++r)
-#pragma GCC unroll 2
-        for (int v = 0; v < NV; ++v) acc[r][v] = V{} + b;
-    for (int64_t ks = 0; ks < S; ++ks) {
-        const T* col = src + ks * dil_w;
-#pragma GCC unroll 16
-        for (int ir = 0; ir < RB + R - 1; ++ir) {
-            V xv[NV];
-#pragma GCC unroll 2
-            for (int v = 0; v < NV; ++v) xv[v] = load<V>(col + ir * cols + v * L);
-#pragma GCC unroll 8
-            for (int kr = 0; kr < R; ++kr) {
-                const int r = ir - kr;  // the output row that kernel row kr reads plane row ir for
-                if (r < 0 || r >= RB) continue;
-                const T wv = w[kr * S + ks];
-#pragma GCC unroll 2
-                for (int v = 0; v < NV; ++v) acc[r][v] += wv * xv[v];
-            }
-        }
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < RB; ++r)
-#pragma GCC unroll 2
-        for (int v = 0; v < NV; ++v) store(out + r * out_stride + v * L, acc[r][v]);
-}
-
-// Rows per plane_rows_shared call: 16 accumulators with AVX-512, 8 with AVX2.
+// Output rows per shared-rows call (rows_shared_micro, implicit_gemm.h) in
+// plane_forward: 16 accumulators with AVX-512, 8 with AVX2.
 constexpr int kSharedPlaneRows = FASTCONV_VECTOR_BYTES == 64 ? 8 : 4;
 
+// The rows_shared_micro for one filter on a padded plane, blocks of
+// kRowBlock columns, and a kernel r rows tall (3, 5 or 7); null for others.
 template <class T>
-using PlaneRowsShared = void (*)(const T*, int64_t, const T*, int64_t, int64_t, T, T*, int64_t);
-
-// The plane_rows_shared for a kernel r rows tall, null where there is none.
-template <class T>
-PlaneRowsShared<T> plane_rows_shared_for(int64_t r) {
-    switch (r) {
-        case 3: return &plane_rows_shared<T, 3, kSharedPlaneRows>;
-        case 5: return &plane_rows_shared<T, 5, kSharedPlaneRows>;
-        case 7: return &plane_rows_shared<T, 7, kSharedPlaneRows>;
-        default: return nullptr;
-    }
+RowsShared<T> plane_rows_shared_for(int64_t r) {
+    if (r != 3 && r != 5 && r != 7) return nullptr;
+    return rows_shared_for_height<T, 1, kSharedPlaneRows, kRowBlock<T> / kLanes<T>>(r);
 }
 
 template <class T>
@@ -119,8 +78,9 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
     const int64_t kg = p.k_per_group(), taps = p.r * p.s, tasks = p.n * p.groups;
     const PaddedPlane pp(p, x);
     const int64_t width = row_width<T>(p);
-    const PlaneRowsShared<T> shared =
-        p.stride_h == 1 && p.stride_w == 1 && p.dil_h == 1 ? plane_rows_shared_for<T>(p.r) : nullptr;
+    const RowsShared<T> shared = p.stride_h == 1 && p.stride_w == 1 && p.dil_h == 1 ? plane_rows_shared_for<T>(p.r) : nullptr;
+    std::vector<int64_t> column(static_cast<size_t>(p.s));  // offset of kernel column ks in the padded plane
+    for (int64_t ks = 0; ks < p.s; ++ks) column[static_cast<size_t>(ks)] = ks * p.dil_w;
     PerThread<T> xp_mem(pp.rows * pp.cols + kCopySlack<T>), row_out_mem(std::max(4, kSharedPlaneRows) * width);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const xp = xp_mem.get();
@@ -139,7 +99,7 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
                 int64_t oh = 0;
                 for (; shared && oh + kSharedPlaneRows <= p.out_h; oh += kSharedPlaneRows) {
                     for (int64_t ow = 0; ow < width; ow += kRowBlock<T>)
-                        shared(xp + oh * pp.cols + ow, pp.cols, w, p.s, p.dil_w, b, row_out + ow, width);
+                        shared(xp + oh * pp.cols + ow, pp.cols, column.data(), 1, p.s, w, &b, row_out + ow, width);
                     for (int rb = 0; rb < kSharedPlaneRows; ++rb) {
                         store_row(out + (oh + rb) * p.ys.h, p.ys.w, row_out + rb * width, p.out_w);
                     }

@@ -211,6 +211,71 @@ RowMicro<T> micro_for_rows(int rows) {
     return pick_row_micro<T, NV>(rows, std::make_integer_sequence<int, FASTCONV_MR>{});
 }
 
+// row_micro for NR output rows at once of a kernel R rows tall, at row
+// stride and dilation 1: c[(i * NR + r) * ldc + pixel] = init[i] (0 without
+// init) + the sum over every tap j of a[j * MR + i] * base[offset[j] + r *
+// row_step + pixel]. The output rows' taps of one kernel column read NR + R
+// - 1 rows, so each row vector is loaded once and serves every kernel row
+// that reaches it, instead of once per (tap, output row). Taps j = (channel
+// * R + kr) * S + ks; offset[j] - kr * row_step is the same for every kr.
+template <class T, int MR, int NR, int NV, int R>
+void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t* __restrict offset, int64_t channels,
+                       int64_t S, const T* __restrict a, const T* __restrict init, T* __restrict c, int64_t ldc) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>;
+    V acc[MR][NR][NV];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[i][r][v] = init ? V{} + init[i] : V{};
+    for (int64_t ch = 0; ch < channels; ++ch)
+        for (int64_t ks = 0; ks < S; ++ks) {
+            const int64_t j0 = ch * R * S + ks;  // tap (ch, kr = 0, ks)
+            const T* b = base + offset[j0];
+#pragma GCC unroll 16
+            for (int ir = 0; ir < NR + R - 1; ++ir) {
+                V bv[NV];
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + ir * row_step + v * L);
+#pragma GCC unroll 8
+                for (int kr = 0; kr < R; ++kr) {
+                    const int r = ir - kr;  // the output row that kernel row kr reads row ir for
+                    if (r < 0 || r >= NR) continue;
+#pragma GCC unroll 4
+                    for (int i = 0; i < MR; ++i) {
+                        const T av = a[(j0 + kr * S) * MR + i];
+#pragma GCC unroll 4
+                        for (int v = 0; v < NV; ++v) acc[i][r][v] += av * bv[v];
+                    }
+                }
+            }
+        }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+        for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) store(c + (i * NR + r) * ldc + v * L, acc[i][r][v]);
+}
+
+template <class T>
+using RowsShared = void (*)(const T*, int64_t, const int64_t*, int64_t, int64_t, const T*, const T*, T*, int64_t);
+
+// The rows_shared_micro for a kernel r rows tall: 3, 4, 5 or 7 (3x3, 5x5 and
+// 7x7 layers and their stride-2 backward phases); null for other heights.
+template <class T, int MR, int NR, int NV>
+RowsShared<T> rows_shared_for_height(int64_t r) {
+    switch (r) {
+        case 3: return &rows_shared_micro<T, MR, NR, NV, 3>;
+        case 4: return &rows_shared_micro<T, MR, NR, NV, 4>;
+        case 5: return &rows_shared_micro<T, MR, NR, NV, 5>;
+        case 7: return &rows_shared_micro<T, MR, NR, NV, 7>;
+        default: return nullptr;
+    }
+}
+
 // Where the result of output channel m, grid pixel (n, u, v) goes:
 // dst[n * batch_stride + m * channel_stride + (u * du + r0) * width + v * dv + c0].
 struct Destination {

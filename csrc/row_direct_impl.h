@@ -123,78 +123,15 @@ constexpr int shared_rows(int filters, int vectors) {
     return most < 4 ? most : 4;
 }
 
-// rows_micro for NR = shared_rows(MR, NV) output rows of a kernel R rows
-// tall, at row stride and dilation 1: the output rows' taps of one kernel
-// column read NR + R - 1 window rows, so each row vector is loaded once and
-// serves every kernel row that reaches it, instead of once per (tap, output
-// row). Taps j = (channel * R + kr) * S + ks; offset[j] - kr * row_step is
-// the same for every kr.
-template <class T, int MR, int NV, int R>
-void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t* __restrict offset, int64_t channels,
-                       int64_t S, const T* __restrict a, T* __restrict c) {
-    using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>, W = NV * kLanes<T>, NR = shared_rows(MR, NV);
-    V acc[MR][NR][NV];
-#pragma GCC unroll 4
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-        for (int r = 0; r < NR; ++r)
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) acc[i][r][v] = V{};
-    for (int64_t ch = 0; ch < channels; ++ch)
-        for (int64_t ks = 0; ks < S; ++ks) {
-            const int64_t j0 = ch * R * S + ks;  // tap (ch, kr = 0, ks)
-            const T* b = base + offset[j0];
-#pragma GCC unroll 16
-            for (int ir = 0; ir < NR + R - 1; ++ir) {
-                V bv[NV];
-#pragma GCC unroll 4
-                for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + ir * row_step + v * L);
-#pragma GCC unroll 8
-                for (int kr = 0; kr < R; ++kr) {
-                    const int r = ir - kr;  // the output row that kernel row kr reads window row ir for
-                    if (r < 0 || r >= NR) continue;
-#pragma GCC unroll 4
-                    for (int i = 0; i < MR; ++i) {
-                        const T av = a[(j0 + kr * S) * MR + i];
-#pragma GCC unroll 4
-                        for (int v = 0; v < NV; ++v) acc[i][r][v] += av * bv[v];
-                    }
-                }
-            }
-        }
-#pragma GCC unroll 4
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 8
-        for (int r = 0; r < NR; ++r)
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) store(c + (i * NR + r) * W + v * L, acc[i][r][v]);
-}
-
+// The rows_shared_micro for MR filters, NV vectors and a kernel r rows tall
+// (3, 4, 5 or 7), shared_rows(MR, NV) rows per call; null where there is none.
 template <class T>
-using SharedMicro = void (*)(const T*, int64_t, const int64_t*, int64_t, int64_t, const T*, T*);
-
-// Kernel heights with a rows_shared_micro: those of 3x3, 5x5 and 7x7 layers
-// and of their stride-2 backward phases.
-template <class T, int MR, int NV>
-SharedMicro<T> shared_micro_for_height(int64_t r) {
-    switch (r) {
-        case 3: return &rows_shared_micro<T, MR, NV, 3>;
-        case 4: return &rows_shared_micro<T, MR, NV, 4>;
-        case 5: return &rows_shared_micro<T, MR, NV, 5>;
-        case 7: return &rows_shared_micro<T, MR, NV, 7>;
-        default: return nullptr;
-    }
-}
-
-// The rows_shared_micro for MR filters, NV vectors and a kernel r rows tall;
-// null where there is none.
-template <class T>
-SharedMicro<T> shared_micro_for(int filters, int nv, int64_t r) {
-    auto for_filters = [&](auto mr) -> SharedMicro<T> {
+RowsShared<T> shared_micro_for(int filters, int nv, int64_t r) {
+    auto for_filters = [&](auto mr) -> RowsShared<T> {
         constexpr int MR = decltype(mr)::value;
-        return nv == 1 ? shared_micro_for_height<T, MR, 1>(r)
-                       : nv == 2 ? shared_micro_for_height<T, MR, 2>(r) : shared_micro_for_height<T, MR, kVectorsPerTile>(r);
+        return nv == 1   ? rows_shared_for_height<T, MR, shared_rows(MR, 1), 1>(r)
+               : nv == 2 ? rows_shared_for_height<T, MR, shared_rows(MR, 2), 2>(r)
+                         : rows_shared_for_height<T, MR, shared_rows(MR, kVectorsPerTile), kVectorsPerTile>(r);
     };
     return filters == 1 ? for_filters(std::integral_constant<int, 1>{})
                         : filters == 2 ? for_filters(std::integral_constant<int, 2>{}) : for_filters(std::integral_constant<int, 3>{});
@@ -225,7 +162,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
     const int64_t tasks = p.n * p.groups * row_blocks;
 
     // Few filters at row stride and dilation 1: window rows shared among kernel rows.
-    const SharedMicro<T> shared = kg <= kRowsFilters && p.stride_h == 1 && p.dil_h == 1 ? shared_micro_for<T>(mr, nv, p.r) : nullptr;
+    const RowsShared<T> shared = kg <= kRowsFilters && p.stride_h == 1 && p.dil_h == 1 ? shared_micro_for<T>(mr, nv, p.r) : nullptr;
     const int shared_nr = kg <= kRowsFilters ? (nv == 1 ? shared_rows(mr, 1) : nv == 2 ? shared_rows(mr, 2) : shared_rows(mr, kVectorsPerTile)) : 0;
     PerThread<T> window_mem(win.size()),
         result_mem((mr <= kRowsFilters ? mr * std::max(rows_per_call(mr), shared_nr) : mr) * W);
@@ -248,7 +185,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += W) {
                         const int64_t np = std::min<int64_t>(W, p.out_w - ow0);
                         const T* first = base + (oh - oh0) * row_step + ow0;
-                        if (whole) shared(first, row_step, win.offset.data(), cg, p.s, a, result);
+                        if (whole) shared(first, row_step, win.offset.data(), cg, p.s, a, nullptr, result, W);
                         else rows_call(first, row_step, win.offset.data(), ntaps, a, result);
                         for (int64_t i = 0; i < kg; ++i) {
                             const T b = bias ? bias[g * kg + i] : T(0);
