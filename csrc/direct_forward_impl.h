@@ -96,14 +96,13 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const InputWindow win(p);
     const int64_t row_blocks = (p.out_h + win.out_rows - 1) / win.out_rows;
 
-    // A task is a range of filter blocks for one window (image, group, block
-    // of output rows). Each thread packs the weights of its range when the
-    // range changes -- tasks go range by range, so mostly once per call -- in
-    // a buffer of at most kPackBytes, not a copy of all the weights: more
-    // ranges would copy the windows more often.
-    constexpr int64_t kPackBytes = int64_t(3) << 20;
-    const int64_t most = std::clamp<int64_t>(kPackBytes / (ntaps * F * static_cast<int64_t>(sizeof(T))), 1, kblocks);
-    const int64_t kranges = (kblocks + most - 1) / most, kper = (kblocks + kranges - 1) / kranges;  // even ranges
+    // A task is a range of filter blocks (PackRanges) for one window (image,
+    // group, block of output rows). Each thread packs the weights of its
+    // range when the range changes: tasks go range by range and each thread
+    // takes them in increasing order, so at most once per range. More ranges
+    // would copy the windows more often.
+    const PackRanges pack(kblocks, ntaps * F * static_cast<int64_t>(sizeof(T)));
+    const int64_t kranges = pack.count, kper = pack.per_range;
     const int64_t windows = p.n * row_blocks;
     const int64_t tasks = p.groups * kranges * windows;
     // Pixels per micro-kernel call: NP, but a row whose last call would get
