@@ -4,6 +4,7 @@ It asserts no speed: a benchmark is never a timed test."""
 
 import argparse
 import json
+import sys
 
 import pytest
 
@@ -48,6 +49,7 @@ def test_bench_checks_then_reports(tmp_path, capsys, monkeypatch, with_torch):
         fastconv = r["timings"]["fastconv"]
         assert fastconv["samples"] == 1
         assert {"median_ms", "spread_pct", "gflops", "pct_peak", "peak_rss_extra_mib"} <= fastconv.keys()
+        assert r["speedup_vs_1_thread"] is None  # a 1-thread run has nothing to scale from
 
     libraries = {"fastconv", "torch"} if with_torch else {"fastconv"}
     assert set(report["fixed_cost_us"]) == libraries and "fixed cost per call" in out
@@ -60,6 +62,40 @@ def test_bench_checks_then_reports(tmp_path, capsys, monkeypatch, with_torch):
         assert "torch" in against and "geomean" in out
         assert all(r["speedup_vs_torch"] > 0 for r in results)
         assert {g["pass"] for g in report["geomean"]} == set(bench.PASSES + bench.DETAIL_PASSES)
+
+
+def test_timing_rounds_take_turns_in_alternating_order(monkeypatch):
+    """Each round takes its share of every callable's samples after one warm-up
+    call, the libraries in reverse order every other round."""
+    calls = []
+
+    def fn(name):
+        return lambda: calls.append(name) or ()
+
+    libs = {"a": {"forward": fn("a")}, "b": {"forward": fn("b")}}
+    cfg = bench.Config(shapes=(), dtypes=("float32",), threads=(1,), passes=("forward",), reference_all=False,
+                       warmup=1, repeats=5, rounds=2, min_time=0.0)
+    case = bench.make_case(bench.parse_shape("name=tiny,n=1,c=1,h=3,k=1,kernel=3"), "float32")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    timings = bench.time_interleaved(case, libs, cfg, None, bench.Progress(4))
+    # Round 0: warm-up + 3 samples each, a first; round 1: warm-up + 2 samples each, b first.
+    assert calls == ["a"] * 4 + ["b"] * 4 + ["b"] * 3 + ["a"] * 3
+    assert {key: t["samples"] for key, t in timings.items()} == {(1, "a", "forward"): 5, (1, "b", "forward"): 5}
+
+
+def test_two_thread_records_carry_their_scaling_over_one_thread(tmp_path):
+    path = tmp_path / "bench.json"
+    args = list(TINY)
+    args[args.index("--threads") + 1] = "1,2"
+    assert main(["bench", *args, "--dtype", "float64", "--json", str(path)]) == 0
+    results = json.loads(path.read_text())["results"]
+    one = {r["pass"]: r["timings"]["fastconv"]["median_ms"] for r in results if r["threads"] == 1}
+    for r in results:
+        if r["threads"] == 2:
+            assert r["speedup_vs_1_thread"] == pytest.approx(one[r["pass"]] / r["timings"]["fastconv"]["median_ms"])
+        else:
+            assert r["speedup_vs_1_thread"] is None
+    assert [r["threads"] for r in results] == [1, 1, 2, 2]  # tables by thread count
 
 
 def test_a_disagreement_stops_the_bench(tmp_path, monkeypatch, capsys):

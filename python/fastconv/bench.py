@@ -3,7 +3,9 @@
 Fair by construction: every library runs on the same thread count (set and
 then verified), PyTorch at full fp32 precision, with the same TF-style "same"
 padding; every output is checked for agreement before anything is timed; each
-figure is the median of repeats after warm-up, shown with its spread. This is
+figure is the median of repeats after warm-up, shown with its spread, the
+repeats taken in rounds in which the libraries and thread counts take turns
+(so that a slow spell of the machine does not favour one of them). This is
 a measuring tool, never a test: nothing here asserts a speed.
 """
 
@@ -200,6 +202,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--isa", default=None, help="instruction set for fastconv's kernels (see `python -m fastconv info`)")
     add("--warmup", type=count(0), default=None, help="untimed calls before timing (default 2, --quick 1)")
     add("--repeats", type=count(1), default=None, help="least timed calls (default 10, --quick 3)")
+    add("--rounds", type=count(1), default=None,
+        help="rounds the timed calls are split into, libraries and thread counts taking turns (default 3, --quick 2)")
     add("--min-time", type=float, default=None,
         help="more repeats of fast calls until this many seconds (default 0.3, --quick 0.05)")
     add("--json", metavar="PATH", help="write every figure, the versions and the machine to PATH")
@@ -217,6 +221,7 @@ class Config:
     reference_all: bool
     warmup: int
     repeats: int
+    rounds: int
     min_time: float
 
 
@@ -240,6 +245,7 @@ def make_config(args: argparse.Namespace) -> Config:
         reference_all=args.reference,
         warmup=args.warmup if args.warmup is not None else (1 if args.quick else 2),
         repeats=args.repeats if args.repeats is not None else (3 if args.quick else 10),
+        rounds=args.rounds if args.rounds is not None else (2 if args.quick else 3),
         min_time=args.min_time if args.min_time is not None else (0.05 if args.quick else 0.3),
     )
 
@@ -449,27 +455,80 @@ def measured_call(fn: Callable[[], Outputs]) -> tuple[float | None, float]:
     return max(peak - before, 0) / 1024, seconds
 
 
-def time_call(fn: Callable[[], Outputs], cfg: Config) -> dict[str, Any]:
-    """Median and quartiles of repeated calls after warm-up; fast calls get more
-    repeats (up to cfg.min_time seconds in all) so that their median is stable."""
-    memory, estimate = None, None
-    for _ in range(cfg.warmup):
-        memory, estimate = measured_call(fn)
-    samples = cfg.repeats
-    if estimate is not None:
-        samples = max(cfg.repeats, min(MAX_SAMPLES, math.ceil(cfg.min_time / max(estimate, 1e-9))))
-    times = np.empty(samples)
-    for i in range(samples):
+def planned_samples(cfg: Config, estimate: float | None) -> int:
+    """cfg.repeats, or more for fast calls: as many as fill cfg.min_time seconds."""
+    if estimate is None:
+        return cfg.repeats
+    return max(cfg.repeats, min(MAX_SAMPLES, math.ceil(cfg.min_time / max(estimate, 1e-9))))
+
+
+def timed_calls(fn: Callable[[], Outputs], count: int) -> list[float]:
+    """Seconds of each of count calls."""
+    times = []
+    for _ in range(count):
         start = time.perf_counter()
         fn()
-        times[i] = time.perf_counter() - start
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def summarize(seconds: Sequence[float], memory: float | None) -> dict[str, Any]:
+    """Median, quartiles and extremes in ms."""
+    times = np.asarray(seconds)
     q1, median, q3 = np.percentile(times, [25, 50, 75]) * 1e3
     return {
         "median_ms": float(median), "q1_ms": float(q1), "q3_ms": float(q3),
         "min_ms": float(times.min() * 1e3), "max_ms": float(times.max() * 1e3),
-        "spread_pct": float((q3 - q1) / median * 100), "samples": samples,
+        "spread_pct": float((q3 - q1) / median * 100), "samples": len(times),
         "peak_rss_extra_mib": memory,
     }
+
+
+def time_call(fn: Callable[[], Outputs], cfg: Config) -> dict[str, Any]:
+    """One callable on its own: warm-up, then its samples in one go."""
+    memory, estimate = None, None
+    for _ in range(cfg.warmup):
+        memory, estimate = measured_call(fn)
+    return summarize(timed_calls(fn, planned_samples(cfg, estimate)), memory)
+
+
+def time_interleaved(
+    case: Case, libs: dict[str, PassFns], cfg: Config, torch: Any, progress: Progress
+) -> dict[tuple[int, str, str], dict[str, Any]]:
+    """Timings of every (thread count, library, pass) of one case, keyed so.
+
+    The samples are taken in cfg.rounds rounds; each round visits every
+    thread count and library in turn, in reverse order every other round, and
+    takes its share of each one's samples after one warm-up call (the other
+    library's threads may still be spinning). A slow spell of a shared machine
+    then falls on both libraries and both thread counts alike, instead of on
+    whichever happened to run during it: the speed-ups and the thread scaling
+    compare like with like. The first round does the full warm-up, measures
+    the memory and sets how many samples each callable gets.
+    """
+    times: dict[tuple[int, str, str], list[float]] = {}
+    memory: dict[tuple[int, str, str], float | None] = {}
+    planned: dict[tuple[int, str, str], int] = {}
+    for rnd in range(cfg.rounds):
+        forward_order = rnd % 2 == 0
+        for threads in cfg.threads if forward_order else cfg.threads[::-1]:
+            with thread_limit(threads, torch):
+                for lib in list(libs) if forward_order else list(libs)[::-1]:
+                    for pass_name in cfg.passes:
+                        progress.step("timing " + _label(case.x.dtype.name, threads, case.shape, pass_name, lib))
+                        key, fn = (threads, lib, pass_name), libs[lib][pass_name]
+                        if rnd == 0:
+                            memory[key], estimate = None, None
+                            for _ in range(cfg.warmup):
+                                memory[key], estimate = measured_call(fn)
+                            planned[key], times[key] = planned_samples(cfg, estimate), []
+                        share = planned[key] // cfg.rounds + (rnd < planned[key] % cfg.rounds)
+                        if share == 0:
+                            continue
+                        if rnd > 0 and cfg.warmup > 0:
+                            fn()
+                        times[key] += timed_calls(fn, share)
+    return {key: summarize(times[key], memory[key]) for key in times}
 
 
 # --- threads and settings -------------------------------------------------------------
@@ -604,21 +663,30 @@ def check_all(cfg: Config, torch: Any, progress: Progress) -> list[dict[str, Any
 def time_all(cfg: Config, torch: Any, peak: dict[str, float], progress: Progress) -> list[dict[str, Any]]:
     """One record per thread count, dtype, shape and pass: every library's timing."""
     records = []
-    for threads in cfg.threads:
-        with thread_limit(threads, torch):
-            for dtype in cfg.dtypes:
-                for shape in cfg.shapes:
-                    case = make_case(shape, dtype)
-                    libs = library_passes(case, torch, cfg)
-                    timings: dict[str, dict[str, dict[str, Any]]] = {p: {} for p in cfg.passes}
-                    for lib, fns in libs.items():  # one library at a time: its threads stay warm
-                        for pass_name in cfg.passes:
-                            progress.step("timing " + _label(dtype, threads, shape, pass_name, lib))
-                            timings[pass_name][lib] = time_call(fns[pass_name], cfg)
-                    records += [
-                        make_record(shape, dtype, threads, p, timings[p], peak[dtype] * threads) for p in cfg.passes
-                    ]
-    return records
+    for dtype in cfg.dtypes:
+        for shape in cfg.shapes:
+            case = make_case(shape, dtype)
+            timings = time_interleaved(case, library_passes(case, torch, cfg), cfg, torch, progress)
+            for threads in cfg.threads:
+                for p in cfg.passes:
+                    by_lib = {lib: t for (n, lib, q), t in timings.items() if (n, q) == (threads, p)}
+                    records.append(make_record(shape, dtype, threads, p, by_lib, peak[dtype] * threads))
+    add_thread_scaling(records)
+    # Tables by thread count, then dtype, as the run is configured.
+    order = {(t, d): i for i, (t, d) in enumerate((t, d) for t in cfg.threads for d in cfg.dtypes)}
+    return sorted(records, key=lambda r: order[r["threads"], r["dtype"]])
+
+
+def add_thread_scaling(records: list[dict[str, Any]]) -> None:
+    """fastconv's speed-up over its own 1-thread median, on records of more
+    threads when the run has 1-thread records of the same case."""
+    one = {(r["shape"], r["dtype"], r["pass"]): r for r in records if r["threads"] == 1}
+    for r in records:
+        base = one.get((r["shape"], r["dtype"], r["pass"]))
+        r["speedup_vs_1_thread"] = (
+            base["timings"]["fastconv"]["median_ms"] / r["timings"]["fastconv"]["median_ms"]
+            if base is not None and r["threads"] > 1 else None
+        )
 
 
 # The smallest call: what a call costs besides its arithmetic.
@@ -721,7 +789,7 @@ def runtime_info() -> dict[str, Any]:
 
 COLUMNS = (
     ("shape", 14), ("pass", 16), ("fastconv ms ±IQR", 16), ("GFLOP/s", 8), ("%peak", 6),
-    ("torch ms ±IQR", 16), ("numpy ms ±IQR", 16), ("vs torch", 8),
+    ("torch ms ±IQR", 16), ("numpy ms ±IQR", 16), ("vs torch", 8), ("vs 1 thread", 11),
 )
 
 
@@ -751,13 +819,14 @@ def format_tables(records: list[dict[str, Any]], geomeans: list[dict[str, Any]],
         for r in rows:
             t, fc = r["timings"], r["timings"]["fastconv"]
             speedup = f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-"
+            scaling = f"{r['speedup_vs_1_thread']:.2f}x" if r["speedup_vs_1_thread"] else "-"
             out.append(_row([
                 r["shape"], r["pass"], _ms(fc), f"{fc['gflops']:.2f}", f"{fc['pct_peak']:.1f}%",
-                _ms(t.get("torch")), _ms(t.get("numpy")), speedup,
+                _ms(t.get("torch")), _ms(t.get("numpy")), speedup, scaling,
             ]))
         for g in geomeans:
             if (g["dtype"], g["threads"]) == (dtype, threads):
-                out.append(_row(["geomean", g["pass"], "", "", "", "", "", f"{g['speedup_vs_torch']:.2f}x"]))
+                out.append(_row(["geomean", g["pass"], "", "", "", "", "", f"{g['speedup_vs_torch']:.2f}x", ""]))
     return "\n".join(out)
 
 
@@ -866,7 +935,9 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
     with using_isa(args.isa), torch_full_precision(torch):
         report["isa"] = _core().isa()
         n_timed = sum(len(library_names(s, torch, cfg)) for s in cfg.shapes)
-        progress = Progress(len(cfg.threads) * len(cfg.dtypes) * (len(cfg.shapes) + n_timed * len(cfg.passes)))
+        progress = Progress(
+            len(cfg.threads) * len(cfg.dtypes) * (len(cfg.shapes) + cfg.rounds * n_timed * len(cfg.passes))
+        )
         try:
             report["agreement"] = check_all(cfg, torch, progress)
             ok = all(r["ok"] for r in report["agreement"])
