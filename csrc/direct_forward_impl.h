@@ -152,6 +152,15 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += block) {
                         const int64_t np = std::min<int64_t>(block, p.out_w - ow0);
                         const BlockTaps::List& list = taps.at(oh, ow0 / block);
+                        // Spaced-out outputs (dL/dx by phase) go to lines that another phase
+                        // wrote long ago: ask for them now, while the micro-kernel runs.
+                        if (p.ys.w != 1) {
+                            for (int64_t f = 0; f < nk; ++f) {
+                                const T* out = y + n * p.ys.n + (k0 + f) * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
+                                __builtin_prefetch(out, 1);
+                                __builtin_prefetch(out + (np - 1) * p.ys.w, 1);
+                            }
+                        }
                         (np == block ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(),
                                                     list.taps, list.pixels, list.count, result);
                         for (int64_t f = 0; f < nk; ++f) {
