@@ -250,7 +250,10 @@ def conv2d_backward(
     grad_y4 = to_nchw(grad_y.reshape(expected), data_format)
     grads = backward_checked(grad_y4, xk, w, gk, bias, backend, need_input_grad)
     grads = fold_padding_mode(grads, geom, padding_mode, (x4.shape[2], x4.shape[3]))
-    if grads.input is not None:
-        grad_x = from_nchw(grads.input, data_format)
-        grads = grads._replace(input=grad_x[0] if unbatched else grad_x)
-    return grads
+    if grads.input is None:
+        return grads
+    grad_x = from_nchw(grads.input, data_format)
+    if unbatched:
+        grad_x = grad_x[0]
+    # Built anew, not by _replace: that costs a tenth of a tiny call.
+    return grads if grad_x is grads.input else ConvGradients(grad_x, grads.weight, grads.bias)
