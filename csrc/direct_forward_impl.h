@@ -96,15 +96,14 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const InputWindow win(p);
     const int64_t row_blocks = (p.out_h + win.out_rows - 1) / win.out_rows;
 
-    // A task is a range of filter blocks (PackRanges) for one window (image,
-    // group, block of output rows). Each thread packs the weights of its
-    // range when the range changes: tasks go range by range and each thread
-    // takes them in increasing order, so at most once per range. More ranges
-    // would copy the windows more often.
+    // The work goes in units of one filter block for one window (image,
+    // group, block of output rows), range by range (PackRanges::Unit); each
+    // thread takes an even run of them. A thread packs the weights of a range
+    // of filter blocks when it enters it, so at most once per range, and
+    // copies a window once per range it meets it in. More ranges would copy
+    // the windows more often.
     const PackRanges pack(kblocks, ntaps * F * static_cast<int64_t>(sizeof(T)));
-    const int64_t kranges = pack.count, kper = pack.per_range;
     const int64_t windows = p.n * row_blocks;
-    const int64_t tasks = p.groups * kranges * windows;
     // Pixels per micro-kernel call: NP, but a row whose last call would get
     // under half of that is split evenly (14 = 7 + 7, not 12 + 2), since a
     // call on few pixels leaves most accumulators idle.
@@ -116,22 +115,23 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
         DirectKernels<T, NK>::for_pixels(static_cast<int>(p.out_w - (pixel_blocks - 1) * block));
     const BlockTaps taps(p, LiveTaps(p), block);
 
-    PerThread<T> window_mem(win.size()), result_mem(NP * F), packed_mem(kper * ntaps * F);
+    PerThread<T> window_mem(win.size()), result_mem(NP * F), packed_mem(pack.per_range * ntaps * F);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const window = window_mem.get();
         T* const result = result_mem.get();
         T* const packed = packed_mem.get();
         int64_t packed_range = -1;  // the (group, filter range) in `packed`
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < tasks; ++t) {
-            const int64_t range = t / windows, g = range / kranges, kb0 = range % kranges * kper;
-            const int64_t kbn = std::min(kper, kblocks - kb0);
-            const int64_t rb = t % row_blocks, n = t % windows / row_blocks;
-            if (range != packed_range) {
-                // packed[kb][j][f] = weight of filter (kb0 + kb) * F + f of group g for tap j, zero past the group's filters.
-                for (int64_t kb = 0; kb < kbn; ++kb) {
-                    T* dst = packed + kb * ntaps * F;
-                    const int64_t m0 = (kb0 + kb) * F, nk = std::min<int64_t>(F, kg - m0);
+        const auto [begin, end] = thread_share(pack.units(p.groups, windows));
+        for (int64_t u = begin; u < end;) {
+            const PackRanges::Unit at = pack.unit(u, windows);
+            const int64_t g = at.group, rb = at.item % row_blocks, n = at.item / row_blocks;
+            const int64_t kb_end = std::min(at.end, at.block + (end - u));  // this run's blocks of the window
+            u += kb_end - at.block;
+            if (at.range != packed_range) {
+                // packed[kb - first][j][f] = weight of filter kb * F + f of group g for tap j, zero past the group's filters.
+                for (int64_t kb = at.first; kb < at.end; ++kb) {
+                    T* dst = packed + (kb - at.first) * ntaps * F;
+                    const int64_t m0 = kb * F, nk = std::min<int64_t>(F, kg - m0);
                     for (int64_t j0 = 0; j0 < ntaps; j0 += 64) {  // 64 taps at a time: the piece stays in L1
                         const int64_t j1 = std::min<int64_t>(ntaps, j0 + 64);
                         for (int64_t f = 0; f < nk; ++f)
@@ -139,14 +139,14 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                         for (int64_t j = j0; j < j1; ++j) std::fill(dst + j * F + nk, dst + (j + 1) * F, T(0));
                     }
                 }
-                packed_range = range;
+                packed_range = at.range;
             }
             const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
             const T* base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window);
             // Filter blocks outermost: one block's weights stay in cache for all the rows.
-            for (int64_t kb = 0; kb < kbn; ++kb) {
-                const T* wb = packed + kb * ntaps * F;
-                const int64_t k0 = g * kg + (kb0 + kb) * F, nk = std::min<int64_t>(F, kg - (kb0 + kb) * F);
+            for (int64_t kb = at.block; kb < kb_end; ++kb) {
+                const T* wb = packed + (kb - at.first) * ntaps * F;
+                const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
                 for (int64_t oh = oh0; oh < oh1; ++oh) {
                     const T* row = base + (oh - oh0) * p.stride_h * win.cols;
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += block) {

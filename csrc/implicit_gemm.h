@@ -282,11 +282,31 @@ RowsShared<T> rows_shared_for_height(int64_t r) {
 // (16 blocks of 0.6 MiB: 4 ranges of 4, not 5 + 5 + 5 + 1).
 struct PackRanges {
     static constexpr int64_t kBytes = int64_t(3) << 20;
-    int64_t count = 1, per_range = 1;  // ranges, and blocks per range (the last may have fewer)
-    PackRanges(int64_t blocks, int64_t block_bytes) {
+    int64_t blocks = 1, count = 1, per_range = 1;  // blocks; ranges, and blocks per range (the last may have fewer)
+    PackRanges(int64_t blocks_, int64_t block_bytes) : blocks(blocks_) {
         const int64_t most = std::clamp<int64_t>(kBytes / block_bytes, 1, blocks);
         count = (blocks + most - 1) / most;
         per_range = (blocks + count - 1) / count;
+    }
+
+    // The work of such a kernel is one unit per group, range, item (a window
+    // or a pixel tile: `items` per group) and block of the range, in that
+    // order. Blocks are equal work, so threads that take equal runs of units
+    // are balanced even where the last range has fewer blocks (whole (range,
+    // item) tasks were not: 32 blocks in 7 ranges left one of 2 threads a
+    // fifth more work), and each thread still meets a range in one run.
+    struct Unit {
+        int64_t group, range;  // range: counted over all groups
+        int64_t item;
+        int64_t block, first, end;  // the unit's block, and its range's [first, end)
+    };
+    int64_t units(int64_t groups, int64_t items) const { return groups * blocks * items; }
+    Unit unit(int64_t u, int64_t items) const {
+        const int64_t g = u / (blocks * items), ug = u % (blocks * items);
+        const int64_t r = std::min(ug / (items * per_range), count - 1);
+        const int64_t first = r * per_range, size = std::min(per_range, blocks - first);
+        const int64_t rest = ug - items * first;
+        return Unit{g, g * count + r, rest / size, first + rest % size, first, first + size};
     }
 };
 
@@ -308,18 +328,16 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
     const int64_t mr = FASTCONV_MR;
     const int64_t blocks = (m_per_group + mr - 1) / mr;
 
-    // A task is a range of row blocks (PackRanges) for one pixel tile. Each
-    // thread packs the weights of its range -- panel[j][i] per block, for the
-    // block's rows i -- when the range changes: tasks go range by range and
-    // each thread takes them in increasing order, so at most once per range.
-    // More ranges would pack strided tiles more often.
+    // The work goes in units of one row block for one pixel tile, range by
+    // range (PackRanges::Unit); each thread takes an even run of them and
+    // packs the weights of a range -- panel[j][i] per block, for the block's
+    // rows i -- when it enters it, so at most once per range. More ranges
+    // would pack strided tiles more often.
     const int64_t block_values = mr * std::max<int64_t>(ntaps, 1);
     const PackRanges pack(blocks, block_values * static_cast<int64_t>(sizeof(T)));
-    const int64_t ranges = pack.count, per_range = pack.per_range;
 
     const int64_t pixels = batch * grid.rows * grid.cols;
     const int64_t tiles = (pixels + W - 1) / W;
-    const int64_t tasks = groups * ranges * tiles;
     const RowMicro<T> full = micro_for_rows<T, kVectorsPerTile>(static_cast<int>(std::min(mr, m_per_group)));
     const RowMicro<T> tail = micro_for_rows<T, kVectorsPerTile>(static_cast<int>(m_per_group - (blocks - 1) * mr));
     // Where the taps are whole source planes read as they are (a 1x1 kernel,
@@ -340,27 +358,29 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
         all_taps[static_cast<size_t>(j)] = static_cast<int32_t>(j);
     }
 
-    PerThread<T> panel_mem(ntaps * W + kCopySlack<T>), result_mem(mr * W), a_mem(per_range * block_values);
+    PerThread<T> panel_mem(ntaps * W + kCopySlack<T>), result_mem(mr * W), a_mem(pack.per_range * block_values);
     parallel_region(worth_parallel(2.0 * static_cast<double>(groups * m_per_group * ntaps) * static_cast<double>(pixels)), [&] {
         T* const panel = panel_mem.get();
         T* const result = result_mem.get();
         T* const a_packed = a_mem.get();
         int64_t packed_range = -1;  // the (group, range of blocks) in a_packed
         Segment segs[W];
-#pragma omp for schedule(static)
-        for (int64_t t = 0; t < tasks; ++t) {
-            const int64_t range = t / tiles, g = range / ranges;
-            const int64_t blk0 = range % ranges * per_range, blk1 = std::min(blocks, blk0 + per_range);
-            if (range != packed_range) {
-                for (int64_t blk = blk0; blk < blk1; ++blk) {
+        const auto [begin, end] = thread_share(pack.units(groups, tiles));
+        for (int64_t u = begin; u < end;) {
+            const PackRanges::Unit at = pack.unit(u, tiles);
+            const int64_t g = at.group, blk0 = at.first;
+            const int64_t blk_end = std::min(at.end, at.block + (end - u));  // this run's blocks of the tile
+            u += blk_end - at.block;
+            if (at.range != packed_range) {
+                for (int64_t blk = at.first; blk < at.end; ++blk) {
                     const int64_t m0 = blk * mr, rows = std::min(mr, m_per_group - m0);
                     T* a = a_packed + (blk - blk0) * block_values;
                     for (int64_t j = 0; j < ntaps; ++j)
                         for (int64_t i = 0; i < rows; ++i) a[j * rows + i] = weight_of(g, m0 + i, j);
                 }
-                packed_range = range;
+                packed_range = at.range;
             }
-            const int64_t q0 = (t % tiles) * W;
+            const int64_t q0 = at.item * W;
             const int64_t filled = std::min<int64_t>(W, pixels - q0);
             const int nsegs = split_segments(grid, q0, filled, segs);
             const T* b_tile = panel;
@@ -377,7 +397,7 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
                                (nsegs == 1 || (out.du == 1 && out.width == grid.cols));
             T* const direct = dst + g * dst_group_stride + segs[0].n * out.batch_stride +
                               (segs[0].u * out.du + out.r0) * out.width + segs[0].v0 + out.c0;
-            for (int64_t blk = blk0; blk < blk1; ++blk) {
+            for (int64_t blk = at.block; blk < blk_end; ++blk) {
                 const int64_t m0 = blk * mr, rows = std::min(mr, m_per_group - m0);
                 const T* a = a_packed + (blk - blk0) * block_values;
                 const T* init = bias ? bias + g * m_per_group + m0 : nullptr;

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <memory>
 #include <new>
+#include <utility>
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
@@ -49,6 +50,17 @@ inline int64_t thread_num() {
 #else
     return 0;
 #endif
+}
+
+// This thread's run [begin, end) of `count` items split evenly over the
+// team, as schedule(static) would, for loops that must see their whole run.
+inline std::pair<int64_t, int64_t> thread_share(int64_t count) {
+#ifdef _OPENMP
+    const int64_t threads = omp_get_num_threads(), i = omp_get_thread_num();
+#else
+    const int64_t threads = 1, i = 0;
+#endif
+    return {count * i / threads, count * (i + 1) / threads};
 }
 
 // Flush-to-zero and denormals-are-zero while it lives, then the thread's own

@@ -147,6 +147,16 @@ def test_plane_kernels_sharing_plane_rows(rng, dtype, channels, groups, kernel, 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("stride", [1, 2])
+def test_3x3_layer_whose_weights_take_uneven_packing_ranges(rng, dtype, stride):
+    # 224 filters of 910 x 3 x 3 taps: blocks of filters of 1 MiB, packed per
+    # thread in ranges of at most 3 MiB -- 3 + 3 + 1 blocks in float32,
+    # 3 + 3 + 3 + 3 + 2 in float64 -- and split between the threads in
+    # equal runs of (window, block) units, so a run starts inside a range.
+    run_case(rng, dtype, 3, 910, 5, 5, 224, (3, 3), stride, 1, 1, "same")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("stride", [1, 2])
 def test_1x1_layer_whose_weights_take_several_packing_ranges(rng, dtype, stride):
     # 1536 x 1536 weights (9 MiB in float32, 18 MiB in float64): the 1x1 GEMM
     # packs them per thread in ranges of at most 3 MiB, so each thread meets
