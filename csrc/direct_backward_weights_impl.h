@@ -140,6 +140,18 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                     const int64_t pix = (oh1 - oh0) * p.out_w;
                     for (int64_t kb = 0; kb < kbn; ++kb) {
                         T* dst = gyt + kb * block;
+                        const int64_t m0 = (kb0 + kb) * F;
+                        if (p.y_dense() && m0 + F <= kg) {  // whole L x L tiles in registers, the last pixels one by one
+                            constexpr int L = kLanes<T>;
+                            const T* gy = grad_y + n * p.ys.n + (g * kg + m0) * p.ys.c + oh0 * p.ys.h;
+                            const int64_t tiled = pix / L * L;
+                            for (int64_t f = 0; f < F; f += L) {
+                                for (int64_t i = 0; i < tiled; i += L) transpose_tile(gy + f * p.ys.c + i, p.ys.c, dst + i * F + f, F);
+                                for (int64_t ff = f; ff < f + L; ++ff)
+                                    for (int64_t i = tiled; i < pix; ++i) dst[i * F + ff] = gy[ff * p.ys.c + i];
+                            }
+                            continue;
+                        }
                         for (int64_t f = 0; f < F; ++f) {
                             const int64_t m = (kb0 + kb) * F + f;  // filter of the group
                             if (m < kg) {

@@ -21,6 +21,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "conv_shape.h"
@@ -61,6 +62,49 @@ inline V load(const T* p) {
 template <class V, class T>
 inline void store(T* p, const V& v) {
     std::memcpy(p, &v, sizeof(V));
+}
+
+// out[i * ldo + j] = in[j * ldi + i], i, j < L = kLanes<T>: an L x L tile
+// transposed in registers by log2(L) rounds of two-vector shuffles, where
+// round H swaps the off-diagonal H x H blocks of each 2H x 2H block.
+// Scalar where the compiler has no __builtin_shufflevector (before GCC 12).
+constexpr int transpose_lane(int lanes, int h, bool high, int k) {
+    const int base = k / (2 * h) * 2 * h + (high ? h : 0), r = k % (2 * h);
+    return r < h ? base + r : lanes + base + r - h;  // from a, else from b
+}
+
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define FASTCONV_HAS_SHUFFLEVECTOR 1
+#endif
+#endif
+
+#ifdef FASTCONV_HAS_SHUFFLEVECTOR
+template <class V, int L, int H, std::size_t... K>
+inline void transpose_round(V (&r)[L], std::index_sequence<K...> lanes) {
+    for (int i = 0; i < L; ++i) {
+        if (i & H) continue;
+        const V a = r[i], b = r[i + H];
+        r[i] = __builtin_shufflevector(a, b, transpose_lane(L, H, false, static_cast<int>(K))...);
+        r[i + H] = __builtin_shufflevector(a, b, transpose_lane(L, H, true, static_cast<int>(K))...);
+    }
+    if constexpr (H > 1) transpose_round<V, L, H / 2>(r, lanes);
+}
+#endif
+
+template <class T>
+inline void transpose_tile(const T* __restrict in, int64_t ldi, T* __restrict out, int64_t ldo) {
+    constexpr int L = kLanes<T>;
+#ifdef FASTCONV_HAS_SHUFFLEVECTOR
+    using V = typename Simd<T>::vec;
+    V r[L];
+    for (int i = 0; i < L; ++i) r[i] = load<V>(in + i * ldi);
+    transpose_round<V, L, L / 2>(r, std::make_index_sequence<L>{});
+    for (int i = 0; i < L; ++i) store(out + i * ldo, r[i]);
+#else
+    for (int i = 0; i < L; ++i)
+        for (int j = 0; j < L; ++j) out[i * ldo + j] = in[j * ldi + i];
+#endif
 }
 
 // One reduction index j: where its source value sits relative to a pixel.
