@@ -167,8 +167,15 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                             }
                         }
                     }
+                    // The input rows of the task's next window, fetched a share per micro-kernel call.
+                    const bool last_rows = oh1 == p.out_h;
+                    const int64_t next_n = last_rows ? n + 1 : n, next_oh0 = last_rows ? 0 : oh1;
+                    const int64_t fetch = next_n < p.n ? win.source_rows() : 0, calls = kbn * ((jn + NJ - 1) / NJ);
+                    const T* next_x = xc + (next_n - n) * p.xs.n;
+                    int64_t call = 0;
                     for (int64_t kb = 0; kb < kbn; ++kb) {
-                        for (int64_t j = 0; j < jn; j += NJ) {
+                        for (int64_t j = 0; j < jn; j += NJ, ++call) {
+                            if (fetch > 0) win.prefetch(q, next_x, next_oh0, fetch * call / calls, fetch * (call + 1) / calls);
                             const int64_t nj = std::min<int64_t>(NJ, jn - j);
                             const DirectBwMicro<T> micro =
                                 pick_direct_bw<T, NK>(static_cast<int>(nj), std::make_integer_sequence<int, NJ>{});

@@ -60,7 +60,34 @@ struct InputWindow {
         return scratch;
     }
 
+    // Asks the cache for rows [first, end) of the channels x rows input rows
+    // that the window of output rows oh0... copies (rows of padding and
+    // windows read in place have nothing to fetch), so that a kernel can
+    // spread the next window's fetch over its work on this one.
+    int64_t source_rows() const { return in_place ? 0 : channels * rows; }
+    template <class T>
+    void prefetch(const ConvShape& p, const T* x_group, int64_t oh0, int64_t first, int64_t end) const {
+        if (p.xs.w != 1) return;  // a channels-last row is spread over C times the lines
+        const int64_t ih0 = oh0 * p.stride_h - p.pad_top, bytes = p.w * static_cast<int64_t>(sizeof(T));
+        for (int64_t k = first; k < end; ++k) {
+            const int64_t ih = ih0 + k % rows;
+            if (ih < 0 || ih >= p.h) continue;
+            const char* row = reinterpret_cast<const char*>(x_group + k / rows * p.xs.c + ih * p.xs.h);
+            for (int64_t b = 0; b < bytes; b += 64) fetch_line(row + b);
+            fetch_line(row + bytes - 1);
+        }
+    }
+
   private:
+    // GCC deletes a loop of nothing but __builtin_prefetch as free of side effects.
+    static void fetch_line(const char* p) {
+#if defined(__x86_64__) || defined(__i386__)
+        asm volatile("prefetcht0 %0" : : "m"(*p));
+#else
+        __builtin_prefetch(p);
+#endif
+    }
+
     // Copies the input rows that output rows oh0... read into dst, zeros in the padding.
     template <class T>
     void fill(const ConvShape& p, const T* x_group, int64_t oh0, T* dst) const {
