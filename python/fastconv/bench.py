@@ -203,7 +203,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--warmup", type=count(0), default=None, help="untimed calls before timing (default 2, --quick 1)")
     add("--repeats", type=count(1), default=None, help="least timed calls (default 10, --quick 3)")
     add("--rounds", type=count(1), default=None,
-        help="rounds the timed calls are split into, libraries and thread counts taking turns (default 3, --quick 2)")
+        help="rounds the timed calls are split into, libraries and thread counts taking turns (default 5, --quick 2)")
     add("--min-time", type=float, default=None,
         help="more repeats of fast calls until this many seconds (default 0.3, --quick 0.05)")
     add("--json", metavar="PATH", help="write every figure, the versions and the machine to PATH")
@@ -245,7 +245,7 @@ def make_config(args: argparse.Namespace) -> Config:
         reference_all=args.reference,
         warmup=args.warmup if args.warmup is not None else (1 if args.quick else 2),
         repeats=args.repeats if args.repeats is not None else (3 if args.quick else 10),
-        rounds=args.rounds if args.rounds is not None else (2 if args.quick else 3),
+        rounds=args.rounds if args.rounds is not None else (2 if args.quick else 5),
         min_time=args.min_time if args.min_time is not None else (0.05 if args.quick else 0.3),
     )
 
