@@ -484,11 +484,17 @@ def summarize(seconds: Sequence[float], memory: float | None) -> dict[str, Any]:
     }
 
 
-def time_call(fn: Callable[[], Outputs], cfg: Config) -> dict[str, Any]:
-    """One callable on its own: warm-up, then its samples in one go."""
+def warm_up(fn: Callable[[], Outputs], cfg: Config) -> tuple[float | None, float | None]:
+    """cfg.warmup untimed calls: the last one's (peak extra memory, seconds), or Nones without any."""
     memory, estimate = None, None
     for _ in range(cfg.warmup):
         memory, estimate = measured_call(fn)
+    return memory, estimate
+
+
+def time_call(fn: Callable[[], Outputs], cfg: Config) -> dict[str, Any]:
+    """One callable on its own: warm-up, then its samples in one go."""
+    memory, estimate = warm_up(fn, cfg)
     return summarize(timed_calls(fn, planned_samples(cfg, estimate)), memory)
 
 
@@ -518,9 +524,7 @@ def time_interleaved(
                         progress.step("timing " + _label(case.x.dtype.name, threads, case.shape, pass_name, lib))
                         key, fn = (threads, lib, pass_name), libs[lib][pass_name]
                         if rnd == 0:
-                            memory[key], estimate = None, None
-                            for _ in range(cfg.warmup):
-                                memory[key], estimate = measured_call(fn)
+                            memory[key], estimate = warm_up(fn, cfg)
                             planned[key], times[key] = planned_samples(cfg, estimate), []
                         share = planned[key] // cfg.rounds + (rnd < planned[key] % cfg.rounds)
                         if share == 0:
