@@ -116,17 +116,22 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const BlockTaps taps(p, LiveTaps(p), block);
 
     PerThread<T> window_mem(win.size()), result_mem(NP * F), packed_mem(pack.per_range * ntaps * F);
+    // A thread done early takes units from the back of another's run when
+    // all the weights are one range, which it has packed already.
+    SharedUnits shared(pack.units(p.groups, windows), pack.count == 1);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const window = window_mem.get();
         T* const result = result_mem.get();
         T* const packed = packed_mem.get();
         int64_t packed_range = -1;  // the (group, filter range) in `packed`
-        const auto [begin, end] = thread_share(pack.units(p.groups, windows));
-        for (int64_t u = begin; u < end;) {
+        int64_t window_of = -1;     // the (group, window) in `window`
+        const T* base = window;
+        shared.start();
+        for (;;) {
+            const auto [u, u_end] = shared.next([&](int64_t v) { return pack.item_end(v, windows); });
+            if (u == u_end) break;
             const PackRanges::Unit at = pack.unit(u, windows);
             const int64_t g = at.group, rb = at.item % row_blocks, n = at.item / row_blocks;
-            const int64_t kb_end = std::min(at.end, at.block + (end - u));  // this run's blocks of the window
-            u += kb_end - at.block;
             if (at.range != packed_range) {
                 // packed[kb - first][j][f] = weight of filter kb * F + f of group g for tap j, zero past the group's filters.
                 for (int64_t kb = at.first; kb < at.end; ++kb) {
@@ -142,9 +147,13 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                 packed_range = at.range;
             }
             const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
-            const T* base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window);
+            // A copied window is copied again only for units of another window.
+            if (win.in_place || window_of != g * windows + at.item) {
+                base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window);
+                window_of = g * windows + at.item;
+            }
             // Filter blocks outermost: one block's weights stay in cache for all the rows.
-            for (int64_t kb = at.block; kb < kb_end; ++kb) {
+            for (int64_t kb = at.block; kb < at.block + (u_end - u); ++kb) {
                 const T* wb = packed + (kb - at.first) * ntaps * F;
                 const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
                 for (int64_t oh = oh0; oh < oh1; ++oh) {

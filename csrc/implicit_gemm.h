@@ -345,6 +345,11 @@ struct PackRanges {
         int64_t block, first, end;  // the unit's block, and its range's [first, end)
     };
     int64_t units(int64_t groups, int64_t items) const { return groups * blocks * items; }
+    // The end of the units of u's item in u's range: its run of blocks.
+    int64_t item_end(int64_t u, int64_t items) const {
+        const Unit at = unit(u, items);
+        return u + (at.end - at.block);
+    }
     Unit unit(int64_t u, int64_t items) const {
         const int64_t g = u / (blocks * items), ug = u % (blocks * items);
         const int64_t r = std::min(ug / (items * per_range), count - 1);
@@ -403,18 +408,26 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
     }
 
     PerThread<T> panel_mem(ntaps * W + kCopySlack<T>), result_mem(mr * W), a_mem(pack.per_range * block_values);
+    // A thread done early takes units from the back of another's run when
+    // all the weights are one range, which it has packed already.
+    SharedUnits shared(pack.units(groups, tiles), pack.count == 1);
     parallel_region(worth_parallel(2.0 * static_cast<double>(groups * m_per_group * ntaps) * static_cast<double>(pixels)), [&] {
         T* const panel = panel_mem.get();
         T* const result = result_mem.get();
         T* const a_packed = a_mem.get();
         int64_t packed_range = -1;  // the (group, range of blocks) in a_packed
+        int64_t tile_of = -1;       // the (group, tile) that segs, b_tile and panel hold
         Segment segs[W];
-        const auto [begin, end] = thread_share(pack.units(groups, tiles));
-        for (int64_t u = begin; u < end;) {
+        int nsegs = 0;
+        int64_t filled = 0;
+        const T* b_tile = panel;
+        const int64_t* b_rows = packed_rows.data();
+        shared.start();
+        for (;;) {
+            const auto [u, u_end] = shared.next([&](int64_t v) { return pack.item_end(v, tiles); });
+            if (u == u_end) break;
             const PackRanges::Unit at = pack.unit(u, tiles);
             const int64_t g = at.group, blk0 = at.first;
-            const int64_t blk_end = std::min(at.end, at.block + (end - u));  // this run's blocks of the tile
-            u += blk_end - at.block;
             if (at.range != packed_range) {
                 for (int64_t blk = at.first; blk < at.end; ++blk) {
                     const int64_t m0 = blk * mr, rows = std::min(mr, m_per_group - m0);
@@ -425,15 +438,18 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
                 packed_range = at.range;
             }
             const int64_t q0 = at.item * W;
-            const int64_t filled = std::min<int64_t>(W, pixels - q0);
-            const int nsegs = split_segments(grid, q0, filled, segs);
-            const T* b_tile = panel;
-            const int64_t* b_rows = packed_rows.data();
-            if (in_place && filled == W && q0 % per_image + W <= per_image) {
-                b_tile = src + g * src_group_stride + (q0 / per_image) * grid.batch_stride + q0 % per_image;
-                b_rows = plane_rows.data();
-            } else {
-                pack_panel(src + g * src_group_stride, grid, taps.data(), ntaps, segs, nsegs, filled, W, panel);
+            if (tile_of != g * tiles + at.item) {  // a tile is packed again only for another tile
+                filled = std::min<int64_t>(W, pixels - q0);
+                nsegs = split_segments(grid, q0, filled, segs);
+                b_tile = panel;
+                b_rows = packed_rows.data();
+                if (in_place && filled == W && q0 % per_image + W <= per_image) {
+                    b_tile = src + g * src_group_stride + (q0 / per_image) * grid.batch_stride + q0 % per_image;
+                    b_rows = plane_rows.data();
+                } else {
+                    pack_panel(src + g * src_group_stride, grid, taps.data(), ntaps, segs, nsegs, filled, W, panel);
+                }
+                tile_of = g * tiles + at.item;
             }
             // A full tile whose outputs are one dense run (one image, rows
             // adjacent in the destination) is written there directly.
@@ -441,7 +457,7 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
                                (nsegs == 1 || (out.du == 1 && out.width == grid.cols));
             T* const direct = dst + g * dst_group_stride + segs[0].n * out.batch_stride +
                               (segs[0].u * out.du + out.r0) * out.width + segs[0].v0 + out.c0;
-            for (int64_t blk = at.block; blk < blk_end; ++blk) {
+            for (int64_t blk = at.block; blk < at.block + (u_end - u); ++blk) {
                 const int64_t m0 = blk * mr, rows = std::min(mr, m_per_group - m0);
                 const T* a = a_packed + (blk - blk0) * block_values;
                 const T* init = bias ? bias + g * m_per_group + m0 : nullptr;

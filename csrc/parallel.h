@@ -6,8 +6,10 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <utility>
+#include <vector>
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
@@ -62,6 +64,63 @@ inline std::pair<int64_t, int64_t> thread_share(int64_t count) {
 #endif
     return {count * i / threads, count * (i + 1) / threads};
 }
+
+// Units of work shared out as thread_share does, but taken a few at a time:
+// each thread takes runs of its own from the front, and a thread done with
+// its own takes single units from the back of another's, so that a thread
+// the machine slows (another tenant on its core, interrupts) does not hold up
+// the call. Which thread computes a unit never changes what the unit
+// computes. Each thread of the region calls start() once, then next().
+class SharedUnits {
+  public:
+    SharedUnits(int64_t count, bool steal) : count_(count), steal_(steal), runs_(static_cast<size_t>(max_threads())) {}
+
+    void start() {
+        const auto [begin, end] = thread_share(count_);
+        Run& mine = runs_[static_cast<size_t>(thread_num())];
+        mine.front = begin, mine.back = end;
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+    }
+
+    // This thread's next units [first, end): its own from the front up to
+    // run_end(first) at most, else one from another thread's back; empty
+    // when none is left.
+    template <class RunEnd>
+    std::pair<int64_t, int64_t> next(RunEnd run_end) {
+        const size_t me = static_cast<size_t>(thread_num());
+        {
+            Run& mine = runs_[me];
+            const std::lock_guard<std::mutex> lock(mine.mutex);
+            if (mine.front < mine.back) {
+                const int64_t first = mine.front;
+                mine.front = std::min(mine.back, run_end(first));
+                return {first, mine.front};
+            }
+        }
+        if (steal_) {
+            for (size_t i = 1; i < runs_.size(); ++i) {
+                Run& other = runs_[(me + i) % runs_.size()];
+                const std::lock_guard<std::mutex> lock(other.mutex);
+                if (other.front < other.back) {
+                    --other.back;
+                    return {other.back, other.back + 1};
+                }
+            }
+        }
+        return {0, 0};
+    }
+
+  private:
+    struct alignas(64) Run {
+        std::mutex mutex;
+        int64_t front = 0, back = 0;
+    };
+    int64_t count_;
+    bool steal_;
+    std::vector<Run> runs_;
+};
 
 // Flush-to-zero and denormals-are-zero while it lives, then the thread's own
 // mode back: denormal operands cost some CPUs a hundred cycles each, and a

@@ -51,6 +51,27 @@ def test_results_do_not_depend_on_the_thread_count():
         assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_results_do_not_depend_on_which_thread_takes_which_units(dtype):
+    # More threads than CPUs: some are descheduled mid-call, and the others
+    # take units from the back of their runs (SharedUnits). Whoever computes
+    # a unit, every output must come out bit for bit as on one thread.
+    rng = np.random.default_rng(1)
+    layers = [  # a 3x3 direct forward and dL/dx, a 1x1 GEMM
+        (rng.standard_normal((4, 24, 30, 30)), rng.standard_normal((48, 24, 3, 3))),
+        (rng.standard_normal((4, 96, 14, 14)), rng.standard_normal((96, 96, 1, 1))),
+    ]
+    for x, w in layers:
+        x, w = x.astype(dtype), w.astype(dtype)
+        with fastconv.threads(1):
+            y = fastconv.conv2d(x, w, padding="same")
+            gx = fastconv.conv2d_backward(y, x, w, padding="same").input
+        with fastconv.threads(7):
+            for _ in range(5):
+                assert fastconv.conv2d(x, w, padding="same").tobytes() == y.tobytes()
+                assert fastconv.conv2d_backward(y, x, w, padding="same").input.tobytes() == gx.tobytes()
+
+
 def test_omp_num_threads_is_honoured():
     code = "import fastconv; print(fastconv.get_num_threads())"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
