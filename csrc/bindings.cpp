@@ -280,12 +280,16 @@ PYBIND11_MODULE(_core, m) {
     m.def("supported_isas", &supported_isas, "instruction sets this CPU can run, best first");
     m.def(
         "peak_gflops",
-        [](bool float64, int64_t iterations) {
+        [](bool float64, int64_t iterations, int threads) {
+            if (iterations < 1) value_error("iterations must be >= 1, got " + std::to_string(iterations));
+            if (threads < 1 || threads > 4096)
+                value_error("number of threads must be in 1..4096, got " + std::to_string(threads));
             py::gil_scoped_release release;
-            return fastconv::measure_peak_gflops(fastconv::best_isa(), float64, iterations);
+            return fastconv::measure_peak_gflops_together(fastconv::best_isa(), float64, iterations, threads);
         },
-        py::arg("float64") = false, py::arg("iterations") = 20000000,
-        "measured single-thread FMA peak in GFLOP/s with the best instruction set");
+        py::arg("float64") = false, py::arg("iterations") = 20000000, py::arg("threads") = 1,
+        "measured FMA peak in GFLOP/s with the best instruction set, of `threads` threads running at once "
+        "(over the time they take together)");
 #ifdef FASTCONV_SANITIZER_CANARY
     m.def("_canary", &fastconv::sanitizer_canary, py::arg("kind"),
           "a deliberate 'address' or 'undefined' bug (sanitizer CI build only)");

@@ -54,6 +54,8 @@ def test_bench_checks_then_reports(tmp_path, capsys, monkeypatch, with_torch):
     libraries = {"fastconv", "torch"} if with_torch else {"fastconv"}
     assert set(report["fixed_cost_us"]) == libraries and "fixed cost per call" in out
     assert all(0 < us < 1e5 for costs in report["fixed_cost_us"].values() for us in costs.values())
+    host = report["host_check"]
+    assert host["enabled"] and host["checks"] >= 2 * len(results) and "host check:" in out
 
     if not with_torch:
         assert report["versions"]["torch"] is None and not report["geomean"]
@@ -77,18 +79,66 @@ def test_timing_rounds_take_turns_in_alternating_order(monkeypatch):
                        warmup=1, repeats=5, rounds=2, min_time=0.0)
     case = bench.make_case(bench.parse_shape("name=tiny,n=1,c=1,h=3,k=1,kernel=3"), "float32")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
-    timings = bench.time_interleaved(case, libs, cfg, None, bench.Progress(4))
+    timings = bench.time_interleaved(case, libs, cfg, None, bench.Progress(4), bench.HostCheck(enabled=False))
     # Round 0: warm-up + 3 samples each, a first; round 1: warm-up + 2 samples each, b first.
     assert calls == ["a"] * 4 + ["b"] * 4 + ["b"] * 3 + ["a"] * 3
     assert {key: t["samples"] for key, t in timings.items()} == {(1, "a", "forward"): 5, (1, "b", "forward"): 5}
+
+
+def scripted_host(monkeypatch, answers):
+    """A HostCheck whose checks answer from `answers` in turn, without waiting."""
+    host = bench.HostCheck(enabled=True)
+    replies = iter(answers)
+
+    def gives(threads):
+        host.checks += 1
+        return next(replies)
+
+    monkeypatch.setattr(host, "gives", gives)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    return host
+
+
+def test_a_share_during_which_the_machine_lost_a_core_is_taken_again(monkeypatch):
+    taken = []
+    # Before the share: ok; after it: short, so again; before: short, then ok; after: ok.
+    host = scripted_host(monkeypatch, [True, False, False, True, True])
+    assert host.take(2, "torch", lambda: taken.append(len(taken)) or [float(len(taken))]) == [2.0]
+    assert taken == [0, 1]
+    assert (host.retaken, host.kept_short, host.checks) == ({"torch": 1}, {}, 5)
+
+
+def test_a_share_is_kept_after_the_last_try(monkeypatch):
+    host = scripted_host(monkeypatch, [True, False] * (bench.HostCheck.RETRIES + 1))
+    calls = []
+    assert host.take(2, "fastconv", lambda: calls.append(1) or [1.0]) == [1.0]
+    assert len(calls) == bench.HostCheck.RETRIES + 1
+    assert (host.retaken, host.kept_short) == ({"fastconv": bench.HostCheck.RETRIES}, {"fastconv": 1})
+    assert host.summary()["shares_kept_after_last_try"] == {"fastconv": 1}
+
+
+def test_the_host_check_measures_the_threads_together():
+    core = _backend.core
+    one = core.peak_gflops(iterations=200_000)
+    two = core.peak_gflops(iterations=200_000, threads=2)
+    assert one > 0 and two > 0  # whether two reach twice one depends on the machine's load
+    with pytest.raises(ValueError, match="number of threads"):
+        core.peak_gflops(threads=0)
+    with pytest.raises(ValueError, match="iterations"):
+        core.peak_gflops(iterations=0)
+    off = bench.HostCheck(enabled=False)
+    assert off.take(2, "fastconv", lambda: [3.0]) == [3.0] and off.checks == 0
 
 
 def test_two_thread_records_carry_their_scaling_over_one_thread(tmp_path):
     path = tmp_path / "bench.json"
     args = list(TINY)
     args[args.index("--threads") + 1] = "1,2"
-    assert main(["bench", *args, "--dtype", "float64", "--json", str(path)]) == 0
-    results = json.loads(path.read_text())["results"]
+    # Without the host check: a test must not wait for a busy machine to give it two cores.
+    assert main(["bench", *args, "--dtype", "float64", "--no-host-check", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["host_check"]["enabled"] is False and report["host_check"]["checks"] == 0
+    results = report["results"]
     one = {r["pass"]: r["timings"]["fastconv"]["median_ms"] for r in results if r["threads"] == 1}
     for r in results:
         if r["threads"] == 2:

@@ -206,6 +206,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rounds the timed calls are split into, libraries and thread counts taking turns (default 5, --quick 2)")
     add("--min-time", type=float, default=None,
         help="more repeats of fast calls until this many seconds (default 0.3, --quick 0.05)")
+    add("--no-host-check", action="store_true",
+        help="take every share of samples as it comes, without checking that the machine gives the run its cores")
     add("--json", metavar="PATH", help="write every figure, the versions and the machine to PATH")
     add("--plot", metavar="PATH", help="write a PNG bar chart of the speed-ups over PyTorch (needs matplotlib)")
 
@@ -223,6 +225,7 @@ class Config:
     repeats: int
     rounds: int
     min_time: float
+    host_check: bool = True
 
 
 def make_config(args: argparse.Namespace) -> Config:
@@ -247,6 +250,7 @@ def make_config(args: argparse.Namespace) -> Config:
         repeats=args.repeats if args.repeats is not None else (3 if args.quick else 10),
         rounds=args.rounds if args.rounds is not None else (2 if args.quick else 5),
         min_time=args.min_time if args.min_time is not None else (0.05 if args.quick else 0.3),
+        host_check=not args.no_host_check,
     )
 
 
@@ -499,7 +503,7 @@ def time_call(fn: Callable[[], Outputs], cfg: Config) -> dict[str, Any]:
 
 
 def time_interleaved(
-    case: Case, libs: dict[str, PassFns], cfg: Config, torch: Any, progress: Progress
+    case: Case, libs: dict[str, PassFns], cfg: Config, torch: Any, progress: Progress, host: HostCheck
 ) -> dict[tuple[int, str, str], dict[str, Any]]:
     """Timings of every (thread count, library, pass) of one case, keyed so.
 
@@ -510,7 +514,8 @@ def time_interleaved(
     then falls on both libraries and both thread counts alike, instead of on
     whichever happened to run during it: the speed-ups and the thread scaling
     compare like with like. The first round does the full warm-up, measures
-    the memory and sets how many samples each callable gets.
+    the memory and sets how many samples each callable gets. Every share goes
+    through the host check (HostCheck.take).
     """
     times: dict[tuple[int, str, str], list[float]] = {}
     memory: dict[tuple[int, str, str], float | None] = {}
@@ -529,9 +534,12 @@ def time_interleaved(
                         share = planned[key] // cfg.rounds + (rnd < planned[key] % cfg.rounds)
                         if share == 0:
                             continue
-                        if rnd > 0 and cfg.warmup > 0:
-                            fn()
-                        times[key] += timed_calls(fn, share)
+                        def take_share(fn: Callable[[], Any] = fn, share: int = share, rnd: int = rnd) -> list[float]:
+                            if rnd > 0 and cfg.warmup > 0:
+                                fn()
+                            return timed_calls(fn, share)
+
+                        times[key] += host.take(threads, lib, take_share)
     return {key: summarize(times[key], memory[key]) for key in times}
 
 
@@ -613,6 +621,85 @@ def measure_peak(float64: bool) -> float:
     return max(_core().peak_gflops(float64=float64) for _ in range(3))
 
 
+class HostCheck:
+    """Whether the machine gives the run the cores it asks for, checked around
+    every share of samples.
+
+    A virtual machine's CPUs are threads of a host that other tenants share,
+    and for milliseconds to minutes at a time two of them may get one core's
+    worth of work done between them: the 2-core machine this was written on
+    then ran a 2-thread FMA loop at 20-50 % of twice its 1-thread peak, and
+    both libraries' 2-thread calls at half speed, their 1-thread calls
+    untouched. Samples taken then measure the host, not the code. So before each share of samples the
+    bench waits until `threads` threads of FMAs together reach SHARE of
+    `threads` times the 1-thread peak, and right after it checks again; a share
+    that fails the second check is taken again, up to RETRIES times. Every
+    library's shares are checked alike, and the JSON counts the waits and the
+    shares taken again (or kept after the last try)."""
+
+    SHARE = 0.8
+    ITERATIONS = 400_000  # one check: about 2 ms of FMAs per thread at 115 GFLOP/s
+    RETRIES = 3
+    WAIT_LIMIT_S = 60.0  # in all, per run: past it, the run stops waiting
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.core = _core()
+        # The 1-thread reference: best of three runs ten times longer than a check.
+        self.peak = max(self.core.peak_gflops(iterations=10 * self.ITERATIONS) for _ in range(3)) if enabled else 0.0
+        self.checks = 0
+        self.waited_s = 0.0
+        self.retaken: dict[str, int] = {}  # shares taken again, by library
+        self.kept_short: dict[str, int] = {}  # shares kept after the last try, by library
+
+    def gives(self, threads: int) -> bool:
+        """Whether `threads` threads of FMAs run now at SHARE of as many cores
+        as there are CPUs for them (no more than this process may use)."""
+        self.checks += 1
+        got = self.core.peak_gflops(iterations=self.ITERATIONS, threads=threads)
+        return got >= self.SHARE * min(threads, cpu_count()) * self.peak
+
+    def wait_for(self, threads: int) -> None:
+        start = time.perf_counter()
+        while not self.gives(threads) and self.waited_s + time.perf_counter() - start < self.WAIT_LIMIT_S:
+            time.sleep(0.05)
+        self.waited_s += time.perf_counter() - start
+
+    def take(self, threads: int, lib: str, take_share: Callable[[], list[float]]) -> list[float]:
+        """take_share()'s samples of library `lib`, taken while the machine gives the run `threads` cores."""
+        if not self.enabled:
+            return take_share()
+        for attempt in range(self.RETRIES + 1):
+            self.wait_for(threads)
+            samples = take_share()
+            if self.gives(threads):
+                return samples
+            if attempt < self.RETRIES:
+                self.retaken[lib] = self.retaken.get(lib, 0) + 1
+        self.kept_short[lib] = self.kept_short.get(lib, 0) + 1
+        return samples
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled, "required_share_of_peak": self.SHARE, "peak_gflops_1_thread": self.peak,
+            "checks": self.checks, "seconds_waited": self.waited_s, "shares_taken_again": self.retaken,
+            "shares_kept_after_last_try": self.kept_short,
+        }
+
+
+def format_host_check(host: dict[str, Any]) -> str:
+    if not host["enabled"]:
+        return "\nhost check: off (--no-host-check)"
+
+    def by_lib(counts: dict[str, int]) -> str:
+        return ", ".join(f"{lib} {n}" for lib, n in counts.items()) or "none"
+
+    return (f"\nhost check: {host['checks']} checks that the threads get {100 * host['required_share_of_peak']:.0f}%"
+            f" of their cores' FMA peak; waited {host['seconds_waited']:.1f} s for it; shares of samples taken"
+            f" again: {by_lib(host['shares_taken_again'])}; kept after the last try:"
+            f" {by_lib(host['shares_kept_after_last_try'])}")
+
+
 def import_torch() -> Any:
     """PyTorch if installed (imported here, never by `import fastconv`), else None."""
     try:
@@ -664,13 +751,15 @@ def check_all(cfg: Config, torch: Any, progress: Progress) -> list[dict[str, Any
     return rows
 
 
-def time_all(cfg: Config, torch: Any, peak: dict[str, float], progress: Progress) -> list[dict[str, Any]]:
+def time_all(
+    cfg: Config, torch: Any, peak: dict[str, float], progress: Progress, host: HostCheck
+) -> list[dict[str, Any]]:
     """One record per thread count, dtype, shape and pass: every library's timing."""
     records = []
     for dtype in cfg.dtypes:
         for shape in cfg.shapes:
             case = make_case(shape, dtype)
-            timings = time_interleaved(case, library_passes(case, torch, cfg), cfg, torch, progress)
+            timings = time_interleaved(case, library_passes(case, torch, cfg), cfg, torch, progress, host)
             for threads in cfg.threads:
                 for p in cfg.passes:
                     by_lib = {lib: t for (n, lib, q), t in timings.items() if (n, q) == (threads, p)}
@@ -945,7 +1034,9 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
         try:
             report["agreement"] = check_all(cfg, torch, progress)
             ok = all(r["ok"] for r in report["agreement"])
-            report["results"] = time_all(cfg, torch, peak, progress) if ok else []
+            host = HostCheck(cfg.host_check)
+            report["results"] = time_all(cfg, torch, peak, progress, host) if ok else []
+            report["host_check"] = host.summary()
             report["fixed_cost_us"] = time_fixed_cost(torch, cfg) if ok else None
         finally:
             progress.close()
@@ -963,6 +1054,7 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
           f" on {report['cpu_model']}; outputs agree ({len(report['agreement'])} comparisons)")
     print(format_tables(report["results"], report["geomean"], report["isa"]))
     print(format_fixed_cost(report["fixed_cost_us"]))
+    print(format_host_check(report["host_check"]))
     if args.plot:
         print(write_plot(report["results"], args.plot))
     busy = report["other_processes_cpu_pct"]
