@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -137,7 +138,13 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                 for (int64_t kb = at.first; kb < at.end; ++kb) {
                     T* dst = packed + (kb - at.first) * ntaps * F;
                     const int64_t m0 = kb * F, nk = std::min<int64_t>(F, kg - m0);
-                    for (int64_t j0 = 0; j0 < ntaps; j0 += 64) {  // 64 taps at a time: the piece stays in L1
+                    int64_t j0 = 0;
+                    if constexpr (std::is_same_v<WeightOf, WeightRows<T>>) {
+                        // A full block's weight rows go over in L x L tiles transposed in registers.
+                        for (; nk == F && j0 + L <= ntaps; j0 += L)
+                            for (int64_t f = 0; f < F; f += L) transpose_tile(weight_of.row(g, m0 + f) + j0, ntaps, dst + j0 * F + f, F);
+                    }
+                    for (; j0 < ntaps; j0 += 64) {  // 64 taps at a time: the piece stays in L1
                         const int64_t j1 = std::min<int64_t>(ntaps, j0 + 64);
                         for (int64_t f = 0; f < nk; ++f)
                             for (int64_t j = j0; j < j1; ++j) dst[j * F + f] = weight_of(g, m0 + f, j);

@@ -107,6 +107,16 @@ inline void transpose_tile(const T* __restrict in, int64_t ldi, T* __restrict ou
 #endif
 }
 
+// The forward's weights, [groups * filters per group][taps]: weight_of(g, m,
+// j) for the kernels, and whole rows for those that pack them transposed.
+template <class T>
+struct WeightRows {
+    const T* weight;
+    int64_t kg, ntaps;
+    T operator()(int64_t g, int64_t m, int64_t j) const { return weight[(g * kg + m) * ntaps + j]; }
+    const T* row(int64_t g, int64_t m) const { return weight + (g * kg + m) * ntaps; }
+};
+
 // One reduction index j: where its source value sits relative to a pixel.
 struct Tap {
     int64_t channel;  // element offset of the source channel plane

@@ -40,9 +40,7 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
     if (p.c_per_group() == 1) return plane_forward(p, x, weight, bias, y);
     // 1x1 kernels pack plain copies of the input: the GEMM is faster there.
     if (p.r > 1 || p.s > 1) {
-        const int64_t kg = p.k_per_group(), ntaps = p.c_per_group() * p.r * p.s;
-        return any_direct_forward(p, x, [&](int64_t g, int64_t m, int64_t j) { return weight[(g * kg + m) * ntaps + j]; },
-                                  bias, y);
+        return any_direct_forward(p, x, WeightRows<T>{weight, p.k_per_group(), p.c_per_group() * p.r * p.s}, bias, y);
     }
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
     const Destination out{p.ys.n, p.ys.c, p.ys.h, 1, p.ys.w, 0, 0};
