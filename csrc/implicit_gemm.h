@@ -231,9 +231,18 @@ void row_micro(const T* __restrict base, const int64_t* __restrict offset, const
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[i][v] = init ? V{} + init[i] : V{};
+    // B rows are a plane or a panel row apart, a stride the hardware does not
+    // fetch ahead into L1: ask for the row of the tap kAhead on.
+    constexpr int64_t kAhead = 8, kRowBytes = NV * L * static_cast<int64_t>(sizeof(T));
     for (int64_t t = 0; t < nlive; ++t) {
         const int32_t j = live[t];
         const T* b = base + offset[j];
+        if (t + kAhead < nlive) {
+            const char* ahead = reinterpret_cast<const char*>(base + offset[live[t + kAhead]]);
+#pragma GCC unroll 8
+            for (int64_t o = 0; o < kRowBytes; o += 64) __builtin_prefetch(ahead + o);
+            __builtin_prefetch(ahead + kRowBytes - 1);  // the row's last line, where it is not aligned
+        }
         V bv[NV];
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + v * L);
