@@ -7,10 +7,6 @@
 #include <chrono>
 #include <cstdint>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "peak_flops.h"
 
 namespace fastconv {
@@ -52,10 +48,6 @@ __attribute__((target("avx2,fma"))) double peak_avx2_f64(int64_t iterations) {
     FASTCONV_FMA_LOOP(__m256d, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_storeu_pd, 4, double)
 }
 #undef FASTCONV_FMA_LOOP
-
-}  // namespace
-
-namespace {
 
 double fma_flops(Isa isa, bool float64, int64_t iterations) {
     switch (isa) {
