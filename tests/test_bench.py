@@ -106,6 +106,13 @@ def test_a_share_during_which_the_machine_lost_a_core_is_taken_again(monkeypatch
     assert host.take(2, "torch", lambda: taken.append(len(taken)) or [float(len(taken))]) == [2.0]
     assert taken == [0, 1]
     assert (host.retaken, host.kept_short, host.checks) == ({"torch": 1}, {}, 5)
+    assert 0 < host.waited_s < 1  # one failed check waited for (sleep is a no-op here)
+
+
+def test_no_wait_is_counted_when_the_first_check_passes(monkeypatch):
+    host = scripted_host(monkeypatch, [True, True])
+    assert host.take(1, "fastconv", lambda: [1.0]) == [1.0]
+    assert host.waited_s == 0 and host.checks == 2
 
 
 def test_a_share_is_kept_after_the_last_try(monkeypatch):
