@@ -128,13 +128,23 @@ def test_the_host_check_measures_the_threads_together():
     core = _backend.core
     one = core.peak_gflops(iterations=200_000)
     two = core.peak_gflops(iterations=200_000, threads=2)
-    assert one > 0 and two > 0  # whether two reach twice one depends on the machine's load
+    if core.supported_isas()[0] != "generic":  # no vector FMA there: 0
+        assert one > 0 and two > 0  # whether two reach twice one depends on the machine's load
     with pytest.raises(ValueError, match="number of threads"):
         core.peak_gflops(threads=0)
     with pytest.raises(ValueError, match="iterations"):
         core.peak_gflops(iterations=0)
     off = bench.HostCheck(enabled=False)
     assert off.take(2, "fastconv", lambda: [3.0]) == [3.0] and off.checks == 0
+
+
+def test_a_cpu_without_vector_fma_gets_no_peak_share(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "measure_peak", lambda float64: 0.0)  # what a CPU without AVX2 measures
+    path = tmp_path / "bench.json"
+    assert main(["bench", *TINY, "--dtype", "float32", "--no-host-check", "--json", str(path)]) == 0
+    results = json.loads(path.read_text())["results"]
+    assert results and all(r["timings"]["fastconv"]["pct_peak"] is None for r in results)
+    assert "tiny" in capsys.readouterr().out
 
 
 def test_two_thread_records_carry_their_scaling_over_one_thread(tmp_path):

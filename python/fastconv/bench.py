@@ -820,7 +820,8 @@ def make_record(
     flops = shape.flops(pass_name)
     for timing in timings.values():
         timing["gflops"] = flops / (timing["median_ms"] * 1e6)
-        timing["pct_peak"] = 100 * timing["gflops"] / peak
+        # No vector FMA (a CPU with neither AVX2 nor AVX-512) measures no peak.
+        timing["pct_peak"] = 100 * timing["gflops"] / peak if peak > 0 else None
     torch_ms = timings.get("torch", {}).get("median_ms")
     return {
         "shape": shape.name, "dims": asdict(shape), "dtype": dtype, "threads": threads,
@@ -920,7 +921,8 @@ def format_tables(records: list[dict[str, Any]], geomeans: list[dict[str, Any]],
             speedup = f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-"
             scaling = f"{r['speedup_vs_1_thread']:.2f}x" if r["speedup_vs_1_thread"] else "-"
             out.append(_row([
-                r["shape"], r["pass"], _ms(fc), f"{fc['gflops']:.2f}", f"{fc['pct_peak']:.1f}%",
+                r["shape"], r["pass"], _ms(fc), f"{fc['gflops']:.2f}",
+                f"{fc['pct_peak']:.1f}%" if fc["pct_peak"] is not None else "-",
                 _ms(t.get("torch")), _ms(t.get("numpy")), speedup, scaling,
             ]))
         for g in geomeans:
