@@ -38,14 +38,13 @@ inline SourceGrid forward_grid(const ConvShape& p) {
 template <class T>
 void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
     if (p.c_per_group() == 1) return plane_forward(p, x, weight, bias, y);
+    const int64_t cg = p.c_per_group(), kg = p.k_per_group();
+    const WeightRows<T> weights{weight, kg, cg * p.r * p.s};
     // 1x1 kernels pack plain copies of the input: the GEMM is faster there.
-    if (p.r > 1 || p.s > 1) {
-        return any_direct_forward(p, x, WeightRows<T>{weight, p.k_per_group(), p.c_per_group() * p.r * p.s}, bias, y);
-    }
-    const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
+    if (p.r > 1 || p.s > 1) return any_direct_forward(p, x, weights, bias, y);
     const Destination out{p.ys.n, p.ys.c, p.ys.h, 1, p.ys.w, 0, 0};
     gather_gemm<T>(p.groups, kg, forward_taps(p), forward_grid(p), p.n, x, cg * p.xs.c, y, out, kg * p.ys.c,
-                   bias, [&](int64_t g, int64_t m, int64_t j) { return weight[(g * kg + m) * ntaps + j]; });
+                   bias, weights);
 }
 
 // The kernel rows (or columns) that reach input positions of phase a
