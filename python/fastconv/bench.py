@@ -630,12 +630,12 @@ class HostCheck:
     worth of work done between them: the 2-core machine this was written on
     then ran a 2-thread FMA loop at 20-50 % of twice its 1-thread peak, and
     both libraries' 2-thread calls at half speed, their 1-thread calls
-    untouched. Samples taken then measure the host, not the code. So before each share of samples the
-    bench waits until `threads` threads of FMAs together reach SHARE of
-    `threads` times the 1-thread peak, and right after it checks again; a share
-    that fails the second check is taken again, up to RETRIES times. Every
-    library's shares are checked alike, and the JSON counts the waits and the
-    shares taken again (or kept after the last try)."""
+    untouched. Samples taken then measure the host, not the code. So before
+    each share of samples the bench waits until `threads` threads of FMAs
+    together reach SHARE of `threads` times the 1-thread peak, and right after
+    it checks again; a share that fails the second check is taken again, up to
+    RETRIES times. Every library's shares are checked alike, and the JSON
+    counts the waits and the shares taken again (or kept after the last try)."""
 
     SHARE = 0.8
     ITERATIONS = 400_000  # one check: about 2 ms of FMAs per thread at 115 GFLOP/s
@@ -645,8 +645,7 @@ class HostCheck:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.core = _core()
-        # The 1-thread reference: best of three runs ten times longer than a check.
-        self.peak = max(self.core.peak_gflops(iterations=10 * self.ITERATIONS) for _ in range(3)) if enabled else 0.0
+        self.peak = measure_peak(float64=False) if enabled else 0.0  # the 1-thread reference
         self.checks = 0
         self.waited_s = 0.0
         self.retaken: dict[str, int] = {}  # shares taken again, by library
