@@ -137,16 +137,40 @@ struct Segment {
     int64_t n, u, v0, len, offset;  // offset: position inside the tile
 };
 
-// Cuts flattened pixels [q0, q0 + count) into row segments.
-inline int split_segments(const SourceGrid& grid, int64_t q0, int64_t count, Segment* out) {
+// The order in which the tiles of a gather GEMM take the grid's pixels. The
+// first `head` pixels of every image come first, image after image; then
+// the rest of each image, image after image. With head a whole number of
+// tiles, every tile of the heads lies inside one image (and can be read in
+// place), and the short rests of all images share the last tiles, instead
+// of a tile straddling two images after every image.
+struct PixelOrder {
+    int64_t batch, per_image, head;
+    // Image and position in it of the q-th pixel, and how many pixels from
+    // there on are consecutive in the image and in this order.
+    void locate(int64_t q, int64_t& n, int64_t& pos, int64_t& run) const {
+        if (q < batch * head) {
+            n = q / head;
+            pos = q % head;
+            run = head - pos;
+            return;
+        }
+        const int64_t r = q - batch * head, rest = per_image - head;
+        n = r / rest;
+        pos = head + r % rest;
+        run = per_image - pos;
+    }
+};
+
+// Cuts the pixels [q0, q0 + count) of that order into row segments.
+inline int split_segments(const SourceGrid& grid, const PixelOrder& order, int64_t q0, int64_t count,
+                          Segment* out) {
     int used = 0;
-    const int64_t per_image = grid.rows * grid.cols;
     int64_t q = q0, offset = 0;
     while (offset < count) {
-        const int64_t n = q / per_image;
-        const int64_t rem = q % per_image;
-        const int64_t u = rem / grid.cols, v0 = rem % grid.cols;
-        const int64_t len = std::min(grid.cols - v0, count - offset);
+        int64_t n, pos, run;
+        order.locate(q, n, pos, run);
+        const int64_t u = pos / grid.cols, v0 = pos % grid.cols;
+        const int64_t len = std::min({grid.cols - v0, run, count - offset});
         out[used++] = Segment{n, u, v0, len, offset};
         q += len;
         offset += len;
@@ -417,6 +441,8 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
     for (int64_t j = 0; j < ntaps && in_place; ++j)
         in_place = taps[static_cast<size_t>(j)].channel == j * plane && taps[static_cast<size_t>(j)].dr == 0 &&
                    taps[static_cast<size_t>(j)].dc == 0;
+    // Read in place, each image's whole tiles come first, its rest later.
+    const PixelOrder order{batch, per_image, in_place ? per_image / W * W : per_image};
     // B row j sits at j * W in a packed panel, at j * plane in place; every tap is used.
     std::vector<int64_t> packed_rows(static_cast<size_t>(ntaps)), plane_rows(static_cast<size_t>(ntaps));
     std::vector<int32_t> all_taps(static_cast<size_t>(ntaps));
@@ -459,11 +485,11 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
             const int64_t q0 = at.item * W;
             if (tile_of != g * tiles + at.item) {  // a tile is packed again only for another tile
                 filled = std::min<int64_t>(W, pixels - q0);
-                nsegs = split_segments(grid, q0, filled, segs);
+                nsegs = split_segments(grid, order, q0, filled, segs);
                 b_tile = panel;
                 b_rows = packed_rows.data();
-                if (in_place && filled == W && q0 % per_image + W <= per_image) {
-                    b_tile = src + g * src_group_stride + (q0 / per_image) * grid.batch_stride + q0 % per_image;
+                if (in_place && q0 + W <= batch * order.head) {
+                    b_tile = src + g * src_group_stride + segs[0].n * grid.batch_stride + q0 % order.head;
                     b_rows = plane_rows.data();
                 } else {
                     pack_panel(src + g * src_group_stride, grid, taps.data(), ntaps, segs, nsegs, filled, W, panel);
