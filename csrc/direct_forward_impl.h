@@ -99,10 +99,18 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
 
     // The work goes in units of one filter block for one window (image,
     // group, block of output rows), range by range (PackRanges::Unit); each
-    // thread takes an even run of them. A thread packs the weights of a range
-    // of filter blocks when it enters it, so at most once per range, and
-    // copies a window once per range it meets it in. More ranges would copy
-    // the windows more often.
+    // thread takes an even run of them, and a thread done early takes units
+    // from the back of another's (SharedUnits).
+    // - Weights of a group that fit in one range: each thread packs a filter
+    //   block when it first uses it (so at most once, and while the block is
+    //   still in cache for that first window).
+    // - Larger weights: the team takes the ranges one at a time, packing each
+    //   into one shared buffer together (a share of its blocks each), so that
+    //   every thread can take any unit of the range. Splitting the ranges
+    //   between threads instead left a thread the machine slowed 1-2 ms
+    //   behind the other (deep_7x7 forward, 17 ms on 2 threads).
+    // A thread copies a window once per range it meets it in. More ranges
+    // would copy the windows more often.
     const PackRanges pack(kblocks, ntaps * F * static_cast<int64_t>(sizeof(T)));
     const int64_t windows = p.n * row_blocks;
     // Pixels per micro-kernel call: NP, but a row whose last call would get
@@ -116,81 +124,110 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
         DirectKernels<T, NK>::for_pixels(static_cast<int>(p.out_w - (pixel_blocks - 1) * block));
     const BlockTaps taps(p, LiveTaps(p), block);
 
-    PerThread<T> window_mem(win.size()), result_mem(NP * F), packed_mem(pack.per_range * ntaps * F);
-    // A thread done early takes units from the back of another's run when
-    // all the weights are one range, which it has packed already.
-    SharedUnits shared(pack.units(p.groups, windows), pack.count == 1);
+    const bool by_range = pack.count > 1;
+    PerThread<T> window_mem(win.size()), result_mem(NP * F);
+    PerThread<T> own_packed_mem(by_range ? 0 : pack.per_range * ntaps * F);
+    PerThread<int64_t> block_range_mem(pack.per_range);  // the range each block slot of own_packed_mem holds, or -1
+    const AlignedArray<T> team_packed = aligned_array<T>(by_range ? static_cast<size_t>(pack.per_range * ntaps * F) : 0);
+    // dst[j][f] = weight of filter kb * F + f of group g for tap j in [j0, j1),
+    // zero past the group's filters; j0 a multiple of L.
+    const auto pack_block = [&](int64_t g, int64_t kb, T* dst, int64_t j0, int64_t j1) {
+        const int64_t m0 = kb * F, nk = std::min<int64_t>(F, kg - m0);
+        if constexpr (std::is_same_v<WeightOf, WeightRows<T>>) {
+            // A full block's weight rows go over in L x L tiles transposed in registers.
+            for (; nk == F && j0 + L <= j1; j0 += L)
+                for (int64_t f = 0; f < F; f += L) transpose_tile(weight_of.row(g, m0 + f) + j0, ntaps, dst + j0 * F + f, F);
+        }
+        for (; j0 < j1; j0 += 64) {  // 64 taps at a time: the piece stays in L1
+            const int64_t j_end = std::min<int64_t>(j1, j0 + 64);
+            for (int64_t f = 0; f < nk; ++f)
+                for (int64_t j = j0; j < j_end; ++j) dst[j * F + f] = weight_of(g, m0 + f, j);
+            for (int64_t j = j0; j < j_end; ++j) std::fill(dst + j * F + nk, dst + (j + 1) * F, T(0));
+        }
+    };
+    // The team packs a range in pieces of kPieceTaps taps of a block, an even
+    // run of them each, so that no thread waits on another's extra block.
+    constexpr int64_t kPieceTaps = 256;
+    const int64_t pieces_per_block = (ntaps + kPieceTaps - 1) / kPieceTaps;
+    const double unit_flops = 2.0 * F * static_cast<double>(ntaps) * static_cast<double>(p.out_w * win.out_rows);
+    SharedUnits shared(pack.units(p.groups, windows), true, SharedUnits::units_per_take(unit_flops));
+    const int64_t rounds = by_range ? p.groups * pack.count : 1;
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const window = window_mem.get();
         T* const result = result_mem.get();
-        T* const packed = packed_mem.get();
-        int64_t packed_range = -1;  // the (group, filter range) in `packed`
+        T* const packed = by_range ? team_packed.get() : own_packed_mem.get();
+        int64_t* const block_range = block_range_mem.get();
+        int64_t packed_range = -1;  // the (group, filter range) whose blocks `packed` holds or will
         int64_t window_of = -1;     // the (group, window) in `window`
         const T* base = window;
-        shared.start();
-        for (;;) {
-            const auto [u, u_end] = shared.next([&](int64_t v) { return pack.item_end(v, windows); });
-            if (u == u_end) break;
-            const PackRanges::Unit at = pack.unit(u, windows);
-            const int64_t g = at.group, rb = at.item % row_blocks, n = at.item / row_blocks;
-            if (at.range != packed_range) {
-                // packed[kb - first][j][f] = weight of filter kb * F + f of group g for tap j, zero past the group's filters.
-                for (int64_t kb = at.first; kb < at.end; ++kb) {
-                    T* dst = packed + (kb - at.first) * ntaps * F;
-                    const int64_t m0 = kb * F, nk = std::min<int64_t>(F, kg - m0);
-                    int64_t j0 = 0;
-                    if constexpr (std::is_same_v<WeightOf, WeightRows<T>>) {
-                        // A full block's weight rows go over in L x L tiles transposed in registers.
-                        for (; nk == F && j0 + L <= ntaps; j0 += L)
-                            for (int64_t f = 0; f < F; f += L) transpose_tile(weight_of.row(g, m0 + f) + j0, ntaps, dst + j0 * F + f, F);
-                    }
-                    for (; j0 < ntaps; j0 += 64) {  // 64 taps at a time: the piece stays in L1
-                        const int64_t j1 = std::min<int64_t>(ntaps, j0 + 64);
-                        for (int64_t f = 0; f < nk; ++f)
-                            for (int64_t j = j0; j < j1; ++j) dst[j * F + f] = weight_of(g, m0 + f, j);
-                        for (int64_t j = j0; j < j1; ++j) std::fill(dst + j * F + nk, dst + (j + 1) * F, T(0));
-                    }
+        for (int64_t round = 0; round < rounds; ++round) {
+            int64_t u_first = 0, u_last = pack.units(p.groups, windows);
+            if (by_range) {  // the round's range, packed by the team
+                u_first = pack.first_unit(round, windows);
+                const PackRanges::Unit at = pack.unit(u_first, windows);
+                u_last = u_first + (at.end - at.first) * windows;
+                const auto [i0, i1] = thread_share((at.end - at.first) * pieces_per_block);
+                for (int64_t i = i0; i < i1; ++i) {
+                    const int64_t kb = at.first + i / pieces_per_block, j0 = i % pieces_per_block * kPieceTaps;
+                    pack_block(at.group, kb, packed + (kb - at.first) * ntaps * F, j0, std::min(ntaps, j0 + kPieceTaps));
                 }
+                std::fill(block_range, block_range + pack.per_range, at.range);
                 packed_range = at.range;
             }
-            const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
-            // A copied window is copied again only for units of another window.
-            if (win.in_place || window_of != g * windows + at.item) {
-                base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window);
-                window_of = g * windows + at.item;
-            }
-            // Filter blocks outermost: one block's weights stay in cache for all the rows.
-            for (int64_t kb = at.block; kb < at.block + (u_end - u); ++kb) {
-                const T* wb = packed + (kb - at.first) * ntaps * F;
-                const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
-                for (int64_t oh = oh0; oh < oh1; ++oh) {
-                    const T* row = base + (oh - oh0) * p.stride_h * win.cols;
-                    for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += block) {
-                        const int64_t np = std::min<int64_t>(block, p.out_w - ow0);
-                        const BlockTaps::List& list = taps.at(oh, ow0 / block);
-                        // Spaced-out outputs (dL/dx by phase) go to lines that another phase
-                        // wrote long ago: ask for them now, while the micro-kernel runs.
-                        if (p.ys.w != 1) {
-                            for (int64_t f = 0; f < nk; ++f) {
-                                const T* out = y + n * p.ys.n + (k0 + f) * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
-                                __builtin_prefetch(out, 1);
-                                __builtin_prefetch(out + (np - 1) * p.ys.w, 1);
+            shared.start(u_first, u_last);  // after its barrier, the range is packed
+            for (;;) {
+                const auto [u, u_end] = shared.next([&](int64_t v) { return pack.item_end(v, windows); });
+                if (u == u_end) break;
+                const PackRanges::Unit at = pack.unit(u, windows);
+                const int64_t g = at.group, rb = at.item % row_blocks, n = at.item / row_blocks;
+                if (at.range != packed_range) {
+                    std::fill(block_range, block_range + pack.per_range, int64_t(-1));
+                    packed_range = at.range;
+                }
+                const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
+                // A copied window is copied again only for units of another window.
+                if (win.in_place || window_of != g * windows + at.item) {
+                    base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window);
+                    window_of = g * windows + at.item;
+                }
+                // Filter blocks outermost: one block's weights stay in cache for all the rows.
+                for (int64_t kb = at.block; kb < at.block + (u_end - u); ++kb) {
+                    if (block_range[kb - at.first] != at.range) {  // packed when first used: it is in cache for its first window
+                        pack_block(g, kb, packed + (kb - at.first) * ntaps * F, 0, ntaps);
+                        block_range[kb - at.first] = at.range;
+                    }
+                    const T* wb = packed + (kb - at.first) * ntaps * F;
+                    const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
+                    for (int64_t oh = oh0; oh < oh1; ++oh) {
+                        const T* row = base + (oh - oh0) * p.stride_h * win.cols;
+                        for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += block) {
+                            const int64_t np = std::min<int64_t>(block, p.out_w - ow0);
+                            const BlockTaps::List& list = taps.at(oh, ow0 / block);
+                            // Spaced-out outputs (dL/dx by phase) go to lines that another phase
+                            // wrote long ago: ask for them now, while the micro-kernel runs.
+                            if (p.ys.w != 1) {
+                                for (int64_t f = 0; f < nk; ++f) {
+                                    const T* out = y + n * p.ys.n + (k0 + f) * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
+                                    __builtin_prefetch(out, 1);
+                                    __builtin_prefetch(out + (np - 1) * p.ys.w, 1);
+                                }
                             }
-                        }
-                        (np == block ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(),
-                                                    list.taps, list.pixels, list.count, result);
-                        for (int64_t f = 0; f < nk; ++f) {
-                            T* out = y + n * p.ys.n + (k0 + f) * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
-                            const T b = bias ? bias[k0 + f] : T(0);
-                            if (p.ys.w == 1) {
-                                for (int64_t i = 0; i < np; ++i) out[i] = result[i * F + f] + b;
-                            } else {
-                                for (int64_t i = 0; i < np; ++i) out[i * p.ys.w] = result[i * F + f] + b;
+                            (np == block ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(),
+                                                        list.taps, list.pixels, list.count, result);
+                            for (int64_t f = 0; f < nk; ++f) {
+                                T* out = y + n * p.ys.n + (k0 + f) * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
+                                const T b = bias ? bias[k0 + f] : T(0);
+                                if (p.ys.w == 1) {
+                                    for (int64_t i = 0; i < np; ++i) out[i] = result[i * F + f] + b;
+                                } else {
+                                    for (int64_t i = 0; i < np; ++i) out[i * p.ys.w] = result[i * F + f] + b;
+                                }
                             }
                         }
                     }
                 }
             }
+            if (by_range) team_barrier();  // the round's units all done before the next round packs over them
         }
     });
 }

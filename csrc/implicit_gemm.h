@@ -388,6 +388,10 @@ struct PackRanges {
         int64_t block, first, end;  // the unit's block, and its range's [first, end)
     };
     int64_t units(int64_t groups, int64_t items) const { return groups * blocks * items; }
+    // The first unit of range r (counted over all groups); its units are the next items * (blocks in r).
+    int64_t first_unit(int64_t r, int64_t items) const {
+        return r / count * blocks * items + items * (r % count) * per_range;
+    }
     // The end of the units of u's item in u's range: its run of blocks.
     int64_t item_end(int64_t u, int64_t items) const {
         const Unit at = unit(u, items);
@@ -455,7 +459,8 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
     PerThread<T> panel_mem(ntaps * W + kCopySlack<T>), result_mem(mr * W), a_mem(pack.per_range * block_values);
     // A thread done early takes units from the back of another's run when
     // all the weights are one range, which it has packed already.
-    SharedUnits shared(pack.units(groups, tiles), pack.count == 1);
+    SharedUnits shared(pack.units(groups, tiles), pack.count == 1,
+                       SharedUnits::units_per_take(2.0 * static_cast<double>(mr * W * ntaps)));
     parallel_region(worth_parallel(2.0 * static_cast<double>(groups * m_per_group * ntaps) * static_cast<double>(pixels)), [&] {
         T* const panel = panel_mem.get();
         T* const result = result_mem.get();

@@ -65,28 +65,44 @@ inline std::pair<int64_t, int64_t> thread_share(int64_t count) {
     return {count * i / threads, count * (i + 1) / threads};
 }
 
+// Waits for every thread of the team (nothing outside a parallel region).
+inline void team_barrier() {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+}
+
 // Units of work shared out as thread_share does, but taken a few at a time:
 // each thread takes runs of its own from the front, and a thread done with
 // its own takes single units from the back of another's, so that a thread
 // the machine slows (another tenant on its core, interrupts) does not hold up
 // the call. Which thread computes a unit never changes what the unit
-// computes. Each thread of the region calls start() once, then next().
+// computes. Each thread of the region calls start() once, then next(); or,
+// to share out the units in pieces, start(first, end) for each piece, all
+// threads the same pieces in the same order, with a barrier between pieces.
 class SharedUnits {
   public:
-    SharedUnits(int64_t count, bool steal) : count_(count), steal_(steal), runs_(static_cast<size_t>(max_threads())) {}
-
-    void start() {
-        const auto [begin, end] = thread_share(count_);
-        Run& mine = runs_[static_cast<size_t>(thread_num())];
-        mine.front = begin, mine.back = end;
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
+    // A thread takes at most `most` units of its own at a time: about 2^21
+    // flops of them (units_per_take), so that the units a thread has taken
+    // but not done, which no thief can take, are little work.
+    SharedUnits(int64_t count, bool steal, int64_t most)
+        : count_(count), most_(std::max<int64_t>(most, 1)), steal_(steal), runs_(static_cast<size_t>(max_threads())) {}
+    static int64_t units_per_take(double unit_flops) {
+        return static_cast<int64_t>(std::clamp(double(1 << 21) / std::max(unit_flops, 1.0), 1.0, 1e9));
     }
 
-    // This thread's next units [first, end): its own from the front up to
-    // run_end(first) at most, else one from another thread's back; empty
-    // when none is left.
+    void start() { start(0, count_); }
+    // Units [first, end) only.
+    void start(int64_t first, int64_t end) {
+        const auto [begin, stop] = thread_share(end - first);
+        Run& mine = runs_[static_cast<size_t>(thread_num())];
+        mine.front = first + begin, mine.back = first + stop;
+        team_barrier();
+    }
+
+    // This thread's next units [first, end): its own from the front, up to
+    // run_end(first) and `most` of them at most, else one from another
+    // thread's back; empty when none is left.
     template <class RunEnd>
     std::pair<int64_t, int64_t> next(RunEnd run_end) {
         const size_t me = static_cast<size_t>(thread_num());
@@ -95,7 +111,7 @@ class SharedUnits {
             const std::lock_guard<std::mutex> lock(mine.mutex);
             if (mine.front < mine.back) {
                 const int64_t first = mine.front;
-                mine.front = std::min(mine.back, run_end(first));
+                mine.front = std::min({mine.back, run_end(first), first + most_});
                 return {first, mine.front};
             }
         }
@@ -117,7 +133,7 @@ class SharedUnits {
         std::mutex mutex;
         int64_t front = 0, back = 0;
     };
-    int64_t count_;
+    int64_t count_, most_;
     bool steal_;
     std::vector<Run> runs_;
 };
@@ -176,6 +192,24 @@ void parallel_region(bool parallel, Body&& body) {
     body();
 }
 
+struct AlignedFree {
+    void operator()(void* p) const { std::free(p); }
+};
+template <class T>
+using AlignedArray = std::unique_ptr<T, AlignedFree>;
+
+// `count` elements, 64-byte aligned (at least one); std::bad_alloc where the
+// size overflows or is more than the machine's memory, which would only be
+// overcommitted, then kill the process when touched.
+template <class T>
+AlignedArray<T> aligned_array(size_t count) {
+    const size_t bytes = (std::max<size_t>(count, 1) * sizeof(T) + 63) / 64 * 64;
+    if (bytes / sizeof(T) < count || bytes > physical_memory()) throw std::bad_alloc();
+    AlignedArray<T> data(static_cast<T*>(std::aligned_alloc(64, bytes)));
+    if (!data) throw std::bad_alloc();
+    return data;
+}
+
 // `count` elements of workspace for each thread of a parallel_region,
 // 64-byte aligned, allocated up front by the calling thread: an allocation
 // that fails throws there (a MemoryError in Python), never inside the region,
@@ -188,21 +222,14 @@ class PerThread {
         : per_(((std::max<int64_t>(count, 1) * static_cast<int64_t>(sizeof(T)) + 63) / 64) * 64 /
                static_cast<int64_t>(sizeof(T))) {
         const auto threads = static_cast<size_t>(max_threads());
-        const size_t bytes = threads * static_cast<size_t>(per_) * sizeof(T);
-        // More than the machine's memory would only be overcommitted, then
-        // kill the process when touched: refuse it now.
-        if (bytes / threads / sizeof(T) != static_cast<size_t>(per_) || bytes > physical_memory()) throw std::bad_alloc();
-        data_.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
-        if (!data_) throw std::bad_alloc();
+        if (static_cast<size_t>(per_) > static_cast<size_t>(-1) / sizeof(T) / threads) throw std::bad_alloc();
+        data_ = aligned_array<T>(threads * static_cast<size_t>(per_));
     }
     T* get() const { return data_.get() + thread_num() * per_; }
 
   private:
-    struct Free {
-        void operator()(T* p) const { std::free(p); }
-    };
     int64_t per_;
-    std::unique_ptr<T, Free> data_;
+    AlignedArray<T> data_;
 };
 
 }  // namespace fastconv
