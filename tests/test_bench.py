@@ -3,6 +3,8 @@ the agreement check gates the timing, and the table and JSON come out whole.
 It asserts no speed: a benchmark is never a timed test."""
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import sys
 
@@ -83,6 +85,33 @@ def test_timing_rounds_take_turns_in_alternating_order(monkeypatch):
     # Round 0: warm-up + 3 samples each, a first; round 1: warm-up + 2 samples each, b first.
     assert calls == ["a"] * 4 + ["b"] * 4 + ["b"] * 3 + ["a"] * 3
     assert {key: t["samples"] for key, t in timings.items()} == {(1, "a", "forward"): 5, (1, "b", "forward"): 5}
+
+
+def test_fixed_cost_samples_are_spread_over_the_run(monkeypatch):
+    """A share of the fixed-cost samples before every timed case, the
+    libraries taking turns, and one median over all the shares."""
+    events = []
+    monkeypatch.setattr(bench, "fastconv_passes", lambda case: {
+        "forward": lambda: events.append("fastconv forward") or (), "backward": lambda: ()})
+    monkeypatch.setattr(bench, "torch_passes", lambda case, torch: {
+        "forward": lambda: events.append("torch forward") or (), "backward": lambda: ()})
+    monkeypatch.setattr(bench, "thread_limit", lambda n, torch: contextlib.nullcontext())
+    cfg = bench.Config(shapes=(), dtypes=("float32",), threads=(1,), passes=("forward",), reference_all=False,
+                       warmup=1, repeats=6, rounds=2, min_time=0.0)
+    fixed = bench.FixedCost(object(), cfg, shares=3)
+    events.clear()  # the warm-up calls
+    seen = []
+    monkeypatch.setattr(bench, "time_interleaved", lambda *args: seen.append(len(events)) or {})
+    monkeypatch.setattr(bench, "add_thread_scaling", lambda records: None)
+    shapes = tuple(bench.parse_shape(f"name=s{i},n=1,c=1,h=3,k=1,kernel=3") for i in range(3))
+    bench.time_all(dataclasses.replace(cfg, shapes=shapes), None, {"float32": 1.0}, bench.Progress(1),
+                   bench.HostCheck(enabled=False), fixed)
+    # 6 samples in 3 shares of 2 (+ 1 call after the other library's), one share before each case.
+    assert seen == [6, 12, 18]
+    assert events[:6] == ["fastconv forward"] * 3 + ["torch forward"] * 3
+    assert events[6:12] == ["torch forward"] * 3 + ["fastconv forward"] * 3
+    assert {lib: len(fixed.times[lib, "forward"]) for lib in ("fastconv", "torch")} == {"fastconv": 6, "torch": 6}
+    assert set(fixed.result()) == {"fastconv", "torch"}
 
 
 def scripted_host(monkeypatch, answers):

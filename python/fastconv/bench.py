@@ -757,12 +757,14 @@ def check_all(cfg: Config, torch: Any, progress: Progress) -> list[dict[str, Any
 
 
 def time_all(
-    cfg: Config, torch: Any, peak: dict[str, float], progress: Progress, host: HostCheck
+    cfg: Config, torch: Any, peak: dict[str, float], progress: Progress, host: HostCheck, fixed: FixedCost
 ) -> list[dict[str, Any]]:
-    """One record per thread count, dtype, shape and pass: every library's timing."""
+    """One record per thread count, dtype, shape and pass: every library's
+    timing. Before each case, a share of the fixed-cost samples."""
     records = []
     for dtype in cfg.dtypes:
         for shape in cfg.shapes:
+            fixed.take_share()
             case = make_case(shape, dtype)
             timings = time_interleaved(case, library_passes(case, torch, cfg), cfg, torch, progress, host)
             for threads in cfg.threads:
@@ -791,25 +793,54 @@ def add_thread_scaling(records: list[dict[str, Any]]) -> None:
 FIXED_COST_SHAPE = Shape("fixed_cost", 1, 1, 3, 3, 1, 3, 1, "valid")
 
 
-def time_fixed_cost(torch: Any, cfg: Config) -> dict[str, dict[str, float]]:
-    """Median microseconds of forward and backward (dL/dX + dL/dF + dL/db) on
-    FIXED_COST_SHAPE, float32, one thread, for each library but the reference."""
-    case = make_case(FIXED_COST_SHAPE, "float32")
-    libs = {"fastconv": fastconv_passes(case)}
-    if torch is not None:
-        libs["torch"] = torch_passes(case, torch)
-    with thread_limit(1, torch):
-        return {
-            lib: {p: time_call(fns[p], cfg)["median_ms"] * 1e3 for p in ("forward", "backward")}
-            for lib, fns in libs.items()
-        }
+class FixedCost:
+    """Microseconds of forward and backward (dL/dX + dL/dF + dL/db) on
+    FIXED_COST_SHAPE, float32, one thread, for each library but the reference.
+
+    A call this small takes a few microseconds, which a slow spell of a shared
+    host (seconds long, slowing the caches or the CPU) can nearly double, so
+    the samples are taken in shares spread over the whole run: one share
+    before every timed case (take_share), the libraries taking turns. The
+    figure is the median of all of them."""
+
+    def __init__(self, torch: Any, cfg: Config, shares: int) -> None:
+        case = make_case(FIXED_COST_SHAPE, "float32")
+        self.torch = torch
+        self.libs = {"fastconv": fastconv_passes(case)}
+        if torch is not None:
+            self.libs["torch"] = torch_passes(case, torch)
+        self.times: dict[tuple[str, str], list[float]] = {}
+        self.share: dict[tuple[str, str], int] = {}
+        with thread_limit(1, torch):
+            for lib, fns in self.libs.items():
+                for p in ("forward", "backward"):
+                    _, estimate = warm_up(fns[p], cfg)
+                    self.times[lib, p] = []
+                    self.share[lib, p] = math.ceil(planned_samples(cfg, estimate) / max(shares, 1))
+        self.turn = 0
+
+    def take_share(self) -> None:
+        libs = list(self.libs) if self.turn % 2 == 0 else list(self.libs)[::-1]
+        self.turn += 1
+        with thread_limit(1, self.torch):
+            for lib in libs:
+                for p in ("forward", "backward"):
+                    fn = self.libs[lib][p]
+                    fn()  # after another library's calls
+                    self.times[lib, p] += timed_calls(fn, self.share[lib, p])
+
+    def result(self) -> dict[str, dict[str, float]]:
+        if not any(self.times.values()):
+            self.take_share()
+        return {lib: {p: float(np.median(self.times[lib, p])) * 1e6 for p in ("forward", "backward")}
+                for lib in self.libs}
 
 
 def format_fixed_cost(costs: dict[str, dict[str, float]]) -> str:
     s = FIXED_COST_SHAPE
     parts = [f"{lib} forward {c['forward']:.1f} us, backward {c['backward']:.1f} us" for lib, c in costs.items()]
     return (f"\nfixed cost per call ({s.n}x{s.c}x{s.h}x{s.w} input, {s.k} filter of {s.kernel}x{s.kernel}, float32,"
-            f" 1 thread, median): " + "; ".join(parts))
+            f" 1 thread, median of samples spread over the run): " + "; ".join(parts))
 
 
 def make_record(
@@ -1042,9 +1073,10 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
             report["agreement"] = check_all(cfg, torch, progress)
             ok = all(r["ok"] for r in report["agreement"])
             host = HostCheck(cfg.host_check)
-            report["results"] = time_all(cfg, torch, peak, progress, host) if ok else []
+            fixed = FixedCost(torch, cfg, shares=len(cfg.dtypes) * len(cfg.shapes)) if ok else None
+            report["results"] = time_all(cfg, torch, peak, progress, host, fixed) if fixed else []
             report["host_check"] = host.summary()
-            report["fixed_cost_us"] = time_fixed_cost(torch, cfg) if ok else None
+            report["fixed_cost_us"] = fixed.result() if fixed else None
         finally:
             progress.close()
     report["geomean"] = geomean_speedups(report["results"])
