@@ -127,7 +127,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const bool by_range = pack.count > 1;
     PerThread<T> window_mem(win.size()), result_mem(NP * F);
     PerThread<T> own_packed_mem(by_range ? 0 : pack.per_range * ntaps * F);
-    PerThread<int64_t> block_range_mem(pack.per_range);  // the range each block slot of own_packed_mem holds, or -1
+    PerThread<int64_t> block_range_mem(pack.per_range);  // the range whose block each slot of `packed` holds, or -1
     const AlignedArray<T> team_packed = aligned_array<T>(by_range ? static_cast<size_t>(pack.per_range * ntaps * F) : 0);
     // dst[j][f] = weight of filter kb * F + f of group g for tap j in [j0, j1),
     // zero past the group's filters; j0 a multiple of L.
