@@ -496,12 +496,6 @@ def warm_up(fn: Callable[[], Outputs], cfg: Config) -> tuple[float | None, float
     return memory, estimate
 
 
-def time_call(fn: Callable[[], Outputs], cfg: Config) -> dict[str, Any]:
-    """One callable on its own: warm-up, then its samples in one go."""
-    memory, estimate = warm_up(fn, cfg)
-    return summarize(timed_calls(fn, planned_samples(cfg, estimate)), memory)
-
-
 def time_interleaved(
     case: Case, libs: dict[str, PassFns], cfg: Config, torch: Any, progress: Progress, host: HostCheck
 ) -> dict[tuple[int, str, str], dict[str, Any]]:
