@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _backend, _memory, _padding_modes, reference
+from . import _backend, _call_cache, _memory, _padding_modes, reference
 from ._validation import (
     ConvGeometry,
     as_float_array,
@@ -111,6 +111,14 @@ def _working_memory(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, numpy_back
     return results * itemsize + _memory.workspace_bytes(itemsize, w.size, threads)
 
 
+def _runs_unchecked(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, backend: str, results: int) -> bool:
+    """Whether a call that needed no conversion may skip its checks when
+    repeated: the C++ kernels run it, and it is too small for the memory check."""
+    if _backend.resolve(backend) != "cpp":
+        return False
+    return _working_memory(x, w, geom, False, results) < _memory.CHECK_ABOVE
+
+
 def forward_checked(
     x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry, backend: str, channels_last: bool = False
 ) -> np.ndarray:
@@ -121,8 +129,14 @@ def forward_checked(
     _memory.check_fits(_working_memory(x, w, geom, numpy_backend, n * k * geom.out_hw[0] * geom.out_hw[1]), "this forward")
     if numpy_backend:
         return reference.conv2d(x, w, b, geom.stride, geom.padding, geom.dilation, geom.groups)
+    return run_forward(x, w, b, geom, channels_last)
+
+
+def run_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry, channels_last: bool) -> np.ndarray:
+    """The C++ forward into a new result, on arrays already checked."""
     core = _backend.core
-    assert core is not None  # resolve() said "cpp"
+    assert core is not None
+    n, k = x.shape[0], w.shape[0]
     if channels_last:
         y = np.empty((n, *geom.out_hw, k), dtype=x.dtype).transpose(0, 3, 1, 2)
     else:
@@ -141,24 +155,31 @@ def backward_checked(
     need_input_grad: bool = True,
 ) -> ConvGradients:
     """The backward pass on checked, contiguous arrays (grad_y of the output's shape)."""
-    kernel = (w.shape[2], w.shape[3])
-    args = (geom.stride, geom.padding, geom.dilation, geom.groups)
     numpy_backend = _backend.resolve(backend) == "numpy"
     results = (x.size if need_input_grad else 0) + w.size + w.shape[0]
     _memory.check_fits(_working_memory(x, w, geom, numpy_backend, results), "this backward")
     if numpy_backend:
+        kernel = (w.shape[2], w.shape[3])
+        args = (geom.stride, geom.padding, geom.dilation, geom.groups)
         return ConvGradients(
             reference.conv2d_grad_input(grad_y, w, x.shape[2:], *args) if need_input_grad else None,
             reference.conv2d_grad_weight(grad_y, x, kernel, *args),
             reference.conv2d_grad_bias(grad_y) if bias else None,
         )
+    return run_backward(grad_y, x, w, geom, bias, need_input_grad)
+
+
+def run_backward(
+    grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, geom: ConvGeometry, bias: bool, need_input_grad: bool
+) -> ConvGradients:
+    """The C++ backward into new gradients, on arrays already checked."""
     core = _backend.core
-    assert core is not None  # resolve() said "cpp"
+    assert core is not None
     grad_x = np.empty_like(x) if need_input_grad else None  # empty_like keeps x's (channels-last) layout
     grad_w = np.empty_like(w)
     grad_b = np.empty(w.shape[0], dtype=w.dtype) if bias else None
-    core.backward(grad_y, x, w, grad_x, grad_w, grad_b, *args)  # None skips a gradient
-    return ConvGradients(grad_x, grad_w, grad_b)
+    core.backward(grad_y, x, w, grad_x, grad_w, grad_b, geom.stride, geom.padding, geom.dilation, geom.groups)
+    return ConvGradients(grad_x, grad_w, grad_b)  # None above skips a gradient
 
 
 def conv2d(
@@ -201,6 +222,11 @@ def conv2d(
     numpy.ndarray of shape (N, K, Ho, Wo), or (K, Ho, Wo) for unbatched input
     ((N, Ho, Wo, K) or (Ho, Wo, K) in NHWC).
     """
+    arrays = (x, weight) if bias is None else (x, weight, bias)
+    key = _call_cache.signature("conv2d", arrays, (stride, padding, dilation, groups, padding_mode, data_format, backend), ())
+    checked = _call_cache.get(key)
+    if checked is not None:
+        return run_forward(x, weight, bias, checked, False)  # type: ignore[arg-type]  # a key: plain arrays
     _backend.check_backend(backend)
     padding_mode = check_padding_mode(padding_mode)
     data_format = check_data_format(data_format)
@@ -208,6 +234,12 @@ def conv2d(
     b = None if bias is None else _check_bias(bias, w.shape[0], w.dtype)
     xk, gk = apply_padding_mode(x4, geom, padding_mode)
     y = from_nchw(forward_checked(xk, w, b, gk, backend, data_format == "NHWC"), data_format)
+    # With a key (plain arrays of one dtype), xk is x itself only where
+    # nothing was converted: 4-D, NCHW, no padding mode at work. A repeat of
+    # such a call needs no checks.
+    if key is not None and xk is x:
+        if _runs_unchecked(x, w, gk, backend, y.size):
+            _call_cache.put(key, gk)
     return y[0] if unbatched else y
 
 
@@ -233,6 +265,15 @@ def conv2d_backward(
     (``bias`` is None when ``bias=False``; ``input`` is None, and its cost
     skipped, with ``need_input_grad=False``, as for a network's first layer).
     """
+    key = _call_cache.signature(
+        "conv2d_backward",
+        (grad_output, x, weight),
+        (stride, padding, dilation, groups, padding_mode, data_format, backend),
+        (bias, need_input_grad),
+    )
+    checked = _call_cache.get(key)
+    if checked is not None:
+        return run_backward(grad_output, x, weight, checked, bias, need_input_grad)  # type: ignore[arg-type]
     _backend.check_backend(backend)
     bias = check_flag(bias, "bias")
     need_input_grad = check_flag(need_input_grad, "need_input_grad")
@@ -249,6 +290,9 @@ def conv2d_backward(
     xk, gk = apply_padding_mode(x4, geom, padding_mode)
     grad_y4 = to_nchw(grad_y.reshape(expected), data_format)
     grads = backward_checked(grad_y4, xk, w, gk, bias, backend, need_input_grad)
+    if key is not None and xk is x:  # nothing converted, as in conv2d: a repeat needs no checks
+        if _runs_unchecked(x, w, gk, backend, x.size * need_input_grad + w.size + w.shape[0]):
+            _call_cache.put(key, gk)
     grads = fold_padding_mode(grads, geom, padding_mode, (x4.shape[2], x4.shape[3]))
     if grads.input is None:
         return grads
