@@ -124,8 +124,37 @@ def scripted_host(monkeypatch, answers):
         return next(replies)
 
     monkeypatch.setattr(host, "gives", gives)
+    monkeypatch.setattr(host, "settle", lambda: None)
     monkeypatch.setattr(bench.time, "sleep", lambda s: None)
     return host
+
+
+def test_a_share_waits_for_the_process_threads_to_settle(monkeypatch):
+    clock = {"wall": 0.0, "cpu": 0.0}
+    spins = []  # whether another thread of the process uses a CPU during each probe
+
+    def sleep(seconds):
+        clock["wall"] += seconds
+        clock["cpu"] += seconds if spins.pop(0) else 0.0
+
+    monkeypatch.setattr(bench.time, "sleep", sleep)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["wall"])
+    monkeypatch.setattr(bench.time, "process_time", lambda: clock["cpu"])
+    host = bench.HostCheck(enabled=False)
+    probe, limit = bench.HostCheck.SETTLE_PROBE_S, bench.HostCheck.SETTLE_LIMIT_S
+    spins[:] = [True, True, True, False, True]
+    host.settle()
+    assert spins == [True] and host.settled_s == pytest.approx(4 * probe)  # three busy probes, then an idle one
+    spins[:] = [True] * 1000  # a thread that never stops: the wait is bounded
+    host.settle()
+    assert host.settled_s == pytest.approx(4 * probe + limit)
+
+    order = []
+    monkeypatch.setattr(host, "enabled", True)
+    monkeypatch.setattr(host, "settle", lambda: order.append("settle"))
+    monkeypatch.setattr(host, "gives", lambda threads: order.append("check") or True)
+    host.take(2, "torch", lambda: order.append("share") or [1.0])
+    assert order == ["settle", "check", "share", "check"]
 
 
 def test_a_share_during_which_the_machine_lost_a_core_is_taken_again(monkeypatch):

@@ -635,6 +635,8 @@ class HostCheck:
     ITERATIONS = 400_000  # one check: about 2 ms of FMAs per thread at 115 GFLOP/s
     RETRIES = 3
     WAIT_LIMIT_S = 60.0  # in all, per run: past it, the run stops waiting
+    SETTLE_PROBE_S = 0.005
+    SETTLE_LIMIT_S = 0.5  # per share
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -642,6 +644,7 @@ class HostCheck:
         self.peak = measure_peak(float64=False) if enabled else 0.0  # the 1-thread reference
         self.checks = 0
         self.waited_s = 0.0
+        self.settled_s = 0.0
         self.retaken: dict[str, int] = {}  # shares taken again, by library
         self.kept_short: dict[str, int] = {}  # shares kept after the last try, by library
 
@@ -664,10 +667,27 @@ class HostCheck:
                 break
         self.waited_s += time.perf_counter() - start
 
+    def settle(self) -> None:
+        """Returns once no thread of this process uses a CPU (or after
+        SETTLE_LIMIT_S). A BLAS or OpenMP runtime keeps its idle threads
+        spinning for a while after its last call, and where the run has as
+        many threads as cores, a spinning thread takes a core from whatever is
+        timed next: after one NumPy matmul, OpenBLAS's spun for 0.1 s, during
+        which fastconv's 2-thread calls took 4 ms instead of 1 every 8 ms."""
+        start = time.perf_counter()
+        while time.perf_counter() - start < self.SETTLE_LIMIT_S:
+            cpu = time.process_time()  # every thread's CPU time
+            time.sleep(self.SETTLE_PROBE_S)
+            if time.process_time() - cpu < 0.2 * self.SETTLE_PROBE_S:
+                break
+        self.settled_s += time.perf_counter() - start
+
     def take(self, threads: int, lib: str, take_share: Callable[[], list[float]]) -> list[float]:
-        """take_share()'s samples of library `lib`, taken while the machine gives the run `threads` cores."""
+        """take_share()'s samples of library `lib`, taken once the process's
+        other threads have settled, while the machine gives the run `threads` cores."""
         if not self.enabled:
             return take_share()
+        self.settle()
         for attempt in range(self.RETRIES + 1):
             self.wait_for(threads)
             samples = take_share()
@@ -681,7 +701,8 @@ class HostCheck:
     def summary(self) -> dict[str, Any]:
         return {
             "enabled": self.enabled, "required_share_of_peak": self.SHARE, "peak_gflops_1_thread": self.peak,
-            "checks": self.checks, "seconds_waited": self.waited_s, "shares_taken_again": self.retaken,
+            "checks": self.checks, "seconds_waited": self.waited_s, "seconds_settling": self.settled_s,
+            "shares_taken_again": self.retaken,
             "shares_kept_after_last_try": self.kept_short,
         }
 
@@ -694,7 +715,8 @@ def format_host_check(host: dict[str, Any]) -> str:
         return ", ".join(f"{lib} {n}" for lib, n in counts.items()) or "none"
 
     return (f"\nhost check: {host['checks']} checks that the threads get {100 * host['required_share_of_peak']:.0f}%"
-            f" of their cores' FMA peak; waited {host['seconds_waited']:.1f} s for it; shares of samples taken"
+            f" of their cores' FMA peak; waited {host['seconds_waited']:.1f} s for it and"
+            f" {host['seconds_settling']:.1f} s for spinning threads to settle; shares of samples taken"
             f" again: {by_lib(host['shares_taken_again'])}; kept after the last try:"
             f" {by_lib(host['shares_kept_after_last_try'])}")
 
