@@ -13,8 +13,8 @@ The signature is made of:
   exact type. Equal is not enough, since True == 1.0 == 1 and all three hash
   alike, but only 1 is a valid stride.
 
-Anything else (lists, NumPy integers, views, read-only or mixed-dtype arrays) is checked on every
-call, as before.
+Anything else (lists, NumPy integers, strided, read-only or mixed-dtype
+arrays) is checked on every call, as before.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def signature(tag: str, arrays: tuple[Any, ...], options: tuple[Any, ...], flags
     ints, `flags` True or False. Written out in full: this runs on every call."""
     dtype = arrays[0].dtype if type(arrays[0]) is _ndarray else None
     for a in arrays:
-        if type(a) is not _ndarray or a.dtype != dtype or not a.flags.carray:  # carray: C-contiguous, aligned
+        if type(a) is not _ndarray or a.dtype != dtype or not a.flags.carray:  # C-contiguous, aligned, writeable
             return None
     for value in options:
         kind = type(value)
