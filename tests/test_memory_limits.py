@@ -39,3 +39,30 @@ def test_the_check_uses_what_the_machine_has_available(backend, monkeypatch):
 def test_small_calls_skip_the_check(monkeypatch):
     monkeypatch.setattr(_memory, "available_bytes", lambda: pytest.fail("read the system's memory for a tiny call"))
     assert fastconv.conv2d(np.ones((1, 1, 4, 4)), np.ones((2, 1, 3, 3))).shape == (1, 2, 2, 2)
+
+
+def test_small_calls_skip_the_check_whatever_the_thread_count(monkeypatch):
+    # The kernels' per-thread buffers (8 MiB each) alone would pass the check's
+    # threshold on 32 threads: they never start the check, nor stop a call
+    # from skipping its checks when repeated.
+    core = fastconv._backend.core
+    if core is None:
+        pytest.skip("the C++ core is not built")
+    monkeypatch.setattr(core, "max_threads", lambda: 4096)
+    monkeypatch.setattr(_memory, "available_bytes", lambda: pytest.fail("read the system's memory for a tiny call"))
+    monkeypatch.setattr(fastconv._call_cache, "_checked", {})
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    y = fastconv.conv2d(x, w)
+    fastconv.conv2d_backward(np.ones_like(y), x, w)
+    assert len(fastconv._call_cache._checked) == 2
+
+
+def test_the_threads_buffers_count_once_the_check_runs(monkeypatch):
+    core = fastconv._backend.core
+    if core is None:
+        pytest.skip("the C++ core is not built")
+    monkeypatch.setattr(core, "max_threads", lambda: 64)
+    # 280 MB of output and 512 MiB of thread buffers against 700 MiB available.
+    monkeypatch.setattr(_memory, "available_bytes", lambda: 700 * 2**20)
+    with pytest.raises(MemoryError, match=r"this forward needs 0\.76 GiB"):
+        fastconv.conv2d(np.zeros((1, 1, 100, 100), np.float32), np.zeros((7000, 1, 1, 1), np.float32))

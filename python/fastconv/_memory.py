@@ -32,11 +32,15 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def check_fits(nbytes: int, what: str) -> None:
-    """MemoryError if `nbytes` of working memory for `what` exceeds what the
-    machine has available."""
+def check_fits(nbytes: int, what: str, threads: int = 0) -> None:
+    """MemoryError if `nbytes` of working memory for `what`, plus the C++
+    kernels' buffers for `threads` threads, exceeds what the machine has
+    available. Only `nbytes`, which grows with the call, decides whether to
+    check: the threads' buffers are bounded, and counting them, every tiny
+    call on a machine of 32 threads would read the system's figure."""
     if nbytes < CHECK_ABOVE:
         return
+    nbytes += threads * THREAD_BUFFER_BYTES
     available = available_bytes()
     if available is not None and nbytes > available:
         raise MemoryError(
@@ -45,8 +49,11 @@ def check_fits(nbytes: int, what: str) -> None:
         )
 
 
-def workspace_bytes(itemsize: int, weight_size: int, threads: int) -> int:
-    """The C++ kernels' own memory besides their outputs: packed weights (at
-    most twice the weights, filter blocks rounded up) and bounded windows,
-    panels and partial sums per thread (a few MiB)."""
-    return 2 * weight_size * itemsize + threads * 8 * 2**20
+# The C++ kernels' windows, panels and partial sums: at most this per thread.
+THREAD_BUFFER_BYTES = 8 * 2**20
+
+
+def packed_weights_bytes(itemsize: int, weight_size: int) -> int:
+    """The C++ kernels' packed weights: at most twice the weights (filter
+    blocks rounded up)."""
+    return 2 * weight_size * itemsize

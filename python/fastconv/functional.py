@@ -98,17 +98,23 @@ def fold_padding_mode(grads: ConvGradients, geom: ConvGeometry, padding_mode: st
 
 
 def _working_memory(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, numpy_backend: bool, results: int) -> int:
-    """Bytes a pass needs besides its inputs: its `results` elements, and the
-    NumPy reference's padded input and result-sized temporaries, or the C++
-    kernels' workspace."""
+    """Bytes a pass needs besides its inputs that grow with it: its `results`
+    elements, and the NumPy reference's padded input and result-sized
+    temporaries, or the C++ kernels' packed weights (their per-thread buffers
+    come on top: _check_memory)."""
     itemsize = x.dtype.itemsize
     if numpy_backend:
         top, bottom, left, right = geom.padding
         padded = x.shape[0] * x.shape[1] * (x.shape[2] + top + bottom) * (x.shape[3] + left + right)
         return (3 * results + 2 * padded) * itemsize
+    return results * itemsize + _memory.packed_weights_bytes(itemsize, w.size)
+
+
+def _check_memory(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, numpy_backend: bool, results: int, what: str) -> None:
+    """MemoryError if the pass cannot fit in the machine's memory (_memory.check_fits)."""
     core = _backend.core
-    threads = core.max_threads() if core is not None else 1
-    return results * itemsize + _memory.workspace_bytes(itemsize, w.size, threads)
+    threads = 0 if numpy_backend or core is None else core.max_threads()
+    _memory.check_fits(_working_memory(x, w, geom, numpy_backend, results), what, threads)
 
 
 def _runs_unchecked(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, backend: str, results: int) -> bool:
@@ -126,7 +132,7 @@ def forward_checked(
     (N, K, Ho, Wo) view of channels-last storage with `channels_last`."""
     n, k = x.shape[0], w.shape[0]
     numpy_backend = _backend.resolve(backend) == "numpy"
-    _memory.check_fits(_working_memory(x, w, geom, numpy_backend, n * k * geom.out_hw[0] * geom.out_hw[1]), "this forward")
+    _check_memory(x, w, geom, numpy_backend, n * k * geom.out_hw[0] * geom.out_hw[1], "this forward")
     if numpy_backend:
         return reference.conv2d(x, w, b, geom.stride, geom.padding, geom.dilation, geom.groups)
     return run_forward(x, w, b, geom, channels_last)
@@ -157,7 +163,7 @@ def backward_checked(
     """The backward pass on checked, contiguous arrays (grad_y of the output's shape)."""
     numpy_backend = _backend.resolve(backend) == "numpy"
     results = (x.size if need_input_grad else 0) + w.size + w.shape[0]
-    _memory.check_fits(_working_memory(x, w, geom, numpy_backend, results), "this backward")
+    _check_memory(x, w, geom, numpy_backend, results, "this backward")
     if numpy_backend:
         kernel = (w.shape[2], w.shape[3])
         args = (geom.stride, geom.padding, geom.dilation, geom.groups)
