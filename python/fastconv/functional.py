@@ -117,6 +117,11 @@ def _check_memory(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, numpy_backen
     _memory.check_fits(_working_memory(x, w, geom, numpy_backend, results), what, threads)
 
 
+def _gradient_count(x: np.ndarray, w: np.ndarray, need_input_grad: bool) -> int:
+    """Elements of the gradients a backward pass returns, dL/db's counted always."""
+    return (x.size if need_input_grad else 0) + w.size + w.shape[0]
+
+
 def _runs_unchecked(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, backend: str, results: int) -> bool:
     """Whether a call that needed no conversion may skip its checks when
     repeated: the C++ kernels run it, and it is too small for the memory check."""
@@ -162,8 +167,7 @@ def backward_checked(
 ) -> ConvGradients:
     """The backward pass on checked, contiguous arrays (grad_y of the output's shape)."""
     numpy_backend = _backend.resolve(backend) == "numpy"
-    results = (x.size if need_input_grad else 0) + w.size + w.shape[0]
-    _check_memory(x, w, geom, numpy_backend, results, "this backward")
+    _check_memory(x, w, geom, numpy_backend, _gradient_count(x, w, need_input_grad), "this backward")
     if numpy_backend:
         kernel = (w.shape[2], w.shape[3])
         args = (geom.stride, geom.padding, geom.dilation, geom.groups)
@@ -297,7 +301,7 @@ def conv2d_backward(
     grad_y4 = to_nchw(grad_y.reshape(expected), data_format)
     grads = backward_checked(grad_y4, xk, w, gk, bias, backend, need_input_grad)
     if key is not None and xk is x:  # nothing converted, as in conv2d: a repeat needs no checks
-        if _runs_unchecked(x, w, gk, backend, x.size * need_input_grad + w.size + w.shape[0]):
+        if _runs_unchecked(x, w, gk, backend, _gradient_count(x, w, need_input_grad)):
             _call_cache.put(key, gk)
     grads = fold_padding_mode(grads, geom, padding_mode, (x4.shape[2], x4.shape[3]))
     if grads.input is None:
