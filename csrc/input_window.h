@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "conv_shape.h"
+#include "cpu_facts.h"
 
 namespace fastconv {
 
@@ -238,6 +239,33 @@ class BlockTaps {
     std::vector<int32_t> taps_;
     std::vector<int8_t> pixels_;
     std::vector<List> lists_;  // [row list][block]
+};
+
+// The taps j = (c, kr, ks) of a direct kernel in chunks of whole input
+// channels whose packed weights (bytes_per_tap each) take at most half the
+// L1 data cache: the kernel runs every pixel block of a window over one chunk
+// before the next, so that the chunk's weights are read from L1. The chunk
+// size comes from the cache size the OS reports, not from the CPU's vendor.
+struct TapChunks {
+    int64_t count = 1;  // chunks
+    int64_t taps = 0;   // taps per chunk (the last may have fewer)
+
+    TapChunks(const ConvShape& p, int64_t bytes_per_tap) {
+        const int64_t per_channel = p.r * p.s, channels = p.c_per_group();
+        const int64_t fit = std::max<int64_t>(1, cache_sizes().l1d / 2 / (bytes_per_tap * per_channel));
+        count = (channels + fit - 1) / fit;
+        taps = (channels + count - 1) / count * per_channel;  // even chunks
+    }
+
+    // The taps of `list` (ascending, as BlockTaps makes them) in chunk `chunk`.
+    BlockTaps::List part(const BlockTaps::List& list, int64_t chunk) const {
+        if (count == 1) return list;
+        const int64_t lo = chunk * taps, hi = lo + taps;
+        const int32_t* end = list.taps + list.count;
+        const int32_t* first = std::lower_bound(list.taps, end, lo, [](int32_t t, int64_t v) { return t < v; });
+        const int32_t* last = std::lower_bound(first, end, hi, [](int32_t t, int64_t v) { return t < v; });
+        return BlockTaps::List{first, list.pixels ? list.pixels + (first - list.taps) : nullptr, last - first};
+    }
 };
 
 }  // namespace fastconv
