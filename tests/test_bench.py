@@ -241,7 +241,15 @@ def test_a_disagreement_stops_the_bench(tmp_path, monkeypatch, capsys):
 
 def test_shape_syntax():
     shape = bench.parse_shape("name=foo,n=2,c=4,h=16,k=8,kernel=3,padding=valid,groups=2")
-    assert (shape.w, shape.stride, shape.weight_shape()) == (16, 1, (8, 2, 3, 3))
+    assert (shape.w, shape.stride, shape.dilation, shape.weight_shape()) == (16, 1, 1, (8, 2, 3, 3))
+    assert shape.flops("forward") == 2 * 2 * 8 * 2 * 9 * 14 * 14
+    rect = bench.parse_shape("name=r,n=2,c=4,h=10,w=16,k=8,kernel=1x7,dilation=2,padding=valid")
+    assert (rect.kernel_hw, rect.kernel_label, rect.weight_shape()) == ((1, 7), "1x7", (8, 4, 1, 7))
+    assert rect.geometry().out_hw == (10, 16 - 12)  # with dilation 2, 7 taps span 13 columns
+    assert rect.flops("forward") == 2 * 2 * 8 * 4 * 7 * 10 * 4
+    assert bench.parse_shape("name=d,n=1,c=1,h=9,k=1,kernel=3,dilation=2").geometry().padding == (2, 2, 2, 2)
+    with pytest.raises(argparse.ArgumentTypeError, match="kernel=3y3"):
+        bench.parse_shape("name=bad,n=1,c=3,h=8,k=4,kernel=3y3")
     with pytest.raises(argparse.ArgumentTypeError, match="groups"):
         bench.parse_shape("name=bad,n=1,c=3,h=8,k=4,kernel=3,groups=2")
     with pytest.raises(argparse.ArgumentTypeError, match="missing"):
@@ -252,3 +260,31 @@ def test_info_runs(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "instruction set" in out and "OpenMP" in out and "flags" in out
+
+
+def test_the_suite_has_the_layers_issue_15_names():
+    suite = {s.name: s for s in bench.SUITE}
+    assert dataclasses.astuple(suite["vgg_3x3"])[1:] == (2, 64, 112, 112, 128, 3, 1, "same", 1, 1)
+    assert suite["rect_1x7"].weight_shape() == (64, 64, 1, 7)
+    assert suite["dilated_3x3"].dilation == 2 and suite["dilated_3x3"].geometry().out_hw == (28, 28)
+    assert (suite["one_channel"].n, suite["one_channel"].c) == (256, 1)
+    assert suite["deep_s2"].geometry().out_hw == (7, 7) and suite["deep_s2"].c == 256
+    assert suite["vgg_3x3"].flops("forward") == 2 * 2 * 128 * 64 * 9 * 112 * 112
+    assert set(bench.QUICK) <= set(suite)
+
+
+def test_rectangular_and_dilated_kernels_agree_with_every_library(tmp_path):
+    """The shapes reach PyTorch and the reference with their kernel and dilation:
+    a dilation or kernel width lost on the way fails the agreement check."""
+    path = tmp_path / "bench.json"
+    args = ["--shape", "name=rect,n=2,c=3,h=9,w=11,k=4,kernel=1x3,dilation=2",
+            "--shape", "name=tall,n=1,c=2,h=8,k=3,kernel=3x1,stride=2,padding=valid",
+            "--only", "rect,tall", *TINY[4:]]
+    assert main(["bench", *args, "--dtype", "float64", "--no-host-check", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["agreement"] and all(row["ok"] for row in report["agreement"])
+    assert {row["against"] for row in report["agreement"]} >= {"numpy"}
+    dims = {r["shape"]: r["dims"] for r in report["results"]}
+    assert dims["rect"]["kernel"] == [1, 3] and dims["rect"]["dilation"] == 2
+    rect = next(r for r in report["results"] if r["shape"] == "rect" and r["pass"] == "forward")
+    assert rect["flops"] == 2 * 2 * 4 * 3 * 3 * 9 * 11

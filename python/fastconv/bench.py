@@ -65,7 +65,8 @@ MEMORY_NOTE = (
 
 @dataclass(frozen=True)
 class Shape:
-    """One convolution: input N x C x H x W, K filters of kernel x kernel."""
+    """One convolution: input N x C x H x W, K filters of kernel x kernel
+    (or kernel = (height, width)), with that stride and dilation on both axes."""
 
     name: str
     n: int
@@ -73,23 +74,33 @@ class Shape:
     h: int
     w: int
     k: int
-    kernel: int
+    kernel: int | tuple[int, int]
     stride: int = 1
     padding: str = "same"
     groups: int = 1
+    dilation: int = 1
+
+    @property
+    def kernel_hw(self) -> tuple[int, int]:
+        return (self.kernel, self.kernel) if isinstance(self.kernel, int) else self.kernel
+
+    @property
+    def kernel_label(self) -> str:
+        return "x".join(map(str, self.kernel_hw))
 
     def weight_shape(self) -> tuple[int, int, int, int]:
-        return (self.k, self.c // self.groups, self.kernel, self.kernel)
+        return (self.k, self.c // self.groups, *self.kernel_hw)
 
     def geometry(self) -> ConvGeometry:
         """Padding and output size, worked out (and checked) as fastconv does."""
         x_shape = (self.n, self.c, self.h, self.w)
-        return plan_geometry(x_shape, self.weight_shape(), self.stride, self.padding, 1, self.groups)
+        return plan_geometry(x_shape, self.weight_shape(), self.stride, self.padding, self.dilation, self.groups)
 
     def flops(self, pass_name: str) -> int:
         """Multiply-adds x 2 of a pass; backward counts data + weights (bias adds are negligible)."""
         ho, wo = self.geometry().out_hw
-        forward = 2 * self.n * self.k * (self.c // self.groups) * self.kernel**2 * ho * wo
+        kh, kw = self.kernel_hw
+        forward = 2 * self.n * self.k * (self.c // self.groups) * kh * kw * ho * wo
         return {
             "forward": forward,
             "backward": 2 * forward,
@@ -112,12 +123,20 @@ SUITE = (
     Shape("even_k4", 8, 16, 32, 32, 16, 4),
     Shape("depthwise", 8, 128, 28, 28, 128, 3, groups=128),
     Shape("single_image", 1, 64, 56, 56, 64, 3),
+    # The kinds of layer issue 15 measures beside these: a wide VGG-like
+    # layer, a rectangular kernel, dilation, one input channel with a large
+    # batch, and a deep stride-2 layer.
+    Shape("vgg_3x3", 2, 64, 112, 112, 128, 3),
+    Shape("rect_1x7", 8, 64, 28, 28, 64, (1, 7)),
+    Shape("dilated_3x3", 8, 64, 28, 28, 64, 3, dilation=2),
+    Shape("one_channel", 256, 1, 28, 28, 32, 3),
+    Shape("deep_s2", 8, 256, 14, 14, 512, 3, 2),
 )
 QUICK = ("seed", "lenet_c2", "even_k4", "depthwise", "pointwise", "resnet_3x3", "resnet_s2")
 
 SHAPE_HELP = (
-    "add a shape: name=NAME,n=N,c=C,h=H[,w=W],k=FILTERS,kernel=SIZE[,stride=1][,padding=same|valid]"
-    "[,groups=1] (w defaults to h); repeatable"
+    "add a shape: name=NAME,n=N,c=C,h=H[,w=W],k=FILTERS,kernel=SIZE|HxW[,stride=1][,padding=same|valid]"
+    "[,groups=1][,dilation=1] (w defaults to h; kernel=1x7: 1 high, 7 wide); repeatable"
 )
 
 
@@ -129,19 +148,28 @@ def parse_shape(text: str) -> Shape:
         if not sep or not value:
             raise argparse.ArgumentTypeError(f"expected key=value, got {item!r} in {text!r}")
         fields[key.strip()] = value.strip()
-    ints = ("n", "c", "h", "w", "k", "kernel", "stride", "groups")
-    unknown = set(fields) - {"name", "padding", *ints}
+    ints = ("n", "c", "h", "w", "k", "stride", "groups", "dilation")
+    unknown = set(fields) - {"name", "padding", "kernel", *ints}
     missing = {"name", "n", "c", "h", "k", "kernel"} - set(fields)
     if unknown or missing:
         raise argparse.ArgumentTypeError(f"--shape {text!r}: unknown keys {sorted(unknown)}, missing {sorted(missing)}")
     fields.setdefault("w", fields["h"])
     try:
         values = {key: int(fields[key]) for key in ints if key in fields}
-        shape = Shape(name=fields["name"], padding=fields.get("padding", "same"), **values)
+        shape = Shape(name=fields["name"], kernel=parse_kernel(fields["kernel"]),
+                      padding=fields.get("padding", "same"), **values)
         shape.geometry()
     except (TypeError, ValueError) as exc:
         raise argparse.ArgumentTypeError(f"--shape {text!r}: {exc}") from exc
     return shape
+
+
+def parse_kernel(text: str) -> int | tuple[int, int]:
+    """"3" (square) or "1x7" (height x width)."""
+    if "x" not in text:
+        return int(text)
+    height, width = text.split("x", 1)
+    return (int(height), int(width))
 
 
 def _csv(text: str) -> list[str]:
@@ -287,7 +315,7 @@ def fastconv_passes(case: Case) -> PassFns:
     """The public API (what users call) for forward/backward; the C++ core
     directly, into preallocated outputs, for the backward parts."""
     s, g, core = case.shape, case.geom, _core()
-    api = (s.stride, s.padding, 1, s.groups)
+    api = (s.stride, s.padding, s.dilation, s.groups)
     geometry = (g.stride, g.padding, g.dilation, g.groups)
     grad_x, grad_w, grad_b = np.empty_like(case.x), np.empty_like(case.w), np.empty_like(case.b)
 
@@ -333,7 +361,7 @@ def torch_passes(case: Case, torch: Any) -> PassFns:
     def backward(mask: list[bool]) -> Callable[[], Outputs]:
         def run() -> Outputs:
             gx, gw, gb = torch.ops.aten.convolution_backward(
-                grad_y, saved_x, w, [s.k], [s.stride] * 2, conv_pad, [1, 1], False, [0, 0], s.groups, mask
+                grad_y, saved_x, w, [s.k], [s.stride] * 2, conv_pad, [s.dilation] * 2, False, [0, 0], s.groups, mask
             )
             if mask[0] and not symmetric:  # the padding is not an input: drop its gradient
                 gx = gx[:, :, top : top + s.h, left : left + s.w]
@@ -342,7 +370,7 @@ def torch_passes(case: Case, torch: Any) -> PassFns:
         return run
 
     return {
-        "forward": lambda: (F.conv2d(padded(x), w, b, s.stride, conv_pad, 1, s.groups),),
+        "forward": lambda: (F.conv2d(padded(x), w, b, s.stride, conv_pad, s.dilation, s.groups),),
         "backward": backward([True, True, True]),
         "backward_data": backward([True, False, False]),
         "backward_weights": backward([False, True, False]),
@@ -355,13 +383,13 @@ def torch_passes(case: Case, torch: Any) -> PassFns:
 def reference_passes(case: Case) -> PassFns:
     """fastconv's NumPy reference: the public API with backend="numpy", and its parts."""
     s, g = case.shape, case.geom
-    api = (s.stride, s.padding, 1, s.groups)
+    api = (s.stride, s.padding, s.dilation, s.groups)
     geometry = (g.stride, g.padding, g.dilation, g.groups)
     return {
         "forward": lambda: (functional.conv2d(case.x, case.w, case.b, *api, backend="numpy"),),
         "backward": lambda: tuple(functional.conv2d_backward(case.grad_y, case.x, case.w, *api, backend="numpy")),
         "backward_data": lambda: (reference.conv2d_grad_input(case.grad_y, case.w, case.x.shape[2:], *geometry),),
-        "backward_weights": lambda: (reference.conv2d_grad_weight(case.grad_y, case.x, (s.kernel,) * 2, *geometry),),
+        "backward_weights": lambda: (reference.conv2d_grad_weight(case.grad_y, case.x, s.kernel_hw, *geometry),),
         "backward_bias": lambda: (reference.conv2d_grad_bias(case.grad_y),),
     }
 
@@ -855,7 +883,7 @@ class FixedCost:
 def format_fixed_cost(costs: dict[str, dict[str, float]]) -> str:
     s = FIXED_COST_SHAPE
     parts = [f"{lib} forward {c['forward']:.1f} us, backward {c['backward']:.1f} us" for lib, c in costs.items()]
-    return (f"\nfixed cost per call ({s.n}x{s.c}x{s.h}x{s.w} input, {s.k} filter of {s.kernel}x{s.kernel}, float32,"
+    return (f"\nfixed cost per call ({s.n}x{s.c}x{s.h}x{s.w} input, {s.k} filter of {s.kernel_label}, float32,"
             f" 1 thread, median of samples spread over the run): " + "; ".join(parts))
 
 
