@@ -33,8 +33,9 @@ def test_bench_checks_then_reports(tmp_path, capsys, monkeypatch, with_torch):
     assert "outputs agree" in out and "tiny" in out
 
     report = json.loads(path.read_text())
-    assert {"versions", "cpu_model", "isa", "peak_gflops_per_thread", "threads", "dtypes",
+    assert {"versions", "cpu_model", "isa", "peak_gflops_per_thread", "threads", "dtypes", "cpu_facts",
             "openmp_libraries", "memory_note", "agreement", "results", "geomean"} <= report.keys()
+    assert report["cpu_facts"]["isa"] == report["isa"]
     assert set(report["versions"]) == {"fastconv", "numpy", "torch", "python"}
     assert report["threads"] == [1] and report["dtypes"] == ["float32", "float64"]
     assert set(report["peak_gflops_per_thread"]) == {"float32", "float64"}
@@ -254,12 +255,6 @@ def test_shape_syntax():
         bench.parse_shape("name=bad,n=1,c=3,h=8,k=4,kernel=3,groups=2")
     with pytest.raises(argparse.ArgumentTypeError, match="missing"):
         bench.parse_shape("name=short,n=1,c=3")
-
-
-def test_info_runs(capsys):
-    assert main(["info"]) == 0
-    out = capsys.readouterr().out
-    assert "instruction set" in out and "OpenMP" in out and "flags" in out
 
 
 def test_the_suite_has_the_layers_issue_15_names():

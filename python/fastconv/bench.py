@@ -638,8 +638,9 @@ def using_isa(name: str | None) -> Iterator[None]:
 
 
 def measure_peak(float64: bool) -> float:
-    """Single-thread FMA peak in GFLOP/s: the best of three short runs, since a
-    run that a stray process interrupts only ever reads low."""
+    """Single-thread FMA peak in GFLOP/s with the FMA loop of the active
+    instruction set (the one the kernels run): the best of three short runs,
+    since a run that a stray process interrupts only ever reads low."""
     return max(_core().peak_gflops(float64=float64) for _ in range(3))
 
 
@@ -945,6 +946,39 @@ def openmp_libraries() -> list[dict[str, Any]] | None:
     ]
 
 
+def cpu_facts(isa: str | None = None) -> dict[str, Any]:
+    """What the kernels use of this CPU with `isa` (default: the active one):
+    vector width and registers, cache sizes, and the measured clock, FMA peak
+    and vector FMAs per cycle (None where the ISA has no vector FMA)."""
+    return dict(_core().cpu_facts(isa))
+
+
+def _size(n: int) -> str:
+    return f"{n // 2**20} MiB" if n >= 2**20 and n % 2**20 == 0 else f"{n / 1024:g} KiB"
+
+
+def format_fma(facts: dict[str, Any]) -> str:
+    """E.g. "2.0 FMA/cycle at 256 bit: 2 FMA ports"."""
+    if facts["fma_per_cycle"] is None:
+        return f"no vector FMA with {facts['isa']}"
+    ports = facts["fma_ports"]
+    return f"{facts['fma_per_cycle']:.1f} FMA/cycle at {facts['vector_bits']} bit: {ports} FMA port{'s' * (ports != 1)}"
+
+
+def format_caches(facts: dict[str, Any]) -> str:
+    l3 = f"L3 {_size(facts['l3_bytes'])} shared" if facts["l3_bytes"] else "L3 not reported by the OS"
+    text = f"L1d {_size(facts['l1d_bytes'])}, L2 {_size(facts['l2_bytes'])} per core, {l3}"
+    if not facts["caches_reported"]:
+        text += " (L1d and L2 not reported by the OS: the sizes the kernels assume then)"
+    return text
+
+
+def format_cpu_facts(facts: dict[str, Any]) -> str:
+    """One line for the bench's header."""
+    return (f"{facts['vector_bits']}-bit vectors, {facts['vector_registers']} registers, {format_fma(facts)};"
+            f" {format_caches(facts)}")
+
+
 def runtime_info() -> dict[str, Any]:
     """Versions, instruction sets, OpenMP and build of this fastconv (no PyTorch import)."""
     core = _core()
@@ -1102,13 +1136,13 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
     """Measure the peak, check every output, and only then time and report."""
     started, other_load = time.perf_counter(), OtherLoad()
     torch = import_torch()
-    peak = {d: measure_peak(d == "float64") for d in cfg.dtypes}
     report: dict[str, Any] = runtime_info()
     report["versions"]["torch"] = torch.__version__ if torch is not None else None
-    report.update(threads=list(cfg.threads), dtypes=list(cfg.dtypes), peak_gflops_per_thread=peak,
-                  config=asdict(cfg), memory_note=MEMORY_NOTE)
+    report.update(threads=list(cfg.threads), dtypes=list(cfg.dtypes), config=asdict(cfg), memory_note=MEMORY_NOTE)
     with using_isa(args.isa), torch_full_precision(torch):
-        report["isa"] = _core().isa()
+        # The peak of the ISA the kernels run, not the CPU's widest.
+        peak = {d: measure_peak(d == "float64") for d in cfg.dtypes}
+        report.update(isa=_core().isa(), peak_gflops_per_thread=peak, cpu_facts=cpu_facts())
         n_timed = sum(len(library_names(s, torch, cfg)) for s in cfg.shapes)
         progress = Progress(
             len(cfg.threads) * len(cfg.dtypes) * (len(cfg.shapes) + cfg.rounds * n_timed * len(cfg.passes))
@@ -1135,6 +1169,7 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
         return 1
     print(f"fastconv {__version__} vs PyTorch {report['versions']['torch'] or '(not installed)'} vs NumPy reference"
           f" on {report['cpu_model']}; outputs agree ({len(report['agreement'])} comparisons)")
+    print(f"fastconv ISA {report['isa']} ({format_cpu_facts(report['cpu_facts'])})")
     print(format_tables(report["results"], report["geomean"], report["isa"]))
     print(format_fixed_cost(report["fixed_cost_us"]))
     print(format_host_check(report["host_check"]))
