@@ -6,6 +6,8 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -33,7 +35,7 @@ def test_bench_checks_then_reports(tmp_path, capsys, monkeypatch, with_torch):
     assert "outputs agree" in out and "tiny" in out
 
     report = json.loads(path.read_text())
-    assert {"versions", "cpu_model", "isa", "peak_gflops_per_thread", "threads", "dtypes", "cpu_facts",
+    assert {"versions", "cpu_model", "isa", "peak_gflops_per_thread", "threads", "dtypes", "cpu_facts", "torch_isa",
             "openmp_libraries", "memory_note", "agreement", "results", "geomean"} <= report.keys()
     assert report["cpu_facts"]["isa"] == report["isa"]
     assert set(report["versions"]) == {"fastconv", "numpy", "torch", "python"}
@@ -283,3 +285,68 @@ def test_rectangular_and_dilated_kernels_agree_with_every_library(tmp_path):
     assert dims["rect"]["kernel"] == [1, 3] and dims["rect"]["dilation"] == 2
     rect = next(r for r in report["results"] if r["shape"] == "rect" and r["pass"] == "forward")
     assert rect["flops"] == 2 * 2 * 4 * 3 * 3 * 9 * 11
+
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items() if k not in (*bench.TORCH_ISA_VARS, bench.CHILD_MARK)}
+    return {**env, **extra}
+
+
+@pytest.mark.skipif(_backend.core is not None and "avx2" not in _backend.core.supported_isas(),
+                    reason="this CPU has no AVX2")
+def test_isa_avx2_restricts_pytorch_in_a_child_process(tmp_path):
+    """--isa avx2 re-runs the bench with PyTorch's caps set before it loads,
+    and the header and the JSON say what fastconv and PyTorch ran with."""
+    pytest.importorskip("torch")
+    path = tmp_path / "bench.json"
+    args = [*TINY, "--dtype", "float32"]
+    result = subprocess.run(
+        [sys.executable, "-m", "fastconv", "bench", "--isa", "avx2", *args, "--no-host-check", "--json", str(path)],
+        capture_output=True, text=True, env=clean_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "re-running in a child process with ONEDNN_MAX_CPU_ISA=AVX2" in result.stderr
+    assert ("PyTorch restricted by ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2;"
+            " ATen CPU capability AVX2") in result.stdout
+    assert "fastconv ISA avx2 (256-bit vectors, 16 registers" in result.stdout
+    report = json.loads(path.read_text())
+    assert report["isa"] == "avx2" and report["cpu_facts"]["vector_bits"] == 256
+    assert report["torch_isa"] == {"env": bench.TORCH_ISA_ENV["avx2"], "aten_cpu_capability": "AVX2"}
+
+
+def test_isa_avx2_refuses_a_pytorch_already_loaded_otherwise(monkeypatch, capsys):
+    pytest.importorskip("torch")  # loaded now, in this process, without the caps
+    for key in bench.TORCH_ISA_VARS:
+        monkeypatch.delenv(key, raising=False)
+    isa = "avx2" if "avx2" in _backend.core.supported_isas() else "generic"
+    assert main(["bench", "--isa", isa, *TINY]) == 2
+    err = capsys.readouterr().err
+    wanted = " ".join(f"{k}={v}" for k, v in bench.TORCH_ISA_ENV[isa].items())
+    assert f"--isa {isa}: PyTorch must load with {wanted}, but it is imported already" in err
+    assert "where ONEDNN_MAX_CPU_ISA unset" in err and "fresh process" in err
+
+
+def onednn_implementations(isa):
+    """The oneDNN implementations a PyTorch convolution runs with `isa`'s caps (ONEDNN_VERBOSE)."""
+    # A batch of 2: PyTorch sends a batch of 1 this small to its own code, not oneDNN.
+    code = ("import torch; torch.nn.functional.conv2d(torch.ones(2, 16, 8, 8), torch.ones(16, 16, 3, 3),"
+            " padding=1)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=clean_env(ONEDNN_VERBOSE="1", **bench.TORCH_ISA_ENV[isa]))
+    assert result.returncode == 0, result.stderr
+    # onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,forward_training,...
+    fields = [line.split(",") for line in result.stdout.splitlines() if line.startswith("onednn_verbose,")]
+    return {f[f.index("convolution") + 1] for f in fields if "exec" in f and "convolution" in f}
+
+
+@pytest.mark.skipif(_backend.core is not None and "avx2" not in _backend.core.supported_isas(),
+                    reason="this CPU has no AVX2")
+def test_the_caps_reach_onednn():
+    """The variables' names and values are ones oneDNN obeys: its kernels
+    change with them (sse41 under the generic caps)."""
+    pytest.importorskip("torch")
+    avx2, generic = onednn_implementations("avx2"), onednn_implementations("generic")
+    assert avx2 and generic, "oneDNN printed no convolution"
+    assert all("avx512" not in impl and "amx" not in impl for impl in avx2), avx2
+    assert any("avx2" in impl for impl in avx2), avx2
+    assert all("avx" not in impl for impl in generic) and any("sse41" in impl for impl in generic), generic

@@ -125,11 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     bench.add_arguments(p_bench)
     sub.add_parser("info", help="versions, instruction sets, vector width, caches, FMA ports, OpenMP and build flags")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.dtype)
     if args.command == "bench":
-        return bench.run(args)
+        return bench.run(args, argv)
     return info()
 
 

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -227,7 +228,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--detail", action="store_true", help="also time dL/dX, dL/dF and dL/db on their own")
     add("--reference", action="store_true",
         help=f"time the NumPy reference on every shape, not only below {REFERENCE_MAX_FLOPS / 1e6:.0f} MFLOP")
-    add("--isa", default=None, help="instruction set for fastconv's kernels (see `python -m fastconv info`)")
+    add("--isa", default=None,
+        help="instruction set for fastconv's kernels (see `python -m fastconv info`); with avx2 or generic, "
+             "PyTorch is restricted to the same through " + ", ".join(TORCH_ISA_VARS) +
+             " (the bench re-runs itself in a child process to set them before PyTorch loads)")
     add("--warmup", type=count(0), default=None, help="untimed calls before timing (default 2, --quick 1)")
     add("--repeats", type=count(1), default=None, help="least timed calls (default 10, --quick 3)")
     add("--rounds", type=count(1), default=None,
@@ -635,6 +639,60 @@ def using_isa(name: str | None) -> Iterator[None]:
         yield
     finally:
         core.set_isa(old)
+
+
+# What restricts PyTorch to the instruction set fastconv runs with --isa:
+# oneDNN (convolutions), MKL (float64 GEMM) and ATen's own vector code. They
+# are read when PyTorch loads, so they must be in the environment before it is
+# imported. fastconv's generic code is baseline x86-64, so PyTorch gets its
+# lowest settings. No entry (avx512, the widest): PyTorch as it comes.
+TORCH_ISA_ENV: dict[str, dict[str, str]] = {
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+    "generic": {"ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ATEN_CPU_CAPABILITY": "default"},
+}
+TORCH_ISA_VARS = ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "ATEN_CPU_CAPABILITY")
+CHILD_MARK = "FASTCONV_BENCH_CHILD"  # set in the re-run's environment, so that it never re-runs again
+
+
+def torch_isa_env(isa: str | None) -> dict[str, str]:
+    """The environment that restricts PyTorch to `isa` (empty: no restriction)."""
+    return TORCH_ISA_ENV.get(isa, {}) if isa is not None else {}
+
+
+def torch_isa_mismatch(isa: str | None) -> dict[str, str | None]:
+    """The variables of torch_isa_env(isa) that this process's environment lacks, with their values here."""
+    return {key: os.environ.get(key) for key, value in torch_isa_env(isa).items() if os.environ.get(key) != value}
+
+
+def rerun_with_torch_isa(isa: str, argv: Sequence[str]) -> int:
+    """The same command in a child process (this interpreter) whose
+    environment restricts PyTorch to `isa`; its exit status."""
+    wanted = torch_isa_env(isa)
+    settings = " ".join(f"{k}={v}" for k, v in wanted.items())
+    print(f"fastconv bench: re-running in a child process with {settings}, so that PyTorch loads restricted"
+          f" to {isa}", file=sys.stderr, flush=True)
+    env = {**os.environ, **wanted, CHILD_MARK: "1"}
+    return subprocess.run([sys.executable, "-m", "fastconv", *argv], env=env, check=False).returncode
+
+
+def torch_isa_report(torch: Any) -> dict[str, Any]:
+    """How PyTorch was restricted in this process: the variables as set
+    (None: unset) and the vector code ATen says it dispatches to."""
+    capability = None
+    if torch is not None:
+        get = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+        capability = get() if get is not None else None
+    return {"env": {key: os.environ.get(key) for key in TORCH_ISA_VARS}, "aten_cpu_capability": capability}
+
+
+def format_torch_isa(report: dict[str, Any]) -> str:
+    env = report["env"]
+    if all(value is None for value in env.values()):
+        caps = "unrestricted (" + ", ".join(env) + " unset)"
+    else:
+        caps = "restricted by " + " ".join(f"{k}={v if v is not None else '(unset)'}" for k, v in env.items())
+    aten = report["aten_cpu_capability"]
+    return caps + (f"; ATen CPU capability {aten}" if aten else "")
 
 
 def measure_peak(float64: bool) -> float:
@@ -1120,16 +1178,40 @@ def print_disagreements(rows: list[dict[str, Any]]) -> None:
         )
 
 
-def run(args: argparse.Namespace) -> int:
-    """The bench command: check, then time, then report. 0; 1 on a disagreement; 2 if it cannot run."""
+def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    """The bench command: check, then time, then report. 0; 1 on a disagreement; 2 if it cannot run.
+
+    argv: the command line after `python -m fastconv`, for the re-run in a
+    child process that --isa may need (without it, no re-run)."""
     if _backend.core is None:
         print(f"fastconv bench: the C++ core is not built ({_backend._import_error})", file=sys.stderr)
         return 2
     try:
-        return _run(make_config(args), args)
+        cfg = make_config(args)
+        if args.isa is not None and args.isa not in _core().supported_isas():
+            raise BenchError(f"--isa {args.isa!r}: this CPU supports {', '.join(_core().supported_isas())}")
+        if torch_isa_mismatch(args.isa):
+            return _restrict_torch(args.isa, argv)
+        return _run(cfg, args)
     except BenchError as exc:
         print(f"fastconv bench: {exc}", file=sys.stderr)
         return 2
+
+
+def _restrict_torch(isa: str, argv: Sequence[str] | None) -> int:
+    """A re-run in a child process whose environment restricts PyTorch to
+    `isa`; an error where that cannot work."""
+    found = ", ".join(f"{k} unset" if v is None else f"{k}={v}" for k, v in torch_isa_mismatch(isa).items())
+    wanted = " ".join(f"{k}={v}" for k, v in torch_isa_env(isa).items())
+    if "torch" in sys.modules:
+        raise BenchError(
+            f"--isa {isa}: PyTorch must load with {wanted}, but it is imported already in this process,"
+            f" where {found}; run the bench in a fresh process (python -m fastconv bench ...)"
+        )
+    if os.environ.get(CHILD_MARK) or argv is None:
+        raise BenchError(f"--isa {isa}: PyTorch must load with {wanted}, but here {found};"
+                         f" set them before starting Python, or run python -m fastconv bench")
+    return rerun_with_torch_isa(isa, argv)
 
 
 def _run(cfg: Config, args: argparse.Namespace) -> int:
@@ -1142,7 +1224,8 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
     with using_isa(args.isa), torch_full_precision(torch):
         # The peak of the ISA the kernels run, not the CPU's widest.
         peak = {d: measure_peak(d == "float64") for d in cfg.dtypes}
-        report.update(isa=_core().isa(), peak_gflops_per_thread=peak, cpu_facts=cpu_facts())
+        report.update(isa=_core().isa(), peak_gflops_per_thread=peak, cpu_facts=cpu_facts(),
+                      torch_isa=torch_isa_report(torch))
         n_timed = sum(len(library_names(s, torch, cfg)) for s in cfg.shapes)
         progress = Progress(
             len(cfg.threads) * len(cfg.dtypes) * (len(cfg.shapes) + cfg.rounds * n_timed * len(cfg.passes))
@@ -1169,7 +1252,8 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
         return 1
     print(f"fastconv {__version__} vs PyTorch {report['versions']['torch'] or '(not installed)'} vs NumPy reference"
           f" on {report['cpu_model']}; outputs agree ({len(report['agreement'])} comparisons)")
-    print(f"fastconv ISA {report['isa']} ({format_cpu_facts(report['cpu_facts'])})")
+    print(f"fastconv ISA {report['isa']} ({format_cpu_facts(report['cpu_facts'])})"
+          + (f"; PyTorch {format_torch_isa(report['torch_isa'])}" if torch is not None else ""))
     print(format_tables(report["results"], report["geomean"], report["isa"]))
     print(format_fixed_cost(report["fixed_cost_us"]))
     print(format_host_check(report["host_check"]))
