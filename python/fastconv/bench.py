@@ -976,6 +976,89 @@ def geomean_speedups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+# --- the target summary ------------------------------------------------------------
+
+# Issue 15's targets ("Targets"), stated beside the figures they are judged on.
+BIG_LAYERS = ("resnet_3x3", "deep_7x7", "pointwise", "cifar", "vgg_3x3")  # float32, 1 thread, % of peak
+TARGET_PCT_PEAK = {"forward": 85.0, "backward": 80.0}
+TARGET_FIXED_COST_US = 10.0
+
+
+def speedup_targets(dtype: str, torch_isa: dict[str, Any]) -> dict[str, float]:
+    """The geomean and lowest-shape speed-ups issue 15 asks for: float64 2.0x
+    and 1.0x; float32 1.2x and 0.9x, or 1.1x and 0.85x against PyTorch
+    restricted to AVX2 (--isa avx2)."""
+    if dtype == "float64":
+        return {"geomean": 2.0, "lowest": 1.0}
+    env = torch_isa["env"]
+    if all(env.get(k) == v for k, v in TORCH_ISA_ENV["avx2"].items()):
+        return {"geomean": 1.1, "lowest": 0.85}
+    return {"geomean": 1.2, "lowest": 0.9}
+
+
+def target_summary(
+    records: list[dict[str, Any]], fixed_cost: dict[str, dict[str, float]] | None, torch_isa: dict[str, Any]
+) -> dict[str, Any]:
+    """The figures issue 15's targets are judged on: per dtype and thread
+    count, the geomean and the lowest speed-up over PyTorch forward and
+    backward; the big float32 layers' % of peak on 1 thread; the fixed cost."""
+    groups = []
+    for dtype, threads in dict.fromkeys((r["dtype"], r["threads"]) for r in records):
+        group: dict[str, Any] = {"dtype": dtype, "threads": threads, "geomean": {}, "lowest": {},
+                                 "targets": speedup_targets(dtype, torch_isa)}
+        for p in PASSES:
+            rows = [r for r in records if (r["dtype"], r["threads"], r["pass"]) == (dtype, threads, p)
+                    and r["speedup_vs_torch"]]
+            if rows:
+                lowest = min(rows, key=lambda r: r["speedup_vs_torch"])
+                group["geomean"][p] = float(np.exp(np.mean([np.log(r["speedup_vs_torch"]) for r in rows])))
+                group["lowest"][p] = {"shape": lowest["shape"], "speedup": lowest["speedup_vs_torch"]}
+        if group["geomean"]:
+            groups.append(group)
+    pct_peak: dict[str, dict[str, float | None]] = {}
+    for r in records:
+        if (r["dtype"], r["threads"]) == ("float32", 1) and r["shape"] in BIG_LAYERS and r["pass"] in PASSES:
+            pct_peak.setdefault(r["shape"], {})[r["pass"]] = r["timings"]["fastconv"]["pct_peak"]
+    return {
+        "speedups": groups,
+        "pct_peak_float32_1_thread": pct_peak, "target_pct_peak": TARGET_PCT_PEAK,
+        "fixed_cost_us": fixed_cost, "target_fixed_cost_us": TARGET_FIXED_COST_US,
+        "targets_from": "issue 15, section Targets",
+    }
+
+
+def _mark(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary's figures, each with its target in brackets."""
+    out = ["\nsummary: the figures issue 15's targets are judged on (targets in brackets)"]
+    for g in summary["speedups"]:
+        t, parts = g["targets"], []
+        for p, value in g["geomean"].items():
+            parts.append(f"geomean {p} {value:.2f}x [>= {t['geomean']}x {_mark(value >= t['geomean'])}]")
+        for p, low in g["lowest"].items():
+            parts.append(f"lowest {p} {low['speedup']:.2f}x {low['shape']}"
+                         f" [>= {t['lowest']}x {_mark(low['speedup'] >= t['lowest'])}]")
+        out.append(f"  {g['dtype']}, {g['threads']} thread{'s' * (g['threads'] > 1)} vs torch: " + "; ".join(parts))
+    target = summary["target_pct_peak"]
+    layers = []
+    for shape, pct in summary["pct_peak_float32_1_thread"].items():
+        if all(v is not None for v in pct.values()):
+            figures = " / ".join(f"{pct[p]:.1f}" for p in PASSES if p in pct)
+            layers.append(f"{shape} {figures} {_mark(all(pct[p] >= target[p] for p in pct))}")
+    if layers:
+        out.append(f"  float32, 1 thread, % of FMA peak forward / backward [>= {target['forward']:.0f}% /"
+                   f" >= {target['backward']:.0f}%]: " + ", ".join(layers))
+    fixed = (summary["fixed_cost_us"] or {}).get("fastconv")
+    if fixed:
+        limit = summary["target_fixed_cost_us"]
+        out.append(f"  fixed cost: fastconv forward {fixed['forward']:.1f} us, backward {fixed['backward']:.1f} us"
+                   f" [< {limit:.0f} us {_mark(max(fixed.values()) < limit)}]")
+    return "\n".join(out)
+
+
 # --- the machine -------------------------------------------------------------------
 
 
@@ -1241,6 +1324,7 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
         finally:
             progress.close()
     report["geomean"] = geomean_speedups(report["results"])
+    report["summary"] = target_summary(report["results"], report["fixed_cost_us"], report["torch_isa"])
     report["openmp_libraries"] = openmp_libraries()  # now with PyTorch's runtime too, if it brought one
     report["elapsed_s"] = time.perf_counter() - started
     report["other_processes_cpu_pct"] = other_load.percent()
@@ -1256,6 +1340,7 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
           + (f"; PyTorch {format_torch_isa(report['torch_isa'])}" if torch is not None else ""))
     print(format_tables(report["results"], report["geomean"], report["isa"]))
     print(format_fixed_cost(report["fixed_cost_us"]))
+    print(format_summary(report["summary"]))
     print(format_host_check(report["host_check"]))
     if args.plot:
         print(write_plot(report["results"], args.plot))
