@@ -114,12 +114,6 @@ double measure_peak_gflops_together(Isa isa, bool float64, int64_t iterations, i
     return flops / seconds_since(start) / 1e9;
 }
 
-double measure_clock_ghz(int64_t blocks) {
-    const auto start = std::chrono::steady_clock::now();
-    const double cycles = add_chain_cycles(blocks);
-    return cycles / seconds_since(start) / 1e9;
-}
-
 int vector_bits(Isa isa) {
     switch (isa) {
         case Isa::avx512: return 512;
@@ -136,23 +130,19 @@ FmaRate measure_fma_rate(Isa isa, int64_t iterations, int rounds) {
     // The FMAs and the add chain take turns in short slices (about a
     // millisecond each at the default count): a core that lowers its clock
     // for wide vectors keeps the lower clock for a while after them, so the
-    // adds run at the FMAs' clock. Of the rounds, the best figures: a round
-    // that another process interrupts only ever reads low.
+    // adds run at the FMAs' clock. Each figure is its best slice's: on a
+    // shared machine a slice that another process (or the hypervisor) takes
+    // time from only ever reads low, and among a hundred some run whole.
     constexpr int kSlices = 32;
     const int64_t fma_iterations = std::max<int64_t>(1, iterations / kSlices);
     const int64_t blocks = std::max<int64_t>(1, iterations / (20 * kSlices));
-    for (int round = 0; round < std::max(rounds, 1); ++round) {
-        double flops = 0, fma_seconds = 0, cycles = 0, add_seconds = 0;
-        for (int slice = 0; slice < kSlices; ++slice) {
-            auto start = std::chrono::steady_clock::now();
-            flops += fma_flops(isa, false, fma_iterations);
-            fma_seconds += seconds_since(start);
-            start = std::chrono::steady_clock::now();
-            cycles += add_chain_cycles(blocks);
-            add_seconds += seconds_since(start);
-        }
-        rate.peak_gflops = std::max(rate.peak_gflops, flops / fma_seconds / 1e9);
-        rate.clock_ghz = std::max(rate.clock_ghz, cycles / add_seconds / 1e9);
+    for (int slice = 0; slice < kSlices * std::max(rounds, 1); ++slice) {
+        auto start = std::chrono::steady_clock::now();
+        const double flops = fma_flops(isa, false, fma_iterations);
+        rate.peak_gflops = std::max(rate.peak_gflops, flops / seconds_since(start) / 1e9);
+        start = std::chrono::steady_clock::now();
+        const double cycles = add_chain_cycles(blocks);
+        rate.clock_ghz = std::max(rate.clock_ghz, cycles / seconds_since(start) / 1e9);
     }
     const int lanes = vector_bits(isa) / 32;  // float32 lanes
     if (rate.clock_ghz > 0) rate.fma_per_cycle = rate.peak_gflops / (2.0 * lanes * rate.clock_ghz);

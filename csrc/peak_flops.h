@@ -15,18 +15,16 @@ double measure_peak_gflops(Isa isa, bool float64, int64_t iterations);
 // core of its own, less where they share cores (one thread without OpenMP).
 double measure_peak_gflops_together(Isa isa, bool float64, int64_t iterations, int threads);
 
-// The core's clock in GHz, from `blocks` x 100 dependent integer adds (one
-// cycle each on every x86-64 core); 0 off x86-64.
-double measure_clock_ghz(int64_t blocks);
-
 // Width in bits and number of the vector registers the ISA's kernels use
 // (generic: SSE2's, the x86-64 baseline).
 int vector_bits(Isa isa);
 int vector_registers(Isa isa);
 
-// One thread's float32 FMA peak with `isa`, the clock it ran at, and their
-// ratio in vector FMAs per cycle at the ISA's width: peak / (2 x lanes x clock).
-// All 0 for Isa::generic (no vector FMA).
+// One thread's float32 FMA peak with `isa`, the clock it ran at (from a
+// chain of dependent integer adds, one cycle each on every x86-64 core), and
+// their ratio in vector FMAs per cycle at the ISA's width:
+// peak / (2 x lanes x clock). All 0 for Isa::generic (no vector FMA), and
+// the clock 0 off x86-64.
 struct FmaRate {
     double peak_gflops = 0;
     double clock_ghz = 0;
