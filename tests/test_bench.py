@@ -200,6 +200,18 @@ def test_the_host_check_measures_the_threads_together():
     assert off.take(2, "fastconv", lambda: [3.0]) == [3.0] and off.checks == 0
 
 
+def test_the_peak_is_steady():
+    """The bench's peak is the FMA loop's undisturbed rate: float32 twice
+    float64 (twice the lanes), and cpu_facts' figure, though the machine is
+    busy with other work now and then."""
+    if _backend.core.isa() == "generic":
+        assert bench.measure_peak(False) == 0.0
+        return
+    f32, f64 = bench.measure_peak(False), bench.measure_peak(True)
+    assert 1.7 < f32 / f64 < 2.3
+    assert f32 == pytest.approx(_backend.core.cpu_facts()["fma_peak_gflops"], rel=0.2)
+
+
 def test_a_cpu_without_vector_fma_gets_no_peak_share(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(bench, "measure_peak", lambda float64: 0.0)  # what a CPU without AVX2 measures
     path = tmp_path / "bench.json"
