@@ -6,10 +6,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "cpu_facts.h"
 #include "isa.h"
 #include "kernels.h"
 #include "peak_flops.h"
@@ -232,6 +236,40 @@ std::vector<std::string> supported_isas() {
     return names;
 }
 
+// The named instruction set, which this CPU must run; None: the active one.
+fastconv::Isa isa_or_active(const std::optional<std::string>& name) {
+    if (!name) return fastconv::active_isa();
+    const fastconv::Isa isa = parse_isa(*name);
+    if (!fastconv::cpu_supports(isa)) value_error("this CPU cannot run instruction set '" + *name + "'");
+    return isa;
+}
+
+py::dict cpu_facts(const std::optional<std::string>& isa_name, int64_t iterations) {
+    if (iterations < 1) value_error("iterations must be >= 1, got " + std::to_string(iterations));
+    const fastconv::Isa isa = isa_or_active(isa_name);
+    const fastconv::CacheSizes& caches = fastconv::cache_sizes();
+    fastconv::FmaRate rate;
+    {
+        py::gil_scoped_release release;
+        rate = fastconv::measure_fma_rate(isa, iterations, 3);
+    }
+    py::dict facts;
+    facts["isa"] = fastconv::isa_name(isa);
+    facts["vector_bits"] = fastconv::vector_bits(isa);
+    facts["vector_registers"] = fastconv::vector_registers(isa);
+    facts["l1d_bytes"] = caches.l1d;
+    facts["l2_bytes"] = caches.l2;
+    facts["l3_bytes"] = caches.l3;
+    facts["caches_reported"] = caches.reported;
+    const bool measured = rate.peak_gflops > 0 && rate.clock_ghz > 0;
+    facts["clock_ghz"] = measured ? py::object(py::float_(rate.clock_ghz)) : py::none();
+    facts["fma_peak_gflops"] = measured ? py::object(py::float_(rate.peak_gflops)) : py::none();
+    facts["fma_per_cycle"] = measured ? py::object(py::float_(rate.fma_per_cycle)) : py::none();
+    // The FMA units at this width that so many FMAs per cycle imply.
+    facts["fma_ports"] = measured ? py::object(py::int_(std::max(1L, std::lround(rate.fma_per_cycle)))) : py::none();
+    return facts;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -280,16 +318,23 @@ PYBIND11_MODULE(_core, m) {
     m.def("supported_isas", &supported_isas, "instruction sets this CPU can run, best first");
     m.def(
         "peak_gflops",
-        [](bool float64, int64_t iterations, int threads) {
+        [](bool float64, int64_t iterations, int threads, const std::optional<std::string>& isa) {
             if (iterations < 1) value_error("iterations must be >= 1, got " + std::to_string(iterations));
             if (threads < 1 || threads > 4096)
                 value_error("number of threads must be in 1..4096, got " + std::to_string(threads));
+            const fastconv::Isa chosen = isa_or_active(isa);
             py::gil_scoped_release release;
-            return fastconv::measure_peak_gflops_together(fastconv::best_isa(), float64, iterations, threads);
+            return fastconv::measure_peak_gflops_together(chosen, float64, iterations, threads);
         },
         py::arg("float64") = false, py::arg("iterations") = 20000000, py::arg("threads") = 1,
-        "measured FMA peak in GFLOP/s with the best instruction set, of `threads` threads running at once "
-        "(over the time they take together)");
+        py::arg("isa") = py::none(),
+        "measured FMA peak in GFLOP/s of `threads` threads running at once (over the time they take "
+        "together), with the FMA loop of instruction set `isa` (default: the one the kernels use now); "
+        "0 for 'generic'");
+    m.def("cpu_facts", &cpu_facts, py::arg("isa") = py::none(), py::arg("iterations") = 20000000,
+          "what the kernels use of this CPU with instruction set `isa` (default: the one they use now): "
+          "vector width and registers, cache sizes per core, and the measured clock, float32 FMA peak and "
+          "vector FMAs per cycle (None for 'generic')");
 #ifdef FASTCONV_SANITIZER_CANARY
     m.def("_canary", &fastconv::sanitizer_canary, py::arg("kind"),
           "a deliberate 'address' or 'undefined' bug (sanitizer CI build only)");

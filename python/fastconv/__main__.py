@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -79,6 +80,17 @@ def demo(dtype: str) -> int:
     return 0
 
 
+def print_cpu_facts(facts: dict[str, Any]) -> None:
+    """The microarchitecture facts the kernels use, measured, never looked up by the CPU's name."""
+    print(f"vector registers: {facts['vector_registers']} of {facts['vector_bits']} bit ({facts['isa']})")
+    print(f"caches: {bench.format_caches(facts)}")
+    if facts["fma_per_cycle"] is None:
+        print(f"FMA: {bench.format_fma(facts)}")
+        return
+    print(f"FMA: {bench.format_fma(facts)} (measured: float32 FMA peak {facts['fma_peak_gflops']:.1f} GFLOP/s"
+          f" on one thread, at a clock of {facts['clock_ghz']:.2f} GHz timed with a chain of integer adds)")
+
+
 def info() -> int:
     """What a bug report or a benchmark needs to know about this installation."""
     i = bench.runtime_info()
@@ -89,6 +101,7 @@ def info() -> int:
         return 1
     build = i["build"]
     print(f"instruction set: {i['isa']} (this CPU supports: {', '.join(i['supported_isas'])})")
+    print_cpu_facts(bench.cpu_facts())
     if build["openmp"] is None:
         print("OpenMP: not compiled in; the kernels run on one thread")
     elif i["openmp_libraries"] is None:
@@ -111,12 +124,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_arguments(p_bench)
-    sub.add_parser("info", help="versions, instruction sets, OpenMP runtime and build flags")
+    sub.add_parser("info", help="versions, instruction sets, vector width, caches, FMA ports, OpenMP and build flags")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo(args.dtype)
     if args.command == "bench":
-        return bench.run(args)
+        return bench.run(args, argv)
     return info()
 
 
