@@ -598,7 +598,8 @@ class Row:
     fma_ports: dict[str, float] = dataclasses.field(default_factory=dict)  # pressure per iteration
     top_other: str = ""  # llvm-mca's bottleneck analysis, FMA ports left out
     busiest_other: str = ""  # the other resource (or dispatch) nearest its limit
-    stack_accesses: int = 0  # (%rsp) / (%rbp) operands in the loop: spilled registers
+    limit: str = ""  # what holds the loop back: the busiest other resource, or dependencies where none is near full
+    stack_accesses: int = 0  # (%rsp) operands in the loop: spilled registers
     other_loops: list[str] = dataclasses.field(default_factory=list)
     note: str = ""
     below_threshold: bool = False
@@ -644,7 +645,7 @@ def model_kernel(tools: Tools, so: Path, syms: Sequence[Symbol], kernel: Kernel,
         return [Row(kernel.name, isa, dtype, function=short_name(candidates[0].name), note="no loop with vector FMAs")]
     loop, loops, sym = max(found, key=lambda t: (t[0].vector_fmas, -len(t[0].path)))
     asm = mca_asm(loop.path)
-    stack = sum(1 for insn in loop.path if re.search(r"\(%r[sb]p[),]", insn.text))
+    stack = sum(1 for insn in loop.path if "(%rsp)" in insn.text)  # spilled registers: -O3 keeps no frame pointer
     others = [f"{lp.header_addr:#x}: {lp.vector_fmas} FMAs / {len(lp.path)} insns" for lp in loops if lp is not loop]
     rows = []
     for cpu in models:
@@ -668,8 +669,15 @@ def model_kernel(tools: Tools, so: Path, syms: Sequence[Symbol], kernel: Kernel,
         row.top_other = f"{other[0][1]} {other[0][0]:.0f}%" if other else "none"
         busy = [(v, p) for p, v in res.pressure.items() if p not in ports and v > 0]
         busy.append((res.dispatch_bound, "dispatch"))
+        # An FMA port busier than its FMAs keep it (marked *): other instructions share it.
+        busy += [(v, p + "*") for p, v in row.fma_ports.items() if 100 * v / row.cycles > row.fma_pct + 5]
         v, p = max(busy)
         row.busiest_other = f"{p} {100 * v / row.cycles:.0f}%"
+        deps = [(pct, n) for pct, n in other if "Dependencies" in n]
+        row.limit = row.busiest_other
+        fullest = max([v, *row.fma_ports.values()]) / row.cycles
+        if fullest < 0.9 and deps:  # no unit, FMA ports included, is near full: latency chains are the limit
+            row.limit = f"{deps[0][1].split()[0].lower()} deps {deps[0][0]:.0f}%"
         row.below_threshold = row.fma_pct < threshold
         rows.append(row)
     return rows
@@ -686,18 +694,18 @@ def format_table(rows: Sequence[Row], threshold: float) -> str:
             continue
         assert r.fma_pct is not None and r.fma_bound is not None
         use = " ".join(f"{p}:{v / r.cycles:.0%}" for p, v in r.fma_ports.items())
-        pct = f"{r.fma_pct:.0f}" + (" <" if r.below_threshold else "")
+        pct = f"{r.fma_pct:.1f}" + (" <" if r.below_threshold else "")
         body.append([r.kernel, r.isa, r.dtype, r.function.split("::")[-1], r.model, str(r.fmas), f"{r.cycles:.2f}",
                      f"{r.fma_bound:.2f}", pct, use, r.busiest_other, r.top_other, str(r.stack_accesses or "")])
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(x, widths)) + " |" for x in [head, *body]]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines) + (f"\n\n'<': below {threshold:g} % of the model's FMA throughput. Use: per cycle. "
-                                "spills: stack operands in the loop.")
+                                "*: an FMA port that other instructions share. spills: stack operands in the loop.")
 
 
 def format_compact(rows: Sequence[Row], models: Sequence[str], threshold: float) -> str:
-    """One line per kernel instance: FMA % (cycles per iteration) and the busiest other resource per model."""
+    """One line per kernel instance: FMA % (cycles per iteration) and the limit per model."""
     head = ["kernel", "isa", "T", "instance", "FMAs", "spills", *models]
     body: list[list[str]] = []
     index: dict[tuple[str, str, str], list[str]] = {}
@@ -708,7 +716,7 @@ def format_compact(rows: Sequence[Row], models: Sequence[str], threshold: float)
                           str(r.stack_accesses or "")] + [""] * len(models)
             body.append(index[key])
         if r.model in models:
-            cell = (f"{r.fma_pct:.0f}{' <' if r.below_threshold else ''} ({r.cycles:.1f}; {r.busiest_other})"
+            cell = (f"{r.fma_pct:.1f}{' <' if r.below_threshold else ''} ({r.cycles:.1f}; {r.limit})"
                     if r.cycles is not None and r.fma_pct is not None else r.note)
             index[key][6 + list(models).index(r.model)] = cell
         elif r.note:
@@ -717,7 +725,8 @@ def format_compact(rows: Sequence[Row], models: Sequence[str], threshold: float)
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(x, widths)) + " |" for x in [head, *body]]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines) + (f"\n\nPer model: FMA throughput % (predicted cycles per iteration; busiest other "
-                                f"resource, % of its cycles); '<' below {threshold:g} %.")
+                                f"resource, % of its cycles, *: an FMA port that other instructions share; or, where no unit is 90 % busy, the\n"
+                                f"share of cycles llvm-mca blames on register or memory dependencies); '<' below {threshold:g} %.")
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
