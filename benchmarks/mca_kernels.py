@@ -73,7 +73,7 @@ KERNELS: list[Kernel] = [
     # Shared-rows kernel of a 3x3 layer with 2-3 filters (row direct).
     Kernel("rows_shared", "implicit_gemm.h (row_direct_impl.h)",
            _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\(",
-           hot=lambda a: (a["mr"] * a["nr"] * a["nv"], a["mr"]), where=lambda a: a["r"] == 3 and a["mr"] > 1),
+           hot=lambda a: (a["mr"] * a["nr"] * a["nv"], a["mr"], a["nv"]), where=lambda a: a["r"] == 3 and a["mr"] > 1),
     # The same kernel with one filter: a depthwise 3x3 plane (depthwise_impl.h) or one filter.
     Kernel("dw_fwd_shared", "implicit_gemm.h (depthwise_impl.h)",
            _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\(",
@@ -279,9 +279,10 @@ def _heaviest_path(h: int, body: set[int], latches: set[int], succ: dict[int, li
             return best[b]
         w = weight(b)
         choice: Optional[tuple[tuple[int, int], list[int]]] = (w, [b]) if b in latches else None
+        seen = seen | {b}  # an inner loop's back edge is not followed: its body counts once
         for v in succ[b]:
             if v in body and v != h and v not in seen:  # an edge back to the header ends the iteration
-                (vf, vn), vp = visit(v, seen | {b})
+                (vf, vn), vp = visit(v, seen)
                 cand = ((w[0] + vf, w[1] + vn), [b] + vp)
                 if choice is None or cand[0] > choice[0]:
                     choice = cand
@@ -646,7 +647,8 @@ def model_kernel(tools: Tools, so: Path, syms: Sequence[Symbol], kernel: Kernel,
     loop, loops, sym = max(found, key=lambda t: (t[0].vector_fmas, -len(t[0].path)))
     asm = mca_asm(loop.path)
     stack = sum(1 for insn in loop.path if "(%rsp)" in insn.text)  # spilled registers: -O3 keeps no frame pointer
-    others = [f"{lp.header_addr:#x}: {lp.vector_fmas} FMAs / {len(lp.path)} insns" for lp in loops if lp is not loop]
+    others = [f"{lp.header_addr:#x}: {lp.vector_fmas} FMAs / {len(lp.path)} insns{'' if lp.innermost else ' (outer)'}"
+              for lp in loops if lp is not loop]
     rows = []
     for cpu in models:
         row = Row(kernel.name, isa, dtype, short_name(sym.name), f"{loop.header_addr:#x}-{loop.latch_addr:#x}", cpu,

@@ -79,6 +79,7 @@ def test_gnu_objdump_lines_with_raw_bytes_and_broadcasts():
 def test_hot_loop_is_the_innermost_heaviest_path():
     loop, loops = mca.hot_loop(insns())
     assert {(lp.header_addr, lp.innermost) for lp in loops} == {(0x1007, False), (0x100D, True)}
+    assert {lp.header_addr: lp.vector_fmas for lp in loops} == {0x1007: 3, 0x100D: 3}  # an inner body counts once
     assert loop is not None and loop.header_addr == 0x100D and loop.latch_addr == 0x1034
     assert [i.addr for i in loop.path] == [0x100D, 0x1013, 0x1018, 0x101B, 0x101D, 0x1022, 0x1027,
                                            0x102E, 0x1031, 0x1034]
@@ -108,6 +109,10 @@ def test_hot_instance_and_filters():
     shared = [mca.Symbol(0, 1, f"void fastconv::avx2::rows_shared_micro<float, {mr}, {nr}, 2, {r}>(float const*)")
               for mr, nr, r in [(1, 4, 3), (3, 2, 3), (2, 3, 3), (3, 2, 5)]]
     assert [s.name for s in mca.select_function(kernels["rows_shared"], "avx2", "float", shared)] == [shared[1].name]
+    # 12 accumulators either way: the wider rows (2 vectors) win
+    wide = [mca.Symbol(0, 1, f"void fastconv::avx2::rows_shared_micro<float, 3, {nr}, {nv}, 3>(float const*)")
+            for nr, nv in [(4, 1), (2, 2)]]
+    assert [s.name for s in mca.select_function(kernels["rows_shared"], "avx2", "float", wide)] == [wide[1].name]
     assert [s.name for s in mca.select_function(kernels["dw_fwd_shared"], "avx2", "float", shared)] == [shared[0].name]
 
 
