@@ -80,6 +80,8 @@ KERNELS: list[Kernel] = [
            hot=lambda a: (a["nr"] * a["nv"],), where=lambda a: a["r"] == 3 and a["mr"] == 1),
     # Depthwise forward rows that the shared kernel does not take: inline in plane_forward.
     Kernel("dw_fwd", "depthwise_impl.h", _NS + r"plane_forward<{T}>\("),
+    # Depthwise dL/dx: a loop GCC vectorises (a row scattered back, weight times grad_y), not register-blocked.
+    Kernel("dw_bwd_data", "depthwise_impl.h", _NS + r"plane_backward_data<{T}>\("),
     # Depthwise dL/dF: NT taps at once, and the shared-rows 3x3 version.
     Kernel("dw_dots", "depthwise_impl.h", _NS + r"plane_dots<{T}, (?P<nt>\d+)>\(", hot=lambda a: (a["nt"],)),
     Kernel("dw_dots_shared", "depthwise_impl.h",
