@@ -448,14 +448,15 @@ def link_command(build_dir: Path, target: str, out: Path) -> str:
     return command.replace("\0", "$")
 
 
-def find_build_dir(so: Path, extra: Sequence[Path]) -> Optional[Path]:
-    """The build directory holding a byte-identical copy of `so` (the one that made it)."""
+def find_build_copy(so: Path, extra: Sequence[Path]) -> Optional[Path]:
+    """The build's own copy of `so`, byte-identical, in the build directory that made it."""
     digest = sha256(so)
     repo = Path(__file__).resolve().parents[1]
     for d in [*extra, *sorted((repo / "build").glob("*/"))]:
-        copy = d / so.name
-        if (d / "build.ninja").exists() and copy.exists() and sha256(copy) == digest:
-            return d
+        if (d / "build.ninja").exists():
+            for copy in sorted(d.glob("*.so")):
+                if sha256(copy) == digest:
+                    return copy
     return None
 
 
@@ -463,16 +464,16 @@ def unstripped_copy(tools: Tools, so: Path, build_dirs: Sequence[Path], log: Cal
     """A copy of `so` with its symbol table, and how it was checked to be the same code."""
     if text_symbols(tools, so):
         return so, "has its own symbol table"
-    build = find_build_dir(so, build_dirs)
-    if build is None:
+    built = find_build_copy(so, build_dirs)
+    if built is None:
         raise RuntimeError(f"{so} is stripped and no build directory (build/*/ of this checkout, or --build-dir) "
                            "holds the same file: rebuild with `pip install .` here, or pass an unstripped --so")
-    digest = sha256(so)
-    cached = build / "mca" / f"{digest[:16]}-{so.name}"
+    digest, build = sha256(so), built.parent
+    cached = build / "mca" / f"{digest[:16]}-{built.name}"
     if not cached.exists():
         cached.parent.mkdir(exist_ok=True)
         tmp = cached.with_suffix(".tmp")
-        cmd = link_command(build, so.name, tmp)
+        cmd = link_command(build, built.name, tmp)
         log(f"relinking {build.name} without the strip (LTO: a few minutes, once per build) ...")
         subprocess.run(cmd, shell=True, cwd=build, check=True)
         stripped = cached.with_suffix(".stripped")
@@ -481,10 +482,10 @@ def unstripped_copy(tools: Tools, so: Path, build_dirs: Sequence[Path], log: Cal
         stripped.unlink()
         if not same:
             tmp.unlink()
-            raise RuntimeError(f"the relinked copy of {so.name}, stripped, differs from the installed file: "
+            raise RuntimeError(f"the relinked copy of {built.name}, stripped, differs from {so}: "
                                "its figures would not describe the installed code")
         tmp.rename(cached)
-    return cached, f"relinked from {build}, identical to the installed file once stripped"
+    return cached, f"relinked from {build}, identical to it once stripped"
 
 
 def disassemble(tools: Tools, so: Path, sym: Symbol) -> list[Insn]:
