@@ -30,12 +30,16 @@ int64_t sysfs_cache_size(int level) {
     return 0;
 }
 
+// sysfs first: it describes the cache one core sees (glibc's sysconf counts
+// all of a package's L3 on some AMD CPUs: 256 MiB for 8 slices of 32 MiB).
 int64_t os_cache_size(int level) {
+    const int64_t from_sysfs = sysfs_cache_size(level);
+    if (from_sysfs > 0) return from_sysfs;
     long value = 0;
 #if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL3_CACHE_SIZE)
     value = sysconf(level == 1 ? _SC_LEVEL1_DCACHE_SIZE : level == 2 ? _SC_LEVEL2_CACHE_SIZE : _SC_LEVEL3_CACHE_SIZE);
 #endif
-    return value > 0 ? static_cast<int64_t>(value) : sysfs_cache_size(level);
+    return value > 0 ? static_cast<int64_t>(value) : 0;
 }
 
 CacheSizes read_cache_sizes() {

@@ -1,5 +1,5 @@
 // What the kernels know of the CPU beyond its instruction sets: the sizes of
-// the data caches one core sees, read once from the OS (sysconf, else sysfs)
+// the data caches one core sees, read once from the OS (sysfs, else sysconf)
 // and never guessed from the vendor's name.
 #pragma once
 

@@ -101,11 +101,15 @@ def test_hot_instance_and_filters():
              "void fastconv::avx2::direct_micro<float, 6, 2>(float const*)",
              "void fastconv::avx2::direct_micro<float, 12, 1>(float const*)",
              "void fastconv::avx2::direct_micro<double, 6, 2>(double const*)",
-             "void fastconv::avx512::direct_micro<float, 12, 2>(float const*)"]
+             "void fastconv::avx512::direct_micro<float, 12, 2>(float const*)",
+             "void fastconv::avx2::direct_micro<float, 4, 3>(float const*)",
+             "void fastconv::avx2::direct_micro<float, 2, 3>(float const*)"]
     syms = [mca.Symbol(i, 1, n) for i, n in enumerate(names)]
     kernels = {k.name: k for k in mca.KERNELS}
     picked = mca.select_function(kernels["direct_fwd"], "avx2", "float", syms)
-    assert [s.name for s in picked] == [names[1]]  # 2 filter vectors first, then the most pixels
+    assert [s.name for s in picked] == [names[1]]  # 2 filter vectors, the most pixels
+    picked = mca.select_function(kernels["direct_fwd3"], "avx2", "float", syms)
+    assert [s.name for s in picked] == [names[5]]  # 3 filter vectors, the most pixels
     shared = [mca.Symbol(0, 1, f"void fastconv::avx2::rows_shared_micro<float, {mr}, {nr}, 2, {r}>(float const*)")
               for mr, nr, r in [(1, 4, 3), (3, 2, 3), (2, 3, 3), (3, 2, 5)]]
     assert [s.name for s in mca.select_function(kernels["rows_shared"], "avx2", "float", shared)] == [shared[1].name]
