@@ -58,12 +58,12 @@ class Kernel:
 
 _NS = r"fastconv::{isa}::"
 KERNELS: list[Kernel] = [
-    # 2 filter vectors x the most pixels: 12 with AVX-512, 6 with AVX2.
-    Kernel("direct_fwd", "direct_forward_impl.h", _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+)>\(",
-           hot=lambda a: (a["np"],), where=lambda a: a["nk"] == 2),
+    # 2 filter vectors x the most pixels: 12 with AVX-512, 6 with AVX2; stride 1 (built in).
+    Kernel("direct_fwd", "direct_forward_impl.h", _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
+           hot=lambda a: (a["np"],), where=lambda a: a["nk"] == 2 and a["sw"] == 1),
     # 3 filter vectors x the most pixels (narrow rows): 8 with AVX-512, 4 with AVX2.
-    Kernel("direct_fwd3", "direct_forward_impl.h", _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+)>\(",
-           hot=lambda a: (a["np"],), where=lambda a: a["nk"] == 3),
+    Kernel("direct_fwd3", "direct_forward_impl.h", _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
+           hot=lambda a: (a["np"],), where=lambda a: a["nk"] == 3 and a["sw"] == 1),
     # The GEMM micro-kernel: MR filters x NV pixel vectors, the full tile.
     Kernel("gemm", "implicit_gemm.h", _NS + r"row_micro<{T}, (?P<mr>\d+), (?P<nv>\d+)>\(",
            hot=lambda a: (a["mr"] * a["nv"], a["mr"])),

@@ -23,11 +23,15 @@
 namespace fastconv::FASTCONV_ISA {
 
 // acc[p][f] += w[j][f] * in[offset[j] + p * sw] for tap j, the pixels p
-// in [P0, P1) and NK vectors of filters f.
-template <int P0, int P1, class T, class V, int NP, int NK>
+// in [P0, P1) and NK vectors of filters f. SW > 0 is sw known at compile
+// time: each pixel's input is then a constant offset from the tap's, where
+// a run-time stride costs a chain of address adds per tap, which on a core
+// with two 512-bit FMA ports competes with the FMAs for the ports.
+template <int P0, int P1, int SW, class T, class V, int NP, int NK>
 __attribute__((always_inline)) inline void direct_tap(V (&acc)[NP][NK], const T* __restrict in, int64_t sw,
                                                       const T* __restrict w, const int64_t* __restrict offset, int32_t j) {
     constexpr int L = kLanes<T>;
+    if constexpr (SW > 0) sw = SW;
     const T* src = in + offset[j];
     V wv[NK];
 #pragma GCC unroll 4
@@ -44,7 +48,7 @@ __attribute__((always_inline)) inline void direct_tap(V (&acc)[NP][NK], const T*
 // for NP pixels p and NK vectors of filters f, leaving out the first or the
 // last pixel where pixels[t] says so (BlockTaps); added to out's own values
 // where `accumulate` (the sum goes on over the next chunk of taps).
-template <class T, int NP, int NK>
+template <class T, int NP, int NK, int SW>
 void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, const int64_t* __restrict offset,
                   const int32_t* __restrict tap, const int8_t* __restrict pixels, int64_t ntaps, T* __restrict out,
                   bool accumulate) {
@@ -56,12 +60,12 @@ void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, con
 #pragma GCC unroll 4
         for (int v = 0; v < NK; ++v) acc[p][v] = accumulate ? load<V>(out + (p * NK + v) * L) : V{};
     if (!pixels) {
-        for (int64_t t = 0; t < ntaps; ++t) direct_tap<0, NP>(acc, in, sw, w, offset, tap[t]);
+        for (int64_t t = 0; t < ntaps; ++t) direct_tap<0, NP, SW>(acc, in, sw, w, offset, tap[t]);
     } else {
         for (int64_t t = 0; t < ntaps; ++t) {
-            if (pixels[t] == BlockTaps::kAll) direct_tap<0, NP>(acc, in, sw, w, offset, tap[t]);
-            else if (pixels[t] == BlockTaps::kSkipFirst) direct_tap<1, NP>(acc, in, sw, w, offset, tap[t]);
-            else direct_tap<0, NP - 1>(acc, in, sw, w, offset, tap[t]);
+            if (pixels[t] == BlockTaps::kAll) direct_tap<0, NP, SW>(acc, in, sw, w, offset, tap[t]);
+            else if (pixels[t] == BlockTaps::kSkipFirst) direct_tap<1, NP, SW>(acc, in, sw, w, offset, tap[t]);
+            else direct_tap<0, NP - 1, SW>(acc, in, sw, w, offset, tap[t]);
         }
     }
 #pragma GCC unroll 32
@@ -74,18 +78,20 @@ template <class T>
 using DirectMicro = void (*)(const T*, int64_t, const T*, const int64_t*, const int32_t*, const int8_t*, int64_t, T*,
                              bool);
 
-template <class T, int NK, int... P>
+template <class T, int NK, int SW, int... P>
 DirectMicro<T> pick_direct(int pixels, std::integer_sequence<int, P...>) {
-    DirectMicro<T> table[] = {&direct_micro<T, P + 1, NK>...};
+    DirectMicro<T> table[] = {&direct_micro<T, P + 1, NK, SW>...};
     return table[pixels - 1];
 }
 
-// Micro-kernels for 1..max pixels with NK filter vectors.
+// Micro-kernels for 1..max pixels with NK filter vectors, for input pixels
+// `stride` apart: stride 1 built for it, others at run time.
 template <class T, int NK>
 struct DirectKernels {
     static constexpr int max_pixels = FASTCONV_DIRECT_NP * 2 / NK;
-    static DirectMicro<T> for_pixels(int pixels) {
-        return pick_direct<T, NK>(pixels, std::make_integer_sequence<int, max_pixels>{});
+    static DirectMicro<T> for_pixels(int pixels, int64_t stride) {
+        constexpr auto all = std::make_integer_sequence<int, max_pixels>{};
+        return stride == 1 ? pick_direct<T, NK, 1>(pixels, all) : pick_direct<T, NK, 0>(pixels, all);
     }
 };
 
@@ -172,9 +178,9 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const PackRanges pack(kblocks, ntaps * F * static_cast<int64_t>(sizeof(T)));
     const int64_t windows = p.n * row_blocks;
     const int64_t block = pixel_block(p.out_w, NP), pixel_blocks = (p.out_w + block - 1) / block;
-    const DirectMicro<T> full = DirectKernels<T, NK>::for_pixels(static_cast<int>(block));
+    const DirectMicro<T> full = DirectKernels<T, NK>::for_pixels(static_cast<int>(block), p.stride_w);
     const DirectMicro<T> tail =
-        DirectKernels<T, NK>::for_pixels(static_cast<int>(p.out_w - (pixel_blocks - 1) * block));
+        DirectKernels<T, NK>::for_pixels(static_cast<int>(p.out_w - (pixel_blocks - 1) * block), p.stride_w);
     const BlockTaps taps(p, LiveTaps(p), block);
     // The taps go in chunks of whole input channels whose packed weights fill
     // at most half the L1 data cache, so that they stay there while every

@@ -97,13 +97,13 @@ def test_mca_asm_has_no_addresses_and_one_label():
 
 
 def test_hot_instance_and_filters():
-    names = ["void fastconv::avx2::direct_micro<float, 3, 2>(float const*)",
-             "void fastconv::avx2::direct_micro<float, 6, 2>(float const*)",
-             "void fastconv::avx2::direct_micro<float, 12, 1>(float const*)",
-             "void fastconv::avx2::direct_micro<double, 6, 2>(double const*)",
-             "void fastconv::avx512::direct_micro<float, 12, 2>(float const*)",
-             "void fastconv::avx2::direct_micro<float, 4, 3>(float const*)",
-             "void fastconv::avx2::direct_micro<float, 2, 3>(float const*)"]
+    names = ["void fastconv::avx2::direct_micro<float, 3, 2, 1>(float const*)",
+             "void fastconv::avx2::direct_micro<float, 6, 2, 1>(float const*)",
+             "void fastconv::avx2::direct_micro<float, 12, 1, 1>(float const*)",
+             "void fastconv::avx2::direct_micro<double, 6, 2, 1>(double const*)",
+             "void fastconv::avx512::direct_micro<float, 12, 2, 1>(float const*)",
+             "void fastconv::avx2::direct_micro<float, 4, 3, 1>(float const*)",
+             "void fastconv::avx2::direct_micro<float, 2, 3, 1>(float const*)"]
     syms = [mca.Symbol(i, 1, n) for i, n in enumerate(names)]
     kernels = {k.name: k for k in mca.KERNELS}
     picked = mca.select_function(kernels["direct_fwd"], "avx2", "float", syms)
@@ -186,18 +186,18 @@ KERNEL_CPP = r"""
 namespace fastconv { namespace avx2 {
 typedef float vf __attribute__((vector_size(32)));
 // 6 pixels x 2 filter vectors per tap, as the direct forward micro-kernel.
-template <class T, int NP, int NK>
+template <class T, int NP, int NK, int SW>
 void direct_micro(const T* __restrict in, const vf* __restrict w, long ntaps, vf* __restrict out) {
     vf acc[NP][NK] = {};
     for (long t = 0; t < ntaps; ++t)
 #pragma GCC unroll 8
         for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 2
-            for (int v = 0; v < NK; ++v) acc[p][v] += in[t * NP + p] * w[t * NK + v];
+            for (int v = 0; v < NK; ++v) acc[p][v] += in[t * NP + p * SW] * w[t * NK + v];
     for (int p = 0; p < NP; ++p)
         for (int v = 0; v < NK; ++v) out[p * NK + v] = acc[p][v];
 }
-template void direct_micro<float, 6, 2>(const float*, const vf*, long, vf*);
+template void direct_micro<float, 6, 2, 1>(const float*, const vf*, long, vf*);
 }}
 """
 
@@ -221,7 +221,7 @@ def test_end_to_end_on_a_compiled_kernel(tmp_path):
                     str(src)], check=True)
     report = run_script(["--so", str(so), "--kernels", "direct_fwd", "--isa", "avx2", "--dtype", "float"], tmp_path)
     rows = report["rows"]
-    assert rows and all(r["function"] == "fastconv::avx2::direct_micro<float, 6, 2>" for r in rows)
+    assert rows and all(r["function"] == "fastconv::avx2::direct_micro<float, 6, 2, 1>" for r in rows)
     modelled = [r for r in rows if r["cycles"] is not None]
     assert modelled, rows
     for r in modelled:
