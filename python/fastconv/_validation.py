@@ -329,13 +329,6 @@ def window_span(kernel: int, dilation: int) -> int:
     return (kernel - 1) * dilation + 1
 
 
-def halo(kernel: int, stride: int, dilation: int) -> int:
-    """Rows past a tile that its last window reads, when tiles start on window
-    starts: a tile of outputs [o0, o1) has its windows start in input rows
-    [o0 * stride, o1 * stride) (less the padding before) and reads this many more."""
-    return max(window_span(kernel, dilation) - stride, 0)
-
-
 def first_output_from(row: int, stride: int, pad_before: int) -> int:
     """The first output whose window starts at input row `row` or later, along
     an axis padded by `pad_before` (output o starts at o * stride - pad_before)."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import dask
@@ -99,8 +99,9 @@ def _plan_axis(
     edge = 0
     for c in chunks[:-1]:
         edge += c
-        below = (edge + pad_before) // stride  # output whose window starts at or before edge
-        o = below if (edge + pad_before) - below * stride <= (below + 1) * stride - (edge + pad_before) else below + 1
+        after = first_output_from(edge, stride, pad_before)  # the first window starting at edge or later
+        before = after if after * stride - pad_before == edge else after - 1
+        o = before if edge - (before * stride - pad_before) <= (after * stride - pad_before) - edge else after
         row = o * stride - pad_before
         if 0 < o < out_size and starts[-1] < row < size and o > outs[-1]:
             starts.append(row)
@@ -197,82 +198,56 @@ def plan(
     return Plan(geom, kgeom, axes[0], axes[1], tuple(x_chunks[0]), data_format, padding_mode)
 
 
-# -- moving halos between blocks ------------------------------------------------
+# -- the graph: one task per block and stage -------------------------------------
+#
+# Each block's halo comes from its neighbours below, right and below-right. A
+# task per block cuts the pieces of it that its neighbours above and left
+# read (a few rows and columns: only these travel between workers, not whole
+# chunks), and each block's task names its own chunk and its neighbours'
+# pieces. The backward pass sends the gradient of those pieces back the same
+# way. Task counts grow as the blocks do: a few per block, whatever the sizes.
 
 
-def _slice_blocks(a: da.Array, axis: int, ranges: Sequence[tuple[int, int]]) -> da.Array:
-    """Block b of `a` cut to [ranges[b][0], ranges[b][1]) along `axis` (one range per block)."""
-    chunks = list(a.chunks)
-    chunks[axis] = tuple(stop - start for start, stop in ranges)
-    if tuple(chunks[axis]) == a.chunks[axis] and all(start == 0 for start, _ in ranges):
-        return a
-
-    def cut(block: np.ndarray, block_id: tuple[int, ...] = ()) -> np.ndarray:
-        start, stop = ranges[block_id[axis]]
-        index: list[slice] = [slice(None)] * block.ndim
-        index[axis] = slice(start, stop)
-        return block[tuple(index)]
-
-    return a.map_blocks(cut, chunks=tuple(chunks), dtype=a.dtype, meta=np.empty((0,) * a.ndim, a.dtype))
+def _index(block: tuple[int, ...], axis: int, step: int) -> tuple[int, ...]:
+    return (*block[:axis], block[axis] + step, *block[axis + 1:])
 
 
-def _shift(a: da.Array, axis: int, step: int) -> da.Array:
-    """An array of as many blocks as `a` along `axis` whose block b is a's
-    block b + step (step +1 or -1), the block left without one empty: one
-    graph key per block, each naming a's block (no copy) or an empty array."""
-    name = f"fastconv-shift-{dask.base.tokenize(a, axis, step)}"
-    chunks = list(a.chunks)
-    sizes = a.chunks[axis]
-    chunks[axis] = (*sizes[1:], 0) if step > 0 else (0, *sizes[:-1])
-    graph: dict[Any, Any] = {}
-    for index in np.ndindex(*a.numblocks):
-        source = index[axis] + step
-        if 0 <= source < a.numblocks[axis]:
-            graph[(name, *index)] = (a.name, *index[:axis], source, *index[axis + 1:])
-        else:
-            shape = tuple(chunks[d][index[d]] for d in range(a.ndim))
-            graph[(name, *index)] = (np.zeros, shape, a.dtype)
-    hlg = HighLevelGraph.from_collections(name, graph, dependencies=[a])
-    return da.Array(hlg, name, tuple(chunks), meta=a._meta)
+def _cut(a: np.ndarray, h_ax: int, w_ax: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    index: list[slice] = [slice(None)] * a.ndim
+    index[h_ax], index[w_ax] = slice(*rows), slice(*cols)
+    return a[tuple(index)]
 
 
-def _with_halos(x: da.Array, p: Plan) -> tuple[da.Array, da.Array, da.Array]:
-    """For each block of `x`: the rows below it, the columns right of it and
-    the corner below-right that its windows read (empty where none)."""
-    _, h_ax, w_ax = _axes(p.data_format)
-    head_h = [(0, 0)] + [(0, n) for n in p.height.halo[:-1]]  # block b+1 gives block b its first halo[b] rows
-    head_w = [(0, 0)] + [(0, n) for n in p.width.halo[:-1]]
-    heads_h = _slice_blocks(x, h_ax, head_h)
-    below = _shift(heads_h, h_ax, +1)
-    right = _shift(_slice_blocks(x, w_ax, head_w), w_ax, +1)
-    corner = _shift(_shift(_slice_blocks(heads_h, w_ax, head_w), h_ax, +1), w_ax, +1)
-    return below, right, corner
+def _pieces(block: np.ndarray, rows: int, cols: int, h_ax: int, w_ax: int) -> tuple[Any, Any, Any]:
+    """What the blocks above, left and above-left read of `block`: its first
+    `rows` rows, its first `cols` columns and their corner (None if none)."""
+    n_rows, n_cols = block.shape[h_ax], block.shape[w_ax]
+    top = _cut(block, h_ax, w_ax, (0, rows), (0, n_cols)) if rows else None
+    left = _cut(block, h_ax, w_ax, (0, n_rows), (0, cols)) if cols else None
+    corner = _cut(block, h_ax, w_ax, (0, rows), (0, cols)) if rows and cols else None
+    return top, left, corner
 
 
 def _assemble(
-    own: np.ndarray, below: np.ndarray, right: np.ndarray, corner: np.ndarray, h_ax: int, w_ax: int,
+    own: np.ndarray, below: Any, right: Any, corner: Any, h_ax: int, w_ax: int,
     rows: tuple[int, int], cols: tuple[int, int],
 ) -> np.ndarray:
     """Rows [rows) and columns [cols) (block coordinates) of the block with
-    its halos: one copy, or none when the block alone is what is read."""
+    the pieces of its neighbours below, right and below-right (each the
+    (top, left, corner) of _pieces): one copy, or none when the block alone
+    is what is read."""
     (r0, r1), (c0, c1) = rows, cols
     n_rows, n_cols = own.shape[h_ax], own.shape[w_ax]
-
-    def cut(a: np.ndarray, rs: tuple[int, int], cs: tuple[int, int]) -> np.ndarray:
-        index: list[slice] = [slice(None)] * a.ndim
-        index[h_ax], index[w_ax] = slice(*rs), slice(*cs)
-        return a[tuple(index)]
-
     if r1 <= n_rows and c1 <= n_cols:
-        return cut(own, (r0, r1), (c0, c1))
-    top = cut(own, (r0, min(r1, n_rows)), (c0, min(c1, n_cols)))
+        return _cut(own, h_ax, w_ax, (r0, r1), (c0, c1))
+    top = _cut(own, h_ax, w_ax, (r0, min(r1, n_rows)), (c0, min(c1, n_cols)))
     if c1 > n_cols:
-        top = np.concatenate([top, cut(right, (r0, min(r1, n_rows)), (0, c1 - n_cols))], axis=w_ax)
+        top = np.concatenate([top, _cut(right[1], h_ax, w_ax, (r0, min(r1, n_rows)), (0, c1 - n_cols))], axis=w_ax)
     if r1 <= n_rows:
         return top
-    bottom = cut(below, (0, r1 - n_rows), (c0, min(c1, n_cols)))
+    bottom = _cut(below[0], h_ax, w_ax, (0, r1 - n_rows), (c0, min(c1, n_cols)))
     if c1 > n_cols:
-        bottom = np.concatenate([bottom, cut(corner, (0, r1 - n_rows), (0, c1 - n_cols))], axis=w_ax)
+        bottom = np.concatenate([bottom, _cut(corner[2], h_ax, w_ax, (0, r1 - n_rows), (0, c1 - n_cols))], axis=w_ax)
     return np.concatenate([top, bottom], axis=h_ax)
 
 
@@ -283,6 +258,119 @@ def _block_window(p: Plan, block_id: tuple[int, ...]) -> tuple[tuple[int, int], 
     (rlo, rhi, top, bottom), (clo, chi, left, right) = p.height.windows[i], p.width.windows[j]
     r0, c0 = sum(p.height.chunks[:i]), sum(p.width.chunks[:j])
     return (rlo - r0, rhi - r0), (clo - c0, chi - c0), (top, bottom, left, right)
+
+
+def _halo_layer(x: da.Array, p: Plan, name: str) -> tuple[dict[Any, Any], dict[tuple[int, ...], Any]]:
+    """Tasks cutting each block's pieces for its neighbours above and left,
+    and for each block, the keys of its neighbours' pieces (below, right,
+    below-right; None where it reads none)."""
+    _, h_ax, w_ax = _axes(p.data_format)
+    graph: dict[Any, Any] = {}
+    for block in np.ndindex(*x.numblocks):
+        i, j = block[h_ax], block[w_ax]
+        rows = p.height.halo[i - 1] if i > 0 else 0
+        cols = p.width.halo[j - 1] if j > 0 else 0
+        if rows or cols:
+            graph[(name, *block)] = (partial(_pieces, rows=rows, cols=cols, h_ax=h_ax, w_ax=w_ax), (x.name, *block))
+    neighbours: dict[tuple[int, ...], Any] = {}
+    for block in np.ndindex(*x.numblocks):
+        keys = []
+        for step in ((1, 0), (0, 1), (1, 1)):
+            other = _index(_index(block, h_ax, step[0]), w_ax, step[1])
+            keys.append((name, *other) if (name, *other) in graph else None)
+        neighbours[block] = keys
+    return graph, neighbours
+
+
+def _array(graph: dict[Any, Any], name: str, dependencies: list[Any], chunks: Any, dtype: np.dtype) -> da.Array:
+    hlg = HighLevelGraph.from_collections(name, graph, dependencies=dependencies)
+    return da.Array(hlg, name, chunks, meta=np.empty((0,) * len(chunks), dtype))
+
+
+def _forward_block(
+    own: np.ndarray, below: Any, right: Any, corner: Any, weight: np.ndarray, bias: np.ndarray | None,
+    *, plan: Plan, block_id: tuple[int, ...], backend: str,
+) -> np.ndarray:
+    _, h_ax, w_ax = _axes(plan.data_format)
+    rows, cols, pads = _block_window(plan, block_id)
+    tile = _assemble(own, below, right, corner, h_ax, w_ax, rows, cols)
+    kg = plan.kernel_geometry
+    return _conv2d_in_memory(tile, weight, bias, kg.stride, pads, kg.dilation, kg.groups,
+                             data_format=plan.data_format, backend=backend)
+
+
+def _backward_block(
+    own: np.ndarray, below: Any, right: Any, corner: Any, grad: np.ndarray, weight: np.ndarray,
+    *, plan: Plan, block_id: tuple[int, ...], bias: bool, need_input_grad: bool, backend: str,
+) -> tuple[Any, np.ndarray, Any]:
+    """The block's (dL/dX over its own rows and columns and the halo past
+    them, zeros where no window reads; dL/dW; dL/db)."""
+    _, h_ax, w_ax = _axes(plan.data_format)
+    rows, cols, pads = _block_window(plan, block_id)
+    tile = _assemble(own, below, right, corner, h_ax, w_ax, rows, cols)
+    kg = plan.kernel_geometry
+    g = _conv2d_backward_in_memory(
+        grad, tile, weight, kg.stride, pads, kg.dilation, kg.groups, bias,
+        need_input_grad=need_input_grad, data_format=plan.data_format, backend=backend,
+    )
+    grad_x = g.input
+    if grad_x is not None:
+        i, j = block_id[h_ax], block_id[w_ax]
+        want = list(grad_x.shape)
+        want[h_ax] = plan.height.chunks[i] + plan.height.halo[i]
+        want[w_ax] = plan.width.chunks[j] + plan.width.halo[j]
+        if tuple(want) != grad_x.shape or rows[0] or cols[0]:
+            # Rows or columns past the last window (a stride wider than the
+            # kernel) get no gradient: zeros.
+            full = np.zeros(want, grad_x.dtype)
+            _cut(full, h_ax, w_ax, rows, cols)[...] = grad_x
+            grad_x = full
+    return grad_x, g.weight, g.bias
+
+
+def _grad_pieces(part: tuple[Any, ...], rows: int, cols: int, h_ax: int, w_ax: int) -> tuple[Any, Any, Any]:
+    """A block's dL/dX of the rows below it, the columns right of it and their
+    corner: what it adds to its neighbours below, right and below-right."""
+    grad_x = part[0]
+    n_rows, n_cols = grad_x.shape[h_ax] - rows, grad_x.shape[w_ax] - cols
+    bottom = _cut(grad_x, h_ax, w_ax, (n_rows, n_rows + rows), (0, n_cols)) if rows else None
+    right = _cut(grad_x, h_ax, w_ax, (0, n_rows), (n_cols, n_cols + cols)) if cols else None
+    corner = _cut(grad_x, h_ax, w_ax, (n_rows, n_rows + rows), (n_cols, n_cols + cols)) if rows and cols else None
+    return bottom, right, corner
+
+
+def _gather_grad(part: tuple[Any, ...], above: Any, left: Any, diag: Any, *, rows: int, cols: int, h_ax: int, w_ax: int) -> np.ndarray:
+    """A block's dL/dX: its own rows and columns of its gradient plus what its
+    neighbours above, left and above-left read of it."""
+    grad_x = part[0]
+    own = _cut(grad_x, h_ax, w_ax, (0, grad_x.shape[h_ax] - rows), (0, grad_x.shape[w_ax] - cols))
+    added = [piece for piece in (above and above[0], left and left[1], diag and diag[2]) if piece is not None]
+    if not added:
+        return own if own.flags.c_contiguous else np.ascontiguousarray(own)
+    out = np.array(own, order="C")
+    for piece in added:
+        _cut(out, h_ax, w_ax, (0, piece.shape[h_ax]), (0, piece.shape[w_ax]))[...] += piece
+    return out
+
+
+def _weight_part(part: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A block's (None, dL/dW, dL/db), without its dL/dX."""
+    return None, part[1], part[2]
+
+
+def _sum_parts(parts: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """(None, dL/dW, dL/db) summed over `parts` (each such a triple), in their
+    order: the fixed order of a tree reduction."""
+    weight = np.array(parts[0][1], copy=True)
+    bias = None if parts[0][2] is None else np.array(parts[0][2], copy=True)
+    for part in parts[1:]:
+        weight += part[1]
+        if bias is not None:
+            bias += part[2]
+    return None, weight, bias
+
+
+SPLIT_EVERY = 8  # parts summed by one task of the weight gradient's tree
 
 
 # -- preparing the arrays ------------------------------------------------------
@@ -372,28 +460,21 @@ def conv2d(
     at stride > 1), its channel axis one chunk.
     """
     prep = _prepare(x, weight, stride, padding, dilation, groups, padding_mode, data_format)
-    p, w = prep.plan, prep.weight
+    p, w, xp = prep.plan, prep.weight, prep.x
     b = None if bias is None else as_float_array(bias, "bias", w.dtype)
     if b is not None and b.shape != (w.shape[0],):
         raise ValueError(f"bias must have shape ({w.shape[0]},) (one value per filter), got {b.shape}")
-    _, h_ax, w_ax = _axes(p.data_format)
-    kg = p.kernel_geometry
-    below, right, corner = _with_halos(prep.x, p)
+    token = dask.base.tokenize(xp.name, w, b, p, backend)
     weight_key = dask.delayed(w, pure=True)  # one graph key: sent to a worker once, not once per block
-    bias_key = None if b is None else dask.delayed(b, pure=True)
-
-    def block(own: np.ndarray, bl: np.ndarray, rt: np.ndarray, cn: np.ndarray, weight: np.ndarray,
-              bias: np.ndarray | None, block_id: tuple[int, ...] = ()) -> np.ndarray:
-        rows, cols, pads = _block_window(p, block_id)
-        tile = _assemble(own, bl, rt, cn, h_ax, w_ax, rows, cols)
-        return _conv2d_in_memory(tile, weight, bias, kg.stride, pads, kg.dilation, kg.groups,
-                                 data_format=p.data_format, backend=backend)
-
-    y = da.map_blocks(
-        block, prep.x, below, right, corner, weight=weight_key, bias=bias_key,
-        chunks=_out_chunks(p, w.shape[0]), dtype=w.dtype, meta=np.empty((0, 0, 0, 0), w.dtype),
-        name="fastconv-conv2d-" + dask.base.tokenize(prep.x, w, b, p, backend),
-    )
+    bias_key = dask.delayed(b, pure=True) if b is not None else None
+    halo_name, name = f"fastconv-halo-{token}", f"fastconv-conv2d-{token}"
+    graph, neighbours = _halo_layer(xp, p, halo_name)
+    for block in np.ndindex(*xp.numblocks):
+        task = partial(_forward_block, plan=p, block_id=block, backend=backend)
+        graph[(name, *block)] = (task, (xp.name, *block), *neighbours[block], weight_key.key,
+                                 None if bias_key is None else bias_key.key)
+    deps = [xp, weight_key] + ([bias_key] if bias_key is not None else [])
+    y = _array(graph, name, deps, _out_chunks(p, w.shape[0]), w.dtype)
     return y[0] if prep.unbatched else y
 
 
@@ -417,7 +498,8 @@ def conv2d_backward(
     Returns ``ConvGradients(input, weight, bias)``: ``input`` a Dask array
     chunked like ``x`` (None with ``need_input_grad=False``), ``weight`` and
     ``bias`` (None with ``bias=False``) Dask arrays of one chunk, each the sum
-    over every block's gradient by a tree reduction in a fixed order.
+    of every block's gradient by a tree reduction in a fixed order (the
+    blocks' order, eight at a time): the same bits on every run.
 
     Each block runs the in-memory backward once for all three gradients:
     compute them together (``dask.compute(*grads)``, or ``persist``), else
@@ -426,9 +508,8 @@ def conv2d_backward(
     bias = check_flag(bias, "bias")
     need_input_grad = check_flag(need_input_grad, "need_input_grad")
     prep = _prepare(x, weight, stride, padding, dilation, groups, padding_mode, data_format)
-    p, w = prep.plan, prep.weight
+    p, w, xp = prep.plan, prep.weight, prep.x
     c_ax, h_ax, w_ax = _axes(p.data_format)
-    kg = p.kernel_geometry
     k = w.shape[0]
     gy = _as_dask_input(grad_output, "grad_output", w.dtype)
     expected = _out_shape(p, k)
@@ -440,47 +521,58 @@ def conv2d_backward(
         gy = gy[None]
     gy = gy.rechunk(_out_chunks(p, k))
 
-    below, right, corner = _with_halos(prep.x, p)
+    token = dask.base.tokenize(xp.name, gy.name, w, p, bias, need_input_grad, backend)
     weight_key = dask.delayed(w, pure=True)
+    halo_name, parts_name = f"fastconv-halo-{token}", f"fastconv-backward-{token}"
+    graph, neighbours = _halo_layer(xp, p, halo_name)
+    blocks = list(np.ndindex(*xp.numblocks))
+    for block in blocks:
+        task = partial(_backward_block, plan=p, block_id=block, bias=bias, need_input_grad=need_input_grad, backend=backend)
+        graph[(parts_name, *block)] = (task, (xp.name, *block), *neighbours[block], (gy.name, *block), weight_key.key)
 
-    def block(own: np.ndarray, bl: np.ndarray, rt: np.ndarray, cn: np.ndarray, g: np.ndarray,
-              weight: np.ndarray, block_id: tuple[int, ...] = ()) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-        rows, cols, pads = _block_window(p, block_id)
-        tile = _assemble(own, bl, rt, cn, h_ax, w_ax, rows, cols)
-        grads = _conv2d_backward_in_memory(
-            g, tile, weight, kg.stride, pads, kg.dilation, kg.groups, bias,
-            need_input_grad=need_input_grad, data_format=p.data_format, backend=backend,
+    # dL/dW and dL/db: the blocks' parts summed SPLIT_EVERY at a time, in the
+    # blocks' order, then those sums alike, to one.
+    sum_name, small_name = f"fastconv-sum-{token}", f"fastconv-weight-part-{token}"
+    if need_input_grad:
+        # dL/dW and dL/db apart from the block's dL/dX, where it lies: only they travel to be summed.
+        for block in blocks:
+            graph[(small_name, *block)] = (_weight_part, (parts_name, *block))
+        level = [(small_name, *block) for block in blocks]
+    else:
+        level = [(parts_name, *block) for block in blocks]
+    depth = 0
+    while len(level) > 1 or depth == 0:
+        groups_ = [level[g:g + SPLIT_EVERY] for g in range(0, len(level), SPLIT_EVERY)]
+        for g, keys in enumerate(groups_):
+            graph[(sum_name, depth, g)] = (_sum_parts, list(keys))
+        level = [(sum_name, depth, g) for g in range(len(groups_))]
+        depth += 1
+    total = level[0]
+    gw_name, gb_name = f"fastconv-grad-weight-{token}", f"fastconv-grad-bias-{token}"
+    graph[(gw_name, 0, 0, 0, 0)] = (_take_weight, total)
+    deps = [xp, gy, weight_key]
+    hlg = HighLevelGraph.from_collections(gw_name, graph, dependencies=deps)
+    grad_w = da.Array(hlg, gw_name, tuple((n,) for n in w.shape), meta=np.empty((0, 0, 0, 0), w.dtype))
+    grad_b = None
+    if bias:
+        grad_b = da.Array(
+            HighLevelGraph.from_collections(gb_name, {(gb_name, 0): (_take_bias, total)}, dependencies=[grad_w]),
+            gb_name, ((k,),), meta=np.empty((0,), w.dtype),
         )
-        return grads.input, grads.weight, grads.bias
-
-    name = "fastconv-conv2d-backward-" + dask.base.tokenize(prep.x, gy, w, p, bias, need_input_grad, backend)
-    parts = da.map_blocks(
-        block, prep.x, below, right, corner, gy, weight=weight_key,
-        chunks=prep.x.chunks, dtype=object, meta=np.empty((0, 0, 0, 0), object), name=name,
-    )
-
-    # dL/dW and dL/db: one partial per block, on the channel axis, summed over
-    # the other three by Dask's tree reduction (fixed order: the same bits every run).
-    def partial(index: int, size: int) -> da.Array:
-        chunks: list[tuple[int, ...]] = [(1,) * n for n in parts.numblocks]
-        chunks[c_ax] = (size,)
-        shape = [1, 1, 1, 1]
-        shape[c_ax] = size
-
-        def get(t: tuple[Any, ...]) -> np.ndarray:
-            return np.asarray(t[index]).reshape(shape)
-
-        pieces = parts.map_blocks(get, chunks=tuple(chunks), dtype=w.dtype, meta=np.empty((0, 0, 0, 0), w.dtype))
-        return pieces.sum(axis=tuple(a for a in range(4) if a != c_ax), split_every=8)
-
-    grad_w = partial(1, w.size).reshape(w.shape)
-    grad_b = partial(2, k) if bias else None
     grad_x = None
     if need_input_grad:
-        grad_x = _input_gradient(parts, prep, p)
+        grad_x = _input_gradient(grad_w, parts_name, prep, token)
         if prep.unbatched:
             grad_x = grad_x[0]
     return ConvGradients(grad_x, grad_w, grad_b)  # type: ignore[arg-type]
+
+
+def _take_weight(total: tuple[Any, ...]) -> np.ndarray:
+    return total[1]  # type: ignore[no-any-return]
+
+
+def _take_bias(total: tuple[Any, ...]) -> np.ndarray:
+    return total[2]  # type: ignore[no-any-return]
 
 
 def _out_shape(p: Plan, k: int) -> tuple[int, ...]:
@@ -489,56 +581,30 @@ def _out_shape(p: Plan, k: int) -> tuple[int, ...]:
     return (n, k, ho, wo) if p.data_format == "NCHW" else (n, ho, wo, k)
 
 
-def _input_gradient(parts: da.Array, prep: _Prepared, p: Plan) -> da.Array:
-    """dL/dX from the blocks' gradients of what they read: each block's halo
-    rows and columns added to the blocks they came from, the padding mode's
-    padding folded back, chunked like the input."""
-    x = prep.x
-    c_ax, h_ax, w_ax = _axes(p.data_format)
-    # Each block's gradient over its own rows and columns and the halo past them.
-    ext = list(x.chunks)
-    ext[h_ax] = tuple(c + h for c, h in zip(p.height.chunks, p.height.halo))
-    ext[w_ax] = tuple(c + h for c, h in zip(p.width.chunks, p.width.halo))
-
-    def get(t: tuple[Any, ...], block_id: tuple[int, ...] = ()) -> np.ndarray:
-        g = t[0]
-        rows, cols, _ = _block_window(p, block_id)
-        i, j = block_id[h_ax], block_id[w_ax]
-        want = list(g.shape)
-        want[h_ax], want[w_ax] = ext[h_ax][i], ext[w_ax][j]
-        if tuple(want) == g.shape:
-            return g
-        # Rows or columns past the last window (a stride wider than the
-        # kernel) got no gradient: zeros.
-        out = np.zeros(want, g.dtype)
-        index: list[slice] = [slice(None)] * 4
-        index[h_ax], index[w_ax] = slice(0, rows[1] - rows[0]), slice(0, cols[1] - cols[0])
-        out[tuple(index)] = g
-        return out
-
-    e = parts.map_blocks(get, chunks=tuple(ext), dtype=x.dtype, meta=np.empty((0, 0, 0, 0), x.dtype))
-    own_h = [(0, c) for c in p.height.chunks]
-    own_w = [(0, c) for c in p.width.chunks]
-    tail_h = [(c, c + h) for c, h in zip(p.height.chunks, p.height.halo)]
-    tail_w = [(c, c + h) for c, h in zip(p.width.chunks, p.width.halo)]
-    core = _slice_blocks(_slice_blocks(e, h_ax, own_h), w_ax, own_w)
-    from_above = _shift(_slice_blocks(_slice_blocks(e, h_ax, tail_h), w_ax, own_w), h_ax, -1)
-    from_left = _shift(_slice_blocks(_slice_blocks(e, h_ax, own_h), w_ax, tail_w), w_ax, -1)
-    from_corner = _shift(_shift(_slice_blocks(_slice_blocks(e, h_ax, tail_h), w_ax, tail_w), h_ax, -1), w_ax, -1)
-
-    def add(own: np.ndarray, above: np.ndarray, left: np.ndarray, diag: np.ndarray) -> np.ndarray:
-        if not (above.size or left.size or diag.size):
-            return own
-        out = own.copy()
-        for piece in (above, left, diag):
-            if piece.size:
-                index: list[slice] = [slice(None)] * 4
-                index[h_ax], index[w_ax] = slice(0, piece.shape[h_ax]), slice(0, piece.shape[w_ax])
-                out[tuple(index)] += piece
-        return out
-
-    gx = da.map_blocks(add, core, from_above, from_left, from_corner, chunks=core.chunks, dtype=x.dtype,
-                       meta=np.empty((0, 0, 0, 0), x.dtype))
+def _input_gradient(graph_of: da.Array, parts_name: str, prep: _Prepared, token: str) -> da.Array:
+    """dL/dX from the blocks' gradients of what they read (the tasks
+    `parts_name` in the graph of `graph_of`): each block's halo rows and
+    columns added to the blocks they came from, the padding mode's padding
+    folded back, chunked like the input."""
+    p, xp = prep.plan, prep.x
+    _, h_ax, w_ax = _axes(p.data_format)
+    pieces_name, name = f"fastconv-grad-halo-{token}", f"fastconv-grad-input-{token}"
+    graph: dict[Any, Any] = {}
+    blocks = list(np.ndindex(*xp.numblocks))
+    for block in blocks:
+        rows, cols = p.height.halo[block[h_ax]], p.width.halo[block[w_ax]]
+        if rows or cols:
+            graph[(pieces_name, *block)] = (partial(_grad_pieces, rows=rows, cols=cols, h_ax=h_ax, w_ax=w_ax),
+                                            (parts_name, *block))
+    for block in blocks:
+        sources = []
+        for step in ((-1, 0), (0, -1), (-1, -1)):
+            other = (pieces_name, *_index(_index(block, h_ax, step[0]), w_ax, step[1]))
+            sources.append(other if other in graph else None)
+        rows, cols = p.height.halo[block[h_ax]], p.width.halo[block[w_ax]]
+        task = partial(_gather_grad, rows=rows, cols=cols, h_ax=h_ax, w_ax=w_ax)
+        graph[(name, *block)] = (task, (parts_name, *block), *sources)
+    gx = _array(graph, name, [graph_of], xp.chunks, xp.dtype)
     if p.kernel_geometry is not p.geometry:
         top, bottom, left, right = p.geometry.padding
         gx = _fold(gx, h_ax, top, bottom, p.padding_mode)
