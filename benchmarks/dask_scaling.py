@@ -75,7 +75,6 @@ def main() -> None:
             with fastconv.threads(threads):
                 fastconv.conv2d(x[:1, :, :64, :64], w, padding="same")  # warm up
                 results[(name, f"memory {threads}")] = best_of(args.repeats, lambda: fastconv.conv2d(x, w, padding="same"))
-        del x
 
     for workers in (1, 2):
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -96,7 +95,6 @@ def main() -> None:
 
                 run()  # warm up: the weight sent, the workers' code loaded
                 results[(name, f"dask {workers}")] = best_of(args.repeats, run)
-                del x, y
 
     print(f"{'workload':<28} {'chunks':>22} {'tasks':>6}  {'in memory 1t':>12} {'2t':>7}  {'dask 1w':>8} {'2w':>7}"
           f"  {'2w/1w':>6} {'dask/mem 1':>10} {'2':>6} {'overhead/task':>14}")

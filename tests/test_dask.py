@@ -73,6 +73,8 @@ CASES = [
     ("float32-nhwc-dilated", (2, 23, 19, 3), (1, 9, 8, 3), 4, (3, 3),
      dict(dilation=(2, 1), padding="same", data_format="NHWC"), np.float32),
     ("empty-batch", (0, 3, 23, 19), (1, 3, 7, 6), 4, (3, 3), dict(padding="same"), np.float64),
+    ("thin-last-chunk", (1, 1, 30, 30), (1, 1, (14, 14, 2), 30), 2, (7, 7), dict(padding=(0, 9, 0, 0)), np.float64),
+    ("kernel-1x1-stride3", (2, 3, 23, 19), (2, 3, 7, 6), 4, (1, 1), dict(stride=3, padding=5), np.float64),
 ]
 
 
@@ -243,8 +245,12 @@ def test_impossible_plans_raise_value_errors_naming_the_sizes(rng):
         fcd.conv2d(x, w7)
     with pytest.raises(ValueError, match=r"reads 6 rows past its own"):
         fcd.conv2d_backward(da.zeros((1, 1, 24, 24)), x, w7)
-    # The last chunk may be thinner than the halo: it is all there is.
-    fcd.conv2d(da.zeros((1, 1, 30, 30), chunks=(1, 1, (14, 14, 2), 30)), w7, padding="same")
+    # A last chunk thinner than the halo is fine: it holds no window start
+    # (it joins the chunk before), or the rows past it are padding.
+    p = fcd.plan((1, 1, 30, 30), ((1,), (1,), (14, 14, 2), (30,)), w7.shape, padding="same")
+    assert p.height.chunks == (14, 16)
+    p = fcd.plan((1, 1, 30, 30), ((1,), (1,), (14, 14, 2), (30,)), (1, 1, 7, 7), padding=(0, 9, 0, 0))
+    assert p.height.chunks == (14, 14, 2) and p.height.halo == (6, 2, 0) and p.height.out_chunks == (14, 14, 5)
     with pytest.raises(ValueError, match=r"kernel height 7 .* larger than the padded input height 4"):
         fcd.conv2d(da.zeros((1, 1, 4, 30), chunks=2), w7)
     with pytest.raises(TypeError, match="floating-point"):

@@ -122,7 +122,7 @@ def _plan_axis(
     for b, (lo, hi, _, _) in enumerate(windows):
         assert lo == starts[b] or b == 0, (lo, starts[b])
         need = max(hi - bounds[b + 1], 0)
-        if need > 0 and b + 2 < len(bounds) and need > new_chunks[b + 1]:
+        if need and need > new_chunks[b + 1]:  # (need is 0 for the last block: nothing lies past it)
             moved = "" if new_chunks == tuple(chunks) else f" (moved from {tuple(chunks)} so that blocks start on the stride's window starts)"
             raise ValueError(
                 f"the kernel's halo along {name} is wider than a chunk: block {b} ({name} rows {bounds[b]}-{bounds[b + 1] - 1}) "
@@ -415,7 +415,7 @@ def _prepare(
     if p.kernel_geometry is not p.geometry:
         # The padding mode's padding, added as the in-memory call adds it (np.pad, which Dask implements).
         nchw = x4 if data_format == "NCHW" else x4.transpose(0, 3, 1, 2)
-        padded, _ = apply_padding_mode(nchw, p.geometry, padding_mode)  # type: ignore[arg-type]
+        padded: Any = apply_padding_mode(nchw, p.geometry, padding_mode)[0]  # type: ignore[arg-type]
         x4 = padded if data_format == "NCHW" else padded.transpose(0, 2, 3, 1)
     target = list(x4.chunks)
     target[h_ax], target[w_ax] = p.height.chunks, p.width.chunks
@@ -551,14 +551,10 @@ def conv2d_backward(
     gw_name, gb_name = f"fastconv-grad-weight-{token}", f"fastconv-grad-bias-{token}"
     graph[(gw_name, 0, 0, 0, 0)] = (_take_weight, total)
     deps = [xp, gy, weight_key]
-    hlg = HighLevelGraph.from_collections(gw_name, graph, dependencies=deps)
-    grad_w = da.Array(hlg, gw_name, tuple((n,) for n in w.shape), meta=np.empty((0, 0, 0, 0), w.dtype))
+    grad_w = _array(graph, gw_name, deps, tuple((n,) for n in w.shape), w.dtype)
     grad_b = None
     if bias:
-        grad_b = da.Array(
-            HighLevelGraph.from_collections(gb_name, {(gb_name, 0): (_take_bias, total)}, dependencies=[grad_w]),
-            gb_name, ((k,),), meta=np.empty((0,), w.dtype),
-        )
+        grad_b = _array({(gb_name, 0): (_take_bias, total)}, gb_name, [grad_w], ((k,),), w.dtype)
     grad_x = None
     if need_input_grad:
         grad_x = _input_gradient(grad_w, parts_name, prep, token)
