@@ -5,8 +5,8 @@ killed mid-computation."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import cloudpickle
 import signal
 import subprocess
 import sys
@@ -19,6 +19,7 @@ import pytest
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
+cloudpickle = pytest.importorskip("cloudpickle")
 
 import fastconv  # noqa: E402
 import fastconv.dask as fcd  # noqa: E402
@@ -26,10 +27,23 @@ import fastconv.dask as fcd  # noqa: E402
 TOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
 
 
+@contextlib.contextmanager
+def environ_kept():
+    """Starting worker processes sets OMP_NUM_THREADS=1 (and MKL's, OpenBLAS')
+    in this process's environment too, where later tests' subprocesses would
+    inherit it: put the environment back."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="module")
 def client():
     """Two worker processes of one thread each, 1 GiB each, no dashboard: started once for the module."""
-    with distributed.LocalCluster(
+    with environ_kept(), distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=None
     ) as cluster, distributed.Client(cluster, set_as_default=False) as c:
         yield c
@@ -317,7 +331,7 @@ def test_fastconv_in_a_worker_uses_the_threads_dask_gives(client):
 @pytest.mark.filterwarnings("ignore:Port 8787 is already in use")  # the module cluster's HTTP server has it
 def test_one_worker_with_all_the_cores():
     # The recipe in docs/dask.md: one single-threaded worker whose OpenMP team has every core.
-    with distributed.LocalCluster(
+    with environ_kept(), distributed.LocalCluster(
         n_workers=1, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=None,
         env={"OMP_NUM_THREADS": "2"},
     ) as cluster, distributed.Client(cluster, set_as_default=False) as c:
