@@ -322,6 +322,24 @@ def test_layer_forward_and_backward_take_dask_arrays(rng):
         assert isinstance(lazy.backward(gy)[0], np.ndarray)
 
 
+def test_a_data_parallel_training_step_equals_the_full_batch_step(rng):
+    # docs/dask.md's loop: per-chunk gradients, tree-summed, give the full batch's step.
+    images = rng.standard_normal((64, 3, 12, 12)).astype(np.float32)
+    lazy = fastconv.Conv2D(8, 3, padding="same", in_channels=3, seed=0)
+    eager = fastconv.Conv2D(8, 3, padding="same", in_channels=3, seed=0)
+    for start in (0, 32):
+        x = images[start:start + 32]
+        y = lazy.forward(da.from_array(x, chunks=(8, 3, 12, 12)))
+        grad_w, _ = lazy.backward(2 * y / y.size, need_input_grad=False)
+        grad_w, grad_b = dask.compute(grad_w, lazy.grad_bias, scheduler="synchronous")
+        lazy.weight, lazy.bias = lazy.weight - 0.1 * grad_w, lazy.bias - 0.1 * grad_b
+        y = eager.forward(x)
+        gw, _ = eager.backward(2 * y / y.size, need_input_grad=False)
+        eager.weight, eager.bias = eager.weight - 0.1 * gw, eager.bias - 0.1 * eager.grad_bias
+    close(lazy.weight, eager.weight, "weight after two steps")
+    close(lazy.bias, eager.bias, "bias after two steps")
+
+
 def test_fastconv_in_a_worker_uses_the_threads_dask_gives(client):
     # The nanny sets OMP_NUM_THREADS=1 in each worker: one thread per task.
     threads = da.zeros((4,), chunks=1).map_blocks(lambda b: np.full(b.shape, fastconv.get_num_threads()), dtype=int)
