@@ -23,9 +23,9 @@ How the blocks are cut, along height and along width alike:
 
 The backward pass runs the same blocks: each block's dL/dX of its halo rows
 is added to the block below (and right, and below-right) where they belong,
-and the per-block dL/dW and dL/db are summed by Dask's tree reduction, in an
-order fixed by the blocks' positions: the same bits on every run, whichever
-worker computes what.
+and the per-block dL/dW and dL/db are summed by a tree of tasks, eight parts
+at a time in the blocks' order: the same bits on every run, whichever worker
+computes what.
 
 ``import fastconv`` never imports Dask; ``import fastconv.dask`` does.
 """
