@@ -299,7 +299,7 @@ def _plan_geometry(
         ("height", h, kh, stride_hw[0], dilation_hw[0], pads_h),
         ("width", w, kw, stride_hw[1], dilation_hw[1], pads_w),
     ):
-        span = (kernel - 1) * dil + 1
+        span = window_span(kernel, dil)
         padded = size + pads[0] + pads[1]
         if padded < span:
             raise ValueError(
@@ -322,6 +322,30 @@ def _plan_geometry(
         groups=groups,
         out_hw=(out[0], out[1]),
     )
+
+
+def window_span(kernel: int, dilation: int) -> int:
+    """Input rows (or columns) one window of a `kernel`-wide, dilated filter covers."""
+    return (kernel - 1) * dilation + 1
+
+
+def first_output_from(row: int, stride: int, pad_before: int) -> int:
+    """The first output whose window starts at input row `row` or later, along
+    an axis padded by `pad_before` (output o starts at o * stride - pad_before)."""
+    return -(-(row + pad_before) // stride)
+
+
+def output_window(
+    out_start: int, out_stop: int, size: int, kernel: int, stride: int, dilation: int, pad_before: int
+) -> Padding4:
+    """What outputs [out_start, out_stop) along an axis of `size` (padded by
+    `pad_before` in front) read: (first input row, end row, padding before,
+    padding after), with the rows clipped to the input and the rest of the
+    windows' reach as the padding that a call on those rows alone needs."""
+    first = out_start * stride - pad_before
+    end = (out_stop - 1) * stride - pad_before + window_span(kernel, dilation)
+    lo, hi = min(max(first, 0), size), max(min(end, size), 0)
+    return lo, max(hi, lo), lo - first, end - max(hi, lo)
 
 
 def fan_in(in_channels: int, groups: int, kernel: Pair) -> int:

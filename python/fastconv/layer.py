@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from os import PathLike
 from typing import Any, cast
 
@@ -36,6 +37,12 @@ from .functional import (
     nchw_shape,
     to_nchw,
 )
+
+
+def _is_dask_array(x: Any) -> bool:
+    """Whether `x` is a Dask array, without importing Dask (none exists unless it was imported)."""
+    dask_array = sys.modules.get("dask.array")
+    return dask_array is not None and isinstance(x, dask_array.Array)
 
 
 class Conv2D:
@@ -129,6 +136,7 @@ class Conv2D:
         # if not zeros), their geometry, the layer's geometry, the input's
         # (H, W) and whether it was unbatched.
         self._saved: tuple[np.ndarray, ConvGeometry, ConvGeometry, tuple[int, int], bool] | None = None
+        self._saved_dask: Any = None  # the last forward's input, when that was a Dask array
         self.grad_weight: np.ndarray | None = None
         self.grad_bias: np.ndarray | None = None
         if in_channels is not None:
@@ -370,7 +378,12 @@ class Conv2D:
         Keeps a reference to the input for ``backward`` (no copy when ``x`` is
         already C-contiguous in the layer's dtype): do not change it in place
         in between.
+
+        A Dask array gives a lazy Dask array, computed block by block by
+        :func:`fastconv.dask.conv2d` (the weights stay NumPy arrays).
         """
+        if _is_dask_array(x):
+            return self._forward_dask(x)
         x_arr = as_float_array(x, "input", self.dtype)
         x4, unbatched = _batched(x_arr, "input", self.data_format)
         x4 = to_nchw(x4, self.data_format)
@@ -387,7 +400,25 @@ class Conv2D:
         # C-contiguous in the layer's dtype is never copied, so changing it in
         # place before backward() changes dL/dF.
         self._saved = (x_used, geom_used, geom, (x4.shape[2], x4.shape[3]), unbatched)
+        self._saved_dask = None
         return y[0] if unbatched else y
+
+    def _forward_dask(self, x: Any) -> Any:
+        from . import dask as fastconv_dask  # imports Dask: only reached with a Dask array
+
+        if x.dtype.kind != "f":
+            raise TypeError(f"input must hold floating-point numbers (float32 or float64), got dtype {x.dtype}")
+        x = x.astype(self.dtype) if x.dtype != self.dtype else x
+        x_shape = self._nchw_input_shape(x.shape)
+        self._geometry(x_shape)
+        if self._weight is None:
+            self._create_weights(x_shape[1])
+        y = fastconv_dask.conv2d(
+            x, self._weight, self._bias, self.stride, self.padding, self.dilation, self.groups,
+            padding_mode=self.padding_mode, data_format=self.data_format, backend=self.backend,
+        )
+        self._saved, self._saved_dask = None, x
+        return y
 
     __call__ = forward
 
@@ -398,8 +429,13 @@ class Conv2D:
         ``grad_weight`` and ``grad_bias`` (None without bias) on the layer.
         ``need_input_grad=False`` skips dL/dX and its cost (a first layer has
         no use for it); ``grad_input`` is then None.
+
+        After a forward of a Dask array both (and the stored gradients) are
+        lazy Dask arrays: compute them together, e.g. ``dask.compute(gw, gx)``.
         """
         need_input_grad = check_flag(need_input_grad, "need_input_grad")
+        if self._saved_dask is not None and self._weight is not None:
+            return self._backward_dask(grad_output, need_input_grad)
         if self._saved is None or self._weight is None:
             raise RuntimeError("backward() needs a forward() first: there is no saved input")
         x_used, geom_used, geom, in_hw, unbatched = self._saved
@@ -422,6 +458,19 @@ class Conv2D:
         if unbatched and grad_input is not None:
             grad_input = grad_input[0]
         return grads.weight, grad_input
+
+    def _backward_dask(self, grad_output: Any, need_input_grad: bool) -> tuple[Any, Any]:
+        """backward() after a forward() of a Dask array: lazy Dask gradients
+        (fastconv.dask.conv2d_backward; compute them together)."""
+        from . import dask as fastconv_dask
+
+        grads = fastconv_dask.conv2d_backward(
+            grad_output, self._saved_dask, self._weight, self.stride, self.padding, self.dilation, self.groups,
+            self._bias is not None, need_input_grad=need_input_grad, padding_mode=self.padding_mode,
+            data_format=self.data_format, backend=self.backend,
+        )
+        self.grad_weight, self.grad_bias = grads.weight, grads.bias
+        return grads.weight, grads.input
 
     def __repr__(self) -> str:
         parts = [

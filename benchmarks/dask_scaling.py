@@ -1,0 +1,113 @@
+"""fastconv.dask's throughput on 1 and 2 workers against the in-memory call on the same cores.
+
+Two workloads, each a 3x3 "same" convolution of float32 data:
+
+* a batch of images chunked along the batch axis;
+* one large image chunked along height and width.
+
+For each: the in-memory ``fastconv.conv2d`` on 1 and 2 OpenMP threads, and
+``fastconv.dask.conv2d`` on a LocalCluster of 1 and 2 single-threaded worker
+processes (the data made and kept on the workers, the result persisted there:
+no transfers to the client are timed). Reports the throughput, the speed-up
+of 2 workers over 1, the Dask path against the in-memory call on as many
+cores, and Dask's overhead per task: (Dask on 1 worker - in memory on 1
+thread) / tasks.
+
+    python benchmarks/dask_scaling.py                  # 256 MiB batch, 256 MiB image, chunks of 64 MiB
+    python benchmarks/dask_scaling.py --batch 16 --image 1024 --chunk-mb 16 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import dask.array as da
+import numpy as np
+from distributed import Client, LocalCluster, wait
+
+import fastconv
+import fastconv.dask
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def workloads(args: argparse.Namespace) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
+    """(name, shape, chunks) of the two workloads, chunks of about --chunk-mb."""
+    c, item = args.channels, 4
+    per_image = c * args.size * args.size * item
+    images_per_chunk = max(1, round(args.chunk_mb * 2**20 / per_image))
+    side = min(args.image, max(64, int(math.sqrt(args.chunk_mb * 2**20 / (c * item)))))
+    return [
+        (f"batch {args.batch}x{c}x{args.size}x{args.size}", (args.batch, c, args.size, args.size),
+         (images_per_chunk, c, args.size, args.size)),
+        (f"image 1x{c}x{args.image}x{args.image}", (1, c, args.image, args.image), (1, c, side, side)),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=64, help="images in the batch workload (default 64)")
+    parser.add_argument("--size", type=int, default=256, help="their height and width (default 256)")
+    parser.add_argument("--image", type=int, default=2048, help="height and width of the one large image (default 2048)")
+    parser.add_argument("--channels", type=int, default=16, help="input channels, and filters (default 16)")
+    parser.add_argument("--chunk-mb", type=float, default=64, help="chunk size in MiB (default 64)")
+    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (default 3)")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((args.channels, args.channels, 3, 3)).astype(np.float32)
+    results: dict[tuple[str, str], float] = {}
+    tasks: dict[str, int] = {}
+    cases = workloads(args)
+
+    for name, shape, chunks in cases:
+        x = rng.standard_normal(shape, dtype=np.float32)
+        for threads in (1, 2):
+            with fastconv.threads(threads):
+                fastconv.conv2d(x[:1, :, :64, :64], w, padding="same")  # warm up
+                results[(name, f"memory {threads}")] = best_of(args.repeats, lambda: fastconv.conv2d(x, w, padding="same"))
+
+    for workers in (1, 2):
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                          memory_limit=0) as cluster, Client(cluster) as client:
+            for name, shape, chunks in cases:
+                x = da.random.default_rng(0).standard_normal(shape, chunks=chunks, dtype=np.float32).persist()
+                wait(x)
+                y = fastconv.dask.conv2d(x, w, padding="same")
+                tasks[name] = len(dict(y.__dask_graph__())) - x.npartitions
+                runs = iter(range(10**6))
+
+                def run() -> None:
+                    # A new bias each run: new keys, so nothing computed before is reused.
+                    bias = np.full(w.shape[0], next(runs), np.float32)
+                    result = fastconv.dask.conv2d(x, w, bias, padding="same").persist()
+                    wait(result)
+                    client.cancel(result)
+
+                run()  # warm up: the weight sent, the workers' code loaded
+                results[(name, f"dask {workers}")] = best_of(args.repeats, run)
+
+    print(f"{'workload':<28} {'chunks':>22} {'tasks':>6}  {'in memory 1t':>12} {'2t':>7}  {'dask 1w':>8} {'2w':>7}"
+          f"  {'2w/1w':>6} {'dask/mem 1':>10} {'2':>6} {'overhead/task':>14}")
+    for name, shape, chunks in cases:
+        mb = np.prod(shape) * 4 / 2**20
+        t = {k: results[(name, k)] for k in ("memory 1", "memory 2", "dask 1", "dask 2")}
+        overhead = (t["dask 1"] - t["memory 1"]) / tasks[name]
+        print(f"{name:<28} {str(chunks):>22} {tasks[name]:>6}  "
+              f"{mb / t['memory 1']:>8.0f} MB/s {mb / t['memory 2']:>7.0f}  {mb / t['dask 1']:>8.0f} {mb / t['dask 2']:>7.0f}"
+              f"  {t['dask 1'] / t['dask 2']:>5.2f}x {t['dask 1'] / t['memory 1']:>10.2f} {t['dask 2'] / t['memory 2']:>6.2f}"
+              f" {overhead * 1e3:>11.1f} ms")
+    print("MB/s of input; 'dask/mem n': time on n workers over the in-memory time on n threads (1.00 = no overhead)")
+
+
+if __name__ == "__main__":
+    main()
