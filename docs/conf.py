@@ -70,7 +70,7 @@ plot_include_source = False
 plot_html_show_source_link = False
 plot_html_show_formats = False
 plot_formats = [("png", 110)]
-mathmpl_fontsize = 12.0
+mathmpl_fontsize = 15.0
 mathmpl_srcset = ["2x"]
 
 # -- the gallery: examples/ run at build time ------------------------------------
@@ -96,9 +96,14 @@ html_title = f"fastconv {release}"
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
+    "logo": {"text": "fastconv"},
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version", "theme-version"],
 }
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_favicon = "_static/fastconv-logo.svg"
+html_logo = "_static/fastconv-logo.svg"
+# The theme's colour mode on a first visit (empty, it logs a console error).
+html_context = {"default_mode": "auto"}
 copybutton_prompt_text = r">>> |\.\.\. |\$ "
 copybutton_prompt_is_regexp = True

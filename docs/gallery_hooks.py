@@ -37,7 +37,7 @@ def stage() -> str:
 def example_argv(gallery_conf: dict[str, Any], script_vars: dict[str, Any]) -> list[str]:
     """The command line an example runs with: train_digits.py saves its plot for saved_plot_scraper."""
     if Path(script_vars["src_file"]).name == "train_digits.py":
-        return ["--quiet", "--plot", str(DIGITS_PLOT)]
+        return ["--quiet", "--plot", DIGITS_PLOT.name]  # examples run in GALLERY_SRC
     return []
 
 
