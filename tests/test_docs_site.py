@@ -35,6 +35,7 @@ PAGES = [
     "reliability.html",
     "api.html",
     "changelog.html",
+    "development.html",
     "auto_examples/index.html",
     "auto_examples/train_digits.html",
     "generated/fastconv.Conv2D.html",
