@@ -83,7 +83,7 @@ import gallery_hooks  # noqa: E402
 sphinx_gallery_conf = {
     "examples_dirs": gallery_hooks.stage(),
     "gallery_dirs": "auto_examples",
-    "filename_pattern": r"train_digits\.py$",  # run these; others are shown, not run
+    "filename_pattern": r"(train_digits|padding_tour)\.py$",  # run these; others are shown, not run
     "ignore_pattern": r"typed_usage\.py$",  # a mypy fixture, not an example to read
     "reset_argv": "gallery_hooks.example_argv",
     "image_scrapers": ("matplotlib", "gallery_hooks.saved_plot_scraper"),

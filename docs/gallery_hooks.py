@@ -1,8 +1,10 @@
 """sphinx-gallery's hooks for fastconv's docs (named by string in conf.py, so
 that Sphinx can pickle its configuration).
 
-sphinx-gallery wants a header file beside the scripts it runs; examples/ holds
-only scripts, so the gallery runs over a copy of them in docs/_build/.
+The gallery shows the scripts of examples/ and the docs-only tours of
+docs/gallery/. sphinx-gallery wants a header file beside the scripts it runs,
+and examples/ holds only scripts, so it runs over a copy of both in
+docs/_build/.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def stage() -> str:
     shutil.rmtree(GALLERY_SRC, ignore_errors=True)
     GALLERY_SRC.mkdir(parents=True)
     (GALLERY_SRC / "GALLERY_HEADER.rst").write_text(HEADER)
-    for script in (DOCS.parent / "examples").glob("*.py"):
+    for script in [*(DOCS.parent / "examples").glob("*.py"), *(DOCS / "gallery").glob("*.py")]:
         shutil.copy(script, GALLERY_SRC)
     return str(GALLERY_SRC)
 

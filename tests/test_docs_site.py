@@ -38,6 +38,7 @@ PAGES = [
     "development.html",
     "auto_examples/index.html",
     "auto_examples/train_digits.html",
+    "auto_examples/padding_tour.html",
     "generated/fastconv.Conv2D.html",
     "generated/fastconv.conv2d_backward.html",
     "generated/fastconv.torch.Conv2d.html",
