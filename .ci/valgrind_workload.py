@@ -64,7 +64,9 @@ def main() -> int:
                 x = rng.standard_normal(shape).astype(dtype)
                 w = rng.standard_normal((k, c // groups, *kernel)).astype(dtype)
                 b = rng.standard_normal(k).astype(dtype)
-                y_shape = fastconv.conv2d(x, w, b, stride, padding, dilation, groups, data_format=fmt, backend="numpy").shape
+                y_shape = fastconv.conv2d(
+                    x, w, b, stride, padding, dilation, groups, data_format=fmt, backend="numpy"
+                ).shape
                 gy = rng.standard_normal(y_shape).astype(dtype)
                 args = (x, w, b, gy, stride, padding, dilation, groups, fmt)
                 got, want = run("cpp", *args), run("numpy", *args)

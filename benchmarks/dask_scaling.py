@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Iterator
 
 import dask.array as da
 import numpy as np
@@ -47,8 +48,11 @@ def workloads(args: argparse.Namespace) -> list[tuple[str, tuple[int, ...], tupl
     images_per_chunk = max(1, round(args.chunk_mb * 2**20 / per_image))
     side = min(args.image, max(64, int(math.sqrt(args.chunk_mb * 2**20 / (c * item)))))
     return [
-        (f"batch {args.batch}x{c}x{args.size}x{args.size}", (args.batch, c, args.size, args.size),
-         (images_per_chunk, c, args.size, args.size)),
+        (
+            f"batch {args.batch}x{c}x{args.size}x{args.size}",
+            (args.batch, c, args.size, args.size),
+            (images_per_chunk, c, args.size, args.size),
+        ),
         (f"image 1x{c}x{args.image}x{args.image}", (1, c, args.image, args.image), (1, c, side, side)),
     ]
 
@@ -57,7 +61,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=64, help="images in the batch workload (default 64)")
     parser.add_argument("--size", type=int, default=256, help="their height and width (default 256)")
-    parser.add_argument("--image", type=int, default=2048, help="height and width of the one large image (default 2048)")
+    parser.add_argument(
+        "--image", type=int, default=2048, help="height and width of the one large image (default 2048)"
+    )
     parser.add_argument("--channels", type=int, default=16, help="input channels, and filters (default 16)")
     parser.add_argument("--chunk-mb", type=float, default=64, help="chunk size in MiB (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (default 3)")
@@ -69,16 +75,22 @@ def main() -> None:
     tasks: dict[str, int] = {}
     cases = workloads(args)
 
-    for name, shape, chunks in cases:
+    for name, shape, _chunks in cases:
         x = rng.standard_normal(shape, dtype=np.float32)
         for threads in (1, 2):
             with fastconv.threads(threads):
                 fastconv.conv2d(x[:1, :, :64, :64], w, padding="same")  # warm up
-                results[(name, f"memory {threads}")] = best_of(args.repeats, lambda: fastconv.conv2d(x, w, padding="same"))
+                results[(name, f"memory {threads}")] = best_of(
+                    args.repeats, lambda x=x: fastconv.conv2d(x, w, padding="same")
+                )
 
     for workers in (1, 2):
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                          memory_limit=0) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit=0
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             for name, shape, chunks in cases:
                 x = da.random.default_rng(0).standard_normal(shape, chunks=chunks, dtype=np.float32).persist()
                 wait(x)
@@ -86,7 +98,7 @@ def main() -> None:
                 tasks[name] = len(dict(y.__dask_graph__())) - x.npartitions
                 runs = iter(range(10**6))
 
-                def run() -> None:
+                def run(x: da.Array = x, runs: Iterator[int] = runs) -> None:
                     # A new bias each run: new keys, so nothing computed before is reused.
                     bias = np.full(w.shape[0], next(runs), np.float32)
                     result = fastconv.dask.conv2d(x, w, bias, padding="same").persist()
@@ -96,16 +108,20 @@ def main() -> None:
                 run()  # warm up: the weight sent, the workers' code loaded
                 results[(name, f"dask {workers}")] = best_of(args.repeats, run)
 
-    print(f"{'workload':<28} {'chunks':>22} {'tasks':>6}  {'in memory 1t':>12} {'2t':>7}  {'dask 1w':>8} {'2w':>7}"
-          f"  {'2w/1w':>6} {'dask/mem 1':>10} {'2':>6} {'overhead/task':>14}")
+    print(
+        f"{'workload':<28} {'chunks':>22} {'tasks':>6}  {'in memory 1t':>12} {'2t':>7}  {'dask 1w':>8} {'2w':>7}"
+        f"  {'2w/1w':>6} {'dask/mem 1':>10} {'2':>6} {'overhead/task':>14}"
+    )
     for name, shape, chunks in cases:
         mb = np.prod(shape) * 4 / 2**20
         t = {k: results[(name, k)] for k in ("memory 1", "memory 2", "dask 1", "dask 2")}
         overhead = (t["dask 1"] - t["memory 1"]) / tasks[name]
-        print(f"{name:<28} {str(chunks):>22} {tasks[name]:>6}  "
-              f"{mb / t['memory 1']:>8.0f} MB/s {mb / t['memory 2']:>7.0f}  {mb / t['dask 1']:>8.0f} {mb / t['dask 2']:>7.0f}"
-              f"  {t['dask 1'] / t['dask 2']:>5.2f}x {t['dask 1'] / t['memory 1']:>10.2f} {t['dask 2'] / t['memory 2']:>6.2f}"
-              f" {overhead * 1e3:>11.1f} ms")
+        print(
+            f"{name:<28} {str(chunks):>22} {tasks[name]:>6}  "
+            f"{mb / t['memory 1']:>8.0f} MB/s {mb / t['memory 2']:>7.0f}  {mb / t['dask 1']:>8.0f} {mb / t['dask 2']:>7.0f}"
+            f"  {t['dask 1'] / t['dask 2']:>5.2f}x {t['dask 1'] / t['memory 1']:>10.2f} {t['dask 2'] / t['memory 2']:>6.2f}"
+            f" {overhead * 1e3:>11.1f} ms"
+        )
     print("MB/s of input; 'dask/mem n': time on n workers over the in-memory time on n threads (1.00 = no overhead)")
 
 

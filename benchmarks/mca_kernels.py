@@ -35,8 +35,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
 
 Args = dict[str, int]
 
@@ -59,36 +59,70 @@ class Kernel:
 _NS = r"fastconv::{isa}::"
 KERNELS: list[Kernel] = [
     # 2 filter vectors x the most pixels: 12 with AVX-512, 6 with AVX2; stride 1 (built in).
-    Kernel("direct_fwd", "direct_forward_impl.h", _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
-           hot=lambda a: (a["np"],), where=lambda a: a["nk"] == 2 and a["sw"] == 1),
+    Kernel(
+        "direct_fwd",
+        "direct_forward_impl.h",
+        _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
+        hot=lambda a: (a["np"],),
+        where=lambda a: a["nk"] == 2 and a["sw"] == 1,
+    ),
     # 3 filter vectors x the most pixels (narrow rows): 8 with AVX-512, 4 with AVX2.
-    Kernel("direct_fwd3", "direct_forward_impl.h", _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
-           hot=lambda a: (a["np"],), where=lambda a: a["nk"] == 3 and a["sw"] == 1),
+    Kernel(
+        "direct_fwd3",
+        "direct_forward_impl.h",
+        _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
+        hot=lambda a: (a["np"],),
+        where=lambda a: a["nk"] == 3 and a["sw"] == 1,
+    ),
     # The GEMM micro-kernel: MR filters x NV pixel vectors, the full tile.
-    Kernel("gemm", "implicit_gemm.h", _NS + r"row_micro<{T}, (?P<mr>\d+), (?P<nv>\d+)>\(",
-           hot=lambda a: (a["mr"] * a["nv"], a["mr"])),
+    Kernel(
+        "gemm",
+        "implicit_gemm.h",
+        _NS + r"row_micro<{T}, (?P<mr>\d+), (?P<nv>\d+)>\(",
+        hot=lambda a: (a["mr"] * a["nv"], a["mr"]),
+    ),
     # dL/dF: NJ taps x NK filter vectors.
-    Kernel("bw_weights", "direct_backward_weights_impl.h",
-           _NS + r"direct_bw_micro<{T}, (?P<nj>\d+), (?P<nk>\d+)>\(", hot=lambda a: (a["nj"] * a["nk"], a["nk"])),
+    Kernel(
+        "bw_weights",
+        "direct_backward_weights_impl.h",
+        _NS + r"direct_bw_micro<{T}, (?P<nj>\d+), (?P<nk>\d+)>\(",
+        hot=lambda a: (a["nj"] * a["nk"], a["nk"]),
+    ),
     # Row direct kernel for few filters: MR filters x NR rows x NV vectors.
-    Kernel("rows", "row_direct_impl.h", _NS + r"rows_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+)>\(",
-           hot=lambda a: (a["mr"] * a["nr"] * a["nv"], a["mr"])),
+    Kernel(
+        "rows",
+        "row_direct_impl.h",
+        _NS + r"rows_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+)>\(",
+        hot=lambda a: (a["mr"] * a["nr"] * a["nv"], a["mr"]),
+    ),
     # Shared-rows kernel of a 3x3 layer with 2-3 filters (row direct).
-    Kernel("rows_shared", "implicit_gemm.h (row_direct_impl.h)",
-           _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\(",
-           hot=lambda a: (a["mr"] * a["nr"] * a["nv"], a["mr"], a["nv"]), where=lambda a: a["r"] == 3 and a["mr"] > 1),
+    Kernel(
+        "rows_shared",
+        "implicit_gemm.h (row_direct_impl.h)",
+        _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\(",
+        hot=lambda a: (a["mr"] * a["nr"] * a["nv"], a["mr"], a["nv"]),
+        where=lambda a: a["r"] == 3 and a["mr"] > 1,
+    ),
     # The same kernel with one filter: a depthwise 3x3 plane (depthwise_impl.h) or one filter.
-    Kernel("dw_fwd_shared", "implicit_gemm.h (depthwise_impl.h)",
-           _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\(",
-           hot=lambda a: (a["nr"] * a["nv"],), where=lambda a: a["r"] == 3 and a["mr"] == 1),
+    Kernel(
+        "dw_fwd_shared",
+        "implicit_gemm.h (depthwise_impl.h)",
+        _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\(",
+        hot=lambda a: (a["nr"] * a["nv"],),
+        where=lambda a: a["r"] == 3 and a["mr"] == 1,
+    ),
     # Depthwise forward rows that the shared kernel does not take: inline in plane_forward.
     Kernel("dw_fwd", "depthwise_impl.h", _NS + r"plane_forward<{T}>\("),
     # Depthwise dL/dx: a loop GCC vectorises (a row scattered back, weight times grad_y), not register-blocked.
     Kernel("dw_bwd_data", "depthwise_impl.h", _NS + r"plane_backward_data<{T}>\("),
     # Depthwise dL/dF: NT taps at once, and the shared-rows 3x3 version.
     Kernel("dw_dots", "depthwise_impl.h", _NS + r"plane_dots<{T}, (?P<nt>\d+)>\(", hot=lambda a: (a["nt"],)),
-    Kernel("dw_dots_shared", "depthwise_impl.h",
-           _NS + r"plane_dots_shared<{T}, (?P<r>\d+), (?P<s>\d+), (?P<rg>\d+)>\(", hot=lambda a: (a["r"] * a["s"],)),
+    Kernel(
+        "dw_dots_shared",
+        "depthwise_impl.h",
+        _NS + r"plane_dots_shared<{T}, (?P<r>\d+), (?P<s>\d+), (?P<rg>\d+)>\(",
+        hot=lambda a: (a["r"] * a["s"],),
+    ),
 ]
 ISAS = ("avx2", "avx512")
 DTYPES = ("float", "double")
@@ -109,7 +143,7 @@ class Insn:
     addr: int
     op: str  # the mnemonic, prefixes such as notrack left out
     text: str  # the instruction as llvm-mc reads it, comments and symbol annotations dropped
-    target: Optional[int] = None  # a direct branch's or call's target address
+    target: int | None = None  # a direct branch's or call's target address
 
     @property
     def is_branch(self) -> bool:
@@ -131,7 +165,7 @@ _PREFIXES = {"notrack", "bnd", "rep", "repz", "repe", "repne", "repnz", "lock", 
 _TARGET_RE = re.compile(r"^(?:0x)?([0-9a-f]+)\b")
 
 
-def parse_insn(addr: int, body: str) -> Optional[Insn]:
+def parse_insn(addr: int, body: str) -> Insn | None:
     """One instruction from an objdump line's text after the address; None for a bytes-only line."""
     body = _RAW_BYTES_RE.sub("", body.replace("\t", " ")).strip()
     body = re.sub(r"\s*#.*$", "", body)  # llvm-objdump's "# 0x1234 <sym>" after RIP-relative operands
@@ -156,7 +190,7 @@ def parse_insn(addr: int, body: str) -> Optional[Insn]:
 def parse_objdump(text: str) -> dict[str, list[Insn]]:
     """Function name (as in the header line) -> its instructions, from objdump -d output."""
     funcs: dict[str, list[Insn]] = {}
-    current: Optional[list[Insn]] = None
+    current: list[Insn] | None = None
     for line in text.splitlines():
         h = _HEADER_RE.match(line)
         if h:
@@ -175,7 +209,7 @@ def parse_objdump(text: str) -> dict[str, list[Insn]]:
 _FMA_RE = re.compile(r"^vf(?:n)?m(?:add|sub|addsub|subadd)(?:132|213|231)([ps])([sdh])$")
 
 
-def fma_form(insn: Insn) -> Optional[str]:
+def fma_form(insn: Insn) -> str | None:
     """'ps512', 'pd256', ... for a packed FMA; 'ss' / 'sd' for a scalar one; None otherwise."""
     m = _FMA_RE.match(insn.op)
     if not m:
@@ -269,21 +303,27 @@ def find_loops(insns: Sequence[Insn]) -> list[Loop]:
     return loops
 
 
-def _heaviest_path(h: int, body: set[int], latches: set[int], succ: dict[int, list[int]],
-                   spans: list[tuple[int, int]], insns: Sequence[Insn]) -> list[int]:
+def _heaviest_path(
+    h: int,
+    body: set[int],
+    latches: set[int],
+    succ: dict[int, list[int]],
+    spans: list[tuple[int, int]],
+    insns: Sequence[Insn],
+) -> list[int]:
     """Blocks from header h to a latch with the most vector FMAs, then the most instructions
     (conditional work such as a prefetch counted in: the conservative choice)."""
     best: dict[int, tuple[tuple[int, int], list[int]]] = {}
 
     def weight(b: int) -> tuple[int, int]:
-        block = insns[spans[b][0]:spans[b][1]]
+        block = insns[spans[b][0] : spans[b][1]]
         return vector_fmas(count_fmas(block)), len(block)
 
     def visit(b: int, seen: frozenset[int]) -> tuple[tuple[int, int], list[int]]:
         if b in best:
             return best[b]
         w = weight(b)
-        choice: Optional[tuple[tuple[int, int], list[int]]] = (w, [b]) if b in latches else None
+        choice: tuple[tuple[int, int], list[int]] | None = (w, [b]) if b in latches else None
         seen = seen | {b}  # an inner loop's back edge is not followed: its body counts once
         for v in succ[b]:
             if v in body and v != h and v not in seen:  # an edge back to the header ends the iteration
@@ -297,7 +337,7 @@ def _heaviest_path(h: int, body: set[int], latches: set[int], succ: dict[int, li
     return visit(h, frozenset())[1]
 
 
-def hot_loop(insns: Sequence[Insn]) -> tuple[Optional[Loop], list[Loop]]:
+def hot_loop(insns: Sequence[Insn]) -> tuple[Loop | None, list[Loop]]:
     """The innermost loop with the most vector FMAs (ties: the fewest instructions, the lean
     common case such as the loop without edge-pixel handling), and all loops with FMAs."""
     loops = [lp for lp in find_loops(insns) if lp.vector_fmas > 0]
@@ -341,20 +381,24 @@ def _version(exe: str) -> tuple[int, ...]:
     return tuple(int(x) for x in m.groups()) if m else ()
 
 
-def find_tools(mca_override: Optional[str] = None) -> Optional[Tools]:
+def find_tools(mca_override: str | None = None) -> Tools | None:
     """The newest llvm-mca on PATH or under /usr/lib/llvm-*, with the objdump and nm beside it."""
     if mca_override:
         candidates = [mca_override]
     else:
-        names = {p.name for d in os.environ.get("PATH", "").split(os.pathsep) if d and os.path.isdir(d)
-                 for p in Path(d).glob("llvm-mca*")}
+        names = {
+            p.name
+            for d in os.environ.get("PATH", "").split(os.pathsep)
+            if d and os.path.isdir(d)
+            for p in Path(d).glob("llvm-mca*")
+        }
         candidates = [c for c in (shutil.which(n) for n in sorted(names)) if c]
         candidates += [str(p) for p in Path("/usr/lib").glob("llvm-*/bin/llvm-mca")]
     versioned = [(v, c) for c in candidates if (v := _version(c))]
     if not versioned:
         return None
     version, mca = max(versioned)
-    suffix = Path(mca).name[len("llvm-mca"):]
+    suffix = Path(mca).name[len("llvm-mca") :]
     folder = Path(mca).parent
 
     def beside(tool: str, fallback: str) -> str:
@@ -374,7 +418,7 @@ def available_cpus(tools: Tools) -> set[str]:
     return set(re.findall(r"^\s+([a-z0-9-]+)\s+- Select", out.stdout + out.stderr, re.M))
 
 
-def pick_intel_model(tools: Tools, cpus: set[str], cal: dict[tuple[str, str], "Calibration"]) -> Optional[str]:
+def pick_intel_model(tools: Tools, cpus: set[str], cal: dict[tuple[str, str], Calibration]) -> str | None:
     """The newest Intel model with the most 512-bit FMA throughput, skipping a name that is only
     an alias of a later model (the same FMA ports)."""
     found = [(c, calibrate(tools, c, "ps512", cal)) for c in INTEL_MODELS if c in cpus]
@@ -382,13 +426,13 @@ def pick_intel_model(tools: Tools, cpus: set[str], cal: dict[tuple[str, str], "C
         return None
     fastest = min(k.cycles_per_fma for _, k in found)
     for i, (cpu, k) in enumerate(found):
-        alias = any(k.ports == later.ports for _, later in found[i + 1:])
+        alias = any(k.ports == later.ports for _, later in found[i + 1 :])
         if k.cycles_per_fma <= fastest * 1.01 and not alias:
             return cpu
     return found[-1][0]
 
 
-def default_models(tools: Tools, cal: dict[tuple[str, str], "Calibration"]) -> list[str]:
+def default_models(tools: Tools, cal: dict[tuple[str, str], Calibration]) -> list[str]:
     cpus = available_cpus(tools)
     intel = pick_intel_model(tools, cpus, cal)
     return ([intel] if intel else []) + [c for c in ZEN_MODELS if c in cpus]
@@ -451,7 +495,7 @@ def link_command(build_dir: Path, target: str, out: Path) -> str:
     return command.replace("\0", "$")
 
 
-def find_build_copy(so: Path, extra: Sequence[Path]) -> Optional[Path]:
+def find_build_copy(so: Path, extra: Sequence[Path]) -> Path | None:
     """The build's own copy of `so`, byte-identical, in the build directory that made it."""
     digest = sha256(so)
     repo = Path(__file__).resolve().parents[1]
@@ -469,8 +513,10 @@ def unstripped_copy(tools: Tools, so: Path, build_dirs: Sequence[Path], log: Cal
         return so, "has its own symbol table"
     built = find_build_copy(so, build_dirs)
     if built is None:
-        raise RuntimeError(f"{so} is stripped and no build directory (build/*/ of this checkout, or --build-dir) "
-                           "holds the same file: rebuild with `pip install .` here, or pass an unstripped --so")
+        raise RuntimeError(
+            f"{so} is stripped and no build directory (build/*/ of this checkout, or --build-dir) "
+            "holds the same file: rebuild with `pip install .` here, or pass an unstripped --so"
+        )
     digest, build = sha256(so), built.parent
     cached = build / "mca" / f"{digest[:16]}-{built.name}"
     if not cached.exists():
@@ -485,15 +531,27 @@ def unstripped_copy(tools: Tools, so: Path, build_dirs: Sequence[Path], log: Cal
         stripped.unlink()
         if not same:
             tmp.unlink()
-            raise RuntimeError(f"the relinked copy of {built.name}, stripped, differs from {so}: "
-                               "its figures would not describe the installed code")
+            raise RuntimeError(
+                f"the relinked copy of {built.name}, stripped, differs from {so}: "
+                "its figures would not describe the installed code"
+            )
         tmp.rename(cached)
     return cached, f"relinked from {build}, identical to it once stripped"
 
 
 def disassemble(tools: Tools, so: Path, sym: Symbol) -> list[Insn]:
-    out = subprocess.run([tools.objdump, "-d", "--no-show-raw-insn", f"--start-address={sym.addr:#x}",
-                          f"--stop-address={sym.addr + sym.size:#x}", str(so)], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            tools.objdump,
+            "-d",
+            "--no-show-raw-insn",
+            f"--start-address={sym.addr:#x}",
+            f"--stop-address={sym.addr + sym.size:#x}",
+            str(so),
+        ],
+        capture_output=True,
+        text=True,
+    )
     return [insn for body in parse_objdump(out.stdout).values() for insn in body]
 
 
@@ -514,9 +572,21 @@ def run_mca(tools: Tools, cpu: str, asm: str) -> McaResult:
     with tempfile.NamedTemporaryFile("w", suffix=".s", delete=False) as f:
         f.write(asm)
     try:
-        out = subprocess.run([tools.mca, f"-mtriple={TRIPLE}", f"-mcpu={cpu}", f"-iterations={ITERATIONS}",
-                              "-resource-pressure", "-bottleneck-analysis", "-instruction-info=false", f.name],
-                             capture_output=True, text=True, timeout=300)
+        out = subprocess.run(
+            [
+                tools.mca,
+                f"-mtriple={TRIPLE}",
+                f"-mcpu={cpu}",
+                f"-iterations={ITERATIONS}",
+                "-resource-pressure",
+                "-bottleneck-analysis",
+                "-instruction-info=false",
+                f.name,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         os.unlink(f.name)
     if out.returncode != 0:
@@ -556,9 +626,14 @@ def parse_mca(text: str) -> McaResult:
             bottlenecks.append((name.strip(), float(pct)))
     bp = re.search(r"Cycles with backend pressure increase \[\s*([\d.]+)%", text)
     iterations = number("Iterations")
-    return McaResult(number("Total Cycles") / iterations, number("Block RThroughput"),
-                     number("Total uOps") / iterations / number("Dispatch Width"), pressure, bottlenecks,
-                     float(bp.group(1)) if bp else 0.0)
+    return McaResult(
+        number("Total Cycles") / iterations,
+        number("Block RThroughput"),
+        number("Total uOps") / iterations / number("Dispatch Width"),
+        pressure,
+        bottlenecks,
+        float(bp.group(1)) if bp else 0.0,
+    )
 
 
 @dataclasses.dataclass
@@ -598,10 +673,10 @@ class Row:
     fmas: int = 0
     fma_forms: dict[str, int] = dataclasses.field(default_factory=dict)
     instructions: int = 0
-    cycles: Optional[float] = None  # predicted cycles per iteration
-    fma_bound: Optional[float] = None
-    fma_pct: Optional[float] = None
-    block_rthroughput: Optional[float] = None
+    cycles: float | None = None  # predicted cycles per iteration
+    fma_bound: float | None = None
+    fma_pct: float | None = None
+    block_rthroughput: float | None = None
     fma_ports: dict[str, float] = dataclasses.field(default_factory=dict)  # pressure per iteration
     top_other: str = ""  # llvm-mca's bottleneck analysis, FMA ports left out
     busiest_other: str = ""  # the other resource (or dispatch) nearest its limit
@@ -638,8 +713,17 @@ def short_name(name: str) -> str:
     return base + lam + (f" [{clone.group(1)}]" if clone else "")
 
 
-def model_kernel(tools: Tools, so: Path, syms: Sequence[Symbol], kernel: Kernel, isa: str, dtype: str,
-                 models: Sequence[str], threshold: float, cal: dict[tuple[str, str], Calibration]) -> list[Row]:
+def model_kernel(
+    tools: Tools,
+    so: Path,
+    syms: Sequence[Symbol],
+    kernel: Kernel,
+    isa: str,
+    dtype: str,
+    models: Sequence[str],
+    threshold: float,
+    cal: dict[tuple[str, str], Calibration],
+) -> list[Row]:
     candidates = select_function(kernel, isa, dtype, syms)
     if not candidates:
         return [Row(kernel.name, isa, dtype, note="not found (renamed, or inlined into its caller)")]
@@ -653,12 +737,27 @@ def model_kernel(tools: Tools, so: Path, syms: Sequence[Symbol], kernel: Kernel,
     loop, loops, sym = max(found, key=lambda t: (t[0].vector_fmas, -len(t[0].path)))
     asm = mca_asm(loop.path)
     stack = sum(1 for insn in loop.path if "(%rsp)" in insn.text)  # spilled registers: -O3 keeps no frame pointer
-    others = [f"{lp.header_addr:#x}: {lp.vector_fmas} FMAs / {len(lp.path)} insns{'' if lp.innermost else ' (outer)'}"
-              for lp in loops if lp is not loop]
+    others = [
+        f"{lp.header_addr:#x}: {lp.vector_fmas} FMAs / {len(lp.path)} insns{'' if lp.innermost else ' (outer)'}"
+        for lp in loops
+        if lp is not loop
+    ]
     rows = []
     for cpu in models:
-        row = Row(kernel.name, isa, dtype, short_name(sym.name), f"{loop.header_addr:#x}-{loop.latch_addr:#x}", cpu,
-                  loop.vector_fmas, dict(loop.fmas), len(loop.path), stack_accesses=stack, other_loops=others, asm=asm)
+        row = Row(
+            kernel.name,
+            isa,
+            dtype,
+            short_name(sym.name),
+            f"{loop.header_addr:#x}-{loop.latch_addr:#x}",
+            cpu,
+            loop.vector_fmas,
+            dict(loop.fmas),
+            len(loop.path),
+            stack_accesses=stack,
+            other_loops=others,
+            asm=asm,
+        )
         try:
             res = run_mca(tools, cpu, asm)
             cals = {f: calibrate(tools, cpu, f, cal) for f in loop.fmas if f.startswith("p")}
@@ -692,24 +791,69 @@ def model_kernel(tools: Tools, so: Path, syms: Sequence[Symbol], kernel: Kernel,
 
 
 def format_table(rows: Sequence[Row], threshold: float) -> str:
-    head = ["kernel", "isa", "T", "instance", "model", "FMAs", "cyc/it", "FMA-bound", "FMA %", "FMA ports (use)",
-            "busiest other", "llvm-mca bottleneck", "spills"]
+    head = [
+        "kernel",
+        "isa",
+        "T",
+        "instance",
+        "model",
+        "FMAs",
+        "cyc/it",
+        "FMA-bound",
+        "FMA %",
+        "FMA ports (use)",
+        "busiest other",
+        "llvm-mca bottleneck",
+        "spills",
+    ]
     body = []
     for r in rows:
         if r.cycles is None:
-            body.append([r.kernel, r.isa, r.dtype, r.function.split("::")[-1], r.model, str(r.fmas or ""), "", "", "",
-                         "", r.note, "", ""])
+            body.append(
+                [
+                    r.kernel,
+                    r.isa,
+                    r.dtype,
+                    r.function.split("::")[-1],
+                    r.model,
+                    str(r.fmas or ""),
+                    "",
+                    "",
+                    "",
+                    "",
+                    r.note,
+                    "",
+                    "",
+                ]
+            )
             continue
         assert r.fma_pct is not None and r.fma_bound is not None
         use = " ".join(f"{p}:{v / r.cycles:.0%}" for p, v in r.fma_ports.items())
         pct = f"{r.fma_pct:.1f}" + (" <" if r.below_threshold else "")
-        body.append([r.kernel, r.isa, r.dtype, r.function.split("::")[-1], r.model, str(r.fmas), f"{r.cycles:.2f}",
-                     f"{r.fma_bound:.2f}", pct, use, r.busiest_other, r.top_other, str(r.stack_accesses or "")])
+        body.append(
+            [
+                r.kernel,
+                r.isa,
+                r.dtype,
+                r.function.split("::")[-1],
+                r.model,
+                str(r.fmas),
+                f"{r.cycles:.2f}",
+                f"{r.fma_bound:.2f}",
+                pct,
+                use,
+                r.busiest_other,
+                r.top_other,
+                str(r.stack_accesses or ""),
+            ]
+        )
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(x, widths)) + " |" for x in [head, *body]]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines) + (f"\n\n'<': below {threshold:g} % of the model's FMA throughput. Use: per cycle. "
-                                "*: an FMA port that other instructions share. spills: stack operands in the loop.")
+    return "\n".join(lines) + (
+        f"\n\n'<': below {threshold:g} % of the model's FMA throughput. Use: per cycle. "
+        "*: an FMA port that other instructions share. spills: stack operands in the loop."
+    )
 
 
 def format_compact(rows: Sequence[Row], models: Sequence[str], threshold: float) -> str:
@@ -720,31 +864,49 @@ def format_compact(rows: Sequence[Row], models: Sequence[str], threshold: float)
     for r in rows:
         key = (r.kernel, r.isa, r.dtype)
         if key not in index:
-            index[key] = [r.kernel, r.isa, r.dtype, r.function.split("::")[-1], str(r.fmas or ""),
-                          str(r.stack_accesses or "")] + [""] * len(models)
+            index[key] = [
+                r.kernel,
+                r.isa,
+                r.dtype,
+                r.function.split("::")[-1],
+                str(r.fmas or ""),
+                str(r.stack_accesses or ""),
+            ] + [""] * len(models)
             body.append(index[key])
         if r.model in models:
-            cell = (f"{r.fma_pct:.1f}{' <' if r.below_threshold else ''} ({r.cycles:.1f}; {r.limit})"
-                    if r.cycles is not None and r.fma_pct is not None else r.note)
+            cell = (
+                f"{r.fma_pct:.1f}{' <' if r.below_threshold else ''} ({r.cycles:.1f}; {r.limit})"
+                if r.cycles is not None and r.fma_pct is not None
+                else r.note
+            )
             index[key][6 + list(models).index(r.model)] = cell
         elif r.note:
             index[key][6:] = [r.note] * len(models)
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(x, widths)) + " |" for x in [head, *body]]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines) + (f"\n\nPer model: FMA throughput % (predicted cycles per iteration; busiest other "
-                                f"resource, % of its cycles, *: an FMA port that other instructions share; or, where no unit is 90 % busy, the\n"
-                                f"share of cycles llvm-mca blames on register or memory dependencies); '<' below {threshold:g} %.")
+    return "\n".join(lines) + (
+        f"\n\nPer model: FMA throughput % (predicted cycles per iteration; busiest other "
+        f"resource, % of its cycles, *: an FMA port that other instructions share; or, where no unit is 90 % busy, the\n"
+        f"share of cycles llvm-mca blames on register or memory dependencies); '<' below {threshold:g} %."
+    )
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--so", type=Path, help="the extension to read (default: fastconv._core of this interpreter)")
-    ap.add_argument("--build-dir", type=Path, action="append", default=[],
-                    help="a build directory whose LTO objects made the (stripped) extension; default: build/*/ here")
+    ap.add_argument(
+        "--build-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="a build directory whose LTO objects made the (stripped) extension; default: build/*/ here",
+    )
     ap.add_argument("--llvm-mca", help="the llvm-mca to use (default: the newest found)")
     ap.add_argument("--models", help="comma-separated -mcpu values (default: an Intel AVX-512 model, znver4, znver3)")
-    ap.add_argument("--kernels", help="comma-separated kernel names (default: all): " + ",".join(k.name for k in KERNELS))
+    ap.add_argument(
+        "--kernels", help="comma-separated kernel names (default: all): " + ",".join(k.name for k in KERNELS)
+    )
     ap.add_argument("--isa", default=",".join(ISAS), help="avx2, avx512 or both (default)")
     ap.add_argument("--dtype", default=",".join(DTYPES), help="float, double or both (default)")
     ap.add_argument("--threshold", type=float, default=90.0, help="mark kernels below this FMA throughput %%")
@@ -754,7 +916,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
 
     def log(msg: str) -> None:
@@ -793,17 +955,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"llvm-mca {version}; {ITERATIONS} iterations; input {so}")
     intel = {c: k.cycles_per_fma for (c, f), k in cal.items() if f == "ps512" and c in INTEL_MODELS}
     if not args.models and intel:
-        print("  Intel model: the newest with two 512-bit FMA ports; cycles per 512-bit FMA: "
-              + ", ".join(f"{c} {v:.2f}" for c, v in intel.items()))
+        print(
+            "  Intel model: the newest with two 512-bit FMA ports; cycles per 512-bit FMA: "
+            + ", ".join(f"{c} {v:.2f}" for c, v in intel.items())
+        )
     for cpu, forms in model_info.items():
         per = "; ".join(f"{f} {v.cycles_per_fma:.2f} on {'+'.join(v.ports)}" for f, v in forms.items())
         print(f"  {cpu}: cycles per FMA (calibrated): {per}")
     print(format_compact(rows, models, args.threshold) if args.compact else format_table(rows, args.threshold))
     if args.json:
-        args.json.write_text(json.dumps({
-            "so": str(so), "provenance": provenance, "llvm_mca": tools.mca, "llvm_version": version,
-            "models": {cpu: {f: dataclasses.asdict(v) for f, v in forms.items()} for cpu, forms in model_info.items()}, "iterations": ITERATIONS, "threshold": args.threshold,
-            "rows": [dataclasses.asdict(r) for r in rows]}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "so": str(so),
+                    "provenance": provenance,
+                    "llvm_mca": tools.mca,
+                    "llvm_version": version,
+                    "models": {
+                        cpu: {f: dataclasses.asdict(v) for f, v in forms.items()} for cpu, forms in model_info.items()
+                    },
+                    "iterations": ITERATIONS,
+                    "threshold": args.threshold,
+                    "rows": [dataclasses.asdict(r) for r in rows],
+                },
+                indent=1,
+            )
+        )
     return 0 if any(r.cycles is not None for r in rows) else 1
 
 

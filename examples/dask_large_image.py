@@ -87,9 +87,9 @@ def check_tiles(x: da.Array, y: da.Array, bank: np.ndarray, tiles: int, tile: in
             first, end = o0 * 2 - before, (o1 - 1) * 2 - before + 5  # the windows of outputs o0..o1-1
             lo, hi = max(first, 0), min(end, size)
             out.extend([o0, o1, lo, hi, lo - first, end - hi])
-        window = np.asarray(x[n:n + 1, :, rows[2]:rows[3], cols[2]:cols[3]])
+        window = np.asarray(x[n : n + 1, :, rows[2] : rows[3], cols[2] : cols[3]])
         expected = fastconv.conv2d(window, bank, stride=2, padding=(rows[4], rows[5], cols[4], cols[5]))
-        got = np.asarray(y[n:n + 1, :, rows[0]:rows[1], cols[0]:cols[1]])
+        got = np.asarray(y[n : n + 1, :, rows[0] : rows[1], cols[0] : cols[1]])
         scale = max(float(np.abs(expected).max()), 1e-30)
         worst = max(worst, float(np.abs(got - expected).max()) / scale)
     return worst
@@ -110,17 +110,26 @@ def main(argv: list[str] | None = None) -> int:
     shape = (args.images, 1, args.size, args.size)
     nbytes = int(np.prod(shape)) * 4
     limit = parse_bytes(args.worker_memory)
-    print(f"input: {shape} float32, {format_bytes(nbytes)} in chunks of "
-          f"{format_bytes(args.chunk**2 * 4)}; {args.workers} workers of {format_bytes(limit)} "
-          f"({nbytes / (limit * args.workers):.1f}x their memory together)")
+    print(
+        f"input: {shape} float32, {format_bytes(nbytes)} in chunks of "
+        f"{format_bytes(args.chunk**2 * 4)}; {args.workers} workers of {format_bytes(limit)} "
+        f"({nbytes / (limit * args.workers):.1f}x their memory together)"
+    )
     root = args.store or tempfile.mkdtemp(prefix="fastconv-dask-")
     inputs, outputs = os.path.join(root, "input.zarr"), os.path.join(root, "filtered.zarr")
     bank = filter_bank()
     try:
-        with LocalCluster(
-            n_workers=args.workers, threads_per_worker=1, memory_limit=limit, processes=True,
-            dashboard_address=None, env={"OMP_NUM_THREADS": str(args.threads)},
-        ) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=args.workers,
+                threads_per_worker=1,
+                memory_limit=limit,
+                processes=True,
+                dashboard_address=None,
+                env={"OMP_NUM_THREADS": str(args.threads)},
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             print("1. writing the synthetic stack to", inputs)
             stack = da.empty(shape, chunks=(1, 1, args.chunk, args.chunk), dtype=np.float32)
             stack = stack.map_blocks(synthetic_chunk, dtype=np.float32, meta=np.empty((0, 0, 0, 0), np.float32))
@@ -138,13 +147,17 @@ def main(argv: list[str] | None = None) -> int:
             progress(job)
             job.result()
             elapsed = time.perf_counter() - start
-            print(f"\n   {elapsed:.1f} s: {nbytes / elapsed / 2**20:.0f} MiB/s of input, "
-                  f"{np.prod(shape) / elapsed / 1e6:.0f} Mpixel/s, output {y.shape} {format_bytes(y.nbytes)}")
+            print(
+                f"\n   {elapsed:.1f} s: {nbytes / elapsed / 2**20:.0f} MiB/s of input, "
+                f"{np.prod(shape) / elapsed / 1e6:.0f} Mpixel/s, output {y.shape} {format_bytes(y.nbytes)}"
+            )
 
             peaks = client.run(peak_rss)
             for address, peak in sorted(peaks.items()):
-                print(f"   peak memory of worker {address}: {format_bytes(peak)} "
-                      f"({100 * peak / limit:.0f}% of its limit; the stack is {nbytes / peak:.1f}x that)")
+                print(
+                    f"   peak memory of worker {address}: {format_bytes(peak)} "
+                    f"({100 * peak / limit:.0f}% of its limit; the stack is {nbytes / peak:.1f}x that)"
+                )
 
             print(f"3. {args.tiles} random tiles against fastconv.conv2d in memory")
             worst = check_tiles(x, da.from_zarr(outputs), bank, args.tiles, tile=min(256, args.size // 2))

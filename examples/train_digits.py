@@ -1,4 +1,5 @@
 """Train a small CNN on scikit-learn's 8x8 digits, every gradient written by hand.
+===============================================================================
 
     Conv2D(1 -> 16, 3x3, "same") -> ReLU -> Conv2D(16 -> 32, 3x3, stride 2, "same") -> ReLU
     -> flatten (32 x 4 x 4 = 512) -> dense (512 -> 10) -> softmax cross-entropy
@@ -242,7 +243,7 @@ def plot_history(history: dict[str, Any], path: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default="digits_training.png", help="PNG file for the loss/accuracy plot")
@@ -261,4 +262,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # SystemExit only on failure: sphinx-gallery runs this file as __main__ in the docs build, where it
+    # would end the build.
+    status = main()
+    if status:
+        raise SystemExit(status)

@@ -29,20 +29,30 @@ import random
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from helpers import ISAS, TOLERANCE, forced_isa
-from hostile import INT_LIKE, LAYOUTS, NOT_FLOAT, NOT_INT, OUT_OF_RANGE, IntIndexRaises
+from hostile import LAYOUTS, NOT_FLOAT, NOT_INT, OUT_OF_RANGE, IntIndexRaises
 
 import fastconv
 
 ALLOWED = (ValueError, TypeError, MemoryError)
 # Messages that only the C++ core or pybind11 write: the Python layer should
 # have refused the call first, with a message that names the user's argument.
-CORE_MESSAGES = ("fastconv internal", "incompatible function arguments", "expected a native", "expected an aligned",
-                 "expected a C-contiguous", "strides must be non-negative", "output array is read-only",
-                 "expected 4-dimensional arrays", "expected shape (filters,)", "do not match")
+CORE_MESSAGES = (
+    "fastconv internal",
+    "incompatible function arguments",
+    "expected a native",
+    "expected an aligned",
+    "expected a C-contiguous",
+    "strides must be non-negative",
+    "output array is read-only",
+    "expected 4-dimensional arrays",
+    "expected shape (filters,)",
+    "do not match",
+)
 APIS = ("conv2d", "conv2d_backward", "Conv2D.forward", "Conv2D.backward")
 MODES = ("zeros", "reflect", "replicate", "circular")
 BIG = 2**31 - 1  # the largest accepted stride or dilation
@@ -76,8 +86,14 @@ class Case:
     expected: dict = dataclasses.field(repr=False, default=None)
 
     def geometry(self) -> dict:
-        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
-                    padding_mode=self.padding_mode, data_format=self.data_format)
+        return dict(
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            padding_mode=self.padding_mode,
+            data_format=self.data_format,
+        )
 
 
 def _explicit_pads(padding) -> tuple[int, int, int, int] | None:
@@ -130,10 +146,22 @@ def draw_case(r: random.Random) -> Case:
     batched = r.random() < 0.85
     return Case(
         n=(0 if r.random() < 0.12 else r.randint(1, 2)) if batched else 1,
-        c=c, k=k, h=sizes[0], w=sizes[1], kernel=kernel, stride=tuple(stride), dilation=tuple(dilation),
-        groups=groups, padding=padding, padding_mode=mode, data_format=r.choice(("NCHW", "NHWC")),
-        dtype=r.choice((np.float32, np.float64)), bias=r.random() < 0.7, batched=batched,
-        need_input_grad=r.random() < 0.7, nonfinite=r.random() < 0.08,
+        c=c,
+        k=k,
+        h=sizes[0],
+        w=sizes[1],
+        kernel=kernel,
+        stride=tuple(stride),
+        dilation=tuple(dilation),
+        groups=groups,
+        padding=padding,
+        padding_mode=mode,
+        data_format=r.choice(("NCHW", "NHWC")),
+        dtype=r.choice((np.float32, np.float64)),
+        bias=r.random() < 0.7,
+        batched=batched,
+        need_input_grad=r.random() < 0.7,
+        nonfinite=r.random() < 0.08,
     )
 
 
@@ -204,11 +232,31 @@ def bad_pair(v: tuple[int, int], r: random.Random) -> Any:
 
 
 def bad_padding(r: random.Random) -> Any:
-    return r.choice((
-        -1, 2**31, 2**70, 2**22, (2**22, 0), (0, 0, 0, 2**30), (1, 2, 3), (1, 1, 1, 1, 1), (1, -1),
-        (0, 1, 2, "3"), (0, True), "full", "", " same", b"same", None, 1.5, True, np.array([1, 1]), {"h": 1},
-        [1, None],
-    ))
+    return r.choice(
+        (
+            -1,
+            2**31,
+            2**70,
+            2**22,
+            (2**22, 0),
+            (0, 0, 0, 2**30),
+            (1, 2, 3),
+            (1, 1, 1, 1, 1),
+            (1, -1),
+            (0, 1, 2, "3"),
+            (0, True),
+            "full",
+            "",
+            " same",
+            b"same",
+            None,
+            1.5,
+            True,
+            np.array([1, 1]),
+            {"h": 1},
+            [1, None],
+        )
+    )
 
 
 def bad_array(role: str, a: np.ndarray, case: Case, r: random.Random) -> Any:
@@ -231,7 +279,7 @@ def bad_array(role: str, a: np.ndarray, case: Case, r: random.Random) -> Any:
         ndim = r.choice([d for d in (0, 1, 2, 3, 4, 5, 6) if d not in allowed])
         if ndim == 0:
             return np.asarray(a.flat[0] if a.size else 1.0, dtype=a.dtype)
-        shape = (a.shape + (1, 1, 1, 1, 1, 1))[:ndim] if ndim > a.ndim else a.shape[a.ndim - ndim:]
+        shape = (a.shape + (1, 1, 1, 1, 1, 1))[:ndim] if ndim > a.ndim else a.shape[a.ndim - ndim :]
         return np.resize(a, shape)
     if kind == "zero":  # any axis but the batch
         axes = [i for i in range(a.ndim) if role == "weight" or not (case.batched and i == 0)]
@@ -261,18 +309,68 @@ class Call:
 def make_call(case: Case, api: str, r: random.Random) -> Call:
     backend = r.choice(("cpp", "cpp", "numpy"))
     args: dict = dict(
-        x=case.x, weight=case.weight, bias=case.bias_array, grad_output=case.grad_y, stride=case.stride,
-        padding=case.padding, dilation=case.dilation, groups=case.groups, padding_mode=case.padding_mode,
-        data_format=case.data_format, backend=backend, bias_flag=case.bias, need_input_grad=case.need_input_grad,
-        filters=case.k, kernel_size=case.kernel, in_channels=case.c, dtype=np.dtype(case.dtype).name,
+        x=case.x,
+        weight=case.weight,
+        bias=case.bias_array,
+        grad_output=case.grad_y,
+        stride=case.stride,
+        padding=case.padding,
+        dilation=case.dilation,
+        groups=case.groups,
+        padding_mode=case.padding_mode,
+        data_format=case.data_format,
+        backend=backend,
+        bias_flag=case.bias,
+        need_input_grad=case.need_input_grad,
+        filters=case.k,
+        kernel_size=case.kernel,
+        in_channels=case.c,
+        dtype=np.dtype(case.dtype).name,
     )
     used = {
-        "conv2d": ["x", "weight", "bias", "stride", "padding", "dilation", "groups", "padding_mode", "data_format",
-                   "backend"],
-        "conv2d_backward": ["grad_output", "x", "weight", "stride", "padding", "dilation", "groups", "bias_flag",
-                            "need_input_grad", "padding_mode", "data_format", "backend"],
-        "Conv2D.forward": ["filters", "kernel_size", "stride", "padding", "dilation", "groups", "bias_flag",
-                           "padding_mode", "data_format", "in_channels", "dtype", "backend", "weight", "bias", "x"],
+        "conv2d": [
+            "x",
+            "weight",
+            "bias",
+            "stride",
+            "padding",
+            "dilation",
+            "groups",
+            "padding_mode",
+            "data_format",
+            "backend",
+        ],
+        "conv2d_backward": [
+            "grad_output",
+            "x",
+            "weight",
+            "stride",
+            "padding",
+            "dilation",
+            "groups",
+            "bias_flag",
+            "need_input_grad",
+            "padding_mode",
+            "data_format",
+            "backend",
+        ],
+        "Conv2D.forward": [
+            "filters",
+            "kernel_size",
+            "stride",
+            "padding",
+            "dilation",
+            "groups",
+            "bias_flag",
+            "padding_mode",
+            "data_format",
+            "in_channels",
+            "dtype",
+            "backend",
+            "weight",
+            "bias",
+            "x",
+        ],
         "Conv2D.backward": ["grad_output", "need_input_grad"],
     }[api]
     mutated, invalid = [], []
@@ -343,22 +441,42 @@ def invoke(call: Call, case: Case) -> dict:
     if call.api == "conv2d":
         return dict(y=fastconv.conv2d(a["x"], a["weight"], a["bias"], **geometry))
     if call.api == "conv2d_backward":
-        g = fastconv.conv2d_backward(a["grad_output"], a["x"], a["weight"], bias=a["bias_flag"],
-                                     need_input_grad=a["need_input_grad"], **geometry)
+        g = fastconv.conv2d_backward(
+            a["grad_output"], a["x"], a["weight"], bias=a["bias_flag"], need_input_grad=a["need_input_grad"], **geometry
+        )
         return dict(grad_x=g.input, grad_w=g.weight, grad_b=g.bias)
     if call.api == "Conv2D.forward":
         layer = fastconv.Conv2D(
-            a["filters"], a["kernel_size"], a["stride"], a["padding"], dilation=a["dilation"], groups=a["groups"],
-            bias=a["bias_flag"], padding_mode=a["padding_mode"], data_format=a["data_format"],
-            in_channels=a["in_channels"], dtype=a["dtype"], backend=a["backend"],
+            a["filters"],
+            a["kernel_size"],
+            a["stride"],
+            a["padding"],
+            dilation=a["dilation"],
+            groups=a["groups"],
+            bias=a["bias_flag"],
+            padding_mode=a["padding_mode"],
+            data_format=a["data_format"],
+            in_channels=a["in_channels"],
+            dtype=a["dtype"],
+            backend=a["backend"],
         )
         layer.weight = a["weight"]
         if a["bias"] is not None:
             layer.bias = a["bias"]
         return dict(y=layer.forward(a["x"]))
-    layer = fastconv.Conv2D(case.k, case.kernel, case.stride, case.padding, dilation=case.dilation,
-                            groups=case.groups, bias=case.bias, padding_mode=case.padding_mode,
-                            data_format=case.data_format, dtype=case.dtype, backend=call.backend)
+    layer = fastconv.Conv2D(
+        case.k,
+        case.kernel,
+        case.stride,
+        case.padding,
+        dilation=case.dilation,
+        groups=case.groups,
+        bias=case.bias,
+        padding_mode=case.padding_mode,
+        data_format=case.data_format,
+        dtype=case.dtype,
+        backend=call.backend,
+    )
     layer.weight = case.weight
     if case.bias:
         layer.bias = case.bias_array
@@ -385,8 +503,11 @@ def compare(name: str, got: Any, want: np.ndarray, finite: bool) -> tuple[str, s
         err = np.abs(got[both].astype(np.float64) - want[both])
         if not (err <= tol * (scale + np.abs(want[both]))).all():
             return "fail", f"{name}: off by {err.max():.3g} (scale {scale:.3g})"
-    if not (np.array_equal(np.isnan(got), np.isnan(want)) and np.array_equal(np.isposinf(got), np.isposinf(want))
-            and np.array_equal(np.isneginf(got), np.isneginf(want))):
+    if not (
+        np.array_equal(np.isnan(got), np.isnan(want))
+        and np.array_equal(np.isposinf(got), np.isposinf(want))
+        and np.array_equal(np.isneginf(got), np.isneginf(want))
+    ):
         return "nan-placement", f"{name}: NaN/Inf in other places than the reference's"
     return None
 
@@ -448,9 +569,17 @@ def fuzz_case(r: random.Random, calls_per_case: int = 8) -> tuple[collections.Co
         outcomes[(call.api, outcome)] += 1
         if failure:
             outcomes["FAILURE"] += 1
-            failures.append(dict(failure=failure, api=call.api, backend=call.backend,
-                                 invalid=call.invalid, mutated=call.mutated, case=repr(case),
-                                 args={k: _short(v) for k, v in call.args.items()}))
+            failures.append(
+                dict(
+                    failure=failure,
+                    api=call.api,
+                    backend=call.backend,
+                    invalid=call.invalid,
+                    mutated=call.mutated,
+                    case=repr(case),
+                    args={k: _short(v) for k, v in call.args.items()},
+                )
+            )
     return outcomes, failures
 
 
@@ -487,8 +616,15 @@ def summarize(outcomes: collections.Counter, failures: list, cases: int, seed: A
         if isinstance(key, tuple):
             per_api[key[0]][key[1]] = count
     made = sum(v for k, v in kinds.items() if k != "FAILURE")
-    return dict(calls=made, cases=cases, seed=seed, seconds=round(seconds, 1), outcomes=kinds, per_api=per_api,
-                failures=failures)
+    return dict(
+        calls=made,
+        cases=cases,
+        seed=seed,
+        seconds=round(seconds, 1),
+        outcomes=kinds,
+        per_api=per_api,
+        failures=failures,
+    )
 
 
 def _short(value: Any) -> str:

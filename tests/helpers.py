@@ -23,6 +23,7 @@ def forced_isa(name: str):
     finally:
         core.set_isa(before)
 
+
 # float64: rtol 1e-10; float32: 1e-4 of the result's scale (its largest |value|).
 TOLERANCE = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 

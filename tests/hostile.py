@@ -154,8 +154,26 @@ NOT_FLOAT = {
 
 # Integer hyper-parameters (stride, dilation, groups, kernel_size, filters,
 # padding amounts) that are not integers: TypeError.
-NOT_INT = [True, False, np.True_, 1.0, 2.0, float("nan"), float("inf"), "2", b"2", None, object(),
-           FloatRaises(), IntegralIndexRaises(), ReprRaises(), np.float64(2.0), 2 + 0j, np.array(2), np.array([2])]
+NOT_INT = [
+    True,
+    False,
+    np.True_,
+    1.0,
+    2.0,
+    float("nan"),
+    float("inf"),
+    "2",
+    b"2",
+    None,
+    object(),
+    FloatRaises(),
+    IntegralIndexRaises(),
+    ReprRaises(),
+    np.float64(2.0),
+    2 + 0j,
+    np.array(2),
+    np.array([2]),
+]
 # Integers out of range: ValueError (0 is fine for padding only).
 OUT_OF_RANGE = [0, -1, -(2**70), 2**31, 2**63, 2**70, np.int64(-3), np.uint64(2**63)]
 # Integers of other types that mean a valid value: accepted as that value.

@@ -19,8 +19,18 @@ from fastconv.__main__ import main
 pytestmark = pytest.mark.skipif(_backend.core is None, reason="the C++ core is not built")
 
 TINY = [
-    "--shape", "name=tiny,n=2,c=3,h=9,k=4,kernel=3,stride=2",
-    "--only", "tiny", "--threads", "1", "--warmup", "1", "--repeats", "1", "--min-time", "0",
+    "--shape",
+    "name=tiny,n=2,c=3,h=9,k=4,kernel=3,stride=2",
+    "--only",
+    "tiny",
+    "--threads",
+    "1",
+    "--warmup",
+    "1",
+    "--repeats",
+    "1",
+    "--min-time",
+    "0",
 ]
 
 
@@ -36,8 +46,22 @@ def test_bench_checks_then_reports(tmp_path, capsys, monkeypatch, with_torch):
     assert "outputs agree" in out and "tiny" in out
 
     report = json.loads(path.read_text())
-    assert {"versions", "cpu_model", "isa", "peak_gflops_per_thread", "threads", "dtypes", "cpu_facts", "torch_isa",
-            "openmp_libraries", "memory_note", "agreement", "results", "geomean", "summary"} <= report.keys()
+    assert {
+        "versions",
+        "cpu_model",
+        "isa",
+        "peak_gflops_per_thread",
+        "threads",
+        "dtypes",
+        "cpu_facts",
+        "torch_isa",
+        "openmp_libraries",
+        "memory_note",
+        "agreement",
+        "results",
+        "geomean",
+        "summary",
+    } <= report.keys()
     assert report["cpu_facts"]["isa"] == report["isa"] and "summary: the figures issue 15" in out
     assert set(report["versions"]) == {"fastconv", "numpy", "torch", "python"}
     assert report["threads"] == [1] and report["dtypes"] == ["float32", "float64"]
@@ -81,8 +105,17 @@ def test_timing_rounds_take_turns_in_alternating_order(monkeypatch):
         return lambda: calls.append(name) or ()
 
     libs = {"a": {"forward": fn("a")}, "b": {"forward": fn("b")}}
-    cfg = bench.Config(shapes=(), dtypes=("float32",), threads=(1,), passes=("forward",), reference_all=False,
-                       warmup=1, repeats=5, rounds=2, min_time=0.0)
+    cfg = bench.Config(
+        shapes=(),
+        dtypes=("float32",),
+        threads=(1,),
+        passes=("forward",),
+        reference_all=False,
+        warmup=1,
+        repeats=5,
+        rounds=2,
+        min_time=0.0,
+    )
     case = bench.make_case(bench.parse_shape("name=tiny,n=1,c=1,h=3,k=1,kernel=3"), "float32")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
     timings = bench.time_interleaved(case, libs, cfg, None, bench.Progress(4), bench.HostCheck(enabled=False))
@@ -95,21 +128,42 @@ def test_fixed_cost_samples_are_spread_over_the_run(monkeypatch):
     """A share of the fixed-cost samples before every timed case, the
     libraries taking turns, and one median over all the shares."""
     events = []
-    monkeypatch.setattr(bench, "fastconv_passes", lambda case: {
-        "forward": lambda: events.append("fastconv forward") or (), "backward": lambda: ()})
-    monkeypatch.setattr(bench, "torch_passes", lambda case, torch: {
-        "forward": lambda: events.append("torch forward") or (), "backward": lambda: ()})
+    monkeypatch.setattr(
+        bench,
+        "fastconv_passes",
+        lambda case: {"forward": lambda: events.append("fastconv forward") or (), "backward": lambda: ()},
+    )
+    monkeypatch.setattr(
+        bench,
+        "torch_passes",
+        lambda case, torch: {"forward": lambda: events.append("torch forward") or (), "backward": lambda: ()},
+    )
     monkeypatch.setattr(bench, "thread_limit", lambda n, torch: contextlib.nullcontext())
-    cfg = bench.Config(shapes=(), dtypes=("float32",), threads=(1,), passes=("forward",), reference_all=False,
-                       warmup=1, repeats=6, rounds=2, min_time=0.0)
+    cfg = bench.Config(
+        shapes=(),
+        dtypes=("float32",),
+        threads=(1,),
+        passes=("forward",),
+        reference_all=False,
+        warmup=1,
+        repeats=6,
+        rounds=2,
+        min_time=0.0,
+    )
     fixed = bench.FixedCost(object(), cfg, shares=3)
     events.clear()  # the warm-up calls
     seen = []
     monkeypatch.setattr(bench, "time_interleaved", lambda *args: seen.append(len(events)) or {})
     monkeypatch.setattr(bench, "add_thread_scaling", lambda records: None)
     shapes = tuple(bench.parse_shape(f"name=s{i},n=1,c=1,h=3,k=1,kernel=3") for i in range(3))
-    bench.time_all(dataclasses.replace(cfg, shapes=shapes), None, {"float32": 1.0}, bench.Progress(1),
-                   bench.HostCheck(enabled=False), fixed)
+    bench.time_all(
+        dataclasses.replace(cfg, shapes=shapes),
+        None,
+        {"float32": 1.0},
+        bench.Progress(1),
+        bench.HostCheck(enabled=False),
+        fixed,
+    )
     # 6 samples in 3 shares of 2 (+ 1 call after the other library's), one share before each case.
     assert seen == [6, 12, 18]
     assert events[:6] == ["fastconv forward"] * 3 + ["torch forward"] * 3
@@ -287,9 +341,15 @@ def test_rectangular_and_dilated_kernels_agree_with_every_library(tmp_path):
     """The shapes reach PyTorch and the reference with their kernel and dilation:
     a dilation or kernel width lost on the way fails the agreement check."""
     path = tmp_path / "bench.json"
-    args = ["--shape", "name=rect,n=2,c=3,h=9,w=11,k=4,kernel=1x3,dilation=2",
-            "--shape", "name=tall,n=1,c=2,h=8,k=3,kernel=3x1,stride=2,padding=valid",
-            "--only", "rect,tall", *TINY[4:]]
+    args = [
+        "--shape",
+        "name=rect,n=2,c=3,h=9,w=11,k=4,kernel=1x3,dilation=2",
+        "--shape",
+        "name=tall,n=1,c=2,h=8,k=3,kernel=3x1,stride=2,padding=valid",
+        "--only",
+        "rect,tall",
+        *TINY[4:],
+    ]
     assert main(["bench", *args, "--dtype", "float64", "--no-host-check", "--json", str(path)]) == 0
     report = json.loads(path.read_text())
     assert report["agreement"] and all(row["ok"] for row in report["agreement"])
@@ -301,8 +361,14 @@ def test_rectangular_and_dilated_kernels_agree_with_every_library(tmp_path):
 
 
 def record(shape, dtype, threads, pass_name, speedup, pct):
-    return {"shape": shape, "dtype": dtype, "threads": threads, "pass": pass_name,
-            "speedup_vs_torch": speedup, "timings": {"fastconv": {"pct_peak": pct}}}
+    return {
+        "shape": shape,
+        "dtype": dtype,
+        "threads": threads,
+        "pass": pass_name,
+        "speedup_vs_torch": speedup,
+        "timings": {"fastconv": {"pct_peak": pct}},
+    }
 
 
 def test_the_summary_states_the_figures_of_issue_15s_targets():
@@ -322,8 +388,10 @@ def test_the_summary_states_the_figures_of_issue_15s_targets():
     f32 = summary["speedups"][0]
     assert (f32["dtype"], f32["threads"], f32["targets"]) == ("float32", 1, {"geomean": 1.2, "lowest": 0.9})
     assert f32["geomean"]["forward"] == pytest.approx(math.sqrt(1.5 * 2.4))
-    assert f32["lowest"] == {"forward": {"shape": "resnet_3x3", "speedup": 1.5},
-                             "backward": {"shape": "resnet_3x3", "speedup": 0.8}}
+    assert f32["lowest"] == {
+        "forward": {"shape": "resnet_3x3", "speedup": 1.5},
+        "backward": {"shape": "resnet_3x3", "speedup": 0.8},
+    }
     assert [(g["dtype"], g["threads"]) for g in summary["speedups"]] == [("float32", 1), ("float32", 2), ("float64", 1)]
     assert summary["speedups"][2]["targets"] == {"geomean": 2.0, "lowest": 1.0}
     # Only the big layers, float32, one thread.
@@ -335,8 +403,7 @@ def test_the_summary_states_the_figures_of_issue_15s_targets():
     assert "resnet_3x3 90.0 / 70.0 MISSED" in text and "[< 10 us MISSED]" in text
     # Against PyTorch restricted to AVX2, issue 15 asks for less in float32.
     restricted = {"env": dict(bench.TORCH_ISA_ENV["avx2"]), "aten_cpu_capability": "AVX2"}
-    assert bench.target_summary(records, None, restricted)["speedups"][0]["targets"] == {
-        "geomean": 1.1, "lowest": 0.85}
+    assert bench.target_summary(records, None, restricted)["speedups"][0]["targets"] == {"geomean": 1.1, "lowest": 0.85}
 
 
 def clean_env(**extra):
@@ -344,8 +411,9 @@ def clean_env(**extra):
     return {**env, **extra}
 
 
-@pytest.mark.skipif(_backend.core is not None and "avx2" not in _backend.core.supported_isas(),
-                    reason="this CPU has no AVX2")
+@pytest.mark.skipif(
+    _backend.core is not None and "avx2" not in _backend.core.supported_isas(), reason="this CPU has no AVX2"
+)
 def test_isa_avx2_restricts_pytorch_in_a_child_process(tmp_path):
     """--isa avx2 re-runs the bench with PyTorch's caps set before it loads,
     and the header and the JSON say what fastconv and PyTorch ran with."""
@@ -354,12 +422,17 @@ def test_isa_avx2_restricts_pytorch_in_a_child_process(tmp_path):
     args = [*TINY, "--dtype", "float32"]
     result = subprocess.run(
         [sys.executable, "-m", "fastconv", "bench", "--isa", "avx2", *args, "--no-host-check", "--json", str(path)],
-        capture_output=True, text=True, env=clean_env(), timeout=300,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "re-running in a child process with ONEDNN_MAX_CPU_ISA=AVX2" in result.stderr
-    assert ("PyTorch restricted by ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2;"
-            " ATen CPU capability AVX2") in result.stdout
+    assert (
+        "PyTorch restricted by ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2;"
+        " ATen CPU capability AVX2"
+    ) in result.stdout
     assert "fastconv ISA avx2 (256-bit vectors, 16 registers" in result.stdout
     report = json.loads(path.read_text())
     assert report["isa"] == "avx2" and report["cpu_facts"]["vector_bits"] == 256
@@ -382,18 +455,23 @@ def test_isa_avx2_refuses_a_pytorch_already_loaded_otherwise(monkeypatch, capsys
 def onednn_implementations(isa):
     """The oneDNN implementations a PyTorch convolution runs with `isa`'s caps (ONEDNN_VERBOSE)."""
     # A batch of 2: PyTorch sends a batch of 1 this small to its own code, not oneDNN.
-    code = ("import torch; torch.nn.functional.conv2d(torch.ones(2, 16, 8, 8), torch.ones(16, 16, 3, 3),"
-            " padding=1)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            env=clean_env(ONEDNN_VERBOSE="1", **bench.TORCH_ISA_ENV[isa]))
+    code = "import torch; torch.nn.functional.conv2d(torch.ones(2, 16, 8, 8), torch.ones(16, 16, 3, 3), padding=1)"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean_env(ONEDNN_VERBOSE="1", **bench.TORCH_ISA_ENV[isa]),
+    )
     assert result.returncode == 0, result.stderr
     # onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,forward_training,...
     fields = [line.split(",") for line in result.stdout.splitlines() if line.startswith("onednn_verbose,")]
     return {f[f.index("convolution") + 1] for f in fields if "exec" in f and "convolution" in f}
 
 
-@pytest.mark.skipif(_backend.core is not None and "avx2" not in _backend.core.supported_isas(),
-                    reason="this CPU has no AVX2")
+@pytest.mark.skipif(
+    _backend.core is not None and "avx2" not in _backend.core.supported_isas(), reason="this CPU has no AVX2"
+)
 def test_the_caps_reach_onednn():
     """The variables' names and values are ones oneDNN obeys: its kernels
     change with them (sse41 under the generic caps)."""

@@ -215,9 +215,13 @@ def check_dense_input() -> None:
     start = time.perf_counter()
     fastconv._backend.core.backward_data(gy, weight, x, (1, 1), (1, 1, 1, 1), (1, 1), 1)
     times["backward_data"] = time.perf_counter() - start
-    assert_close(x[0:1, :, : r + 1], reference.conv2d_grad_input(gy_top, w64, (r + 1, w), padding=pad_top), "dX, first rows")
     assert_close(
-        x[1:2, :, h - r - 1 :], reference.conv2d_grad_input(gy_bottom, w64, (r + 1, w), padding=pad_bottom), "dX, last rows"
+        x[0:1, :, : r + 1], reference.conv2d_grad_input(gy_top, w64, (r + 1, w), padding=pad_top), "dX, first rows"
+    )
+    assert_close(
+        x[1:2, :, h - r - 1 :],
+        reference.conv2d_grad_input(gy_bottom, w64, (r + 1, w), padding=pad_bottom),
+        "dX, last rows",
     )
     start = time.perf_counter()
     assert not x[0, :, r + 1 :].any() and not x[1, :, : h - r - 1].any(), "dX: values left unwritten"

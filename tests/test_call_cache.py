@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import assert_close
 
 import fastconv
 from fastconv import _call_cache, _memory, reference
-from helpers import assert_close
 
 pytestmark = pytest.mark.skipif(fastconv._backend.core is None, reason="the cache serves the C++ core only")
 
@@ -129,7 +129,9 @@ def test_a_cached_signature_still_checks_flags_and_arrays():
     # Arrays all of another dtype, of the cached shapes: converted, or refused.
     all_half = fastconv.conv2d(half, w.astype(np.float16))
     assert all_half.dtype == np.float32
-    np.testing.assert_array_equal(all_half, fastconv.conv2d(half.astype(np.float32), w.astype(np.float16).astype(np.float32)))
+    np.testing.assert_array_equal(
+        all_half, fastconv.conv2d(half.astype(np.float32), w.astype(np.float16).astype(np.float32))
+    )
     grads = fastconv.conv2d_backward(gy.astype(np.float16), half, w.astype(np.float16))
     assert grads.weight.dtype == np.float32
     with pytest.raises(TypeError, match="input must hold floating-point numbers"):

@@ -138,9 +138,13 @@ def functional_cases(rng, shape=(2, 4, 9, 9)):
     bias = rng.standard_normal(6).astype(np.float32)
     cases = []
     for config in CONFIGS:
-        kwargs = dict(stride=config.get("stride", 1), padding=config.get("padding", "valid"),
-                      dilation=config.get("dilation", 1), padding_mode=config.get("padding_mode", "zeros"),
-                      data_format=config.get("data_format", "NCHW"))
+        kwargs = dict(
+            stride=config.get("stride", 1),
+            padding=config.get("padding", "valid"),
+            dilation=config.get("dilation", 1),
+            padding_mode=config.get("padding_mode", "zeros"),
+            data_format=config.get("data_format", "NCHW"),
+        )
         xs = inputs(rng, shape, np.float32, kwargs["data_format"])
         expected, gys = [], []
         for x in xs:
@@ -226,11 +230,14 @@ def test_the_core_releases_the_gil_during_a_long_call(rng, pass_):
     w = rng.standard_normal((128, 128, 5, 5))
     gy = rng.standard_normal((4, 128, 64, 64))
     if pass_ == "forward":
+
         def call():
             fastconv.conv2d(x, w, padding="same")
     else:
+
         def call():
             fastconv.conv2d_backward(gy, x, w, padding="same")
+
     with fastconv.threads(1):  # leave the other core to the ticker
         ticks, elapsed = ticks_during(call)
     possible = elapsed / TICK_S

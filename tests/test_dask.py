@@ -43,9 +43,13 @@ def environ_kept():
 @pytest.fixture(scope="module")
 def client():
     """Two worker processes of one thread each, 1 GiB each, no dashboard: started once for the module."""
-    with environ_kept(), distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=None
-    ) as cluster, distributed.Client(cluster, set_as_default=False) as c:
+    with (
+        environ_kept(),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as c,
+    ):
         yield c
 
 
@@ -75,17 +79,47 @@ CASES = [
     ("dilation", (2, 3, 23, 19), (2, 3, 9, 8), 4, (3, 3), dict(dilation=2, padding="same"), np.float64),
     ("groups", (2, 6, 20, 17), (2, 6, 7, 6), 9, (3, 3), dict(groups=3, padding=1), np.float64),
     ("depthwise", (2, 4, 20, 17), (2, 4, 7, 6), 8, (3, 3), dict(groups=4, padding="same", stride=2), np.float64),
-    ("reflect", (2, 3, 23, 19), (2, 3, 7, 6), 4, (5, 5), dict(padding="same", padding_mode="reflect", stride=2), np.float64),
-    ("replicate", (2, 3, 23, 19), (2, 3, 7, 6), 4, (3, 3), dict(padding=(2, 1, 3, 0), padding_mode="replicate"), np.float64),
+    (
+        "reflect",
+        (2, 3, 23, 19),
+        (2, 3, 7, 6),
+        4,
+        (5, 5),
+        dict(padding="same", padding_mode="reflect", stride=2),
+        np.float64,
+    ),
+    (
+        "replicate",
+        (2, 3, 23, 19),
+        (2, 3, 7, 6),
+        4,
+        (3, 3),
+        dict(padding=(2, 1, 3, 0), padding_mode="replicate"),
+        np.float64,
+    ),
     ("circular", (2, 3, 23, 19), (2, 3, 7, 6), 4, (3, 5), dict(padding="same", padding_mode="circular"), np.float64),
     ("nhwc", (2, 23, 19, 3), (1, 7, 6, 3), 4, (3, 3), dict(stride=2, padding="same", data_format="NHWC"), np.float64),
-    ("nhwc-channel-chunks-reflect", (2, 23, 19, 4), (2, 8, 7, 2), 4, (3, 3),
-     dict(padding="same", padding_mode="reflect", data_format="NHWC"), np.float64),
+    (
+        "nhwc-channel-chunks-reflect",
+        (2, 23, 19, 4),
+        (2, 8, 7, 2),
+        4,
+        (3, 3),
+        dict(padding="same", padding_mode="reflect", data_format="NHWC"),
+        np.float64,
+    ),
     ("unbatched", (3, 23, 19), (3, 7, 6), 4, (3, 3), dict(padding="same"), np.float64),
     ("unbatched-nhwc", (23, 19, 3), (7, 6, 3), 4, (3, 3), dict(padding=1, stride=2, data_format="NHWC"), np.float64),
     ("float32", (2, 3, 23, 19), (1, 3, 7, 6), 4, (3, 3), dict(stride=2, padding="same"), np.float32),
-    ("float32-nhwc-dilated", (2, 23, 19, 3), (1, 9, 8, 3), 4, (3, 3),
-     dict(dilation=(2, 1), padding="same", data_format="NHWC"), np.float32),
+    (
+        "float32-nhwc-dilated",
+        (2, 23, 19, 3),
+        (1, 9, 8, 3),
+        4,
+        (3, 3),
+        dict(dilation=(2, 1), padding="same", data_format="NHWC"),
+        np.float32,
+    ),
     ("empty-batch", (0, 3, 23, 19), (1, 3, 7, 6), 4, (3, 3), dict(padding="same"), np.float64),
     ("thin-last-chunk", (1, 1, 30, 30), (1, 1, (14, 14, 2), 30), 2, (7, 7), dict(padding=(0, 9, 0, 0)), np.float64),
     ("kernel-1x1-stride3", (2, 3, 23, 19), (2, 3, 7, 6), 4, (1, 1), dict(stride=3, padding=5), np.float64),
@@ -96,7 +130,7 @@ def make(case, seed=0):
     _, shape, chunks, filters, kernel, kwargs, dtype = case
     rng = np.random.default_rng(seed)
     fmt = kwargs.get("data_format", "NCHW")
-    channels = (shape[-3] if fmt == "NCHW" else shape[-1])
+    channels = shape[-3] if fmt == "NCHW" else shape[-1]
     x = rng.standard_normal(shape).astype(dtype)
     w = rng.standard_normal((filters, channels // kwargs.get("groups", 1), *kernel)).astype(dtype)
     b = rng.standard_normal(filters).astype(dtype)
@@ -106,12 +140,33 @@ def make(case, seed=0):
 # On the cluster, a few of them in fewer blocks (each task costs milliseconds there).
 CLUSTER_CASES = [
     ("spatial-uneven", (2, 3, 23, 19), (1, 3, 12, 10), 4, (3, 3), dict(), np.float64),
-    ("stride2-same-reflect", (2, 3, 23, 19), (2, 3, 12, 10), 5, (3, 3),
-     dict(stride=2, padding="same", padding_mode="reflect"), np.float64),
-    ("stride3-nhwc-groups", (2, 25, 22, 6), (1, 13, 11, 6), 6, (4, 4),
-     dict(stride=3, padding="same", groups=3, data_format="NHWC"), np.float64),
-    ("float32-dilated-circular", (2, 3, 23, 19), (2, 3, 12, 10), 4, (3, 3),
-     dict(dilation=2, padding="same", padding_mode="circular"), np.float32),
+    (
+        "stride2-same-reflect",
+        (2, 3, 23, 19),
+        (2, 3, 12, 10),
+        5,
+        (3, 3),
+        dict(stride=2, padding="same", padding_mode="reflect"),
+        np.float64,
+    ),
+    (
+        "stride3-nhwc-groups",
+        (2, 25, 22, 6),
+        (1, 13, 11, 6),
+        6,
+        (4, 4),
+        dict(stride=3, padding="same", groups=3, data_format="NHWC"),
+        np.float64,
+    ),
+    (
+        "float32-dilated-circular",
+        (2, 3, 23, 19),
+        (2, 3, 12, 10),
+        4,
+        (3, 3),
+        dict(dilation=2, padding="same", padding_mode="circular"),
+        np.float32,
+    ),
 ]
 
 
@@ -181,6 +236,7 @@ def test_each_block_runs_the_core_once(monkeypatch, rng):
         def wrapped(*args, **kwargs):
             calls[name] += 1
             return fn(*args, **kwargs)
+
         return wrapped
 
     monkeypatch.setattr(fcd, "_conv2d_in_memory", count("forward", forward))
@@ -328,7 +384,7 @@ def test_a_data_parallel_training_step_equals_the_full_batch_step(rng):
     lazy = fastconv.Conv2D(8, 3, padding="same", in_channels=3, seed=0)
     eager = fastconv.Conv2D(8, 3, padding="same", in_channels=3, seed=0)
     for start in (0, 32):
-        x = images[start:start + 32]
+        x = images[start : start + 32]
         y = lazy.forward(da.from_array(x, chunks=(8, 3, 12, 12)))
         grad_w, _ = lazy.backward(2 * y / y.size, need_input_grad=False)
         grad_w, grad_b = dask.compute(grad_w, lazy.grad_bias, scheduler="synchronous")
@@ -349,10 +405,18 @@ def test_fastconv_in_a_worker_uses_the_threads_dask_gives(client):
 @pytest.mark.filterwarnings("ignore:Port 8787 is already in use")  # the module cluster's HTTP server has it
 def test_one_worker_with_all_the_cores():
     # The recipe in docs/dask.md: one single-threaded worker whose OpenMP team has every core.
-    with environ_kept(), distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=None,
-        env={"OMP_NUM_THREADS": "2"},
-    ) as cluster, distributed.Client(cluster, set_as_default=False) as c:
+    with (
+        environ_kept(),
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit="1GiB",
+            dashboard_address=None,
+            env={"OMP_NUM_THREADS": "2"},
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as c,
+    ):
         assert c.submit(fastconv.get_num_threads, pure=False).result() == 2
 
 
@@ -371,8 +435,12 @@ def _tasks_in_memory(dask_scheduler):
 
 def test_a_worker_killed_mid_computation_loses_nothing(client):
     blocks = (4, 1, 2, 2)
-    x = da.map_blocks(_slow_block, chunks=tuple((n,) * b for n, b in zip((1, 4, 32, 32), blocks)), dtype=float,
-                      meta=np.empty((0, 0, 0, 0)))
+    x = da.map_blocks(
+        _slow_block,
+        chunks=tuple((n,) * b for n, b in zip((1, 4, 32, 32), blocks)),
+        dtype=float,
+        meta=np.empty((0, 0, 0, 0)),
+    )
     expected_x = np.block([[[[_block_data((n, 0, i, j)) for j in range(2)] for i in range(2)]] for n in range(4)])
     w = np.random.default_rng(0).standard_normal((6, 4, 5, 5))
     y = fcd.conv2d(x, w, padding="same")

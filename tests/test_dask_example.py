@@ -24,9 +24,25 @@ def test_the_large_image_example_runs_out_of_core(tmp_path):
     stack_mib = images * size * size * 4 / 2**20  # 768 MiB
     assert stack_mib >= 2.5 * limit_mib
     out = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--images", str(images), "--size", str(size), "--chunk", "2048",
-         "--worker-memory", f"{limit_mib}MiB", "--tiles", "3", "--store", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(EXAMPLE),
+            "--images",
+            str(images),
+            "--size",
+            str(size),
+            "--chunk",
+            "2048",
+            "--worker-memory",
+            f"{limit_mib}MiB",
+            "--tiles",
+            "3",
+            "--store",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "tiles agree" in out.stdout

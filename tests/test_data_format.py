@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from helpers import ISAS, assert_close, forced_isa
@@ -25,8 +24,7 @@ def to_nhwc(a):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("backend_isa", [("numpy", None)] + [("cpp", isa) for isa in ISAS],
-                         ids=lambda b: b[1] or b[0])
+@pytest.mark.parametrize("backend_isa", [("numpy", None)] + [("cpp", isa) for isa in ISAS], ids=lambda b: b[1] or b[0])
 @pytest.mark.parametrize("geometry", GEOMETRIES)
 def test_nhwc_gives_the_nchw_answers(rng, dtype, backend_isa, geometry):
     backend, isa = backend_isa
@@ -83,5 +81,6 @@ def test_bad_data_format_and_shapes():
     with pytest.raises(ValueError, match=r"input must have shape \(N, H, W, C\) or \(H, W, C\)"):
         fastconv.conv2d(np.zeros((4, 4)), np.zeros((2, 1, 3, 3)), data_format="NHWC")
     with pytest.raises(ValueError, match=r"grad_output must have the output's shape \(1, 2, 2, 2\)"):
-        fastconv.conv2d_backward(np.zeros((1, 2, 2, 2, 1)), np.zeros((1, 4, 4, 1)), np.zeros((2, 1, 3, 3)),
-                                 data_format="NHWC")
+        fastconv.conv2d_backward(
+            np.zeros((1, 2, 2, 2, 1)), np.zeros((1, 4, 4, 1)), np.zeros((2, 1, 3, 3)), data_format="NHWC"
+        )

@@ -77,7 +77,9 @@ def test_bad_explicit_padding(padding, error, message):
 
 @pytest.mark.parametrize("mode", ["zero", "mirror", None, "REFLECT"])
 def test_unknown_padding_mode(mode):
-    with pytest.raises(ValueError, match=r"padding_mode must be one of \('zeros', 'reflect', 'replicate', 'circular'\)"):
+    with pytest.raises(
+        ValueError, match=r"padding_mode must be one of \('zeros', 'reflect', 'replicate', 'circular'\)"
+    ):
         fastconv.Conv2D(4, 3, padding_mode=mode)
     with pytest.raises(ValueError, match="padding_mode must be one of"):
         fastconv.conv2d(X, W, padding=1, padding_mode=mode)
@@ -97,14 +99,18 @@ def test_wrong_ndim():
         fastconv.conv2d(np.zeros((8, 8), np.float32), W)
     with pytest.raises(ValueError, match="got 5 dimensions"):
         fastconv.Conv2D(4, 3).forward(np.zeros((1, 2, 4, 8, 8), np.float32))
-    with pytest.raises(ValueError, match=r"weight must have shape \(filters, in_channels/groups, kh, kw\), got 3 dimensions"):
+    with pytest.raises(
+        ValueError, match=r"weight must have shape \(filters, in_channels/groups, kh, kw\), got 3 dimensions"
+    ):
         fastconv.conv2d(X, np.zeros((6, 4, 3)))
     with pytest.raises(ValueError, match="got 0 dimensions"):
         fastconv.conv2d(np.float32(1.0), W)
 
 
 def test_channels_must_match_the_weights():
-    with pytest.raises(ValueError, match=r"input has 4 channels but the weight expects 3 \(weight.shape\[1\]=3 x groups=1\)"):
+    with pytest.raises(
+        ValueError, match=r"input has 4 channels but the weight expects 3 \(weight.shape\[1\]=3 x groups=1\)"
+    ):
         fastconv.conv2d(X, np.zeros((6, 3, 3, 3), np.float32))
     layer = fastconv.Conv2D(6, 3, in_channels=3)
     with pytest.raises(ValueError, match="input has 4 channels, but the layer expects 3"):
@@ -123,9 +129,13 @@ def test_groups_must_divide_channels_and_filters():
 
 
 def test_kernel_larger_than_padded_input():
-    with pytest.raises(ValueError, match=r"kernel height 3 \(dilation 1, span 3\) is larger than the padded input height 2"):
+    with pytest.raises(
+        ValueError, match=r"kernel height 3 \(dilation 1, span 3\) is larger than the padded input height 2"
+    ):
         fastconv.conv2d(np.zeros((1, 4, 2, 8)), W)
-    with pytest.raises(ValueError, match=r"kernel width 3 \(dilation 4, span 9\) is larger than the padded input width 8"):
+    with pytest.raises(
+        ValueError, match=r"kernel width 3 \(dilation 4, span 9\) is larger than the padded input width 8"
+    ):
         fastconv.conv2d(X, W, dilation=(1, 4))
     layer = fastconv.Conv2D(2, 5, in_channels=1)
     with pytest.raises(ValueError, match="span 5"):
@@ -197,11 +207,16 @@ def test_backward_before_forward():
 def test_gradient_shape_must_match_the_last_forward():
     layer = fastconv.Conv2D(6, 3, stride=2, padding="same")
     layer.forward(X)
-    with pytest.raises(ValueError, match=r"grad_output must have the shape of the last forward's output \(2, 6, 4, 4\), got \(2, 6, 8, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"grad_output must have the shape of the last forward's output \(2, 6, 4, 4\), got \(2, 6, 8, 8\)",
+    ):
         layer.backward(np.zeros((2, 6, 8, 8)))
     with pytest.raises(TypeError, match="grad_output must hold floating-point numbers"):
         layer.backward(np.zeros((2, 6, 4, 4), dtype=np.int64))
-    with pytest.raises(ValueError, match=r"grad_output must have the output's shape \(2, 6, 6, 6\), got \(2, 6, 5, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"grad_output must have the output's shape \(2, 6, 6, 6\), got \(2, 6, 5, 5\)"
+    ):
         fastconv.conv2d_backward(np.zeros((2, 6, 5, 5)), X, W)
 
 

@@ -23,7 +23,9 @@ from fuzz import fuzz, fuzz_case, fuzzing, summarize
 def report(summary: dict, tmp_path: Path) -> None:
     path = Path(os.environ.get("FASTCONV_FUZZ_SUMMARY", tmp_path / "fuzz-summary.json"))
     path.write_text(json.dumps(summary, indent=1, default=str))
-    print(f"\nfuzz: {summary['calls']} calls from {summary['cases']} cases (seed {summary['seed']}) in {summary['seconds']} s")
+    print(
+        f"\nfuzz: {summary['calls']} calls from {summary['cases']} cases (seed {summary['seed']}) in {summary['seconds']} s"
+    )
     for outcome, count in sorted(summary["outcomes"].items(), key=lambda item: -item[1]):
         print(f"  {count:7d}  {outcome}")
     print(f"  summary: {path}")
@@ -60,8 +62,13 @@ def test_fuzz_100000_calls_drawn_by_hypothesis(tmp_path):
     outcomes: collections.Counter = collections.Counter()
     start = time.perf_counter()
 
-    @hypothesis.settings(max_examples=cases, deadline=None, derandomize=True, database=None,
-                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.settings(
+        max_examples=cases,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
     @hypothesis.given(r=st.randoms(use_true_random=False))
     def one_case(r):
         case_outcomes, failures = fuzz_case(r, calls_per_case)

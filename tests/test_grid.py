@@ -32,7 +32,9 @@ def run_case(rng, dtype, n, c, h, w, filters, kernel, stride, dilation, groups, 
 
     def run(backend):
         y = fastconv.conv2d(x, weight, b, stride, padding, dilation, groups, backend=backend)
-        grads = fastconv.conv2d_backward(grad_y, x, weight, stride, padding, dilation, groups, bias=bias, backend=backend)
+        grads = fastconv.conv2d_backward(
+            grad_y, x, weight, stride, padding, dilation, groups, bias=bias, backend=backend
+        )
         return y, grads.input, grads.weight, grads.bias
 
     results = {"numpy": run("numpy")}

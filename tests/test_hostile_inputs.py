@@ -208,7 +208,9 @@ def test_layer_weights_with_a_zero_dimension(in_channels, shape):
     # With in_channels unknown, a (6, 0, 3, 2) weight once meant 0 input
     # channels and a ZeroDivisionError in the bias initialisation.
     layer = fastconv.Conv2D(6, (3, 2), groups=2, in_channels=in_channels)
-    with pytest.raises(ValueError, match=r"weight must have shape \(6, .*, 3, 2\), got \(" + ", ".join(map(str, shape))):
+    with pytest.raises(
+        ValueError, match=r"weight must have shape \(6, .*, 3, 2\), got \(" + ", ".join(map(str, shape))
+    ):
         layer.weight = np.zeros(shape)
 
 
@@ -247,7 +249,7 @@ def test_wrong_number_of_dimensions(shape):
     if len(shape) != 4:
         with pytest.raises(ValueError, match=f"weight must have shape .*got {len(shape)} dimensions"):
             fastconv.conv2d(X, np.zeros(shape))
-        with pytest.raises(ValueError, match=f"bias must have shape \\(6,\\)"):
+        with pytest.raises(ValueError, match="bias must have shape \\(6,\\)"):
             fastconv.conv2d(X, W, np.zeros(shape), groups=2)
     with pytest.raises(ValueError, match="grad_output must have the output's shape"):
         fastconv.conv2d_backward(np.zeros(shape), X, W, **KW)
@@ -296,8 +298,7 @@ def test_hyper_parameters_out_of_range(name, value):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("value", INT_LIKE, ids=lambda v: type(v).__name__)
 def test_numpy_integers_are_integers(backend, value):
-    got = fastconv.conv2d(X, W, B, stride=value, padding=(value, 1), dilation=(1, value), groups=value,
-                          backend=backend)
+    got = fastconv.conv2d(X, W, B, stride=value, padding=(value, 1), dilation=(1, value), groups=value, backend=backend)
     want = fastconv.conv2d(X, W, B, stride=2, padding=(2, 1), dilation=(1, 2), groups=2, backend="numpy")
     assert_close(got, want, "output")
     layer = fastconv.Conv2D(value, value, value, in_channels=4, dtype="float64")
@@ -309,8 +310,10 @@ def test_the_largest_stride_and_dilation_work(backend):
     # 2**31 - 1 is accepted; the output is then a single pixel (or the input's
     # own size for a dilated 1x1 kernel).
     big = 2**31 - 1
-    assert_same(run(X, W, B, GY[:, :, :1, :1], backend, stride=big, padding=0),
-                reference(X, W, B, GY[:, :, :1, :1], stride=big, padding=0))
+    assert_same(
+        run(X, W, B, GY[:, :, :1, :1], backend, stride=big, padding=0),
+        reference(X, W, B, GY[:, :, :1, :1], stride=big, padding=0),
+    )
     w1 = W[:, :, :1, :1]
     y = fastconv.conv2d(X, w1, backend=backend, dilation=big, groups=2)
     assert_close(y, fastconv.conv2d(X, w1, backend="numpy", groups=2), "dilated 1x1")
@@ -366,7 +369,12 @@ def test_padding_just_inside_the_limit_gives_the_right_answer(backend):
 
 def test_padding_of_a_large_input_may_add_three_times_its_size():
     x = np.zeros((1, 1, 1, 2**21), np.float32)  # 2M values: padding rows adds 2M each
-    assert fastconv.conv2d(x, np.ones((1, 1, 1, 1), np.float32), padding=(1, 2, 0, 0), stride=(1, 2**20)).shape == (1, 1, 4, 2)
+    assert fastconv.conv2d(x, np.ones((1, 1, 1, 1), np.float32), padding=(1, 2, 0, 0), stride=(1, 2**20)).shape == (
+        1,
+        1,
+        4,
+        2,
+    )
     with pytest.raises(ValueError, match="at most 3x the input's own values"):
         fastconv.conv2d(x, np.ones((1, 1, 1, 1), np.float32), padding=(2, 2, 0, 0), stride=(1, 2**20))
 
@@ -383,11 +391,17 @@ def test_hostile_values_in_error_messages():
     with pytest.raises(TypeError, match="dtype must be float32 or float64, got <ReprRaises object>"):
         fastconv.Conv2D(6, 3, dtype=ReprRaises())
     long = (1, 2) * 1000
-    with pytest.raises(ValueError, match=r"stride must be an int or an \(h, w\) pair, got 2000 values: \(1, 2, .*\.\.\.$"):
+    with pytest.raises(
+        ValueError, match=r"stride must be an int or an \(h, w\) pair, got 2000 values: \(1, 2, .*\.\.\.$"
+    ):
         call_with("stride", long)
 
 
-@pytest.mark.parametrize("dtype", [None, "float16", ">f4", "int32", "f8,f8", ReprRaises()], ids=lambda v: type(v).__name__ + str(v if isinstance(v, str) else ""))
+@pytest.mark.parametrize(
+    "dtype",
+    [None, "float16", ">f4", "int32", "f8,f8", ReprRaises()],
+    ids=lambda v: type(v).__name__ + str(v if isinstance(v, str) else ""),
+)
 def test_layer_dtype_must_name_float32_or_float64(dtype):
     # np.dtype(None) is float64: a silent surprise where the default is float32.
     with pytest.raises(TypeError, match="dtype must be float32 or float64"):
@@ -403,9 +417,19 @@ def test_layer_dtype_spellings_of_float32(dtype):
 
 @pytest.mark.parametrize(
     "name,value",
-    [("data_format", None), ("data_format", "nchw"), ("data_format", ["NCHW"]), ("data_format", np.array(["NHWC"])),
-     ("data_format", b"NCHW"), ("padding_mode", None), ("padding_mode", b"zeros"), ("padding_mode", ["zeros"]),
-     ("backend", None), ("backend", "CPP"), ("backend", b"cpp")],
+    [
+        ("data_format", None),
+        ("data_format", "nchw"),
+        ("data_format", ["NCHW"]),
+        ("data_format", np.array(["NHWC"])),
+        ("data_format", b"NCHW"),
+        ("padding_mode", None),
+        ("padding_mode", b"zeros"),
+        ("padding_mode", ["zeros"]),
+        ("backend", None),
+        ("backend", "CPP"),
+        ("backend", b"cpp"),
+    ],
     ids=str,
 )
 def test_string_options_must_be_strings(name, value):
@@ -416,8 +440,15 @@ def test_string_options_must_be_strings(name, value):
 
 
 def test_numpy_strings_are_strings():
-    got = fastconv.conv2d(X, W, B, **{**KW, "padding": np.str_("same")}, data_format=np.str_("NCHW"),
-                          padding_mode=np.str_("reflect"), backend=np.str_("cpp"))
+    got = fastconv.conv2d(
+        X,
+        W,
+        B,
+        **{**KW, "padding": np.str_("same")},
+        data_format=np.str_("NCHW"),
+        padding_mode=np.str_("reflect"),
+        backend=np.str_("cpp"),
+    )
     want = fastconv.conv2d(X, W, B, **{**KW, "padding": "same"}, padding_mode="reflect", backend="numpy")
     assert_close(got, want, "output")
 
@@ -463,18 +494,25 @@ def nonfinite_cases():
     w_nan = np.array([[[[1.0, NAN]]]])
     return [
         # dL/dw[q] sums g * x over the pixels tap q reads: x's NaN is read by tap 1 only.
-        ("dL/dw: a NaN in x reaches only the taps that read it",
-         lambda b: fastconv.conv2d_backward(np.ones((1, 1, 1, 1)), x_nan, np.ones((1, 1, 1, 3)), backend=b).weight,
-         [[[[1.0, NAN, 1.0]]]]),
+        (
+            "dL/dw: a NaN in x reaches only the taps that read it",
+            lambda b: fastconv.conv2d_backward(np.ones((1, 1, 1, 1)), x_nan, np.ones((1, 1, 1, 3)), backend=b).weight,
+            [[[[1.0, NAN, 1.0]]]],
+        ),
         # dL/dx[0] = g[0] * w[0]: pixel 0 is read by tap 0 only (PyTorch: 1 too).
-        ("dL/dx: a NaN weight reaches only the pixels its tap reads",
-         lambda b: fastconv.conv2d_backward(np.ones((1, 1, 1, 3)), np.ones((1, 1, 1, 4)), w_nan, backend=b).input,
-         [[[[1.0, NAN, NAN, NAN]]]]),
+        (
+            "dL/dx: a NaN weight reaches only the pixels its tap reads",
+            lambda b: fastconv.conv2d_backward(np.ones((1, 1, 1, 3)), np.ones((1, 1, 1, 4)), w_nan, backend=b).input,
+            [[[[1.0, NAN, NAN, NAN]]]],
+        ),
         # Output rows 0 and 2 read only padding: 0 * NaN is NaN (PyTorch: NaN too).
-        ("output: a NaN weight times zero padding is NaN",
-         lambda b: fastconv.conv2d(np.ones((1, 2, 1, 2)), np.concatenate([w_nan, np.ones_like(w_nan)], 1), padding=1,
-                                   backend=b).ravel(),
-         [NAN] * 9),
+        (
+            "output: a NaN weight times zero padding is NaN",
+            lambda b: fastconv.conv2d(
+                np.ones((1, 2, 1, 2)), np.concatenate([w_nan, np.ones_like(w_nan)], 1), padding=1, backend=b
+            ).ravel(),
+            [NAN] * 9,
+        ),
     ]
 
 

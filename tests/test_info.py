@@ -99,11 +99,21 @@ def test_the_peak_follows_the_isa_measured():
 
 
 def test_fma_and_cache_lines():
-    facts = {"isa": "avx2", "vector_bits": 256, "vector_registers": 16, "fma_per_cycle": 1.96, "fma_ports": 2,
-             "l1d_bytes": 32768, "l2_bytes": 1280 * 1024, "l3_bytes": 32 * 2**20, "caches_reported": True}
+    facts = {
+        "isa": "avx2",
+        "vector_bits": 256,
+        "vector_registers": 16,
+        "fma_per_cycle": 1.96,
+        "fma_ports": 2,
+        "l1d_bytes": 32768,
+        "l2_bytes": 1280 * 1024,
+        "l3_bytes": 32 * 2**20,
+        "caches_reported": True,
+    }
     assert bench.format_fma(facts) == "2.0 FMA/cycle at 256 bit: 2 FMA ports"
     assert bench.format_fma({**facts, "vector_bits": 512, "fma_per_cycle": 1.04, "fma_ports": 1}) == (
-        "1.0 FMA/cycle at 512 bit: 1 FMA port")
+        "1.0 FMA/cycle at 512 bit: 1 FMA port"
+    )
     assert bench.format_fma({**facts, "isa": "generic", "fma_per_cycle": None}) == "no vector FMA with generic"
     assert bench.format_caches(facts) == "L1d 32 KiB, L2 1280 KiB per core, L3 32 MiB shared"
     unreported = bench.format_caches({**facts, "l3_bytes": 0, "caches_reported": False})
@@ -118,7 +128,10 @@ def test_info_prints_the_facts(capsys):
     assert f"vector registers: {registers} of {bits} bit ({core.isa()})" in out
     assert re.search(r"caches: L1d \d+ KiB, L2 \d+ [KM]iB per core", out)
     if core.isa() != "generic":
-        fma = re.search(rf"FMA: (\d\.\d) FMA/cycle at {bits} bit: (\d) FMA ports? \(measured: float32 FMA peak"
-                        r" [\d.]+ GFLOP/s on one thread, at a clock of [\d.]+ GHz", out)
+        fma = re.search(
+            rf"FMA: (\d\.\d) FMA/cycle at {bits} bit: (\d) FMA ports? \(measured: float32 FMA peak"
+            r" [\d.]+ GFLOP/s on one thread, at a clock of [\d.]+ GHz",
+            out,
+        )
         assert fma, out
         assert abs(int(fma[2]) - float(fma[1])) <= 0.55  # the nearest whole number of ports

@@ -25,12 +25,17 @@ def test_fastconv_isa_environment_variable_forces_a_path():
     for isa in ISAS:
         out = subprocess.run(
             [sys.executable, "-c", "from fastconv import _backend; print(_backend.core.isa())"],
-            env={**os.environ, "FASTCONV_ISA": isa}, capture_output=True, text=True, check=True,
+            env={**os.environ, "FASTCONV_ISA": isa},
+            capture_output=True,
+            text=True,
+            check=True,
         )
         assert out.stdout.strip() == isa
     bad = subprocess.run(
         [sys.executable, "-c", "import fastconv"],
-        env={**os.environ, "FASTCONV_ISA": "sse9"}, capture_output=True, text=True,
+        env={**os.environ, "FASTCONV_ISA": "sse9"},
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode != 0
     assert "FASTCONV_ISA='sse9'" in bad.stderr and "avx512" in bad.stderr

@@ -62,8 +62,18 @@ def test_lazy_in_channels_from_first_input(rng):
 
 @pytest.mark.parametrize("backend", ["cpp", "numpy"])
 def test_layer_matches_functional_and_stores_gradients(rng, backend):
-    layer = fastconv.Conv2D(6, (3, 2), stride=(2, 1), padding="same", dilation=(1, 2), groups=3,
-                            in_channels=9, dtype="float64", backend=backend, seed=1)
+    layer = fastconv.Conv2D(
+        6,
+        (3, 2),
+        stride=(2, 1),
+        padding="same",
+        dilation=(1, 2),
+        groups=3,
+        in_channels=9,
+        dtype="float64",
+        backend=backend,
+        seed=1,
+    )
     x = rng.standard_normal((4, 9, 10, 9))
     y = layer(x)
     np.testing.assert_array_equal(

@@ -81,8 +81,18 @@ def test_hot_loop_is_the_innermost_heaviest_path():
     assert {(lp.header_addr, lp.innermost) for lp in loops} == {(0x1007, False), (0x100D, True)}
     assert {lp.header_addr: lp.vector_fmas for lp in loops} == {0x1007: 3, 0x100D: 3}  # an inner body counts once
     assert loop is not None and loop.header_addr == 0x100D and loop.latch_addr == 0x1034
-    assert [i.addr for i in loop.path] == [0x100D, 0x1013, 0x1018, 0x101B, 0x101D, 0x1022, 0x1027,
-                                           0x102E, 0x1031, 0x1034]
+    assert [i.addr for i in loop.path] == [
+        0x100D,
+        0x1013,
+        0x1018,
+        0x101B,
+        0x101D,
+        0x1022,
+        0x1027,
+        0x102E,
+        0x1031,
+        0x1034,
+    ]
     assert loop.fmas == {"ps256": 3} and loop.vector_fmas == 3
 
 
@@ -91,31 +101,40 @@ def test_mca_asm_has_no_addresses_and_one_label():
     asm = mca.mca_asm(loop.path)
     lines = asm.splitlines()
     assert lines[0] == ".Lmca_loop:" and len(lines) == 11
-    assert [ln.strip() for ln in lines if ln.strip().startswith("j")] == ["je .Lmca_loop", "jmp .Lmca_loop",
-                                                                           "jne .Lmca_loop"]
+    assert [ln.strip() for ln in lines if ln.strip().startswith("j")] == [
+        "je .Lmca_loop",
+        "jmp .Lmca_loop",
+        "jne .Lmca_loop",
+    ]
     assert "<" not in asm and "#" not in asm and not re.search(r"\b0x10[0-9a-f]{2}\b", asm)
 
 
 def test_hot_instance_and_filters():
-    names = ["void fastconv::avx2::direct_micro<float, 3, 2, 1>(float const*)",
-             "void fastconv::avx2::direct_micro<float, 6, 2, 1>(float const*)",
-             "void fastconv::avx2::direct_micro<float, 12, 1, 1>(float const*)",
-             "void fastconv::avx2::direct_micro<double, 6, 2, 1>(double const*)",
-             "void fastconv::avx512::direct_micro<float, 12, 2, 1>(float const*)",
-             "void fastconv::avx2::direct_micro<float, 4, 3, 1>(float const*)",
-             "void fastconv::avx2::direct_micro<float, 2, 3, 1>(float const*)"]
+    names = [
+        "void fastconv::avx2::direct_micro<float, 3, 2, 1>(float const*)",
+        "void fastconv::avx2::direct_micro<float, 6, 2, 1>(float const*)",
+        "void fastconv::avx2::direct_micro<float, 12, 1, 1>(float const*)",
+        "void fastconv::avx2::direct_micro<double, 6, 2, 1>(double const*)",
+        "void fastconv::avx512::direct_micro<float, 12, 2, 1>(float const*)",
+        "void fastconv::avx2::direct_micro<float, 4, 3, 1>(float const*)",
+        "void fastconv::avx2::direct_micro<float, 2, 3, 1>(float const*)",
+    ]
     syms = [mca.Symbol(i, 1, n) for i, n in enumerate(names)]
     kernels = {k.name: k for k in mca.KERNELS}
     picked = mca.select_function(kernels["direct_fwd"], "avx2", "float", syms)
     assert [s.name for s in picked] == [names[1]]  # 2 filter vectors, the most pixels
     picked = mca.select_function(kernels["direct_fwd3"], "avx2", "float", syms)
     assert [s.name for s in picked] == [names[5]]  # 3 filter vectors, the most pixels
-    shared = [mca.Symbol(0, 1, f"void fastconv::avx2::rows_shared_micro<float, {mr}, {nr}, 2, {r}>(float const*)")
-              for mr, nr, r in [(1, 4, 3), (3, 2, 3), (2, 3, 3), (3, 2, 5)]]
+    shared = [
+        mca.Symbol(0, 1, f"void fastconv::avx2::rows_shared_micro<float, {mr}, {nr}, 2, {r}>(float const*)")
+        for mr, nr, r in [(1, 4, 3), (3, 2, 3), (2, 3, 3), (3, 2, 5)]
+    ]
     assert [s.name for s in mca.select_function(kernels["rows_shared"], "avx2", "float", shared)] == [shared[1].name]
     # 12 accumulators either way: the wider rows (2 vectors) win
-    wide = [mca.Symbol(0, 1, f"void fastconv::avx2::rows_shared_micro<float, 3, {nr}, {nv}, 3>(float const*)")
-            for nr, nv in [(4, 1), (2, 2)]]
+    wide = [
+        mca.Symbol(0, 1, f"void fastconv::avx2::rows_shared_micro<float, 3, {nr}, {nv}, 3>(float const*)")
+        for nr, nv in [(4, 1), (2, 2)]
+    ]
     assert [s.name for s in mca.select_function(kernels["rows_shared"], "avx2", "float", wide)] == [wide[1].name]
     assert [s.name for s in mca.select_function(kernels["dw_fwd_shared"], "avx2", "float", shared)] == [shared[0].name]
 
@@ -169,10 +188,12 @@ def test_link_command_from_build_ninja(tmp_path):
     (tmp_path / "build.ninja").write_text(
         "build _core.so: LINKER_x a.o $\n    b.o | /usr/lib/libgomp.so || deps\n"
         "  LINK_FLAGS = -shared -flto=auto\n  POST_BUILD = cd x && /usr/bin/strip _core.so\n"
-        "  TARGET_FILE = _core.so\n\n")
+        "  TARGET_FILE = _core.so\n\n"
+    )
     (tmp_path / "CMakeFiles" / "rules.ninja").write_text(
         "rule LINKER_x\n  command = $PRE_LINK && /usr/bin/g++ -fPIC $LINK_FLAGS -o $TARGET_FILE $in $LINK_LIBRARIES"
-        " && $POST_BUILD\n  description = Linking\n")
+        " && $POST_BUILD\n  description = Linking\n"
+    )
     cmd = mca.link_command(tmp_path, "_core.so", Path("/tmp/out.so"))
     assert cmd == ": && /usr/bin/g++ -fPIC -shared -flto=auto -o /tmp/out.so a.o b.o  && :"
 
@@ -217,8 +238,9 @@ def template_args(function):
 def test_end_to_end_on_a_compiled_kernel(tmp_path):
     src, so = tmp_path / "k.cpp", tmp_path / "k.so"
     src.write_text(KERNEL_CPP)
-    subprocess.run(["g++", "-O3", "-mavx2", "-mfma", "-ffp-contract=fast", "-fPIC", "-shared", "-o", str(so),
-                    str(src)], check=True)
+    subprocess.run(
+        ["g++", "-O3", "-mavx2", "-mfma", "-ffp-contract=fast", "-fPIC", "-shared", "-o", str(so), str(src)], check=True
+    )
     report = run_script(["--so", str(so), "--kernels", "direct_fwd", "--isa", "avx2", "--dtype", "float"], tmp_path)
     rows = report["rows"]
     assert rows and all(r["function"] == "fastconv::avx2::direct_micro<float, 6, 2, 1>" for r in rows)
@@ -238,8 +260,9 @@ def test_end_to_end_on_the_installed_core(tmp_path):
         built = mca.find_build_copy(so, [])
         cached = built is not None and (built.parent / "mca" / f"{mca.sha256(so)[:16]}-{built.name}").exists()
         if not cached:
-            pytest.skip("the installed _core is stripped and not yet relinked: run benchmarks/mca_kernels.py "
-                        "once (minutes)")
+            pytest.skip(
+                "the installed _core is stripped and not yet relinked: run benchmarks/mca_kernels.py once (minutes)"
+            )
     report = run_script(["--kernels", "direct_fwd", "--isa", "avx2", "--dtype", "float"], tmp_path)
     modelled = [r for r in report["rows"] if r["cycles"] is not None]
     assert modelled, report["rows"]

@@ -106,6 +106,7 @@ def openmp_step(rng):
 
 def core_error_step(call, error):
     """A call to the private C++ core that must raise `error` from its own checks."""
+
     def step():
         with pytest.raises(error):
             call()

@@ -33,4 +33,4 @@ def test_instruction_set_sources_link_last_in_increasing_order():
     sources = re.search(r"pybind11_add_module\(_core\s+(.*?)\)", cmake, re.S).group(1).split()
     isa_sources = [s for s in sources if re.search(r"kernels_avx", s)]
     assert isa_sources == ["csrc/kernels_avx2.cpp", "csrc/kernels_avx512.cpp"]
-    assert sources[-len(isa_sources):] == isa_sources
+    assert sources[-len(isa_sources) :] == isa_sources

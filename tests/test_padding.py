@@ -27,8 +27,9 @@ def torch_reference(x, w, b, grad_y, stride, pads, mode, dilation=1, groups=1):
     bt = torch.tensor(b, requires_grad=True)
     top, bottom, left, right = pads
     torch_mode = "constant" if mode == "zeros" else mode
-    y = F.conv2d(F.pad(xt, (left, right, top, bottom), mode=torch_mode), wt, bt, stride=stride, dilation=dilation,
-                 groups=groups)
+    y = F.conv2d(
+        F.pad(xt, (left, right, top, bottom), mode=torch_mode), wt, bt, stride=stride, dilation=dilation, groups=groups
+    )
     y.backward(torch.tensor(grad_y))
     return y.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(), bt.grad.numpy()
 

@@ -76,8 +76,10 @@ def cases(draw) -> Case:
         "quad": (draw(amount), draw(amount), draw(amount), draw(amount)),
     }[form]
     mode = draw(st.sampled_from(MODES))
-    pads = {"valid": (0, 0, 0, 0), "same": None}.get(form) if isinstance(padding, str) else (
-        fastconv._validation.check_padding(padding)
+    pads = (
+        {"valid": (0, 0, 0, 0), "same": None}.get(form)
+        if isinstance(padding, str)
+        else (fastconv._validation.check_padding(padding))
     )
     # Smallest input that the dilated kernel fits and that the padding mode
     # allows (reflect pads less than the size, circular at most the size).
@@ -98,8 +100,18 @@ def cases(draw) -> Case:
         dtype=draw(st.sampled_from([np.float32, np.float64])),
         data_format=draw(st.sampled_from(["NCHW", "NHWC"])),
         n=draw(st.integers(0, 3)) if batched else 1,
-        c=c, k=k, h=sizes[0], w=sizes[1], kernel=kernel, stride=stride, dilation=dilation, groups=groups,
-        padding=padding, padding_mode=mode, bias=draw(st.booleans()), batched=batched,
+        c=c,
+        k=k,
+        h=sizes[0],
+        w=sizes[1],
+        kernel=kernel,
+        stride=stride,
+        dilation=dilation,
+        groups=groups,
+        padding=padding,
+        padding_mode=mode,
+        bias=draw(st.booleans()),
+        batched=batched,
         need_input_grad=draw(st.booleans()),
         layout=draw(st.sampled_from(["contiguous", "fortran", "negative-strides"])),
         api=draw(st.sampled_from(["functional", "layer"])),
@@ -148,15 +160,23 @@ def relayout(a: np.ndarray, layout: str) -> np.ndarray:
 
 def run(case: Case, backend: str, x, weight, bias, grad_y):
     """(output, dL/dx, dL/dw, dL/db) through the case's API."""
-    geometry = dict(stride=case.stride, padding=case.padding, dilation=case.dilation, groups=case.groups,
-                    padding_mode=case.padding_mode, data_format=case.data_format)
+    geometry = dict(
+        stride=case.stride,
+        padding=case.padding,
+        dilation=case.dilation,
+        groups=case.groups,
+        padding_mode=case.padding_mode,
+        data_format=case.data_format,
+    )
     if case.api == "functional":
         y = fastconv.conv2d(x, weight, bias, backend=backend, **geometry)
-        grads = fastconv.conv2d_backward(grad_y, x, weight, bias=case.bias, need_input_grad=case.need_input_grad,
-                                         backend=backend, **geometry)
+        grads = fastconv.conv2d_backward(
+            grad_y, x, weight, bias=case.bias, need_input_grad=case.need_input_grad, backend=backend, **geometry
+        )
         return y, grads.input, grads.weight, grads.bias
-    layer = fastconv.Conv2D(case.k, case.kernel, bias=case.bias, in_channels=case.c, dtype=case.dtype,
-                            backend=backend, **geometry)
+    layer = fastconv.Conv2D(
+        case.k, case.kernel, bias=case.bias, in_channels=case.c, dtype=case.dtype, backend=backend, **geometry
+    )
     layer.weight = weight
     if bias is not None:
         layer.bias = bias

@@ -5,10 +5,9 @@ import time
 
 import numpy as np
 import pytest
+from helpers import ISAS, forced_isa, torch_conv
 
 import fastconv
-from fastconv import _backend
-from helpers import ISAS, forced_isa, torch_conv
 
 torch = pytest.importorskip("torch")
 

@@ -77,8 +77,13 @@ def test_results_do_not_depend_on_which_thread_takes_which_units(dtype):
 
 def test_omp_num_threads_is_honoured():
     code = "import fastconv; print(fastconv.get_num_threads())"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "1"
 
 

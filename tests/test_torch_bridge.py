@@ -32,7 +32,10 @@ def _pad4(padding, x_hw, kernel, stride, dilation):
     if padding == "valid":
         return (0, 0, 0, 0)
     if padding == "same":
-        return (*same_padding(x_hw[0], kernel[0], stride, dilation), *same_padding(x_hw[1], kernel[1], stride, dilation))
+        return (
+            *same_padding(x_hw[0], kernel[0], stride, dilation),
+            *same_padding(x_hw[1], kernel[1], stride, dilation),
+        )
     if isinstance(padding, int):
         return (padding,) * 4
     return (padding[0], padding[0], padding[1], padding[1]) if len(padding) == 2 else tuple(padding)
@@ -63,7 +66,9 @@ def test_gradcheck_float64(shape, k, kernel, stride, padding, dilation, groups, 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize(PARAMS, GEOMETRIES)
-def test_matches_torch_forward_and_gradients(shape, k, kernel, stride, padding, dilation, groups, bias, padding_mode, dtype):
+def test_matches_torch_forward_and_gradients(
+    shape, k, kernel, stride, padding, dilation, groups, bias, padding_mode, dtype
+):
     x, w, b = _inputs(shape, k, kernel, groups, bias, dtype)
     y = fct.conv2d(x, w, b, stride, padding, dilation, groups, padding_mode)
     grad_y = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)

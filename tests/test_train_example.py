@@ -50,7 +50,9 @@ def test_backward_matches_finite_differences(example):
         setattr(layer, name, value - eps * direction)
         minus = loss_of()
         setattr(layer, name, value)
-        assert (plus - minus) / (2 * eps) == pytest.approx(analytic, rel=1e-5, abs=1e-8), f"{type(layer).__name__}.{name}"
+        assert (plus - minus) / (2 * eps) == pytest.approx(analytic, rel=1e-5, abs=1e-8), (
+            f"{type(layer).__name__}.{name}"
+        )
 
 
 def test_command_line_and_plot(example, tmp_path, capsys):

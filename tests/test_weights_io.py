@@ -11,8 +11,17 @@ import fastconv
 
 CONFIGS = [
     dict(filters=4, kernel_size=3, padding="same", in_channels=2),
-    dict(filters=6, kernel_size=(2, 3), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=3, in_channels=3,
-         bias=False, dtype="float64"),
+    dict(
+        filters=6,
+        kernel_size=(2, 3),
+        stride=(2, 1),
+        padding=(1, 2),
+        dilation=(1, 2),
+        groups=3,
+        in_channels=3,
+        bias=False,
+        dtype="float64",
+    ),
     dict(filters=4, kernel_size=3, padding=(0, 1, 2, 1), padding_mode="reflect", in_channels=2),
     dict(filters=2, kernel_size=4, padding="same", padding_mode="circular", in_channels=1, dtype="float64"),
     dict(filters=3, kernel_size=3, stride=2, padding="same", in_channels=2, data_format="NHWC"),
@@ -102,8 +111,16 @@ def test_a_file_with_inconsistent_weights_is_refused(tmp_path):
 
 TORCH_CONFIGS = [
     dict(in_channels=2, out_channels=4, kernel_size=3, padding=1),
-    dict(in_channels=4, out_channels=6, kernel_size=(2, 3), stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2,
-         bias=False),
+    dict(
+        in_channels=4,
+        out_channels=6,
+        kernel_size=(2, 3),
+        stride=(2, 1),
+        padding=(1, 0),
+        dilation=(1, 2),
+        groups=2,
+        bias=False,
+    ),
     dict(in_channels=3, out_channels=5, kernel_size=4, padding="same"),  # even kernel: extra padding bottom/right
     dict(in_channels=2, out_channels=3, kernel_size=3, padding=1, padding_mode="replicate"),
     dict(in_channels=2, out_channels=3, kernel_size=3, padding="valid", dtype="float64"),
@@ -121,8 +138,9 @@ def test_from_torch_and_to_torch_give_identical_outputs(rng, config):
     x = rng.standard_normal((2, config["in_channels"], 9, 8)).astype(layer.dtype)
     expected = conv(torch.tensor(x)).detach().numpy()
     y = layer.forward(x)
-    np.testing.assert_allclose(y, expected, rtol=1e-5 if dtype == torch.float32 else 1e-12,
-                               atol=1e-5 if dtype == torch.float32 else 1e-12)
+    np.testing.assert_allclose(
+        y, expected, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-5 if dtype == torch.float32 else 1e-12
+    )
     back = layer.to_torch()
     np.testing.assert_array_equal(back(torch.tensor(x)).detach().numpy(), expected)
     again = fastconv.Conv2D.from_torch(back)
@@ -145,13 +163,15 @@ def test_keras_layout_round_trip(rng):
     assert kernel.shape == (2, 3, 2, 6)  # HWIO
     k, c, r, s = 5, 1, 1, 2
     assert kernel[r, s, c, k] == layer.weight[k, c, r, s]
-    again = fastconv.Conv2D.from_keras(kernel, bias, strides=2, padding="same", groups=2, dtype="float64",
-                                       data_format="NCHW")
+    again = fastconv.Conv2D.from_keras(
+        kernel, bias, strides=2, padding="same", groups=2, dtype="float64", data_format="NCHW"
+    )
     assert_same_outputs(layer, again, rng.standard_normal((2, 4, 7, 7)))
     keras_style = fastconv.Conv2D.from_keras(kernel, bias, strides=2, padding="same", groups=2, dtype="float64")
     assert keras_style.data_format == "NHWC"  # Keras' default layout
     x = rng.standard_normal((2, 4, 7, 7))
-    np.testing.assert_allclose(keras_style.forward(x.transpose(0, 2, 3, 1)), layer.forward(x).transpose(0, 2, 3, 1),
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        keras_style.forward(x.transpose(0, 2, 3, 1)), layer.forward(x).transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12
+    )
     with pytest.raises(ValueError, match="kernel must have shape"):
         fastconv.Conv2D.from_keras(np.zeros((3, 3, 2)))

@@ -50,8 +50,10 @@ def demo(dtype: str) -> int:
         results[name] = (y, grad_w, grad_x, layer.grad_bias)
         fwd = _median_ms(lambda: layer.forward(x))
         bwd = _median_ms(lambda: layer.backward(grad_y))
-        print(f"  {name:6s} output {y.shape}  dL/dF {grad_w.shape}  dL/dX {grad_x.shape}  "
-              f"forward {fwd:.3f} ms  backward {bwd:.3f} ms")
+        print(
+            f"  {name:6s} output {y.shape}  dL/dF {grad_w.shape}  dL/dX {grad_x.shape}  "
+            f"forward {fwd:.3f} ms  backward {bwd:.3f} ms"
+        )
 
     labels = ("output", "dL/dF", "dL/dX", "dL/db")
     ref = results["numpy"]
@@ -87,8 +89,10 @@ def print_cpu_facts(facts: dict[str, Any]) -> None:
     if facts["fma_per_cycle"] is None:
         print(f"FMA: {bench.format_fma(facts)}")
         return
-    print(f"FMA: {bench.format_fma(facts)} (measured: float32 FMA peak {facts['fma_peak_gflops']:.1f} GFLOP/s"
-          f" on one thread, at a clock of {facts['clock_ghz']:.2f} GHz timed with a chain of integer adds)")
+    print(
+        f"FMA: {bench.format_fma(facts)} (measured: float32 FMA peak {facts['fma_peak_gflops']:.1f} GFLOP/s"
+        f" on one thread, at a clock of {facts['clock_ghz']:.2f} GHz timed with a chain of integer adds)"
+    )
 
 
 def info() -> int:
@@ -105,8 +109,10 @@ def info() -> int:
     if build["openmp"] is None:
         print("OpenMP: not compiled in; the kernels run on one thread")
     elif i["openmp_libraries"] is None:
-        print(f"OpenMP: version {build['openmp']}, {build['max_threads']} threads"
-              " (install threadpoolctl to name the runtime library)")
+        print(
+            f"OpenMP: version {build['openmp']}, {build['max_threads']} threads"
+            " (install threadpoolctl to name the runtime library)"
+        )
     else:
         libs = ", ".join(f"{lib['prefix']} ({lib['filepath']})" for lib in i["openmp_libraries"]) or "none found"
         print(f"OpenMP: version {build['openmp']}, {build['max_threads']} threads; runtime: {libs}")
@@ -120,8 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="the task's example through both backends, checked against PyTorch")
     p_demo.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     p_bench = sub.add_parser(
-        "bench", help="time fastconv against PyTorch and the NumPy reference",
-        description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "bench",
+        help="time fastconv against PyTorch and the NumPy reference",
+        description=bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_arguments(p_bench)
     sub.add_parser("info", help="versions, instruction sets, vector width, caches, FMA ports, OpenMP and build flags")

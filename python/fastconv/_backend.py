@@ -46,7 +46,7 @@ def check_backend(backend: object) -> str:
 
 
 def resolve(backend: str) -> str:
-    """"cpp" or "numpy" for a (checked) backend name."""
+    """ "cpp" or "numpy" for a (checked) backend name."""
     global _warned
     check_backend(backend)
     if backend == "numpy":

@@ -29,7 +29,9 @@ _ndarray = np.ndarray
 _checked: dict[tuple[Any, ...], Any] = {}
 
 
-def signature(tag: str, arrays: tuple[Any, ...], options: tuple[Any, ...], flags: tuple[Any, ...]) -> tuple[Any, ...] | None:
+def signature(
+    tag: str, arrays: tuple[Any, ...], options: tuple[Any, ...], flags: tuple[Any, ...]
+) -> tuple[Any, ...] | None:
     """The key of a call to the function named `tag`, or None if it has none
     (it is then checked every time). `options` must be ints, strs or tuples of
     ints, `flags` True or False. Written out in full: this runs on every call."""

@@ -109,7 +109,9 @@ def check_padding(padding: Any) -> str | Padding4:
     if isinstance(padding, str):
         mode = padding.lower()
         if mode not in PADDING_STRINGS:
-            raise ValueError(f'padding must be "valid", "same", an int, (h, w) or (top, bottom, left, right), got {shown(padding)}')
+            raise ValueError(
+                f'padding must be "valid", "same", an int, (h, w) or (top, bottom, left, right), got {shown(padding)}'
+            )
         return mode
     if isinstance(padding, (tuple, list)):
         names = {2: ("h", "w"), 4: ("top", "bottom", "left", "right")}.get(len(padding))
@@ -158,8 +160,11 @@ def as_float_array(value: Any, name: str, dtype: np.dtype | None = None) -> np.n
     values, whose meaning a convolution cannot keep). With `dtype` None,
     float64 stays float64 and any other float becomes float32.
     """
-    if type(value) is np.ndarray and value.flags.c_contiguous and value.flags.aligned and (
-        value.dtype == dtype if dtype is not None else value.dtype in SUPPORTED_DTYPES
+    if (
+        type(value) is np.ndarray
+        and value.flags.c_contiguous
+        and value.flags.aligned
+        and (value.dtype == dtype if dtype is not None else value.dtype in SUPPORTED_DTYPES)
     ):
         return value  # the common case, checked cheaply: this runs on every call
     if isinstance(value, np.ma.MaskedArray) and np.ma.is_masked(value):
@@ -174,9 +179,7 @@ def as_float_array(value: Any, name: str, dtype: np.dtype | None = None) -> np.n
     except Exception as exc:  # anything else that array conversion can raise
         raise TypeError(f"{name} could not be converted to a NumPy array: {exc}") from exc
     if arr.dtype.kind != "f":
-        raise TypeError(
-            f"{name} must hold floating-point numbers (float32 or float64), got dtype {arr.dtype}"
-        )
+        raise TypeError(f"{name} must hold floating-point numbers (float32 or float64), got dtype {arr.dtype}")
     if dtype is None:
         dtype = np.dtype(np.float64) if arr.dtype.itemsize >= 8 else np.dtype(np.float32)
     out = np.asarray(arr, dtype=dtype, order="C")  # native byte order; unlike ascontiguousarray, keeps 0-d as 0-d
@@ -267,9 +270,7 @@ def _plan_geometry(
     if min(k, c_per_group, kh, kw) < 1:
         raise ValueError(f"weight shape {tuple(w_shape)} has a zero dimension")
     if c % groups or k % groups:
-        raise ValueError(
-            f"groups={groups} must divide both the input channels ({c}) and the filters ({k})"
-        )
+        raise ValueError(f"groups={groups} must divide both the input channels ({c}) and the filters ({k})")
     if c_per_group * groups != c:
         raise ValueError(
             f"input has {c} channels but the weight expects {c_per_group * groups} "
@@ -303,8 +304,7 @@ def _plan_geometry(
         padded = size + pads[0] + pads[1]
         if padded < span:
             raise ValueError(
-                f"kernel {axis} {kernel} (dilation {dil}, span {span}) is larger than "
-                f"the padded input {axis} {padded}"
+                f"kernel {axis} {kernel} (dilation {dil}, span {span}) is larger than the padded input {axis} {padded}"
             )
         out.append((padded - span) // st + 1)
         # Where it changes no result, the kernels get the smallest stride and

@@ -15,8 +15,19 @@ from typing import Any
 import numpy as np
 
 FORMAT = "fastconv.Conv2D/1"
-CONFIG_KEYS = {"filters", "kernel_size", "stride", "padding", "padding_mode", "dilation", "groups", "bias",
-               "in_channels", "dtype", "data_format"}
+CONFIG_KEYS = {
+    "filters",
+    "kernel_size",
+    "stride",
+    "padding",
+    "padding_mode",
+    "dilation",
+    "groups",
+    "bias",
+    "in_channels",
+    "dtype",
+    "data_format",
+}
 
 
 def save(path: str | PathLike[str], config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:

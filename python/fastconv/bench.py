@@ -56,6 +56,8 @@ def _core() -> Any:
 
 class BenchError(Exception):
     """A run that cannot go ahead as asked (shapes, threads, ISA): a message, not a traceback."""
+
+
 MEMORY_NOTE = (
     "peak_rss_extra_mib: growth of the process's peak resident memory (VmHWM, reset through "
     "/proc/self/clear_refs after malloc_trim) during the last warm-up call, over the resident "
@@ -157,8 +159,9 @@ def parse_shape(text: str) -> Shape:
     fields.setdefault("w", fields["h"])
     try:
         values = {key: int(fields[key]) for key in ints if key in fields}
-        shape = Shape(name=fields["name"], kernel=parse_kernel(fields["kernel"]),
-                      padding=fields.get("padding", "same"), **values)
+        shape = Shape(
+            name=fields["name"], kernel=parse_kernel(fields["kernel"]), padding=fields.get("padding", "same"), **values
+        )
         shape.geometry()
     except (TypeError, ValueError) as exc:
         raise argparse.ArgumentTypeError(f"--shape {text!r}: {exc}") from exc
@@ -166,7 +169,7 @@ def parse_shape(text: str) -> Shape:
 
 
 def parse_kernel(text: str) -> int | tuple[int, int]:
-    """"3" (square) or "1x7" (height x width)."""
+    """ "3" (square) or "1x7" (height x width)."""
     if "x" not in text:
         return int(text)
     height, width = text.split("x", 1)
@@ -226,20 +229,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--only", type=_csv, default=None, help="run only these shapes (comma-separated: suite or --shape names)")
     add("--quick", action="store_true", help="fewer shapes and repeats: under a minute")
     add("--detail", action="store_true", help="also time dL/dX, dL/dF and dL/db on their own")
-    add("--reference", action="store_true",
-        help=f"time the NumPy reference on every shape, not only below {REFERENCE_MAX_FLOPS / 1e6:.0f} MFLOP")
-    add("--isa", default=None,
+    add(
+        "--reference",
+        action="store_true",
+        help=f"time the NumPy reference on every shape, not only below {REFERENCE_MAX_FLOPS / 1e6:.0f} MFLOP",
+    )
+    add(
+        "--isa",
+        default=None,
         help="instruction set for fastconv's kernels (see `python -m fastconv info`); with avx2 or generic, "
-             "PyTorch is restricted to the same through " + ", ".join(TORCH_ISA_VARS) +
-             " (the bench re-runs itself in a child process to set them before PyTorch loads)")
+        "PyTorch is restricted to the same through "
+        + ", ".join(TORCH_ISA_VARS)
+        + " (the bench re-runs itself in a child process to set them before PyTorch loads)",
+    )
     add("--warmup", type=count(0), default=None, help="untimed calls before timing (default 2, --quick 1)")
     add("--repeats", type=count(1), default=None, help="least timed calls (default 10, --quick 3)")
-    add("--rounds", type=count(1), default=None,
-        help="rounds the timed calls are split into, libraries and thread counts taking turns (default 5, --quick 2)")
-    add("--min-time", type=float, default=None,
-        help="more repeats of fast calls until this many seconds (default 0.3, --quick 0.05)")
-    add("--no-host-check", action="store_true",
-        help="take every share of samples as it comes, without checking that the machine gives the run its cores")
+    add(
+        "--rounds",
+        type=count(1),
+        default=None,
+        help="rounds the timed calls are split into, libraries and thread counts taking turns (default 5, --quick 2)",
+    )
+    add(
+        "--min-time",
+        type=float,
+        default=None,
+        help="more repeats of fast calls until this many seconds (default 0.3, --quick 0.05)",
+    )
+    add(
+        "--no-host-check",
+        action="store_true",
+        help="take every share of samples as it comes, without checking that the machine gives the run its cores",
+    )
     add("--json", metavar="PATH", help="write every figure, the versions and the machine to PATH")
     add("--plot", metavar="PATH", help="write a PNG bar chart of the speed-ups over PyTorch (needs matplotlib)")
 
@@ -437,11 +458,19 @@ def check_case(
             theirs = [np.asarray(a) for a in fns[pass_name]()]
             for output, a, b in zip(OUTPUT_NAMES[pass_name], ours, theirs, strict=True):
                 diff = max_rel_diff(a, b) if a.shape == b.shape else math.inf
-                rows.append({
-                    "shape": case.shape.name, "dtype": dtype, "threads": threads, "pass": pass_name,
-                    "output": output, "against": other, "max_rel_diff": diff,
-                    "tolerance": TOLERANCE[dtype], "ok": diff <= TOLERANCE[dtype],
-                })
+                rows.append(
+                    {
+                        "shape": case.shape.name,
+                        "dtype": dtype,
+                        "threads": threads,
+                        "pass": pass_name,
+                        "output": output,
+                        "against": other,
+                        "max_rel_diff": diff,
+                        "tolerance": TOLERANCE[dtype],
+                        "ok": diff <= TOLERANCE[dtype],
+                    }
+                )
     return rows
 
 
@@ -513,9 +542,13 @@ def summarize(seconds: Sequence[float], memory: float | None) -> dict[str, Any]:
     times = np.asarray(seconds)
     q1, median, q3 = np.percentile(times, [25, 50, 75]) * 1e3
     return {
-        "median_ms": float(median), "q1_ms": float(q1), "q3_ms": float(q3),
-        "min_ms": float(times.min() * 1e3), "max_ms": float(times.max() * 1e3),
-        "spread_pct": float((q3 - q1) / median * 100), "samples": len(times),
+        "median_ms": float(median),
+        "q1_ms": float(q1),
+        "q3_ms": float(q3),
+        "min_ms": float(times.min() * 1e3),
+        "max_ms": float(times.max() * 1e3),
+        "spread_pct": float((q3 - q1) / median * 100),
+        "samples": len(times),
         "peak_rss_extra_mib": memory,
     }
 
@@ -560,6 +593,7 @@ def time_interleaved(
                         share = planned[key] // cfg.rounds + (rnd < planned[key] % cfg.rounds)
                         if share == 0:
                             continue
+
                         def take_share(fn: Callable[[], Any] = fn, share: int = share, rnd: int = rnd) -> list[float]:
                             if rnd > 0 and cfg.warmup > 0:
                                 fn()
@@ -669,8 +703,11 @@ def rerun_with_torch_isa(isa: str, argv: Sequence[str]) -> int:
     environment restricts PyTorch to `isa`; its exit status."""
     wanted = torch_isa_env(isa)
     settings = " ".join(f"{k}={v}" for k, v in wanted.items())
-    print(f"fastconv bench: re-running in a child process with {settings}, so that PyTorch loads restricted"
-          f" to {isa}", file=sys.stderr, flush=True)
+    print(
+        f"fastconv bench: re-running in a child process with {settings}, so that PyTorch loads restricted to {isa}",
+        file=sys.stderr,
+        flush=True,
+    )
     env = {**os.environ, **wanted, CHILD_MARK: "1"}
     return subprocess.run([sys.executable, "-m", "fastconv", *argv], env=env, check=False).returncode
 
@@ -794,8 +831,12 @@ class HostCheck:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "enabled": self.enabled, "required_share_of_peak": self.SHARE, "peak_gflops_1_thread": self.peak,
-            "checks": self.checks, "seconds_waited": self.waited_s, "seconds_settling": self.settled_s,
+            "enabled": self.enabled,
+            "required_share_of_peak": self.SHARE,
+            "peak_gflops_1_thread": self.peak,
+            "checks": self.checks,
+            "seconds_waited": self.waited_s,
+            "seconds_settling": self.settled_s,
             "shares_taken_again": self.retaken,
             "shares_kept_after_last_try": self.kept_short,
         }
@@ -808,11 +849,13 @@ def format_host_check(host: dict[str, Any]) -> str:
     def by_lib(counts: dict[str, int]) -> str:
         return ", ".join(f"{lib} {n}" for lib, n in counts.items()) or "none"
 
-    return (f"\nhost check: {host['checks']} checks that the threads get {100 * host['required_share_of_peak']:.0f}%"
-            f" of their cores' FMA peak; waited {host['seconds_waited']:.1f} s for it and"
-            f" {host['seconds_settling']:.1f} s for spinning threads to settle; shares of samples taken"
-            f" again: {by_lib(host['shares_taken_again'])}; kept after the last try:"
-            f" {by_lib(host['shares_kept_after_last_try'])}")
+    return (
+        f"\nhost check: {host['checks']} checks that the threads get {100 * host['required_share_of_peak']:.0f}%"
+        f" of their cores' FMA peak; waited {host['seconds_waited']:.1f} s for it and"
+        f" {host['seconds_settling']:.1f} s for spinning threads to settle; shares of samples taken"
+        f" again: {by_lib(host['shares_taken_again'])}; kept after the last try:"
+        f" {by_lib(host['shares_kept_after_last_try'])}"
+    )
 
 
 def import_torch() -> Any:
@@ -895,7 +938,8 @@ def add_thread_scaling(records: list[dict[str, Any]]) -> None:
         base = one.get((r["shape"], r["dtype"], r["pass"]))
         r["speedup_vs_1_thread"] = (
             base["timings"]["fastconv"]["median_ms"] / r["timings"]["fastconv"]["median_ms"]
-            if base is not None and r["threads"] > 1 else None
+            if base is not None and r["threads"] > 1
+            else None
         )
 
 
@@ -942,15 +986,18 @@ class FixedCost:
     def result(self) -> dict[str, dict[str, float]]:
         if not any(self.times.values()):
             self.take_share()
-        return {lib: {p: float(np.median(self.times[lib, p])) * 1e6 for p in ("forward", "backward")}
-                for lib in self.libs}
+        return {
+            lib: {p: float(np.median(self.times[lib, p])) * 1e6 for p in ("forward", "backward")} for lib in self.libs
+        }
 
 
 def format_fixed_cost(costs: dict[str, dict[str, float]]) -> str:
     s = FIXED_COST_SHAPE
     parts = [f"{lib} forward {c['forward']:.1f} us, backward {c['backward']:.1f} us" for lib, c in costs.items()]
-    return (f"\nfixed cost per call ({s.n}x{s.c}x{s.h}x{s.w} input, {s.k} filter of {s.kernel_label}, float32,"
-            f" 1 thread, median of samples spread over the run): " + "; ".join(parts))
+    return (
+        f"\nfixed cost per call ({s.n}x{s.c}x{s.h}x{s.w} input, {s.k} filter of {s.kernel_label}, float32,"
+        f" 1 thread, median of samples spread over the run): " + "; ".join(parts)
+    )
 
 
 def make_record(
@@ -964,8 +1011,13 @@ def make_record(
         timing["pct_peak"] = 100 * timing["gflops"] / peak if peak > 0 else None
     torch_ms = timings.get("torch", {}).get("median_ms")
     return {
-        "shape": shape.name, "dims": asdict(shape), "dtype": dtype, "threads": threads,
-        "pass": pass_name, "flops": flops, "peak_gflops": peak,
+        "shape": shape.name,
+        "dims": asdict(shape),
+        "dtype": dtype,
+        "threads": threads,
+        "pass": pass_name,
+        "flops": flops,
+        "peak_gflops": peak,
         "timings": timings,
         "speedup_vs_torch": torch_ms / timings["fastconv"]["median_ms"] if torch_ms else None,
     }
@@ -1011,11 +1063,19 @@ def target_summary(
     backward; the big float32 layers' % of peak on 1 thread; the fixed cost."""
     groups = []
     for dtype, threads in dict.fromkeys((r["dtype"], r["threads"]) for r in records):
-        group: dict[str, Any] = {"dtype": dtype, "threads": threads, "geomean": {}, "lowest": {},
-                                 "targets": speedup_targets(dtype, torch_isa)}
+        group: dict[str, Any] = {
+            "dtype": dtype,
+            "threads": threads,
+            "geomean": {},
+            "lowest": {},
+            "targets": speedup_targets(dtype, torch_isa),
+        }
         for p in PASSES:
-            rows = [r for r in records if (r["dtype"], r["threads"], r["pass"]) == (dtype, threads, p)
-                    and r["speedup_vs_torch"]]
+            rows = [
+                r
+                for r in records
+                if (r["dtype"], r["threads"], r["pass"]) == (dtype, threads, p) and r["speedup_vs_torch"]
+            ]
             if rows:
                 lowest = min(rows, key=lambda r: r["speedup_vs_torch"])
                 group["geomean"][p] = float(np.exp(np.mean([np.log(r["speedup_vs_torch"]) for r in rows])))
@@ -1028,8 +1088,10 @@ def target_summary(
             pct_peak.setdefault(r["shape"], {})[r["pass"]] = r["timings"]["fastconv"]["pct_peak"]
     return {
         "speedups": groups,
-        "pct_peak_float32_1_thread": pct_peak, "target_pct_peak": TARGET_PCT_PEAK,
-        "fixed_cost_us": fixed_cost, "target_fixed_cost_us": TARGET_FIXED_COST_US,
+        "pct_peak_float32_1_thread": pct_peak,
+        "target_pct_peak": TARGET_PCT_PEAK,
+        "fixed_cost_us": fixed_cost,
+        "target_fixed_cost_us": TARGET_FIXED_COST_US,
         "targets_from": "issue 15, section Targets",
     }
 
@@ -1046,8 +1108,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         for p, value in g["geomean"].items():
             parts.append(f"geomean {p} {value:.2f}x [>= {t['geomean']}x {_mark(value >= t['geomean'])}]")
         for p, low in g["lowest"].items():
-            parts.append(f"lowest {p} {low['speedup']:.2f}x {low['shape']}"
-                         f" [>= {t['lowest']}x {_mark(low['speedup'] >= t['lowest'])}]")
+            parts.append(
+                f"lowest {p} {low['speedup']:.2f}x {low['shape']}"
+                f" [>= {t['lowest']}x {_mark(low['speedup'] >= t['lowest'])}]"
+            )
         out.append(f"  {g['dtype']}, {g['threads']} thread{'s' * (g['threads'] > 1)} vs torch: " + "; ".join(parts))
     target = summary["target_pct_peak"]
     layers = []
@@ -1056,13 +1120,17 @@ def format_summary(summary: dict[str, Any]) -> str:
             figures = " / ".join(f"{pct[p]:.1f}" for p in PASSES if p in pct)
             layers.append(f"{shape} {figures} {_mark(all(pct[p] >= target[p] for p in pct))}")
     if layers:
-        out.append(f"  float32, 1 thread, % of FMA peak forward / backward [>= {target['forward']:.0f}% /"
-                   f" >= {target['backward']:.0f}%]: " + ", ".join(layers))
+        out.append(
+            f"  float32, 1 thread, % of FMA peak forward / backward [>= {target['forward']:.0f}% /"
+            f" >= {target['backward']:.0f}%]: " + ", ".join(layers)
+        )
     fixed = (summary["fixed_cost_us"] or {}).get("fastconv")
     if fixed:
         limit = summary["target_fixed_cost_us"]
-        out.append(f"  fixed cost: fastconv forward {fixed['forward']:.1f} us, backward {fixed['backward']:.1f} us"
-                   f" [< {limit:.0f} us {_mark(max(fixed.values()) < limit)}]")
+        out.append(
+            f"  fixed cost: fastconv forward {fixed['forward']:.1f} us, backward {fixed['backward']:.1f} us"
+            f" [< {limit:.0f} us {_mark(max(fixed.values()) < limit)}]"
+        )
     return "\n".join(out)
 
 
@@ -1123,8 +1191,10 @@ def format_caches(facts: dict[str, Any]) -> str:
 
 def format_cpu_facts(facts: dict[str, Any]) -> str:
     """One line for the bench's header."""
-    return (f"{facts['vector_bits']}-bit vectors, {facts['vector_registers']} registers, {format_fma(facts)};"
-            f" {format_caches(facts)}")
+    return (
+        f"{facts['vector_bits']}-bit vectors, {facts['vector_registers']} registers, {format_fma(facts)};"
+        f" {format_caches(facts)}"
+    )
 
 
 def runtime_info() -> dict[str, Any]:
@@ -1144,8 +1214,15 @@ def runtime_info() -> dict[str, Any]:
 
 
 COLUMNS = (
-    ("shape", 14), ("pass", 16), ("fastconv ms ±IQR", 16), ("GFLOP/s", 8), ("%peak", 6),
-    ("torch ms ±IQR", 16), ("numpy ms ±IQR", 16), ("vs torch", 8), ("vs 1 thread", 11),
+    ("shape", 14),
+    ("pass", 16),
+    ("fastconv ms ±IQR", 16),
+    ("GFLOP/s", 8),
+    ("%peak", 6),
+    ("torch ms ±IQR", 16),
+    ("numpy ms ±IQR", 16),
+    ("vs torch", 8),
+    ("vs 1 thread", 11),
 )
 
 
@@ -1176,11 +1253,21 @@ def format_tables(records: list[dict[str, Any]], geomeans: list[dict[str, Any]],
             t, fc = r["timings"], r["timings"]["fastconv"]
             speedup = f"{r['speedup_vs_torch']:.2f}x" if r["speedup_vs_torch"] else "-"
             scaling = f"{r['speedup_vs_1_thread']:.2f}x" if r["speedup_vs_1_thread"] else "-"
-            out.append(_row([
-                r["shape"], r["pass"], _ms(fc), f"{fc['gflops']:.2f}",
-                f"{fc['pct_peak']:.1f}%" if fc["pct_peak"] is not None else "-",
-                _ms(t.get("torch")), _ms(t.get("numpy")), speedup, scaling,
-            ]))
+            out.append(
+                _row(
+                    [
+                        r["shape"],
+                        r["pass"],
+                        _ms(fc),
+                        f"{fc['gflops']:.2f}",
+                        f"{fc['pct_peak']:.1f}%" if fc["pct_peak"] is not None else "-",
+                        _ms(t.get("torch")),
+                        _ms(t.get("numpy")),
+                        speedup,
+                        scaling,
+                    ]
+                )
+            )
         for g in geomeans:
             if (g["dtype"], g["threads"]) == (dtype, threads):
                 out.append(_row(["geomean", g["pass"], "", "", "", "", "", f"{g['speedup_vs_torch']:.2f}x", ""]))
@@ -1203,8 +1290,11 @@ def write_plot(records: list[dict[str, Any]], path: str) -> str:
     fig = Figure(figsize=(max(6.0, 0.8 * len(shapes) + 2), 3.2 * len(panels)), layout="constrained")
     for ax, (dtype, threads) in zip(fig.subplots(len(panels), 1, squeeze=False)[:, 0], panels):
         for offset, pass_name in ((-0.2, "forward"), (0.2, "backward")):
-            values = {r["shape"]: r["speedup_vs_torch"] for r in rows
-                      if (r["dtype"], r["threads"], r["pass"]) == (dtype, threads, pass_name)}
+            values = {
+                r["shape"]: r["speedup_vs_torch"]
+                for r in rows
+                if (r["dtype"], r["threads"], r["pass"]) == (dtype, threads, pass_name)
+            }
             xs = [i + offset for i, s in enumerate(shapes) if s in values]
             speedups = [values[s] for s in shapes if s in values]
             # Bars grow from 1x, up when fastconv is faster, down when slower.
@@ -1299,8 +1389,10 @@ def _restrict_torch(isa: str, argv: Sequence[str] | None) -> int:
             f" where {found}; run the bench in a fresh process (python -m fastconv bench ...)"
         )
     if os.environ.get(CHILD_MARK) or argv is None:
-        raise BenchError(f"--isa {isa}: PyTorch must load with {wanted}, but here {found};"
-                         f" set them before starting Python, or run python -m fastconv bench")
+        raise BenchError(
+            f"--isa {isa}: PyTorch must load with {wanted}, but here {found};"
+            f" set them before starting Python, or run python -m fastconv bench"
+        )
     return rerun_with_torch_isa(isa, argv)
 
 
@@ -1314,8 +1406,9 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
     with using_isa(args.isa), torch_full_precision(torch):
         # The peak of the ISA the kernels run, not the CPU's widest.
         peak = {d: measure_peak(d == "float64") for d in cfg.dtypes}
-        report.update(isa=_core().isa(), peak_gflops_per_thread=peak, cpu_facts=cpu_facts(),
-                      torch_isa=torch_isa_report(torch))
+        report.update(
+            isa=_core().isa(), peak_gflops_per_thread=peak, cpu_facts=cpu_facts(), torch_isa=torch_isa_report(torch)
+        )
         n_timed = sum(len(library_names(s, torch, cfg)) for s in cfg.shapes)
         progress = Progress(
             len(cfg.threads) * len(cfg.dtypes) * (len(cfg.shapes) + cfg.rounds * n_timed * len(cfg.passes))
@@ -1341,10 +1434,14 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
     if not ok:
         print_disagreements(report["agreement"])
         return 1
-    print(f"fastconv {__version__} vs PyTorch {report['versions']['torch'] or '(not installed)'} vs NumPy reference"
-          f" on {report['cpu_model']}; outputs agree ({len(report['agreement'])} comparisons)")
-    print(f"fastconv ISA {report['isa']} ({format_cpu_facts(report['cpu_facts'])})"
-          + (f"; PyTorch {format_torch_isa(report['torch_isa'])}" if torch is not None else ""))
+    print(
+        f"fastconv {__version__} vs PyTorch {report['versions']['torch'] or '(not installed)'} vs NumPy reference"
+        f" on {report['cpu_model']}; outputs agree ({len(report['agreement'])} comparisons)"
+    )
+    print(
+        f"fastconv ISA {report['isa']} ({format_cpu_facts(report['cpu_facts'])})"
+        + (f"; PyTorch {format_torch_isa(report['torch_isa'])}" if torch is not None else "")
+    )
     print(format_tables(report["results"], report["geomean"], report["isa"]))
     print(format_fixed_cost(report["fixed_cost_us"]))
     print(format_summary(report["summary"]))
@@ -1353,7 +1450,10 @@ def _run(cfg: Config, args: argparse.Namespace) -> int:
         print(write_plot(report["results"], args.plot))
     busy = report["other_processes_cpu_pct"]
     if busy is not None and busy > BUSY_PERCENT:
-        print(f"warning: other processes used {busy:.0f}% of the CPUs during this run; its timings"
-              " (above all on several threads) are disturbed: rerun on a quiet machine", file=sys.stderr)
+        print(
+            f"warning: other processes used {busy:.0f}% of the CPUs during this run; its timings"
+            " (above all on several threads) are disturbed: rerun on a quiet machine",
+            file=sys.stderr,
+        )
     print(f"\nfinished in {report['elapsed_s']:.1f} s")
     return 0

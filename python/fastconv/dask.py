@@ -41,11 +41,10 @@ import dask
 import dask.array as da
 import numpy as np
 from dask.array.core import PerformanceWarning
+from dask.delayed import delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.utils import parse_bytes
 
-from .functional import ConvGradients, apply_padding_mode, conv2d as _conv2d_in_memory
-from .functional import conv2d_backward as _conv2d_backward_in_memory
 from ._validation import (
     ConvGeometry,
     as_float_array,
@@ -56,6 +55,9 @@ from ._validation import (
     output_window,
     plan_geometry,
 )
+from .functional import ConvGradients, apply_padding_mode
+from .functional import conv2d as _conv2d_in_memory
+from .functional import conv2d_backward as _conv2d_backward_in_memory
 
 __all__ = ["conv2d", "conv2d_backward", "plan"]
 
@@ -89,7 +91,14 @@ def _axes(data_format: str) -> tuple[int, int, int]:
 
 
 def _plan_axis(
-    name: str, chunks: tuple[int, ...], size: int, kernel: int, stride: int, dilation: int, pad_before: int, out_size: int
+    name: str,
+    chunks: tuple[int, ...],
+    size: int,
+    kernel: int,
+    stride: int,
+    dilation: int,
+    pad_before: int,
+    out_size: int,
 ) -> AxisPlan:
     """Cut an axis of `size` rows in `chunks` into blocks whose edges fall on window starts."""
     # Interior chunk boundaries, each moved to the nearest window start (the
@@ -110,7 +119,9 @@ def _plan_axis(
     # A block whose windows read only padding (padding wider than a stride,
     # far larger than the kernel) joins its neighbour.
     while True:
-        windows = [output_window(outs[b], outs[b + 1], size, kernel, stride, dilation, pad_before) for b in range(len(starts))]
+        windows = [
+            output_window(outs[b], outs[b + 1], size, kernel, stride, dilation, pad_before) for b in range(len(starts))
+        ]
         empty = [b for b, (lo, hi, _, _) in enumerate(windows) if hi <= lo]
         if not empty or len(starts) == 1:
             break
@@ -123,7 +134,11 @@ def _plan_axis(
         assert lo == starts[b] or b == 0, (lo, starts[b])
         need = max(hi - bounds[b + 1], 0)
         if need and need > new_chunks[b + 1]:  # (need is 0 for the last block: nothing lies past it)
-            moved = "" if new_chunks == tuple(chunks) else f" (moved from {tuple(chunks)} so that blocks start on the stride's window starts)"
+            moved = (
+                ""
+                if new_chunks == tuple(chunks)
+                else f" (moved from {tuple(chunks)} so that blocks start on the stride's window starts)"
+            )
             raise ValueError(
                 f"the kernel's halo along {name} is wider than a chunk: block {b} ({name} rows {bounds[b]}-{bounds[b + 1] - 1}) "
                 f"reads {need} rows past its own, but the next chunk has {new_chunks[b + 1]} rows; {name} chunks "
@@ -185,7 +200,10 @@ def plan(
     kh, kw = weight_shape[2], weight_shape[3]
     top, bottom, left, right = geom.padding if kgeom is not geom else (0, 0, 0, 0)
     axes = []
-    for name, ax, kernel, before, after, i in (("height", h_ax, kh, top, bottom, 0), ("width", w_ax, kw, left, right, 1)):
+    for name, ax, kernel, before, after, i in (
+        ("height", h_ax, kh, top, bottom, 0),
+        ("width", w_ax, kw, left, right, 1),
+    ):
         # A padding mode's padding is part of the data: the first and last chunks grow by it.
         chunks = list(x_chunks[ax])
         chunks[0] += before
@@ -193,7 +211,9 @@ def plan(
         size = x_shape[ax] + before + after
         pad_before = kgeom.padding[2 * i]
         axes.append(
-            _plan_axis(name, tuple(chunks), size, kernel, kgeom.stride[i], kgeom.dilation[i], pad_before, geom.out_hw[i])
+            _plan_axis(
+                name, tuple(chunks), size, kernel, kgeom.stride[i], kgeom.dilation[i], pad_before, geom.out_hw[i]
+            )
         )
     return Plan(geom, kgeom, axes[0], axes[1], tuple(x_chunks[0]), data_format, padding_mode)
 
@@ -209,7 +229,7 @@ def plan(
 
 
 def _index(block: tuple[int, ...], axis: int, step: int) -> tuple[int, ...]:
-    return (*block[:axis], block[axis] + step, *block[axis + 1:])
+    return (*block[:axis], block[axis] + step, *block[axis + 1 :])
 
 
 def _cut(a: np.ndarray, h_ax: int, w_ax: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
@@ -229,8 +249,14 @@ def _pieces(block: np.ndarray, rows: int, cols: int, h_ax: int, w_ax: int) -> tu
 
 
 def _assemble(
-    own: np.ndarray, below: Any, right: Any, corner: Any, h_ax: int, w_ax: int,
-    rows: tuple[int, int], cols: tuple[int, int],
+    own: np.ndarray,
+    below: Any,
+    right: Any,
+    corner: Any,
+    h_ax: int,
+    w_ax: int,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
 ) -> np.ndarray:
     """Rows [rows) and columns [cols) (block coordinates) of the block with
     the pieces of its neighbours below, right and below-right (each the
@@ -251,7 +277,9 @@ def _assemble(
     return np.concatenate([top, bottom], axis=h_ax)
 
 
-def _block_window(p: Plan, block_id: tuple[int, ...]) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int]]:
+def _block_window(
+    p: Plan, block_id: tuple[int, ...]
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int, int, int]]:
     """The rows and columns (block coordinates) a block reads, and its padding."""
     _, h_ax, w_ax = _axes(p.data_format)
     i, j = block_id[h_ax], block_id[w_ax]
@@ -288,20 +316,39 @@ def _array(graph: dict[Any, Any], name: str, dependencies: list[Any], chunks: An
 
 
 def _forward_block(
-    own: np.ndarray, below: Any, right: Any, corner: Any, weight: np.ndarray, bias: np.ndarray | None,
-    *, plan: Plan, block_id: tuple[int, ...], backend: str,
+    own: np.ndarray,
+    below: Any,
+    right: Any,
+    corner: Any,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    *,
+    plan: Plan,
+    block_id: tuple[int, ...],
+    backend: str,
 ) -> np.ndarray:
     _, h_ax, w_ax = _axes(plan.data_format)
     rows, cols, pads = _block_window(plan, block_id)
     tile = _assemble(own, below, right, corner, h_ax, w_ax, rows, cols)
     kg = plan.kernel_geometry
-    return _conv2d_in_memory(tile, weight, bias, kg.stride, pads, kg.dilation, kg.groups,
-                             data_format=plan.data_format, backend=backend)
+    return _conv2d_in_memory(
+        tile, weight, bias, kg.stride, pads, kg.dilation, kg.groups, data_format=plan.data_format, backend=backend
+    )
 
 
 def _backward_block(
-    own: np.ndarray, below: Any, right: Any, corner: Any, grad: np.ndarray, weight: np.ndarray,
-    *, plan: Plan, block_id: tuple[int, ...], bias: bool, need_input_grad: bool, backend: str,
+    own: np.ndarray,
+    below: Any,
+    right: Any,
+    corner: Any,
+    grad: np.ndarray,
+    weight: np.ndarray,
+    *,
+    plan: Plan,
+    block_id: tuple[int, ...],
+    bias: bool,
+    need_input_grad: bool,
+    backend: str,
 ) -> tuple[Any, np.ndarray, Any]:
     """The block's (dL/dX over its own rows and columns and the halo past
     them, zeros where no window reads; dL/dW; dL/db)."""
@@ -310,8 +357,17 @@ def _backward_block(
     tile = _assemble(own, below, right, corner, h_ax, w_ax, rows, cols)
     kg = plan.kernel_geometry
     g = _conv2d_backward_in_memory(
-        grad, tile, weight, kg.stride, pads, kg.dilation, kg.groups, bias,
-        need_input_grad=need_input_grad, data_format=plan.data_format, backend=backend,
+        grad,
+        tile,
+        weight,
+        kg.stride,
+        pads,
+        kg.dilation,
+        kg.groups,
+        bias,
+        need_input_grad=need_input_grad,
+        data_format=plan.data_format,
+        backend=backend,
     )
     grad_x = g.input
     if grad_x is not None:
@@ -339,7 +395,9 @@ def _grad_pieces(part: tuple[Any, ...], rows: int, cols: int, h_ax: int, w_ax: i
     return bottom, right, corner
 
 
-def _gather_grad(part: tuple[Any, ...], above: Any, left: Any, diag: Any, *, rows: int, cols: int, h_ax: int, w_ax: int) -> np.ndarray:
+def _gather_grad(
+    part: tuple[Any, ...], above: Any, left: Any, diag: Any, *, rows: int, cols: int, h_ax: int, w_ax: int
+) -> np.ndarray:
     """A block's dL/dX: its own rows and columns of its gradient plus what its
     neighbours above, left and above-left read of it."""
     grad_x = part[0]
@@ -395,7 +453,9 @@ def _prepare(
         common = np.result_type(xd.dtype, w.dtype)
         xd, w = xd.astype(common), w.astype(common)
     if w.ndim != 4:
-        raise ValueError(f"weight must have shape (filters, in_channels/groups, kh, kw), got {w.ndim} dimensions: {w.shape}")
+        raise ValueError(
+            f"weight must have shape (filters, in_channels/groups, kh, kw), got {w.ndim} dimensions: {w.shape}"
+        )
     x4, unbatched = _batched(xd, "input", data_format)
     c_ax, h_ax, w_ax = _axes(data_format)
     given_chunks = x4.chunks
@@ -411,7 +471,17 @@ def _prepare(
                 stacklevel=3,
             )
         x4 = x4.rechunk({c_ax: -1})
-    p = plan(x4.shape, x4.chunks, w.shape, stride, padding, dilation, groups, padding_mode=padding_mode, data_format=data_format)
+    p = plan(
+        x4.shape,
+        x4.chunks,
+        w.shape,
+        stride,
+        padding,
+        dilation,
+        groups,
+        padding_mode=padding_mode,
+        data_format=data_format,
+    )
     if p.kernel_geometry is not p.geometry:
         # The padding mode's padding, added as the in-memory call adds it (np.pad, which Dask implements).
         nchw = x4 if data_format == "NCHW" else x4.transpose(0, 3, 1, 2)
@@ -465,14 +535,19 @@ def conv2d(
     if b is not None and b.shape != (w.shape[0],):
         raise ValueError(f"bias must have shape ({w.shape[0]},) (one value per filter), got {b.shape}")
     token = dask.base.tokenize(xp.name, w, b, p, backend)
-    weight_key = dask.delayed(w, pure=True)  # one graph key: sent to a worker once, not once per block
-    bias_key = dask.delayed(b, pure=True) if b is not None else None
+    weight_key = delayed(w, pure=True)  # one graph key: sent to a worker once, not once per block
+    bias_key = delayed(b, pure=True) if b is not None else None
     halo_name, name = f"fastconv-halo-{token}", f"fastconv-conv2d-{token}"
     graph, neighbours = _halo_layer(xp, p, halo_name)
     for block in np.ndindex(*xp.numblocks):
         task = partial(_forward_block, plan=p, block_id=block, backend=backend)
-        graph[(name, *block)] = (task, (xp.name, *block), *neighbours[block], weight_key.key,
-                                 None if bias_key is None else bias_key.key)
+        graph[(name, *block)] = (
+            task,
+            (xp.name, *block),
+            *neighbours[block],
+            weight_key.key,
+            None if bias_key is None else bias_key.key,
+        )
     deps = [xp, weight_key] + ([bias_key] if bias_key is not None else [])
     y = _array(graph, name, deps, _out_chunks(p, w.shape[0]), w.dtype)
     return y[0] if prep.unbatched else y
@@ -522,12 +597,14 @@ def conv2d_backward(
     gy = gy.rechunk(_out_chunks(p, k))
 
     token = dask.base.tokenize(xp.name, gy.name, w, p, bias, need_input_grad, backend)
-    weight_key = dask.delayed(w, pure=True)
+    weight_key = delayed(w, pure=True)
     halo_name, parts_name = f"fastconv-halo-{token}", f"fastconv-backward-{token}"
     graph, neighbours = _halo_layer(xp, p, halo_name)
     blocks = list(np.ndindex(*xp.numblocks))
     for block in blocks:
-        task = partial(_backward_block, plan=p, block_id=block, bias=bias, need_input_grad=need_input_grad, backend=backend)
+        task = partial(
+            _backward_block, plan=p, block_id=block, bias=bias, need_input_grad=need_input_grad, backend=backend
+        )
         graph[(parts_name, *block)] = (task, (xp.name, *block), *neighbours[block], (gy.name, *block), weight_key.key)
 
     # dL/dW and dL/db: the blocks' parts summed SPLIT_EVERY at a time, in the
@@ -542,7 +619,7 @@ def conv2d_backward(
         level = [(parts_name, *block) for block in blocks]
     depth = 0
     while len(level) > 1 or depth == 0:
-        groups_ = [level[g:g + SPLIT_EVERY] for g in range(0, len(level), SPLIT_EVERY)]
+        groups_ = [level[g : g + SPLIT_EVERY] for g in range(0, len(level), SPLIT_EVERY)]
         for g, keys in enumerate(groups_):
             graph[(sum_name, depth, g)] = (_sum_parts, list(keys))
         level = [(sum_name, depth, g) for g in range(len(groups_))]
@@ -564,11 +641,11 @@ def conv2d_backward(
 
 
 def _take_weight(total: tuple[Any, ...]) -> np.ndarray:
-    return total[1]  # type: ignore[no-any-return]
+    return total[1]
 
 
 def _take_bias(total: tuple[Any, ...]) -> np.ndarray:
-    return total[2]  # type: ignore[no-any-return]
+    return total[2]
 
 
 def _out_shape(p: Plan, k: int) -> tuple[int, ...]:
@@ -590,8 +667,10 @@ def _input_gradient(graph_of: da.Array, parts_name: str, prep: _Prepared, token:
     for block in blocks:
         rows, cols = p.height.halo[block[h_ax]], p.width.halo[block[w_ax]]
         if rows or cols:
-            graph[(pieces_name, *block)] = (partial(_grad_pieces, rows=rows, cols=cols, h_ax=h_ax, w_ax=w_ax),
-                                            (parts_name, *block))
+            graph[(pieces_name, *block)] = (
+                partial(_grad_pieces, rows=rows, cols=cols, h_ax=h_ax, w_ax=w_ax),
+                (parts_name, *block),
+            )
     for block in blocks:
         sources = []
         for step in ((-1, 0), (0, -1), (-1, -1)):

@@ -56,7 +56,13 @@ def nchw_shape(shape: tuple[int, ...], data_format: str) -> tuple[int, ...]:
 
 
 def _prepare(
-    x: Any, weight: Any, stride: Any, padding: Any, dilation: Any, groups: Any, dtype: np.dtype | None,
+    x: Any,
+    weight: Any,
+    stride: Any,
+    padding: Any,
+    dilation: Any,
+    groups: Any,
+    dtype: np.dtype | None,
     data_format: str = "NCHW",
 ):
     """Convert and check input and weight; the common dtype is float64 if either is.
@@ -67,7 +73,9 @@ def _prepare(
         common = np.result_type(x_arr, w_arr)
         x_arr, w_arr = x_arr.astype(common), w_arr.astype(common)
     if w_arr.ndim != 4:
-        raise ValueError(f"weight must have shape (filters, in_channels/groups, kh, kw), got {w_arr.ndim} dimensions: {w_arr.shape}")
+        raise ValueError(
+            f"weight must have shape (filters, in_channels/groups, kh, kw), got {w_arr.ndim} dimensions: {w_arr.shape}"
+        )
     x4, unbatched = _batched(x_arr, "input", data_format)
     x4 = to_nchw(x4, data_format)
     geom = plan_geometry(x4.shape, w_arr.shape, stride, padding, dilation, groups)
@@ -90,7 +98,9 @@ def apply_padding_mode(x: np.ndarray, geom: ConvGeometry, padding_mode: str) -> 
     return _padding_modes.pad(x, geom.padding, padding_mode), geom._replace(padding=(0, 0, 0, 0))
 
 
-def fold_padding_mode(grads: ConvGradients, geom: ConvGeometry, padding_mode: str, in_hw: tuple[int, int]) -> ConvGradients:
+def fold_padding_mode(
+    grads: ConvGradients, geom: ConvGeometry, padding_mode: str, in_hw: tuple[int, int]
+) -> ConvGradients:
     """Gradients of a padded-in-mode input folded back onto the input itself."""
     if padding_mode == "zeros" or not any(geom.padding) or grads.input is None:
         return grads
@@ -110,7 +120,9 @@ def _working_memory(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, numpy_back
     return results * itemsize + _memory.packed_weights_bytes(itemsize, w.size)
 
 
-def _check_memory(x: np.ndarray, w: np.ndarray, geom: ConvGeometry, numpy_backend: bool, results: int, what: str) -> None:
+def _check_memory(
+    x: np.ndarray, w: np.ndarray, geom: ConvGeometry, numpy_backend: bool, results: int, what: str
+) -> None:
     """MemoryError if the pass cannot fit in the machine's memory (_memory.check_fits)."""
     core = _backend.core
     threads = 0 if numpy_backend or core is None else core.max_threads()
@@ -143,7 +155,9 @@ def forward_checked(
     return run_forward(x, w, b, geom, channels_last)
 
 
-def run_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry, channels_last: bool) -> np.ndarray:
+def run_forward(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray | None, geom: ConvGeometry, channels_last: bool
+) -> np.ndarray:
     """The C++ forward into a new result, on arrays already checked."""
     core = _backend.core
     assert core is not None
@@ -233,7 +247,9 @@ def conv2d(
     ((N, Ho, Wo, K) or (Ho, Wo, K) in NHWC).
     """
     arrays = (x, weight) if bias is None else (x, weight, bias)
-    key = _call_cache.signature("conv2d", arrays, (stride, padding, dilation, groups, padding_mode, data_format, backend), ())
+    key = _call_cache.signature(
+        "conv2d", arrays, (stride, padding, dilation, groups, padding_mode, data_format, backend), ()
+    )
     checked = _call_cache.get(key)
     if checked is not None:
         return run_forward(x, weight, bias, checked, False)  # type: ignore[arg-type]  # a key: plain arrays

@@ -228,10 +228,17 @@ class Conv2D:
     def _config(self) -> dict[str, Any]:
         padding = self.padding if isinstance(self.padding, str) else list(self.padding)
         return {
-            "filters": self.filters, "kernel_size": list(self.kernel_size), "stride": list(self.stride),
-            "padding": padding, "padding_mode": self.padding_mode, "dilation": list(self.dilation),
-            "groups": self.groups, "bias": self._bias is not None, "in_channels": self.in_channels,
-            "dtype": self.dtype.name, "data_format": self.data_format,
+            "filters": self.filters,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "padding": padding,
+            "padding_mode": self.padding_mode,
+            "dilation": list(self.dilation),
+            "groups": self.groups,
+            "bias": self._bias is not None,
+            "in_channels": self.in_channels,
+            "dtype": self.dtype.name,
+            "data_format": self.data_format,
         }
 
     def save(self, path: str | PathLike[str]) -> None:
@@ -240,7 +247,7 @@ class Conv2D:
         _weights_io.save(path, self._config(), self.state_dict())
 
     @classmethod
-    def load(cls, path: str | PathLike[str], *, backend: str = "auto") -> "Conv2D":
+    def load(cls, path: str | PathLike[str], *, backend: str = "auto") -> Conv2D:
         """The layer saved at `path`. A wrong or corrupt file raises ValueError."""
         config, arrays = _weights_io.load(path)
         try:
@@ -255,7 +262,7 @@ class Conv2D:
         return layer
 
     @classmethod
-    def from_torch(cls, module: Any, *, backend: str = "auto") -> "Conv2D":
+    def from_torch(cls, module: Any, *, backend: str = "auto") -> Conv2D:
         """A layer with the configuration and a copy of the weights of a torch.nn.Conv2d."""
         import torch
 
@@ -264,14 +271,22 @@ class Conv2D:
         dtypes = {torch.float32: "float32", torch.float64: "float64"}
         if module.weight.dtype not in dtypes:
             raise TypeError(f"weights must be float32 or float64, got {module.weight.dtype}")
+
         def pair(value: Any) -> tuple[int, int]:
             return int(value[0]), int(value[1])
 
         padding = module.padding if isinstance(module.padding, str) else pair(module.padding)
         layer = cls(
-            module.out_channels, pair(module.kernel_size), pair(module.stride), padding,
-            dilation=pair(module.dilation), groups=module.groups, bias=module.bias is not None,
-            padding_mode=module.padding_mode, in_channels=module.in_channels, dtype=dtypes[module.weight.dtype],
+            module.out_channels,
+            pair(module.kernel_size),
+            pair(module.stride),
+            padding,
+            dilation=pair(module.dilation),
+            groups=module.groups,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+            in_channels=module.in_channels,
+            dtype=dtypes[module.weight.dtype],
             backend=backend,
         )
         state = {"weight": module.weight.detach().cpu().numpy()}
@@ -299,8 +314,16 @@ class Conv2D:
                 raise ValueError(f"PyTorch's Conv2d pads symmetrically; padding {padding} is not")
             padding = (top, left)
         conv = torch.nn.Conv2d(
-            weight.shape[1] * self.groups, self.filters, self.kernel_size, self.stride, padding, self.dilation,
-            self.groups, self._bias is not None, cast(Any, self.padding_mode), dtype=getattr(torch, self.dtype.name),
+            weight.shape[1] * self.groups,
+            self.filters,
+            self.kernel_size,
+            self.stride,
+            padding,
+            self.dilation,
+            self.groups,
+            self._bias is not None,
+            cast(Any, self.padding_mode),
+            dtype=getattr(torch, self.dtype.name),
         )
         with torch.no_grad():
             conv.weight.copy_(torch.from_numpy(weight))
@@ -322,15 +345,25 @@ class Conv2D:
         dtype: DTypeLike = "float32",
         data_format: str = "NHWC",
         backend: str = "auto",
-    ) -> "Conv2D":
+    ) -> Conv2D:
         """A layer from Keras Conv2D weights: `kernel` in Keras' HWIO layout
         (kh, kw, in_channels / groups, filters) and `bias` (filters,). Data is
         channels last, as in Keras, unless `data_format` says otherwise."""
         hwio = as_float_array(kernel, "kernel", check_dtype(dtype))
         if hwio.ndim != 4:
             raise ValueError(f"kernel must have shape (kh, kw, in_channels / groups, filters), got {hwio.shape}")
-        layer = cls(hwio.shape[3], hwio.shape[:2], strides, padding, dilation=dilation_rate, groups=groups,
-                    bias=bias is not None, dtype=dtype, data_format=data_format, backend=backend)
+        layer = cls(
+            hwio.shape[3],
+            hwio.shape[:2],
+            strides,
+            padding,
+            dilation=dilation_rate,
+            groups=groups,
+            bias=bias is not None,
+            dtype=dtype,
+            data_format=data_format,
+            backend=backend,
+        )
         layer.weight = hwio.transpose(3, 2, 0, 1)  # HWIO -> OIHW
         if bias is not None:
             layer.bias = bias
@@ -414,8 +447,16 @@ class Conv2D:
         if self._weight is None:
             self._create_weights(x_shape[1])
         y = fastconv_dask.conv2d(
-            x, self._weight, self._bias, self.stride, self.padding, self.dilation, self.groups,
-            padding_mode=self.padding_mode, data_format=self.data_format, backend=self.backend,
+            x,
+            self._weight,
+            self._bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            padding_mode=self.padding_mode,
+            data_format=self.data_format,
+            backend=self.backend,
         )
         self._saved, self._saved_dask = None, x
         return y
@@ -448,8 +489,13 @@ class Conv2D:
                 f"grad_output must have the shape of the last forward's output {shown}, got {grad_y.shape}"
             )
         grads = backward_checked(
-            to_nchw(grad_y.reshape(expected), self.data_format), x_used, self._weight, geom_used,
-            self._bias is not None, self.backend, need_input_grad,
+            to_nchw(grad_y.reshape(expected), self.data_format),
+            x_used,
+            self._weight,
+            geom_used,
+            self._bias is not None,
+            self.backend,
+            need_input_grad,
         )
         grads = fold_padding_mode(grads, geom, self.padding_mode, in_hw)
         self.grad_weight = grads.weight
@@ -465,9 +511,18 @@ class Conv2D:
         from . import dask as fastconv_dask
 
         grads = fastconv_dask.conv2d_backward(
-            grad_output, self._saved_dask, self._weight, self.stride, self.padding, self.dilation, self.groups,
-            self._bias is not None, need_input_grad=need_input_grad, padding_mode=self.padding_mode,
-            data_format=self.data_format, backend=self.backend,
+            grad_output,
+            self._saved_dask,
+            self._weight,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self._bias is not None,
+            need_input_grad=need_input_grad,
+            padding_mode=self.padding_mode,
+            data_format=self.data_format,
+            backend=self.backend,
         )
         self.grad_weight, self.grad_bias = grads.weight, grads.bias
         return grads.weight, grads.input

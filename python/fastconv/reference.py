@@ -123,9 +123,7 @@ def conv2d_grad_weight(
             rows, cols = _windows(r, q, (ho, wo), stride, dilation)
             # The same window the forward pass multiplied by w[:, :, r, q],
             # now correlated with the output gradient over batch and pixels.
-            grad_w[:, :, :, r, q] = np.einsum(
-                "ngkhw,ngchw->gkc", gg, xg[:, :, :, rows, cols], optimize=True
-            )
+            grad_w[:, :, :, r, q] = np.einsum("ngkhw,ngchw->gkc", gg, xg[:, :, :, rows, cols], optimize=True)
     return grad_w.reshape(k, cg, *kernel)
 
 
@@ -152,9 +150,7 @@ def conv2d_grad_input(
         for q in range(kw):
             rows, cols = _windows(r, q, (ho, wo), stride, dilation)
             # dL/dxp[n, c, i*sh + r*dh, j*sw + q*dw] += sum_k g[n, k, i, j] * w[k, c, r, q]
-            grad_xp[:, :, :, rows, cols] += np.einsum(
-                "ngkhw,gkc->ngchw", gg, wg[:, :, :, r, q], optimize=True
-            )
+            grad_xp[:, :, :, rows, cols] += np.einsum("ngkhw,gkc->ngchw", gg, wg[:, :, :, r, q], optimize=True)
     grad_xp = grad_xp.reshape(n, g * cg, hp, wp)
     # Cut the padding off: it is not an input, so its gradient is dropped.
     return np.ascontiguousarray(grad_xp[:, :, top : top + in_hw[0], left : left + in_hw[1]])

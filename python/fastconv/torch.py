@@ -74,9 +74,7 @@ class Conv2dFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         _check_dtypes(x, weight, bias)
         b = None if bias is None else _to_numpy(bias)
-        y = _np_conv2d(
-            _to_numpy(x), _to_numpy(weight), b, stride, padding, dilation, groups, padding_mode=padding_mode
-        )
+        y = _np_conv2d(_to_numpy(x), _to_numpy(weight), b, stride, padding, dilation, groups, padding_mode=padding_mode)
         # save_for_backward (rather than NumPy copies) lets autograd catch in-place changes.
         ctx.save_for_backward(x, weight)
         ctx.conv_args = (stride, padding, dilation, groups, padding_mode)  # type: ignore[attr-defined]
@@ -97,8 +95,16 @@ def _gradients(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None
     stride, padding, dilation, groups, padding_mode = ctx.conv_args
     # dL/dx and dL/db cost nothing unless asked for; dL/dw is always computed.
     grads = _np_conv2d_backward(
-        _to_numpy(grad_output), _to_numpy(x), _to_numpy(weight), stride, padding, dilation, groups,
-        bias=ctx.has_bias and need_b, need_input_grad=need_x, padding_mode=padding_mode,
+        _to_numpy(grad_output),
+        _to_numpy(x),
+        _to_numpy(weight),
+        stride,
+        padding,
+        dilation,
+        groups,
+        bias=ctx.has_bias and need_b,
+        need_input_grad=need_x,
+        padding_mode=padding_mode,
     )
     grad_x = None if grads.input is None else _to_tensor(grads.input, x)
     grad_w = _to_tensor(grads.weight, weight) if need_w else None
@@ -162,8 +168,7 @@ class Conv2d(torch.nn.Module):
         self.padding_mode = check_padding_mode(padding_mode)
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(
-                f"groups={self.groups} must divide in_channels={self.in_channels} "
-                f"and out_channels={self.out_channels}"
+                f"groups={self.groups} must divide in_channels={self.in_channels} and out_channels={self.out_channels}"
             )
         dtype = torch.get_default_dtype() if dtype is None else dtype
         if dtype not in _SUPPORTED:
