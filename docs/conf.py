@@ -54,7 +54,9 @@ numpydoc_xref_param_type = False
 nitpicky = True
 nitpick_ignore_regex = [
     # Other packages' types: no intersphinx (the build has no network) to link them.
-    ("py:class", r"(np|numpy|npt|torch|os|collections\.abc|typing)\..*|ndarray|ArrayLike|DTypeLike"),
+    ("py:class", r"(np|numpy|npt|torch|dask|os|collections\.abc|typing)\..*|ndarray|ArrayLike|DTypeLike"),
+    # What fastconv.dask.plan returns: a record of the chunk plan, described in its docstring.
+    ("py:class", r"fastconv\.dask\.Plan"),
 ]
 
 # -- code examples: `sphinx-build -b doctest` runs every >>> in pages and docstrings

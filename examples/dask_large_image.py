@@ -1,5 +1,7 @@
-"""A filter bank over an image stack larger than memory, with fastconv.dask on
-a dask.distributed LocalCluster.
+"""A filter bank over an image stack larger than memory, with fastconv.dask
+=========================================================================
+
+On a dask.distributed LocalCluster:
 
 1. Writes a synthetic stack of single-channel float32 images to a Zarr store,
    chunk by chunk, on the cluster (by default 16 images of 8192 x 8192: 4 GiB,

@@ -30,6 +30,7 @@ PAGES = [
     "index.html",
     "getting_started.html",
     "user_guide.html",
+    "dask.html",
     "backward.html",
     "performance.html",
     "reliability.html",
@@ -42,6 +43,8 @@ PAGES = [
     "generated/fastconv.Conv2D.html",
     "generated/fastconv.conv2d_backward.html",
     "generated/fastconv.torch.Conv2d.html",
+    "generated/fastconv.dask.conv2d.html",
+    "auto_examples/dask_large_image.html",
 ]
 
 
