@@ -22,36 +22,34 @@
 
 namespace fastconv::FASTCONV_ISA {
 
-// acc[p][f] += w[j][f] * in[offset[j] + p * sw] for tap j, the pixels p
-// in [P0, P1) and NK vectors of filters f. SW > 0 is sw known at compile
-// time: each pixel's input is then a constant offset from the tap's, where
-// a run-time stride costs a chain of address adds per tap, which on a core
-// with two 512-bit FMA ports competes with the FMAs for the ports.
+// acc[p][f] += w[f] * in[p * sw] for the pixels p in [P0, P1) of one tap and
+// NK vectors of filters f. SW > 0 is sw known at compile time: each pixel's
+// input is then a constant offset from the tap's, where a run-time stride
+// costs a chain of address adds per tap, which on a core with two 512-bit FMA
+// ports competes with the FMAs for the ports.
 template <int P0, int P1, int SW, class T, class V, int NP, int NK>
 __attribute__((always_inline)) inline void direct_tap(V (&acc)[NP][NK], const T* __restrict in, int64_t sw,
-                                                      const T* __restrict w, const int64_t* __restrict offset, int32_t j) {
+                                                      const T* __restrict w) {
     constexpr int L = kLanes<T>;
     if constexpr (SW > 0) sw = SW;
-    const T* src = in + offset[j];
     V wv[NK];
 #pragma GCC unroll 4
-    for (int v = 0; v < NK; ++v) wv[v] = load<V>(w + (static_cast<int64_t>(j) * NK + v) * L);
+    for (int v = 0; v < NK; ++v) wv[v] = load<V>(w + v * L);
 #pragma GCC unroll 32
     for (int p = P0; p < P1; ++p) {
-        const T xv = src[p * sw];
+        const T xv = in[p * sw];
 #pragma GCC unroll 4
         for (int v = 0; v < NK; ++v) acc[p][v] += xv * wv[v];
     }
 }
 
-// out[p][f] = sum over taps t of w[tap[t]][f] * in[offset[tap[t]] + p * sw],
-// for NP pixels p and NK vectors of filters f, leaving out the first or the
-// last pixel where pixels[t] says so (BlockTaps); added to out's own values
-// where `accumulate` (the sum goes on over the next chunk of taps).
+// out[p][f] = sum over taps t of w[at[t].w + f] * in[at[t].in + p * sw], for
+// NP pixels p and NK vectors of filters f, leaving out the first or the last
+// pixel where pixels[t] says so (BlockTaps); added to out's own values where
+// `accumulate` (the sum goes on over the next chunk of taps).
 template <class T, int NP, int NK, int SW>
-void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, const int64_t* __restrict offset,
-                  const int32_t* __restrict tap, const int8_t* __restrict pixels, int64_t ntaps, T* __restrict out,
-                  bool accumulate) {
+void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, const TapAt* __restrict at,
+                  const int8_t* __restrict pixels, int64_t ntaps, T* __restrict out, bool accumulate) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
     V acc[NP][NK];
@@ -60,12 +58,14 @@ void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, con
 #pragma GCC unroll 4
         for (int v = 0; v < NK; ++v) acc[p][v] = accumulate ? load<V>(out + (p * NK + v) * L) : V{};
     if (!pixels) {
-        for (int64_t t = 0; t < ntaps; ++t) direct_tap<0, NP, SW>(acc, in, sw, w, offset, tap[t]);
+        for (int64_t t = 0; t < ntaps; ++t) direct_tap<0, NP, SW>(acc, in + at[t].in, sw, w + at[t].w);
     } else {
         for (int64_t t = 0; t < ntaps; ++t) {
-            if (pixels[t] == BlockTaps::kAll) direct_tap<0, NP, SW>(acc, in, sw, w, offset, tap[t]);
-            else if (pixels[t] == BlockTaps::kSkipFirst) direct_tap<1, NP, SW>(acc, in, sw, w, offset, tap[t]);
-            else direct_tap<0, NP - 1, SW>(acc, in, sw, w, offset, tap[t]);
+            const T* src = in + at[t].in;
+            const T* wt = w + at[t].w;
+            if (pixels[t] == BlockTaps::kAll) direct_tap<0, NP, SW>(acc, src, sw, wt);
+            else if (pixels[t] == BlockTaps::kSkipFirst) direct_tap<1, NP, SW>(acc, src, sw, wt);
+            else direct_tap<0, NP - 1, SW>(acc, src, sw, wt);
         }
     }
 #pragma GCC unroll 32
@@ -75,8 +75,7 @@ void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, con
 }
 
 template <class T>
-using DirectMicro = void (*)(const T*, int64_t, const T*, const int64_t*, const int32_t*, const int8_t*, int64_t, T*,
-                             bool);
+using DirectMicro = void (*)(const T*, int64_t, const T*, const TapAt*, const int8_t*, int64_t, T*, bool);
 
 template <class T, int NK, int SW, int... P>
 DirectMicro<T> pick_direct(int pixels, std::integer_sequence<int, P...>) {
@@ -181,7 +180,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const DirectMicro<T> full = DirectKernels<T, NK>::for_pixels(static_cast<int>(block), p.stride_w);
     const DirectMicro<T> tail =
         DirectKernels<T, NK>::for_pixels(static_cast<int>(p.out_w - (pixel_blocks - 1) * block), p.stride_w);
-    const BlockTaps taps(p, LiveTaps(p), block);
+    const BlockTaps taps(p, LiveTaps(p), block, win.offset, F);
     // The taps go in chunks of whole input channels whose packed weights fill
     // at most half the L1 data cache, so that they stay there while every
     // pixel block of the window runs over them; the sums go on from chunk to
@@ -191,6 +190,36 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const TapChunks chunks(p, F * static_cast<int64_t>(sizeof(T)));
     const int64_t slots = chunks.count > 1 ? win.out_rows * pixel_blocks : 1;  // partial results of each pixel block
     constexpr int64_t kSlot = (NP + L - 1) / L * L * F;  // whole L x L tiles for write_block
+
+    // Output rows [oh0, oh1) of image n for the filters k0... (nk of them)
+    // whose packed weights are wb, from the window at base: every pixel block
+    // over one chunk of taps, then over the next, the sums carried in result.
+    const auto run_block = [&](const T* base, const T* wb, T* result, int64_t n, int64_t k0, int64_t nk, int64_t oh0,
+                               int64_t oh1) {
+        for (int64_t chunk = 0; chunk < chunks.count; ++chunk) {
+            const bool last_chunk = chunk == chunks.count - 1;
+            for (int64_t oh = oh0; oh < oh1; ++oh) {
+                const T* row = base + (oh - oh0) * p.stride_h * win.cols;
+                for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += block) {
+                    const int64_t np = std::min<int64_t>(block, p.out_w - ow0);
+                    const BlockTaps::List list = chunks.part(taps.at(oh, ow0 / block), chunk);
+                    T* const partial = result + (slots > 1 ? ((oh - oh0) * pixel_blocks + ow0 / block) * kSlot : 0);
+                    T* const out = y + n * p.ys.n + k0 * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
+                    // Spaced-out outputs (dL/dx by phase) go to lines that another phase
+                    // wrote long ago: ask for them now, while the micro-kernel runs.
+                    if (p.ys.w != 1 && last_chunk) {
+                        for (int64_t f = 0; f < nk; ++f) {
+                            __builtin_prefetch(out + f * p.ys.c, 1);
+                            __builtin_prefetch(out + f * p.ys.c + (np - 1) * p.ys.w, 1);
+                        }
+                    }
+                    (np == block ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, list.at, list.pixels, list.count,
+                                                partial, chunk > 0);
+                    if (last_chunk) write_block<T, F>(partial, np, nk, bias ? bias + k0 : nullptr, out, p.ys, p.out_w - ow0);
+                }
+            }
+        }
+    };
 
     const bool by_range = pack.count > 1;
     PerThread<T> window_mem(win.size()), result_mem(slots * kSlot);
@@ -267,32 +296,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                     }
                     const T* wb = packed + (kb - at.first) * ntaps * F;
                     const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
-                    for (int64_t chunk = 0; chunk < chunks.count; ++chunk) {
-                    const bool last_chunk = chunk == chunks.count - 1;
-                    for (int64_t oh = oh0; oh < oh1; ++oh) {
-                        const T* row = base + (oh - oh0) * p.stride_h * win.cols;
-                        for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += block) {
-                            const int64_t np = std::min<int64_t>(block, p.out_w - ow0);
-                            const BlockTaps::List list = chunks.part(taps.at(oh, ow0 / block), chunk);
-                            T* const partial = result + (slots > 1 ? ((oh - oh0) * pixel_blocks + ow0 / block) * kSlot : 0);
-                            // Spaced-out outputs (dL/dx by phase) go to lines that another phase
-                            // wrote long ago: ask for them now, while the micro-kernel runs.
-                            if (p.ys.w != 1 && last_chunk) {
-                                for (int64_t f = 0; f < nk; ++f) {
-                                    const T* out = y + n * p.ys.n + (k0 + f) * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
-                                    __builtin_prefetch(out, 1);
-                                    __builtin_prefetch(out + (np - 1) * p.ys.w, 1);
-                                }
-                            }
-                            (np == block ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, win.offset.data(),
-                                                        list.taps, list.pixels, list.count, partial, chunk > 0);
-                            if (last_chunk)
-                                write_block<T, F>(partial, np, nk, bias ? bias + k0 : nullptr,
-                                                  y + n * p.ys.n + k0 * p.ys.c + oh * p.ys.h + ow0 * p.ys.w, p.ys,
-                                                  p.out_w - ow0);
-                        }
-                    }
-                    }
+                    run_block(base, wb, result, n, k0, nk, oh0, oh1);
                 }
             }
             if (by_range) team_barrier();  // the round's units all done before the next round packs over them

@@ -157,17 +157,28 @@ struct LiveTaps {
 // a 3x3 kernel on a 7x7 image reads padding in 18% of its products. Taps
 // padded for more pixels of a block are marked "all" and read the window's
 // zeros. Blocks away from the edges use the row's list unchanged.
+// Where a tap reads: its input's offset in the window (InputWindow::offset)
+// and its packed weights' offset. Resolved once per call, so that the
+// micro-kernel spends two loads per tap on addresses rather than a chain of
+// index loads, shifts and multiplies that competes with its FMAs for ports.
+struct TapAt {
+    int64_t in, w;
+};
+
 class BlockTaps {
   public:
     enum Pixels : int8_t { kAll, kSkipFirst, kSkipLast, kNone };
     struct List {
-        const int32_t* taps;
-        const int8_t* pixels;  // null where every tap is kAll
+        const int32_t* taps;    // tap numbers j = (c, kr, ks), ascending
+        const TapAt* at;        // where each reads
+        const int8_t* pixels;   // null where every tap is kAll
         int64_t count;
     };
 
-    // Blocks of `block` output pixels: [0, block), [block, 2 block), ...
-    BlockTaps(const ConvShape& p, const LiveTaps& live, int64_t block)
+    // Blocks of `block` output pixels: [0, block), [block, 2 block), ...;
+    // tap j reads the window at offset[j] and its weights at j * weights_per_tap.
+    BlockTaps(const ConvShape& p, const LiveTaps& live, int64_t block, const std::vector<int64_t>& offset,
+              int64_t weights_per_tap)
         : blocks_((p.out_w + block - 1) / block), list_of_row_(static_cast<size_t>(p.out_h)) {
         // Each block's class of each kernel column; blocks away from the edges have none but kAll.
         std::vector<std::vector<int8_t>> signatures;  // distinct column classes, [signature][ks]
@@ -211,6 +222,7 @@ class BlockTaps {
                     const int8_t c = cls[static_cast<size_t>(list[t] % p.s)];
                     if (c == kNone) continue;
                     taps_.push_back(list[t]), pixels_.push_back(c);
+                    at_.push_back(TapAt{offset[static_cast<size_t>(list[t])], list[t] * weights_per_tap});
                     ++span.count, span.marked |= c != kAll;
                 }
                 spans.push_back(span);
@@ -220,10 +232,11 @@ class BlockTaps {
             for (int64_t b = 0; b < blocks_; ++b) {
                 const Span& s = spans[l * signatures.size() + static_cast<size_t>(signature_of_block[static_cast<size_t>(b)])];
                 lists_[l * static_cast<size_t>(blocks_) + static_cast<size_t>(b)] =
-                    List{taps_.data() + s.start, s.marked ? pixels_.data() + s.start : nullptr, s.count};
+                    List{taps_.data() + s.start, at_.data() + s.start, s.marked ? pixels_.data() + s.start : nullptr,
+                         s.count};
             }
     }
-    BlockTaps(const BlockTaps&) = delete;  // lists_ points into taps_ and pixels_
+    BlockTaps(const BlockTaps&) = delete;  // lists_ points into taps_, at_ and pixels_
     BlockTaps& operator=(const BlockTaps&) = delete;
 
     // The taps of block b (pixels b * block ...) of output row oh.
@@ -237,6 +250,7 @@ class BlockTaps {
     int64_t blocks_;
     std::vector<int64_t> list_of_row_;
     std::vector<int32_t> taps_;
+    std::vector<TapAt> at_;
     std::vector<int8_t> pixels_;
     std::vector<List> lists_;  // [row list][block]
 };
@@ -264,7 +278,8 @@ struct TapChunks {
         const int32_t* end = list.taps + list.count;
         const int32_t* first = std::lower_bound(list.taps, end, lo, [](int32_t t, int64_t v) { return t < v; });
         const int32_t* last = std::lower_bound(first, end, hi, [](int32_t t, int64_t v) { return t < v; });
-        return BlockTaps::List{first, list.pixels ? list.pixels + (first - list.taps) : nullptr, last - first};
+        const int64_t skip = first - list.taps;
+        return BlockTaps::List{first, list.at + skip, list.pixels ? list.pixels + skip : nullptr, last - first};
     }
 };
 
