@@ -240,14 +240,42 @@ void pack_panel(const T* src, const SourceGrid& grid, const Tap* taps, int64_t n
 }
 
 // The micro-kernel of every GEMM-shaped kernel here: c[i * ldc + pixel] =
-// init[i] (0 without init) + the sum over
-// the listed taps j of a[j * MR + i] * base[offset[j] + pixel], for MR rows and
-// NV vectors of pixels held in registers. The tap list and offsets let the
-// B rows be a packed panel, input planes read in place, or rows of a padded
-// window, with taps that only read padding left out.
+// init[i] (0 without init) + the sum over the taps t of a[j * MR + i] *
+// b_t[pixel], for MR rows and NV vectors of pixels held in registers. Either
+// every tap j = t in order, B row t at base + t * step (a packed panel, or
+// input planes read in place: nothing to look up, so the loop's integer work
+// is two pointer bumps), or the listed taps j = live[t] with B rows at base +
+// offset[j] (rows of a padded window, taps that only read padding left out).
+template <int MR, int NV, class T, class V>
+__attribute__((always_inline)) inline void row_tap(V (&acc)[MR][NV], const T* __restrict b, const T* __restrict a) {
+    constexpr int L = kLanes<T>;
+    V bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + v * L);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+        const T av = a[i];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
+    }
+}
+
+// B rows are a plane or a panel row apart, a stride the hardware does not
+// fetch ahead into L1: the caller asks for the row of the tap kRowsAhead on.
+constexpr int64_t kRowsAhead = 8;
+
+template <class T, int NV>
+__attribute__((always_inline)) inline void prefetch_row(const T* row) {
+    constexpr int64_t kRowBytes = NV * kLanes<T> * static_cast<int64_t>(sizeof(T));
+    const char* bytes = reinterpret_cast<const char*>(row);
+#pragma GCC unroll 8
+    for (int64_t o = 0; o < kRowBytes; o += 64) __builtin_prefetch(bytes + o);
+    __builtin_prefetch(bytes + kRowBytes - 1);  // the row's last line, where it is not aligned
+}
+
 template <class T, int MR, int NV>
-void row_micro(const T* __restrict base, const int64_t* __restrict offset, const int32_t* __restrict live,
-               int64_t nlive, const T* __restrict a, T* __restrict c, int64_t ldc, const T* __restrict init) {
+void row_micro(const T* __restrict base, int64_t step, const int64_t* __restrict offset, const int32_t* __restrict live,
+               int64_t ntaps, const T* __restrict a, T* __restrict c, int64_t ldc, const T* __restrict init) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
     V acc[MR][NV];
@@ -255,26 +283,17 @@ void row_micro(const T* __restrict base, const int64_t* __restrict offset, const
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
         for (int v = 0; v < NV; ++v) acc[i][v] = init ? V{} + init[i] : V{};
-    // B rows are a plane or a panel row apart, a stride the hardware does not
-    // fetch ahead into L1: ask for the row of the tap kAhead on.
-    constexpr int64_t kAhead = 8, kRowBytes = NV * L * static_cast<int64_t>(sizeof(T));
-    for (int64_t t = 0; t < nlive; ++t) {
-        const int32_t j = live[t];
-        const T* b = base + offset[j];
-        if (t + kAhead < nlive) {
-            const char* ahead = reinterpret_cast<const char*>(base + offset[live[t + kAhead]]);
-#pragma GCC unroll 8
-            for (int64_t o = 0; o < kRowBytes; o += 64) __builtin_prefetch(ahead + o);
-            __builtin_prefetch(ahead + kRowBytes - 1);  // the row's last line, where it is not aligned
+    if (!live) {
+        const T* b = base;
+        for (int64_t t = 0; t < ntaps; ++t, b += step, a += MR) {
+            if (t + kRowsAhead < ntaps) prefetch_row<T, NV>(b + kRowsAhead * step);
+            row_tap<MR, NV>(acc, b, a);
         }
-        V bv[NV];
-#pragma GCC unroll 4
-        for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + v * L);
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; ++i) {
-            const T av = a[static_cast<int64_t>(j) * MR + i];
-#pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) acc[i][v] += av * bv[v];
+    } else {
+        for (int64_t t = 0; t < ntaps; ++t) {
+            const int32_t j = live[t];
+            if (t + kRowsAhead < ntaps) prefetch_row<T, NV>(base + offset[live[t + kRowsAhead]]);
+            row_tap<MR, NV>(acc, base + offset[j], a + static_cast<int64_t>(j) * MR);
         }
     }
 #pragma GCC unroll 16
@@ -284,7 +303,7 @@ void row_micro(const T* __restrict base, const int64_t* __restrict offset, const
 }
 
 template <class T>
-using RowMicro = void (*)(const T*, const int64_t*, const int32_t*, int64_t, const T*, T*, int64_t, const T*);
+using RowMicro = void (*)(const T*, int64_t, const int64_t*, const int32_t*, int64_t, const T*, T*, int64_t, const T*);
 
 template <class T, int NV, int... R>
 RowMicro<T> pick_row_micro(int rows, std::integer_sequence<int, R...>) {
@@ -447,15 +466,6 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
                    taps[static_cast<size_t>(j)].dc == 0;
     // Read in place, each image's whole tiles come first, its rest later.
     const PixelOrder order{batch, per_image, in_place ? per_image / W * W : per_image};
-    // B row j sits at j * W in a packed panel, at j * plane in place; every tap is used.
-    std::vector<int64_t> packed_rows(static_cast<size_t>(ntaps)), plane_rows(static_cast<size_t>(ntaps));
-    std::vector<int32_t> all_taps(static_cast<size_t>(ntaps));
-    for (int64_t j = 0; j < ntaps; ++j) {
-        packed_rows[static_cast<size_t>(j)] = j * W;
-        plane_rows[static_cast<size_t>(j)] = j * plane;
-        all_taps[static_cast<size_t>(j)] = static_cast<int32_t>(j);
-    }
-
     PerThread<T> panel_mem(ntaps * W + kCopySlack<T>), result_mem(mr * W), a_mem(pack.per_range * block_values);
     // A thread done early takes units from the back of another's run when
     // all the weights are one range, which it has packed already.
@@ -471,7 +481,7 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
         int nsegs = 0;
         int64_t filled = 0;
         const T* b_tile = panel;
-        const int64_t* b_rows = packed_rows.data();
+        int64_t b_step = W;  // B row j at b_tile + j * b_step: a panel row, or a plane in place
         shared.start();
         for (;;) {
             const auto [u, u_end] = shared.next([&](int64_t v) { return pack.item_end(v, tiles); });
@@ -492,10 +502,10 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
                 filled = std::min<int64_t>(W, pixels - q0);
                 nsegs = split_segments(grid, order, q0, filled, segs);
                 b_tile = panel;
-                b_rows = packed_rows.data();
+                b_step = W;
                 if (in_place && q0 + W <= batch * order.head) {
                     b_tile = src + g * src_group_stride + segs[0].n * grid.batch_stride + q0 % order.head;
-                    b_rows = plane_rows.data();
+                    b_step = plane;
                 } else {
                     pack_panel(src + g * src_group_stride, grid, taps.data(), ntaps, segs, nsegs, filled, W, panel);
                 }
@@ -512,11 +522,11 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
                 const T* a = a_packed + (blk - blk0) * block_values;
                 const T* init = bias ? bias + g * m_per_group + m0 : nullptr;
                 if (whole) {
-                    (blk + 1 < blocks ? full : tail)(b_tile, b_rows, all_taps.data(), ntaps, a,
+                    (blk + 1 < blocks ? full : tail)(b_tile, b_step, nullptr, nullptr, ntaps, a,
                                                      direct + m0 * out.channel_stride, out.channel_stride, init);
                     continue;
                 }
-                (blk + 1 < blocks ? full : tail)(b_tile, b_rows, all_taps.data(), ntaps, a, result, W, init);
+                (blk + 1 < blocks ? full : tail)(b_tile, b_step, nullptr, nullptr, ntaps, a, result, W, init);
                 for (int64_t i = 0; i < rows; ++i) {
                     const T* res = result + i * W;
                     T* base = dst + g * dst_group_stride + (m0 + i) * out.channel_stride;

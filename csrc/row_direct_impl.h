@@ -208,7 +208,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
                 const T* row = base + (oh - oh0) * p.stride_h * win.cols;
                 for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += W) {
                     const int64_t np = std::min<int64_t>(W, p.out_w - ow0);
-                    micro(row + ow0, win.offset.data(), live.row(oh), live.size(oh), a, result, W, nullptr);
+                    micro(row + ow0, 0, win.offset.data(), live.row(oh), live.size(oh), a, result, W, nullptr);
                     for (int64_t i = 0; i < kg; ++i) {
                         T* out = y + n * p.ys.n + (g * kg + i) * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
                         const T b = bias ? bias[g * kg + i] : T(0);
