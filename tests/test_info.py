@@ -144,3 +144,11 @@ def test_info_prints_the_facts(capsys):
         )
         assert fma, out
         assert abs(int(fma[2]) - float(fma[1])) <= 0.55  # the nearest whole number of ports
+
+
+def test_info_without_the_core_says_so(capsys, monkeypatch):
+    """A source checkout without a build: info names the fallback, no traceback."""
+    monkeypatch.setattr(_backend, "core", None)
+    assert main(["info"]) == 1
+    out = capsys.readouterr().out
+    assert "C++ core: not available" in out and "the NumPy reference runs instead" in out

@@ -87,8 +87,9 @@ def format_cpu_facts(facts: dict[str, Any]) -> str:
 
 
 def runtime_info() -> dict[str, Any]:
-    """Versions, instruction sets, OpenMP and build of this fastconv (no PyTorch import)."""
-    core = loaded_core()
+    """Versions, instruction sets, OpenMP and build of this fastconv (no PyTorch import);
+    without the C++ core, no instruction sets or build (`python -m fastconv info` says so)."""
+    core = _backend.core
     info: dict[str, Any] = {
         "versions": {"fastconv": __version__, "numpy": np.__version__, "python": platform.python_version()},
         "cpu_model": cpu_model(),
