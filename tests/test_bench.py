@@ -13,8 +13,19 @@ import sys
 
 import pytest
 
-from fastconv import _backend, bench, functional
+from fastconv import _backend, functional
 from fastconv.__main__ import main
+from fastconv.bench.config import Config
+from fastconv.bench.fixed_cost import FixedCost
+from fastconv.bench.host import HostCheck, measure_peak
+from fastconv.bench.libraries import make_case
+from fastconv.bench.progress import Progress
+from fastconv.bench.report import format_summary
+from fastconv.bench.results import time_all
+from fastconv.bench.suite import DETAIL_PASSES, PASSES, QUICK, SUITE, parse_shape
+from fastconv.bench.targets import BIG_LAYERS, target_summary
+from fastconv.bench.timing import time_interleaved
+from fastconv.bench.torch_isa import CHILD_MARK, TORCH_ISA_ENV, TORCH_ISA_VARS
 
 pytestmark = pytest.mark.skipif(_backend.core is None, reason="the C++ core is not built")
 
@@ -39,7 +50,7 @@ def test_bench_checks_then_reports(tmp_path, capsys, monkeypatch, with_torch):
     if with_torch:
         pytest.importorskip("torch")
     else:
-        monkeypatch.setattr(bench, "import_torch", lambda: None)
+        monkeypatch.setattr("fastconv.bench.runner.import_torch", lambda: None)
     path = tmp_path / "bench.json"
     assert main(["bench", *TINY, "--detail", "--json", str(path)]) == 0
     out = capsys.readouterr().out
@@ -73,7 +84,7 @@ def test_bench_checks_then_reports(tmp_path, capsys, monkeypatch, with_torch):
 
     results = report["results"]
     assert {(r["dtype"], r["pass"]) for r in results} == {
-        (d, p) for d in ("float32", "float64") for p in bench.PASSES + bench.DETAIL_PASSES
+        (d, p) for d in ("float32", "float64") for p in PASSES + DETAIL_PASSES
     }
     for r in results:
         fastconv = r["timings"]["fastconv"]
@@ -93,7 +104,7 @@ def test_bench_checks_then_reports(tmp_path, capsys, monkeypatch, with_torch):
     else:
         assert "torch" in against and "geomean" in out
         assert all(r["speedup_vs_torch"] > 0 for r in results)
-        assert {g["pass"] for g in report["geomean"]} == set(bench.PASSES + bench.DETAIL_PASSES)
+        assert {g["pass"] for g in report["geomean"]} == set(PASSES + DETAIL_PASSES)
 
 
 def test_timing_rounds_take_turns_in_alternating_order(monkeypatch):
@@ -105,7 +116,7 @@ def test_timing_rounds_take_turns_in_alternating_order(monkeypatch):
         return lambda: calls.append(name) or ()
 
     libs = {"a": {"forward": fn("a")}, "b": {"forward": fn("b")}}
-    cfg = bench.Config(
+    cfg = Config(
         shapes=(),
         dtypes=("float32",),
         threads=(1,),
@@ -116,9 +127,9 @@ def test_timing_rounds_take_turns_in_alternating_order(monkeypatch):
         rounds=2,
         min_time=0.0,
     )
-    case = bench.make_case(bench.parse_shape("name=tiny,n=1,c=1,h=3,k=1,kernel=3"), "float32")
+    case = make_case(parse_shape("name=tiny,n=1,c=1,h=3,k=1,kernel=3"), "float32")
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
-    timings = bench.time_interleaved(case, libs, cfg, None, bench.Progress(4), bench.HostCheck(enabled=False))
+    timings = time_interleaved(case, libs, cfg, None, Progress(4), HostCheck(enabled=False))
     # Round 0: warm-up + 3 samples each, a first; round 1: warm-up + 2 samples each, b first.
     assert calls == ["a"] * 4 + ["b"] * 4 + ["b"] * 3 + ["a"] * 3
     assert {key: t["samples"] for key, t in timings.items()} == {(1, "a", "forward"): 5, (1, "b", "forward"): 5}
@@ -129,17 +140,15 @@ def test_fixed_cost_samples_are_spread_over_the_run(monkeypatch):
     libraries taking turns, and one median over all the shares."""
     events = []
     monkeypatch.setattr(
-        bench,
-        "fastconv_passes",
+        "fastconv.bench.fixed_cost.fastconv_passes",
         lambda case: {"forward": lambda: events.append("fastconv forward") or (), "backward": lambda: ()},
     )
     monkeypatch.setattr(
-        bench,
-        "torch_passes",
+        "fastconv.bench.fixed_cost.torch_passes",
         lambda case, torch: {"forward": lambda: events.append("torch forward") or (), "backward": lambda: ()},
     )
-    monkeypatch.setattr(bench, "thread_limit", lambda n, torch: contextlib.nullcontext())
-    cfg = bench.Config(
+    monkeypatch.setattr("fastconv.bench.fixed_cost.thread_limit", lambda n, torch: contextlib.nullcontext())
+    cfg = Config(
         shapes=(),
         dtypes=("float32",),
         threads=(1,),
@@ -150,18 +159,18 @@ def test_fixed_cost_samples_are_spread_over_the_run(monkeypatch):
         rounds=2,
         min_time=0.0,
     )
-    fixed = bench.FixedCost(object(), cfg, shares=3)
+    fixed = FixedCost(object(), cfg, shares=3)
     events.clear()  # the warm-up calls
     seen = []
-    monkeypatch.setattr(bench, "time_interleaved", lambda *args: seen.append(len(events)) or {})
-    monkeypatch.setattr(bench, "add_thread_scaling", lambda records: None)
-    shapes = tuple(bench.parse_shape(f"name=s{i},n=1,c=1,h=3,k=1,kernel=3") for i in range(3))
-    bench.time_all(
+    monkeypatch.setattr("fastconv.bench.results.time_interleaved", lambda *args: seen.append(len(events)) or {})
+    monkeypatch.setattr("fastconv.bench.results.add_thread_scaling", lambda records: None)
+    shapes = tuple(parse_shape(f"name=s{i},n=1,c=1,h=3,k=1,kernel=3") for i in range(3))
+    time_all(
         dataclasses.replace(cfg, shapes=shapes),
         None,
         {"float32": 1.0},
-        bench.Progress(1),
-        bench.HostCheck(enabled=False),
+        Progress(1),
+        HostCheck(enabled=False),
         fixed,
     )
     # 6 samples in 3 shares of 2 (+ 1 call after the other library's), one share before each case.
@@ -174,7 +183,7 @@ def test_fixed_cost_samples_are_spread_over_the_run(monkeypatch):
 
 def scripted_host(monkeypatch, answers):
     """A HostCheck whose checks answer from `answers` in turn, without waiting."""
-    host = bench.HostCheck(enabled=True)
+    host = HostCheck(enabled=True)
     replies = iter(answers)
 
     def gives(threads):
@@ -183,7 +192,7 @@ def scripted_host(monkeypatch, answers):
 
     monkeypatch.setattr(host, "gives", gives)
     monkeypatch.setattr(host, "settle", lambda: None)
-    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    monkeypatch.setattr("fastconv.bench.host.time.sleep", lambda s: None)
     return host
 
 
@@ -195,11 +204,11 @@ def test_a_share_waits_for_the_process_threads_to_settle(monkeypatch):
         clock["wall"] += seconds
         clock["cpu"] += seconds if spins.pop(0) else 0.0
 
-    monkeypatch.setattr(bench.time, "sleep", sleep)
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["wall"])
-    monkeypatch.setattr(bench.time, "process_time", lambda: clock["cpu"])
-    host = bench.HostCheck(enabled=False)
-    probe, limit = bench.HostCheck.SETTLE_PROBE_S, bench.HostCheck.SETTLE_LIMIT_S
+    monkeypatch.setattr("fastconv.bench.host.time.sleep", sleep)
+    monkeypatch.setattr("fastconv.bench.host.time.perf_counter", lambda: clock["wall"])
+    monkeypatch.setattr("fastconv.bench.host.time.process_time", lambda: clock["cpu"])
+    host = HostCheck(enabled=False)
+    probe, limit = HostCheck.SETTLE_PROBE_S, HostCheck.SETTLE_LIMIT_S
     spins[:] = [True, True, True, False, True]
     host.settle()
     assert spins == [True] and host.settled_s == pytest.approx(4 * probe)  # three busy probes, then an idle one
@@ -232,11 +241,11 @@ def test_no_wait_is_counted_when_the_first_check_passes(monkeypatch):
 
 
 def test_a_share_is_kept_after_the_last_try(monkeypatch):
-    host = scripted_host(monkeypatch, [True, False] * (bench.HostCheck.RETRIES + 1))
+    host = scripted_host(monkeypatch, [True, False] * (HostCheck.RETRIES + 1))
     calls = []
     assert host.take(2, "fastconv", lambda: calls.append(1) or [1.0]) == [1.0]
-    assert len(calls) == bench.HostCheck.RETRIES + 1
-    assert (host.retaken, host.kept_short) == ({"fastconv": bench.HostCheck.RETRIES}, {"fastconv": 1})
+    assert len(calls) == HostCheck.RETRIES + 1
+    assert (host.retaken, host.kept_short) == ({"fastconv": HostCheck.RETRIES}, {"fastconv": 1})
     assert host.summary()["shares_kept_after_last_try"] == {"fastconv": 1}
 
 
@@ -250,7 +259,7 @@ def test_the_host_check_measures_the_threads_together():
         core.peak_gflops(threads=0)
     with pytest.raises(ValueError, match="iterations"):
         core.peak_gflops(iterations=0)
-    off = bench.HostCheck(enabled=False)
+    off = HostCheck(enabled=False)
     assert off.take(2, "fastconv", lambda: [3.0]) == [3.0] and off.checks == 0
 
 
@@ -259,15 +268,15 @@ def test_the_peak_is_steady():
     float64 (twice the lanes), and cpu_facts' figure, though the machine is
     busy with other work now and then."""
     if _backend.core.isa() == "generic":
-        assert bench.measure_peak(False) == 0.0
+        assert measure_peak(False) == 0.0
         return
-    f32, f64 = bench.measure_peak(False), bench.measure_peak(True)
+    f32, f64 = measure_peak(False), measure_peak(True)
     assert 1.7 < f32 / f64 < 2.3
     assert f32 == pytest.approx(_backend.core.cpu_facts()["fma_peak_gflops"], rel=0.2)
 
 
 def test_a_cpu_without_vector_fma_gets_no_peak_share(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(bench, "measure_peak", lambda float64: 0.0)  # what a CPU without AVX2 measures
+    monkeypatch.setattr("fastconv.bench.runner.measure_peak", lambda float64: 0.0)  # what a CPU without AVX2 measures
     path = tmp_path / "bench.json"
     assert main(["bench", *TINY, "--dtype", "float32", "--no-host-check", "--json", str(path)]) == 0
     results = json.loads(path.read_text())["results"]
@@ -310,31 +319,31 @@ def test_a_disagreement_stops_the_bench(tmp_path, monkeypatch, capsys):
 
 
 def test_shape_syntax():
-    shape = bench.parse_shape("name=foo,n=2,c=4,h=16,k=8,kernel=3,padding=valid,groups=2")
+    shape = parse_shape("name=foo,n=2,c=4,h=16,k=8,kernel=3,padding=valid,groups=2")
     assert (shape.w, shape.stride, shape.dilation, shape.weight_shape()) == (16, 1, 1, (8, 2, 3, 3))
     assert shape.flops("forward") == 2 * 2 * 8 * 2 * 9 * 14 * 14
-    rect = bench.parse_shape("name=r,n=2,c=4,h=10,w=16,k=8,kernel=1x7,dilation=2,padding=valid")
+    rect = parse_shape("name=r,n=2,c=4,h=10,w=16,k=8,kernel=1x7,dilation=2,padding=valid")
     assert (rect.kernel_hw, rect.kernel_label, rect.weight_shape()) == ((1, 7), "1x7", (8, 4, 1, 7))
     assert rect.geometry().out_hw == (10, 16 - 12)  # with dilation 2, 7 taps span 13 columns
     assert rect.flops("forward") == 2 * 2 * 8 * 4 * 7 * 10 * 4
-    assert bench.parse_shape("name=d,n=1,c=1,h=9,k=1,kernel=3,dilation=2").geometry().padding == (2, 2, 2, 2)
+    assert parse_shape("name=d,n=1,c=1,h=9,k=1,kernel=3,dilation=2").geometry().padding == (2, 2, 2, 2)
     with pytest.raises(argparse.ArgumentTypeError, match="kernel=3y3"):
-        bench.parse_shape("name=bad,n=1,c=3,h=8,k=4,kernel=3y3")
+        parse_shape("name=bad,n=1,c=3,h=8,k=4,kernel=3y3")
     with pytest.raises(argparse.ArgumentTypeError, match="groups"):
-        bench.parse_shape("name=bad,n=1,c=3,h=8,k=4,kernel=3,groups=2")
+        parse_shape("name=bad,n=1,c=3,h=8,k=4,kernel=3,groups=2")
     with pytest.raises(argparse.ArgumentTypeError, match="missing"):
-        bench.parse_shape("name=short,n=1,c=3")
+        parse_shape("name=short,n=1,c=3")
 
 
 def test_the_suite_has_the_layers_issue_15_names():
-    suite = {s.name: s for s in bench.SUITE}
+    suite = {s.name: s for s in SUITE}
     assert dataclasses.astuple(suite["vgg_3x3"])[1:] == (2, 64, 112, 112, 128, 3, 1, "same", 1, 1)
     assert suite["rect_1x7"].weight_shape() == (64, 64, 1, 7)
     assert suite["dilated_3x3"].dilation == 2 and suite["dilated_3x3"].geometry().out_hw == (28, 28)
     assert (suite["one_channel"].n, suite["one_channel"].c) == (256, 1)
     assert suite["deep_s2"].geometry().out_hw == (7, 7) and suite["deep_s2"].c == 256
     assert suite["vgg_3x3"].flops("forward") == 2 * 2 * 128 * 64 * 9 * 112 * 112
-    assert set(bench.BIG_LAYERS) <= set(suite) and set(bench.QUICK) <= set(suite)
+    assert set(BIG_LAYERS) <= set(suite) and set(QUICK) <= set(suite)
 
 
 def test_rectangular_and_dilated_kernels_agree_with_every_library(tmp_path):
@@ -383,8 +392,8 @@ def test_the_summary_states_the_figures_of_issue_15s_targets():
         record("resnet_3x3", "float64", 1, "backward", 1.9, 88.0),
     ]
     fixed = {"fastconv": {"forward": 4.0, "backward": 12.0}, "torch": {"forward": 5.0, "backward": 19.0}}
-    plain = {"env": dict.fromkeys(bench.TORCH_ISA_VARS), "aten_cpu_capability": "AVX2"}
-    summary = bench.target_summary(records, fixed, plain)
+    plain = {"env": dict.fromkeys(TORCH_ISA_VARS), "aten_cpu_capability": "AVX2"}
+    summary = target_summary(records, fixed, plain)
     f32 = summary["speedups"][0]
     assert (f32["dtype"], f32["threads"], f32["targets"]) == ("float32", 1, {"geomean": 1.2, "lowest": 0.9})
     assert f32["geomean"]["forward"] == pytest.approx(math.sqrt(1.5 * 2.4))
@@ -397,17 +406,17 @@ def test_the_summary_states_the_figures_of_issue_15s_targets():
     # Only the big layers, float32, one thread.
     assert summary["pct_peak_float32_1_thread"] == {"resnet_3x3": {"forward": 90.0, "backward": 70.0}}
     assert summary["fixed_cost_us"] == fixed
-    text = bench.format_summary(summary)
+    text = format_summary(summary)
     assert "geomean forward 1.90x [>= 1.2x ok]" in text and "geomean backward 1.26x [>= 1.2x ok]" in text
     assert "lowest backward 0.80x resnet_3x3 [>= 0.9x MISSED]" in text
     assert "resnet_3x3 90.0 / 70.0 MISSED" in text and "[< 10 us MISSED]" in text
     # Against PyTorch restricted to AVX2, issue 15 asks for less in float32.
-    restricted = {"env": dict(bench.TORCH_ISA_ENV["avx2"]), "aten_cpu_capability": "AVX2"}
-    assert bench.target_summary(records, None, restricted)["speedups"][0]["targets"] == {"geomean": 1.1, "lowest": 0.85}
+    restricted = {"env": dict(TORCH_ISA_ENV["avx2"]), "aten_cpu_capability": "AVX2"}
+    assert target_summary(records, None, restricted)["speedups"][0]["targets"] == {"geomean": 1.1, "lowest": 0.85}
 
 
 def clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in (*bench.TORCH_ISA_VARS, bench.CHILD_MARK)}
+    env = {k: v for k, v in os.environ.items() if k not in (*TORCH_ISA_VARS, CHILD_MARK)}
     return {**env, **extra}
 
 
@@ -436,18 +445,18 @@ def test_isa_avx2_restricts_pytorch_in_a_child_process(tmp_path):
     assert "fastconv ISA avx2 (256-bit vectors, 16 registers" in result.stdout
     report = json.loads(path.read_text())
     assert report["isa"] == "avx2" and report["cpu_facts"]["vector_bits"] == 256
-    assert report["torch_isa"] == {"env": bench.TORCH_ISA_ENV["avx2"], "aten_cpu_capability": "AVX2"}
+    assert report["torch_isa"] == {"env": TORCH_ISA_ENV["avx2"], "aten_cpu_capability": "AVX2"}
     assert report["summary"]["speedups"][0]["targets"] == {"geomean": 1.1, "lowest": 0.85}
 
 
 def test_isa_avx2_refuses_a_pytorch_already_loaded_otherwise(monkeypatch, capsys):
     pytest.importorskip("torch")  # loaded now, in this process, without the caps
-    for key in bench.TORCH_ISA_VARS:
+    for key in TORCH_ISA_VARS:
         monkeypatch.delenv(key, raising=False)
     isa = "avx2" if "avx2" in _backend.core.supported_isas() else "generic"
     assert main(["bench", "--isa", isa, *TINY]) == 2
     err = capsys.readouterr().err
-    wanted = " ".join(f"{k}={v}" for k, v in bench.TORCH_ISA_ENV[isa].items())
+    wanted = " ".join(f"{k}={v}" for k, v in TORCH_ISA_ENV[isa].items())
     assert f"--isa {isa}: PyTorch must load with {wanted}, but it is imported already" in err
     assert "where ONEDNN_MAX_CPU_ISA unset" in err and "fresh process" in err
 
@@ -461,7 +470,7 @@ def onednn_implementations(isa):
         capture_output=True,
         text=True,
         timeout=120,
-        env=clean_env(ONEDNN_VERBOSE="1", **bench.TORCH_ISA_ENV[isa]),
+        env=clean_env(ONEDNN_VERBOSE="1", **TORCH_ISA_ENV[isa]),
     )
     assert result.returncode == 0, result.stderr
     # onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,forward_training,...

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fastconv import _backend, bench
+from fastconv import _backend
 from fastconv.__main__ import main
+from fastconv.bench.machine import format_caches, format_fma
 
 pytestmark = pytest.mark.skipif(_backend.core is None, reason="the C++ core is not built")
 core = _backend.core
@@ -117,13 +118,13 @@ def test_fma_and_cache_lines():
         "l3_bytes": 32 * 2**20,
         "caches_reported": True,
     }
-    assert bench.format_fma(facts) == "2.0 FMA/cycle at 256 bit: 2 FMA ports"
-    assert bench.format_fma({**facts, "vector_bits": 512, "fma_per_cycle": 1.04, "fma_ports": 1}) == (
+    assert format_fma(facts) == "2.0 FMA/cycle at 256 bit: 2 FMA ports"
+    assert format_fma({**facts, "vector_bits": 512, "fma_per_cycle": 1.04, "fma_ports": 1}) == (
         "1.0 FMA/cycle at 512 bit: 1 FMA port"
     )
-    assert bench.format_fma({**facts, "isa": "generic", "fma_per_cycle": None}) == "no vector FMA with generic"
-    assert bench.format_caches(facts) == "L1d 32 KiB, L2 1280 KiB per core, L3 32 MiB shared"
-    unreported = bench.format_caches({**facts, "l3_bytes": 0, "caches_reported": False})
+    assert format_fma({**facts, "isa": "generic", "fma_per_cycle": None}) == "no vector FMA with generic"
+    assert format_caches(facts) == "L1d 32 KiB, L2 1280 KiB per core, L3 32 MiB shared"
+    unreported = format_caches({**facts, "l3_bytes": 0, "caches_reported": False})
     assert "L3 not reported by the OS" in unreported and "L1d and L2 not reported by the OS" in unreported
 
 
@@ -143,3 +144,11 @@ def test_info_prints_the_facts(capsys):
         )
         assert fma, out
         assert abs(int(fma[2]) - float(fma[1])) <= 0.55  # the nearest whole number of ports
+
+
+def test_info_without_the_core_says_so(capsys, monkeypatch):
+    """A source checkout without a build: info names the fallback, no traceback."""
+    monkeypatch.setattr(_backend, "core", None)
+    assert main(["info"]) == 1
+    out = capsys.readouterr().out
+    assert "C++ core: not available" in out and "the NumPy reference runs instead" in out

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from . import Conv2D, __version__, _backend, bench
+from .bench.machine import cpu_facts, format_caches, format_fma, runtime_info
 
 
 def _median_ms(fn: Callable[[], object], repeats: int = 20) -> float:
@@ -85,19 +86,19 @@ def demo(dtype: str) -> int:
 def print_cpu_facts(facts: dict[str, Any]) -> None:
     """The microarchitecture facts the kernels use, measured, never looked up by the CPU's name."""
     print(f"vector registers: {facts['vector_registers']} of {facts['vector_bits']} bit ({facts['isa']})")
-    print(f"caches: {bench.format_caches(facts)}")
+    print(f"caches: {format_caches(facts)}")
     if facts["fma_per_cycle"] is None:
-        print(f"FMA: {bench.format_fma(facts)}")
+        print(f"FMA: {format_fma(facts)}")
         return
     print(
-        f"FMA: {bench.format_fma(facts)} (measured: float32 FMA peak {facts['fma_peak_gflops']:.1f} GFLOP/s"
+        f"FMA: {format_fma(facts)} (measured: float32 FMA peak {facts['fma_peak_gflops']:.1f} GFLOP/s"
         f" on one thread, at a clock of {facts['clock_ghz']:.2f} GHz timed with a chain of integer adds)"
     )
 
 
 def info() -> int:
     """What a bug report or a benchmark needs to know about this installation."""
-    i = bench.runtime_info()
+    i = runtime_info()
     v = i["versions"]
     print(f"fastconv {v['fastconv']}, numpy {v['numpy']}, Python {v['python']}, CPU {i['cpu_model']}")
     if "build" not in i:
@@ -105,7 +106,7 @@ def info() -> int:
         return 1
     build = i["build"]
     print(f"instruction set: {i['isa']} (this CPU supports: {', '.join(i['supported_isas'])})")
-    print_cpu_facts(bench.cpu_facts())
+    print_cpu_facts(cpu_facts())
     if build["openmp"] is None:
         print("OpenMP: not compiled in; the kernels run on one thread")
     elif i["openmp_libraries"] is None:
