@@ -213,7 +213,7 @@ def test_repr_is_pytorch_style():
 
 def test_auto_backend_falls_back_to_numpy_with_a_warning(monkeypatch, rng):
     monkeypatch.setattr(_backend, "core", None)
-    monkeypatch.setattr(_backend, "_import_error", ImportError("simulated"))
+    monkeypatch.setattr(_backend, "import_error", ImportError("simulated"))
     monkeypatch.setattr(_backend, "_warned", False)
     x = rng.standard_normal((1, 2, 5, 5))
     w = rng.standard_normal((3, 2, 3, 3))

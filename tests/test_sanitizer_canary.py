@@ -45,7 +45,7 @@ def test_sanitizer_reports_the_deliberate_bug(kind):
         pytest.skip("not a sanitizer build (set by .ci/sanitize: FASTCONV_SANITIZED=1)")
     # In the sanitizer job a missing canary is a failure, not a skip: the job
     # must not pass on an uninstrumented build.
-    assert core is not None, f"the C++ core did not import: {_backend._import_error}"
+    assert core is not None, f"the C++ core did not import: {_backend.import_error}"
     assert hasattr(core, "_canary"), "FASTCONV_SANITIZED=1 but the core lacks _canary (FASTCONV_SANITIZER_CANARY=ON)"
     sanitizer, report = CANARIES[kind]
     assert sanitizer in sanitizers(), f"built without -fsanitize={sanitizer}: {core.build_info()['flags']}"

@@ -102,7 +102,7 @@ def info() -> int:
     v = i["versions"]
     print(f"fastconv {v['fastconv']}, numpy {v['numpy']}, Python {v['python']}, CPU {i['cpu_model']}")
     if "build" not in i:
-        print(f"C++ core: not available ({_backend._import_error}); the NumPy reference runs instead")
+        print(f"C++ core: not available ({_backend.import_error}); the NumPy reference runs instead")
         return 1
     build = i["build"]
     print(f"instruction set: {i['isa']} (this CPU supports: {', '.join(i['supported_isas'])})")

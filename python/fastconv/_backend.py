@@ -14,10 +14,10 @@ core: ModuleType | None
 try:
     from . import _core as core
 
-    _import_error: ImportError | None = None
+    import_error: ImportError | None = None
 except ImportError as _exc:  # a source checkout without a build, or a broken install
     core = None
-    _import_error = _exc
+    import_error = _exc
 
 
 def _apply_isa_from_environment() -> None:
@@ -54,10 +54,10 @@ def resolve(backend: str) -> str:
     if core is not None:
         return "cpp"
     if backend == "cpp":
-        raise ImportError(f"fastconv's C++ extension could not be imported: {_import_error}")
+        raise ImportError(f"fastconv's C++ extension could not be imported: {import_error}")
     if not _warned:
         warnings.warn(
-            f"fastconv's C++ extension could not be imported ({_import_error}); "
+            f"fastconv's C++ extension could not be imported ({import_error}); "
             "falling back to the slower NumPy reference",
             RuntimeWarning,
             stacklevel=3,

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     argv: the command line after `python -m fastconv`, for the re-run in a
     child process that --isa may need (without it, no re-run)."""
     if _backend.core is None:
-        print(f"fastconv bench: the C++ core is not built ({_backend._import_error})", file=sys.stderr)
+        print(f"fastconv bench: the C++ core is not built ({_backend.import_error})", file=sys.stderr)
         return 2
     try:
         cfg = make_config(args)
