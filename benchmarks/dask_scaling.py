@@ -8,7 +8,8 @@ Two workloads, each a 3x3 "same" convolution of float32 data:
 For each: the in-memory ``fastconv.conv2d`` on 1 and 2 OpenMP threads, and
 ``fastconv.dask.conv2d`` on a LocalCluster of 1 and 2 single-threaded worker
 processes (the data made and kept on the workers, the result persisted there:
-no transfers to the client are timed). Reports the throughput, the speed-up
+no transfers to the client are timed), runs of the two interleaved with the
+cluster up. Reports the throughput, the speed-up
 of 2 workers over 1, the Dask path against the in-memory call on as many
 cores, and Dask's overhead per task: (Dask on 1 worker - in memory on 1
 thread) / tasks.
@@ -21,24 +22,29 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import statistics
 import time
 from collections.abc import Iterator
 
 import dask.array as da
 import numpy as np
+import psutil
 from distributed import Client, LocalCluster, wait
 
 import fastconv
 import fastconv.dask
 
 
-def best_of(repeats: int, fn) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def timed(fn, cpu) -> tuple[float, float]:
+    """Wall seconds of fn() and the CPU seconds (user + system) `cpu` counts meanwhile."""
+    c0, t0 = cpu(), time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, cpu() - c0
+
+
+def cpu_seconds(*processes: psutil.Process) -> float:
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
 def workloads(args: argparse.Namespace) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
@@ -66,23 +72,16 @@ def main() -> None:
     )
     parser.add_argument("--channels", type=int, default=16, help="input channels, and filters (default 16)")
     parser.add_argument("--chunk-mb", type=float, default=64, help="chunk size in MiB (default 64)")
-    parser.add_argument("--repeats", type=int, default=3, help="best of this many runs (default 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="the median of this many runs (default 5)")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((args.channels, args.channels, 3, 3)).astype(np.float32)
-    results: dict[tuple[str, str], float] = {}
+    wall: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
     tasks: dict[str, int] = {}
     cases = workloads(args)
-
-    for name, shape, _chunks in cases:
-        x = rng.standard_normal(shape, dtype=np.float32)
-        for threads in (1, 2):
-            with fastconv.threads(threads):
-                fastconv.conv2d(x[:1, :, :64, :64], w, padding="same")  # warm up
-                results[(name, f"memory {threads}")] = best_of(
-                    args.repeats, lambda x=x: fastconv.conv2d(x, w, padding="same")
-                )
+    client_process = psutil.Process()
 
     for workers in (1, 2):
         with (
@@ -91,38 +90,62 @@ def main() -> None:
             ) as cluster,
             Client(cluster) as client,
         ):
+            worker_processes = [psutil.Process(pid) for pid in client.run(os.getpid).values()]
             for name, shape, chunks in cases:
+                x_memory = rng.standard_normal(shape, dtype=np.float32)
                 x = da.random.default_rng(0).standard_normal(shape, chunks=chunks, dtype=np.float32).persist()
                 wait(x)
                 y = fastconv.dask.conv2d(x, w, padding="same")
                 tasks[name] = len(dict(y.__dask_graph__())) - x.npartitions
                 runs = iter(range(10**6))
 
-                def run(x: da.Array = x, runs: Iterator[int] = runs) -> None:
+                def on_dask(x: da.Array = x, runs: Iterator[int] = runs) -> None:
                     # A new bias each run: new keys, so nothing computed before is reused.
                     bias = np.full(w.shape[0], next(runs), np.float32)
                     result = fastconv.dask.conv2d(x, w, bias, padding="same").persist()
                     wait(result)
                     client.cancel(result)
 
-                run()  # warm up: the weight sent, the workers' code loaded
-                results[(name, f"dask {workers}")] = best_of(args.repeats, run)
+                def in_memory(x: np.ndarray = x_memory, threads: int = workers) -> None:
+                    with fastconv.threads(threads):
+                        fastconv.conv2d(x, w, padding="same")
 
+                on_dask()  # warm up: the weight sent, the workers' code loaded
+                in_memory()
+                # Interleaved: both see the same state of the machine (its
+                # load, and the memory the OS has free for fresh pages).
+                for _ in range(args.repeats):
+                    for key, fn, counted in (
+                        (f"memory {workers}", in_memory, (client_process,)),
+                        (f"dask {workers}", on_dask, tuple(worker_processes)),
+                    ):
+                        t, c = timed(fn, lambda counted=counted: cpu_seconds(*counted))
+                        wall.setdefault((name, key), []).append(t)
+                        cpu.setdefault((name, key), []).append(c)
+                del x_memory
+
+    results = {k: statistics.median(v) for k, v in wall.items()}
+    cpu_median = {k: statistics.median(v) for k, v in cpu.items()}
     print(
         f"{'workload':<28} {'chunks':>22} {'tasks':>6}  {'in memory 1t':>12} {'2t':>7}  {'dask 1w':>8} {'2w':>7}"
-        f"  {'2w/1w':>6} {'dask/mem 1':>10} {'2':>6} {'overhead/task':>14}"
+        f"  {'2w/1w':>6} {'dask/mem 1':>10} {'2':>6} {'overhead/task':>14} {'(cpu)':>9}"
     )
     for name, shape, chunks in cases:
         mb = np.prod(shape) * 4 / 2**20
         t = {k: results[(name, k)] for k in ("memory 1", "memory 2", "dask 1", "dask 2")}
         overhead = (t["dask 1"] - t["memory 1"]) / tasks[name]
+        cpu_overhead = (cpu_median[(name, "dask 1")] - cpu_median[(name, "memory 1")]) / tasks[name]
         print(
             f"{name:<28} {str(chunks):>22} {tasks[name]:>6}  "
             f"{mb / t['memory 1']:>8.0f} MB/s {mb / t['memory 2']:>7.0f}  {mb / t['dask 1']:>8.0f} {mb / t['dask 2']:>7.0f}"
             f"  {t['dask 1'] / t['dask 2']:>5.2f}x {t['dask 1'] / t['memory 1']:>10.2f} {t['dask 2'] / t['memory 2']:>6.2f}"
-            f" {overhead * 1e3:>11.1f} ms"
+            f" {overhead * 1e3:>11.1f} ms {cpu_overhead * 1e3:>6.1f} ms"
         )
-    print("MB/s of input; 'dask/mem n': time on n workers over the in-memory time on n threads (1.00 = no overhead)")
+    print(
+        "MB/s of input, medians of interleaved runs; 'dask/mem n': time on n workers over the in-memory time on n"
+        " threads (1.00 = no overhead); overhead/task: (Dask on 1 worker - in memory on 1 thread) / tasks, in wall"
+        " time and in CPU time (the worker's against the in-memory call's process)"
+    )
 
 
 if __name__ == "__main__":
