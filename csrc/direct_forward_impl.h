@@ -180,7 +180,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const DirectMicro<T> full = DirectKernels<T, NK>::for_pixels(static_cast<int>(block), p.stride_w);
     const DirectMicro<T> tail =
         DirectKernels<T, NK>::for_pixels(static_cast<int>(p.out_w - (pixel_blocks - 1) * block), p.stride_w);
-    const BlockTaps taps(p, LiveTaps(p), block, win.offset, F);
+
     // The taps go in chunks of whole input channels whose packed weights fill
     // at most half the L1 data cache, so that they stay there while every
     // pixel block of the window runs over them; the sums go on from chunk to
@@ -188,6 +188,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     // taps instead re-read the block's weights from L2 for every pixel block
     // (36 KB per 6-pixel call on resnet_3x3 with AVX2).
     const TapChunks chunks(p, F * static_cast<int64_t>(sizeof(T)));
+    const BlockTaps taps(p, LiveTaps(p), block, win.offset, F, chunks);
     const int64_t slots = chunks.count > 1 ? win.out_rows * pixel_blocks : 1;  // partial results of each pixel block
     constexpr int64_t kSlot = (NP + L - 1) / L * L * F;  // whole L x L tiles for write_block
 
@@ -202,7 +203,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                 const T* row = base + (oh - oh0) * p.stride_h * win.cols;
                 for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += block) {
                     const int64_t np = std::min<int64_t>(block, p.out_w - ow0);
-                    const BlockTaps::List list = chunks.part(taps.at(oh, ow0 / block), chunk);
+                    const BlockTaps::List& list = taps.at(oh, ow0 / block, chunk);
                     T* const partial = result + (slots > 1 ? ((oh - oh0) * pixel_blocks + ow0 / block) * kSlot : 0);
                     T* const out = y + n * p.ys.n + k0 * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
                     // Spaced-out outputs (dL/dx by phase) go to lines that another phase

@@ -150,6 +150,23 @@ struct LiveTaps {
     int64_t size(int64_t oh) const { return count[static_cast<size_t>(oh)]; }
 };
 
+// The taps j = (c, kr, ks) of a direct kernel in chunks of whole input
+// channels whose packed weights (bytes_per_tap each) take at most half the
+// L1 data cache: the kernel runs every pixel block of a window over one chunk
+// before the next, so that the chunk's weights are read from L1. The chunk
+// size comes from the cache size the OS reports, not from the CPU's vendor.
+struct TapChunks {
+    int64_t count = 1;  // chunks
+    int64_t taps = 0;   // taps per chunk (the last may have fewer)
+
+    TapChunks(const ConvShape& p, int64_t bytes_per_tap) {
+        const int64_t per_channel = p.r * p.s, channels = p.c_per_group();
+        const int64_t fit = std::max<int64_t>(1, cache_sizes().l1d / 2 / (bytes_per_tap * per_channel));
+        count = (channels + fit - 1) / fit;
+        taps = (channels + count - 1) / count * per_channel;  // even chunks
+    }
+};
+
 // For each output row and block of a row's pixels: the row's live taps
 // without those that read only padding, each marked with the pixels of the
 // block that read inside the input -- all of them, all but the first, or all
@@ -176,10 +193,12 @@ class BlockTaps {
     };
 
     // Blocks of `block` output pixels: [0, block), [block, 2 block), ...;
-    // tap j reads the window at offset[j] and its weights at j * weights_per_tap.
+    // tap j reads the window at offset[j] and its weights at j * weights_per_tap;
+    // each block's list comes split into `chunks` (worked out here, once, rather
+    // than searched for in every call).
     BlockTaps(const ConvShape& p, const LiveTaps& live, int64_t block, const std::vector<int64_t>& offset,
-              int64_t weights_per_tap)
-        : blocks_((p.out_w + block - 1) / block), list_of_row_(static_cast<size_t>(p.out_h)) {
+              int64_t weights_per_tap, const TapChunks& chunks)
+        : blocks_((p.out_w + block - 1) / block), chunks_(chunks.count), list_of_row_(static_cast<size_t>(p.out_h)) {
         // Each block's class of each kernel column; blocks away from the edges have none but kAll.
         std::vector<std::vector<int8_t>> signatures;  // distinct column classes, [signature][ks]
         std::vector<int64_t> signature_of_block(static_cast<size_t>(blocks_));
@@ -227,60 +246,41 @@ class BlockTaps {
                 }
                 spans.push_back(span);
             }
-        lists_.resize(lists.size() * static_cast<size_t>(blocks_));
+        lists_.resize(lists.size() * static_cast<size_t>(blocks_ * chunks_));
         for (size_t l = 0; l < lists.size(); ++l)
             for (int64_t b = 0; b < blocks_; ++b) {
                 const Span& s = spans[l * signatures.size() + static_cast<size_t>(signature_of_block[static_cast<size_t>(b)])];
-                lists_[l * static_cast<size_t>(blocks_) + static_cast<size_t>(b)] =
-                    List{taps_.data() + s.start, at_.data() + s.start, s.marked ? pixels_.data() + s.start : nullptr,
-                         s.count};
+                // The span's taps ascend: chunk c holds those in [c * chunks.taps, (c + 1) * chunks.taps).
+                size_t first = s.start;
+                const size_t end = s.start + static_cast<size_t>(s.count);
+                for (int64_t c = 0; c < chunks_; ++c) {
+                    size_t last = first;
+                    while (last < end && taps_[last] < (c + 1) * chunks.taps) ++last;
+                    lists_[(l * static_cast<size_t>(blocks_) + static_cast<size_t>(b)) * static_cast<size_t>(chunks_) +
+                           static_cast<size_t>(c)] =
+                        List{taps_.data() + first, at_.data() + first, s.marked ? pixels_.data() + first : nullptr,
+                             static_cast<int64_t>(last - first)};
+                    first = last;
+                }
             }
     }
     BlockTaps(const BlockTaps&) = delete;  // lists_ points into taps_, at_ and pixels_
     BlockTaps& operator=(const BlockTaps&) = delete;
 
-    // The taps of block b (pixels b * block ...) of output row oh.
-    const List& at(int64_t oh, int64_t b) const {
-        return lists_[static_cast<size_t>(list_of_row_[static_cast<size_t>(oh)] * blocks_ + b)];
+    // The taps of block b (pixels b * block ...) of output row oh in chunk `chunk`.
+    const List& at(int64_t oh, int64_t b, int64_t chunk) const {
+        return lists_[static_cast<size_t>((list_of_row_[static_cast<size_t>(oh)] * blocks_ + b) * chunks_ + chunk)];
     }
 
   private:
     static int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 
-    int64_t blocks_;
+    int64_t blocks_, chunks_;
     std::vector<int64_t> list_of_row_;
     std::vector<int32_t> taps_;
     std::vector<TapAt> at_;
     std::vector<int8_t> pixels_;
-    std::vector<List> lists_;  // [row list][block]
-};
-
-// The taps j = (c, kr, ks) of a direct kernel in chunks of whole input
-// channels whose packed weights (bytes_per_tap each) take at most half the
-// L1 data cache: the kernel runs every pixel block of a window over one chunk
-// before the next, so that the chunk's weights are read from L1. The chunk
-// size comes from the cache size the OS reports, not from the CPU's vendor.
-struct TapChunks {
-    int64_t count = 1;  // chunks
-    int64_t taps = 0;   // taps per chunk (the last may have fewer)
-
-    TapChunks(const ConvShape& p, int64_t bytes_per_tap) {
-        const int64_t per_channel = p.r * p.s, channels = p.c_per_group();
-        const int64_t fit = std::max<int64_t>(1, cache_sizes().l1d / 2 / (bytes_per_tap * per_channel));
-        count = (channels + fit - 1) / fit;
-        taps = (channels + count - 1) / count * per_channel;  // even chunks
-    }
-
-    // The taps of `list` (ascending, as BlockTaps makes them) in chunk `chunk`.
-    BlockTaps::List part(const BlockTaps::List& list, int64_t chunk) const {
-        if (count == 1) return list;
-        const int64_t lo = chunk * taps, hi = lo + taps;
-        const int32_t* end = list.taps + list.count;
-        const int32_t* first = std::lower_bound(list.taps, end, lo, [](int32_t t, int64_t v) { return t < v; });
-        const int32_t* last = std::lower_bound(first, end, hi, [](int32_t t, int64_t v) { return t < v; });
-        const int64_t skip = first - list.taps;
-        return BlockTaps::List{first, list.at + skip, list.pixels ? list.pixels + skip : nullptr, last - first};
-    }
+    std::vector<List> lists_;  // [row list][block][chunk]
 };
 
 }  // namespace fastconv
