@@ -94,37 +94,40 @@ struct DirectKernels {
     }
 };
 
-// y[f][i] = result[i][f] + bias[f] for the np pixels i of a block and its nk
-// filters f (bias may be null), y addressed through `ys` from the block's
-// first output. Dense rows go over in L x L tiles transposed in registers,
-// storing a whole vector of pixels where the row has room for it (`room`
-// outputs from the block's first): the row's next block, which the same unit
-// writes later, overwrites the pixels past this one. result holds whole tiles.
+// y[f][ow] = result + bias[f] for the out_w pixels of one output row and its
+// nk filters f, y addressed through `ys` from the row's first output (bias
+// may be null). The row's results are its pixel blocks of `block` pixels,
+// `slot` elements apart, each [pixel][F] in whole L x L tiles. Dense rows go
+// over in L x L tiles transposed in registers into `line` (L rows of line_w
+// >= out_w + L values), then each filter's row is written in one run. Block
+// by block instead, each line of a filter's row was written several times,
+// and where planes are a power of two apart (32 x 32 floats) the filters'
+// lines share L1 sets and were evicted in between: 13 % of a cifar forward.
 template <class T, int F>
-void write_block(const T* __restrict result, int64_t np, int64_t nk, const T* __restrict bias, T* __restrict y,
-                 const Strides& ys, int64_t room) {
+void write_row(const T* __restrict result, int64_t slot, int64_t block, int64_t out_w, int64_t nk,
+               const T* __restrict bias, T* __restrict y, const Strides& ys, T* __restrict line, int64_t line_w) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
     if (ys.w != 1) {  // spread-out outputs: channels-last, or dL/dx by phase
-        for (int64_t f = 0; f < nk; ++f) {
-            const T b = bias ? bias[f] : T(0);
-            for (int64_t i = 0; i < np; ++i) y[f * ys.c + i * ys.w] = result[i * F + f] + b;
+        for (int64_t ow = 0; ow < out_w; ++ow) {
+            const T* r = result + ow / block * slot + ow % block * F;
+            for (int64_t f = 0; f < nk; ++f) y[f * ys.c + ow * ys.w] = r[f] + (bias ? bias[f] : T(0));
         }
         return;
     }
-    alignas(64) T tile[L * L];
-    for (int64_t p0 = 0; p0 < np; p0 += L) {
-        for (int64_t f0 = 0; f0 < nk; f0 += L) {
-            transpose_tile(result + p0 * F + f0, F, tile, L);  // tile[i][j]: filter f0 + i, pixel p0 + j
-            for (int64_t i = 0; i < std::min<int64_t>(L, nk - f0); ++i) {
-                T* out = y + (f0 + i) * ys.c + p0;
-                const T b = bias ? bias[f0 + i] : T(0);
-                if (room - p0 >= L) {
-                    store(out, load<V>(tile + i * L) + b);
-                } else {
-                    for (int64_t j = 0; j < std::min<int64_t>(L, np - p0); ++j) out[j] = tile[i * L + j] + b;
-                }
-            }
+    for (int64_t f0 = 0; f0 < nk; f0 += L) {
+        // line[i][ow] = filter f0 + i at pixel ow; a block's last tile spills
+        // into the next block's pixels, which that block then overwrites.
+        for (int64_t b = 0, p0 = 0; p0 < out_w; ++b, p0 += block)
+            for (int64_t t = 0; t < std::min(block, out_w - p0); t += L)
+                transpose_tile(result + b * slot + t * F + f0, F, line + p0 + t, line_w);
+        for (int64_t i = 0; i < std::min<int64_t>(L, nk - f0); ++i) {
+            const T* src = line + i * line_w;
+            T* out = y + (f0 + i) * ys.c;
+            const T b = bias ? bias[f0 + i] : T(0);
+            int64_t ow = 0;
+            for (; ow + L <= out_w; ow += L) store(out + ow, load<V>(src + ow) + b);
+            for (; ow < out_w; ++ow) out[ow] = src[ow] + b;
         }
     }
 }
@@ -189,41 +192,46 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     // (36 KB per 6-pixel call on resnet_3x3 with AVX2).
     const TapChunks chunks(p, F * static_cast<int64_t>(sizeof(T)));
     const BlockTaps taps(p, LiveTaps(p), block, win.offset, F, chunks);
-    const int64_t slots = chunks.count > 1 ? win.out_rows * pixel_blocks : 1;  // partial results of each pixel block
-    constexpr int64_t kSlot = (NP + L - 1) / L * L * F;  // whole L x L tiles for write_block
+    // Partial results of each pixel block: of every row of the window where
+    // the sums go on over chunks, else of one row, written when it is done.
+    const int64_t slot_rows = chunks.count > 1 ? win.out_rows : 1, slots = slot_rows * pixel_blocks;
+    constexpr int64_t kSlot = (NP + L - 1) / L * L * F;  // whole L x L tiles for write_row
+    const int64_t line_w = (p.out_w + L - 1) / L * L + L;
 
     // Output rows [oh0, oh1) of image n for the filters k0... (nk of them)
     // whose packed weights are wb, from the window at base: every pixel block
     // over one chunk of taps, then over the next, the sums carried in result.
-    const auto run_block = [&](const T* base, const T* wb, T* result, int64_t n, int64_t k0, int64_t nk, int64_t oh0,
-                               int64_t oh1) {
+    const auto run_block = [&](const T* base, const T* wb, T* result, T* line, int64_t n, int64_t k0, int64_t nk,
+                               int64_t oh0, int64_t oh1) {
         for (int64_t chunk = 0; chunk < chunks.count; ++chunk) {
             const bool last_chunk = chunk == chunks.count - 1;
             for (int64_t oh = oh0; oh < oh1; ++oh) {
                 const T* row = base + (oh - oh0) * p.stride_h * win.cols;
+                T* const row_result = result + (slot_rows > 1 ? (oh - oh0) * pixel_blocks * kSlot : 0);
+                T* const out = y + n * p.ys.n + k0 * p.ys.c + oh * p.ys.h;
                 for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += block) {
                     const int64_t np = std::min<int64_t>(block, p.out_w - ow0);
                     const BlockTaps::List& list = taps.at(oh, ow0 / block, chunk);
-                    T* const partial = result + (slots > 1 ? ((oh - oh0) * pixel_blocks + ow0 / block) * kSlot : 0);
-                    T* const out = y + n * p.ys.n + k0 * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;
                     // Spaced-out outputs (dL/dx by phase) go to lines that another phase
                     // wrote long ago: ask for them now, while the micro-kernel runs.
                     if (p.ys.w != 1 && last_chunk) {
                         for (int64_t f = 0; f < nk; ++f) {
-                            __builtin_prefetch(out + f * p.ys.c, 1);
-                            __builtin_prefetch(out + f * p.ys.c + (np - 1) * p.ys.w, 1);
+                            __builtin_prefetch(out + f * p.ys.c + ow0 * p.ys.w, 1);
+                            __builtin_prefetch(out + f * p.ys.c + (ow0 + np - 1) * p.ys.w, 1);
                         }
                     }
                     (np == block ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, list.at, list.pixels, list.count,
-                                                partial, chunk > 0);
-                    if (last_chunk) write_block<T, F>(partial, np, nk, bias ? bias + k0 : nullptr, out, p.ys, p.out_w - ow0);
+                                                row_result + ow0 / block * kSlot, chunk > 0);
                 }
+                if (last_chunk)
+                    write_row<T, F>(row_result, kSlot, block, p.out_w, nk, bias ? bias + k0 : nullptr, out, p.ys, line,
+                                    line_w);
             }
         }
     };
 
     const bool by_range = pack.count > 1;
-    PerThread<T> window_mem(win.size()), result_mem(slots * kSlot);
+    PerThread<T> window_mem(win.size()), result_mem(slots * kSlot), line_mem(L * line_w);
     PerThread<T> own_packed_mem(by_range ? 0 : pack.per_range * ntaps * F);
     PerThread<int64_t> block_range_mem(pack.per_range);  // the range whose block each slot of `packed` holds, or -1
     const AlignedArray<T> team_packed = aligned_array<T>(by_range ? static_cast<size_t>(pack.per_range * ntaps * F) : 0);
@@ -253,7 +261,8 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const window = window_mem.get();
         T* const result = result_mem.get();
-        std::fill(result, result + slots * kSlot, T(0));  // write_block reads whole tiles past a block's pixels
+        T* const line = line_mem.get();
+        std::fill(result, result + slots * kSlot, T(0));  // write_row reads whole tiles past a block's pixels
         T* const packed = by_range ? team_packed.get() : own_packed_mem.get();
         int64_t* const block_range = block_range_mem.get();
         int64_t packed_range = -1;  // the (group, filter range) whose blocks `packed` holds or will
@@ -297,7 +306,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                     }
                     const T* wb = packed + (kb - at.first) * ntaps * F;
                     const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
-                    run_block(base, wb, result, n, k0, nk, oh0, oh1);
+                    run_block(base, wb, result, line, n, k0, nk, oh0, oh1);
                 }
             }
             if (by_range) team_barrier();  // the round's units all done before the next round packs over them
