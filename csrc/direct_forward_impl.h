@@ -96,7 +96,7 @@ struct DirectKernels {
 
 // y[f][ow] = result + bias[f] for the out_w pixels of one output row and its
 // nk filters f, y addressed through `ys` from the row's first output (bias
-// may be null). The row's results are its pixel blocks of `block` pixels,
+// may be null). The row's results are its pixel blocks (PixelBlocks),
 // `slot` elements apart, each [pixel][F] in whole L x L tiles. Dense rows go
 // over in L x L tiles transposed in registers into `line` (L rows of line_w
 // >= out_w + L values), then each filter's row is written in one run. Block
@@ -104,23 +104,24 @@ struct DirectKernels {
 // and where planes are a power of two apart (32 x 32 floats) the filters'
 // lines share L1 sets and were evicted in between: 13 % of a cifar forward.
 template <class T, int F>
-void write_row(const T* __restrict result, int64_t slot, int64_t block, int64_t out_w, int64_t nk,
+void write_row(const T* __restrict result, int64_t slot, const PixelBlocks& blocks, int64_t out_w, int64_t nk,
                const T* __restrict bias, T* __restrict y, const Strides& ys, T* __restrict line, int64_t line_w) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
     if (ys.w != 1) {  // spread-out outputs: channels-last, or dL/dx by phase
-        for (int64_t ow = 0; ow < out_w; ++ow) {
-            const T* r = result + ow / block * slot + ow % block * F;
-            for (int64_t f = 0; f < nk; ++f) y[f * ys.c + ow * ys.w] = r[f] + (bias ? bias[f] : T(0));
-        }
+        for (int64_t b = 0; b < blocks.count; ++b)
+            for (int64_t i = 0, ow = blocks.start(b); i < blocks.pixels(b); ++i, ++ow) {
+                const T* r = result + b * slot + i * F;
+                for (int64_t f = 0; f < nk; ++f) y[f * ys.c + ow * ys.w] = r[f] + (bias ? bias[f] : T(0));
+            }
         return;
     }
     for (int64_t f0 = 0; f0 < nk; f0 += L) {
         // line[i][ow] = filter f0 + i at pixel ow; a block's last tile spills
         // into the next block's pixels, which that block then overwrites.
-        for (int64_t b = 0, p0 = 0; p0 < out_w; ++b, p0 += block)
-            for (int64_t t = 0; t < std::min(block, out_w - p0); t += L)
-                transpose_tile(result + b * slot + t * F + f0, F, line + p0 + t, line_w);
+        for (int64_t b = 0; b < blocks.count; ++b)
+            for (int64_t t = 0; t < blocks.pixels(b); t += L)
+                transpose_tile(result + b * slot + t * F + f0, F, line + blocks.start(b) + t, line_w);
         for (int64_t i = 0; i < std::min<int64_t>(L, nk - f0); ++i) {
             const T* src = line + i * line_w;
             T* out = y + (f0 + i) * ys.c;
@@ -132,22 +133,13 @@ void write_row(const T* __restrict result, int64_t slot, int64_t block, int64_t 
     }
 }
 
-// Pixels per micro-kernel call on rows of out_w outputs, at most np: np, but
-// a row whose last call would get under half of that is split evenly
-// (14 = 7 + 7, not 12 + 2), since a call on few pixels leaves most
-// accumulators idle.
-inline int64_t pixel_block(int64_t out_w, int64_t np) {
-    const int64_t calls = (out_w + np - 1) / np;
-    return out_w % np != 0 && 2 * (out_w % np) < np ? (out_w + calls - 1) / calls : std::min(np, out_w);
-}
-
 // The share of the micro-kernel's accumulators that hold real outputs with
 // NK vectors of filters: the pixels of a row's calls times the filters of a
 // group's blocks.
 template <class T, int NK>
 double accumulator_use(const ConvShape& p) {
     constexpr int64_t np = DirectKernels<T, NK>::max_pixels, filters = NK * kLanes<T>;
-    const int64_t block = pixel_block(p.out_w, np), calls = (p.out_w + block - 1) / block;
+    const int64_t calls = PixelBlocks(p.out_w, np).count;
     const int64_t kg = p.k_per_group(), kblocks = (kg + filters - 1) / filters;
     return double(p.out_w) / double(calls * np) * double(kg) / double(kblocks * filters);
 }
@@ -179,10 +171,11 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     // would copy the windows more often.
     const PackRanges pack(kblocks, ntaps * F * static_cast<int64_t>(sizeof(T)));
     const int64_t windows = p.n * row_blocks;
-    const int64_t block = pixel_block(p.out_w, NP), pixel_blocks = (p.out_w + block - 1) / block;
-    const DirectMicro<T> full = DirectKernels<T, NK>::for_pixels(static_cast<int>(block), p.stride_w);
-    const DirectMicro<T> tail =
-        DirectKernels<T, NK>::for_pixels(static_cast<int>(p.out_w - (pixel_blocks - 1) * block), p.stride_w);
+    const PixelBlocks blocks(p.out_w, NP);
+    const int64_t pixel_blocks = blocks.count;
+    const DirectMicro<T> big = DirectKernels<T, NK>::for_pixels(static_cast<int>(blocks.size), p.stride_w);
+    const DirectMicro<T> small =
+        blocks.size > 1 ? DirectKernels<T, NK>::for_pixels(static_cast<int>(blocks.size - 1), p.stride_w) : big;
 
     // The taps go in chunks of whole input channels whose packed weights fill
     // at most half the L1 data cache, so that they stay there while every
@@ -191,7 +184,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     // taps instead re-read the block's weights from L2 for every pixel block
     // (36 KB per 6-pixel call on resnet_3x3 with AVX2).
     const TapChunks chunks(p, F * static_cast<int64_t>(sizeof(T)));
-    const BlockTaps taps(p, LiveTaps(p), block, win.offset, F, chunks);
+    const BlockTaps taps(p, LiveTaps(p), blocks, win.offset, F, chunks);
     // Partial results of each pixel block: of every row of the window where
     // the sums go on over chunks, else of one row, written when it is done.
     const int64_t slot_rows = chunks.count > 1 ? win.out_rows : 1, slots = slot_rows * pixel_blocks;
@@ -209,9 +202,9 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                 const T* row = base + (oh - oh0) * p.stride_h * win.cols;
                 T* const row_result = result + (slot_rows > 1 ? (oh - oh0) * pixel_blocks * kSlot : 0);
                 T* const out = y + n * p.ys.n + k0 * p.ys.c + oh * p.ys.h;
-                for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += block) {
-                    const int64_t np = std::min<int64_t>(block, p.out_w - ow0);
-                    const BlockTaps::List& list = taps.at(oh, ow0 / block, chunk);
+                for (int64_t b = 0; b < pixel_blocks; ++b) {
+                    const int64_t ow0 = blocks.start(b), np = blocks.pixels(b);
+                    const BlockTaps::List& list = taps.at(oh, b, chunk);
                     // Spaced-out outputs (dL/dx by phase) go to lines that another phase
                     // wrote long ago: ask for them now, while the micro-kernel runs.
                     if (p.ys.w != 1 && last_chunk) {
@@ -220,11 +213,11 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                             __builtin_prefetch(out + f * p.ys.c + (ow0 + np - 1) * p.ys.w, 1);
                         }
                     }
-                    (np == block ? full : tail)(row + ow0 * p.stride_w, p.stride_w, wb, list.at, list.pixels, list.count,
-                                                row_result + ow0 / block * kSlot, chunk > 0);
+                    (b < blocks.big ? big : small)(row + ow0 * p.stride_w, p.stride_w, wb, list.at, list.pixels,
+                                                   list.count, row_result + b * kSlot, chunk > 0);
                 }
                 if (last_chunk)
-                    write_row<T, F>(row_result, kSlot, block, p.out_w, nk, bias ? bias + k0 : nullptr, out, p.ys, line,
+                    write_row<T, F>(row_result, kSlot, blocks, p.out_w, nk, bias ? bias + k0 : nullptr, out, p.ys, line,
                                     line_w);
             }
         }

@@ -150,6 +150,21 @@ struct LiveTaps {
     int64_t size(int64_t oh) const { return count[static_cast<size_t>(oh)]; }
 };
 
+// A row of out_w outputs cut into the fewest micro-kernel calls of at most
+// np pixels, as even as they go: `big` blocks of `size` pixels, then blocks
+// of size - 1 (32 = 6 + 6 + 5 + 5 + 5 + 5 with np = 6, not 6 x 5 + 2). A
+// call on few pixels leaves accumulators idle and, with fewer than the FMA
+// latency times the FMA ports of them, waits on its own sums.
+struct PixelBlocks {
+    int64_t count = 0, size = 0, big = 0;
+
+    PixelBlocks(int64_t out_w, int64_t np)
+        : count((out_w + np - 1) / np), size((out_w + count - 1) / count), big(out_w - count * (size - 1)) {}
+
+    int64_t start(int64_t b) const { return b * size - std::max<int64_t>(0, b - big); }
+    int64_t pixels(int64_t b) const { return b < big ? size : size - 1; }
+};
+
 // The taps j = (c, kr, ks) of a direct kernel in chunks of whole input
 // channels whose packed weights (bytes_per_tap each) take at most half the
 // L1 data cache: the kernel runs every pixel block of a window over one chunk
@@ -192,18 +207,17 @@ class BlockTaps {
         int64_t count;
     };
 
-    // Blocks of `block` output pixels: [0, block), [block, 2 block), ...;
-    // tap j reads the window at offset[j] and its weights at j * weights_per_tap;
-    // each block's list comes split into `chunks` (worked out here, once, rather
-    // than searched for in every call).
-    BlockTaps(const ConvShape& p, const LiveTaps& live, int64_t block, const std::vector<int64_t>& offset,
+    // The pixel blocks of a row; tap j reads the window at offset[j] and its
+    // weights at j * weights_per_tap; each block's list comes split into
+    // `chunks` (worked out here, once, rather than searched for in every call).
+    BlockTaps(const ConvShape& p, const LiveTaps& live, const PixelBlocks& blocks, const std::vector<int64_t>& offset,
               int64_t weights_per_tap, const TapChunks& chunks)
-        : blocks_((p.out_w + block - 1) / block), chunks_(chunks.count), list_of_row_(static_cast<size_t>(p.out_h)) {
+        : blocks_(blocks.count), chunks_(chunks.count), list_of_row_(static_cast<size_t>(p.out_h)) {
         // Each block's class of each kernel column; blocks away from the edges have none but kAll.
         std::vector<std::vector<int8_t>> signatures;  // distinct column classes, [signature][ks]
         std::vector<int64_t> signature_of_block(static_cast<size_t>(blocks_));
         for (int64_t b = 0; b < blocks_; ++b) {
-            const int64_t ow0 = b * block, np = std::min(block, p.out_w - ow0);
+            const int64_t ow0 = blocks.start(b), np = blocks.pixels(b);
             std::vector<int8_t> cls(static_cast<size_t>(p.s));
             for (int64_t ks = 0; ks < p.s; ++ks) {
                 // Output columns ow read input column ow * stride + ks * dil - pad_left: inside for ow in [lo_ow, hi_ow).
@@ -267,7 +281,7 @@ class BlockTaps {
     BlockTaps(const BlockTaps&) = delete;  // lists_ points into taps_, at_ and pixels_
     BlockTaps& operator=(const BlockTaps&) = delete;
 
-    // The taps of block b (pixels b * block ...) of output row oh in chunk `chunk`.
+    // The taps of pixel block b of output row oh in chunk `chunk`.
     const List& at(int64_t oh, int64_t b, int64_t chunk) const {
         return lists_[static_cast<size_t>((list_of_row_[static_cast<size_t>(oh)] * blocks_ + b) * chunks_ + chunk)];
     }
