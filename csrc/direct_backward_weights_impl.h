@@ -170,12 +170,18 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                     // The input rows of the task's next window, fetched a share per micro-kernel call.
                     const bool last_rows = oh1 == p.out_h;
                     const int64_t next_n = last_rows ? n + 1 : n, next_oh0 = last_rows ? 0 : oh1;
+                    // (per_call rows each, worked out once: no division per call).
                     const int64_t fetch = next_n < p.n ? win.source_rows() : 0, calls = kbn * ((jn + NJ - 1) / NJ);
+                    const int64_t per_call = (fetch + calls - 1) / calls;
                     const T* next_x = xc + (next_n - n) * p.xs.n;
-                    int64_t call = 0;
+                    int64_t fetched = 0;
                     for (int64_t kb = 0; kb < kbn; ++kb) {
-                        for (int64_t j = 0; j < jn; j += NJ, ++call) {
-                            if (fetch > 0) win.prefetch(q, next_x, next_oh0, fetch * call / calls, fetch * (call + 1) / calls);
+                        for (int64_t j = 0; j < jn; j += NJ) {
+                            if (fetched < fetch) {
+                                const int64_t upto = std::min(fetch, fetched + per_call);
+                                win.prefetch(q, next_x, next_oh0, fetched, upto);
+                                fetched = upto;
+                            }
                             const int64_t nj = std::min<int64_t>(NJ, jn - j);
                             const DirectBwMicro<T> micro =
                                 pick_direct_bw<T, NK>(static_cast<int>(nj), std::make_integer_sequence<int, NJ>{});
@@ -190,10 +196,19 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                     }
                 }
             }
-            for (int64_t kb = 0; kb < kbn; ++kb)
-                for (int64_t f = 0; f < std::min<int64_t>(F, kg - (kb0 + kb) * F); ++f)
-                    for (int64_t j = 0; j < jn; ++j)
-                        grad_weight[(g * kg + (kb0 + kb) * F + f) * ntaps + j0 + j] = acc[(kb * jn + j) * F + f];
+            // grad_weight[filter][tap] from acc[kb][j][f]: L x L tiles transposed in
+            // registers, the last taps and a partial block's filters one by one.
+            for (int64_t kb = 0; kb < kbn; ++kb) {
+                const int64_t nf = std::min<int64_t>(F, kg - (kb0 + kb) * F);
+                T* const gw = grad_weight + (g * kg + (kb0 + kb) * F) * ntaps + j0;
+                const T* const a = acc + kb * jn * F;
+                int64_t j = 0;
+                if (nf == F)
+                    for (; j + L <= jn; j += L)
+                        for (int64_t f = 0; f < F; f += L) transpose_tile(a + j * F + f, F, gw + f * ntaps + j, ntaps);
+                for (int64_t f = 0; f < nf; ++f)
+                    for (int64_t jj = j; jj < jn; ++jj) gw[f * ntaps + jj] = a[jj * F + f];
+            }
         }
     });
 }

@@ -69,13 +69,17 @@ struct InputWindow {
     template <class T>
     void prefetch(const ConvShape& p, const T* x_group, int64_t oh0, int64_t first, int64_t end) const {
         if (p.xs.w != 1) return;  // a channels-last row is spread over C times the lines
+        if (first >= end) return;
         const int64_t ih0 = oh0 * p.stride_h - p.pad_top, bytes = p.w * static_cast<int64_t>(sizeof(T));
-        for (int64_t k = first; k < end; ++k) {
-            const int64_t ih = ih0 + k % rows;
-            if (ih < 0 || ih >= p.h) continue;
-            const char* row = reinterpret_cast<const char*>(x_group + k / rows * p.xs.c + ih * p.xs.h);
-            for (int64_t b = 0; b < bytes; b += 64) fetch_line(row + b);
-            fetch_line(row + bytes - 1);
+        // Row k is row k % rows of channel k / rows: one division per call, not two per row.
+        for (int64_t k = first, c = first / rows, r = first % rows; k < end; ++k) {
+            const int64_t ih = ih0 + r;
+            if (ih >= 0 && ih < p.h) {
+                const char* row = reinterpret_cast<const char*>(x_group + c * p.xs.c + ih * p.xs.h);
+                for (int64_t b = 0; b < bytes; b += 64) fetch_line(row + b);
+                fetch_line(row + bytes - 1);
+            }
+            if (++r == rows) r = 0, ++c;
         }
     }
 
