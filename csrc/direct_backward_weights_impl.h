@@ -21,12 +21,14 @@
 namespace fastconv::FASTCONV_ISA {
 
 
-// acc[jj][f] += sum over `rows` output rows of `width` pixels of
-// x[tap jj at (row, ow)] * gyt[row * width + ow][f]; tap jj of row r, pixel
-// ow reads src[jj][r * row_step + ow * sw].
+// acc[jj][f] += sum over `images` windows, `rows` output rows of each and
+// `width` pixels of x[tap jj at (image, row, ow)] * gyt[((image * rows) + row)
+// * width + ow][f], in that order; tap jj of image i, row r, pixel ow reads
+// src[jj][i * image_step + r * row_step + ow * sw]. Several small images per
+// call share the loads and stores of the accumulators.
 template <class T, int NJ, int NK>
-void direct_bw_micro(const T* const* __restrict src, int64_t sw, int64_t row_step, const T* __restrict gyt,
-                     int64_t rows, int64_t width, T* __restrict acc_mem) {
+void direct_bw_micro(const T* const* __restrict src, int64_t sw, int64_t row_step, int64_t image_step,
+                     const T* __restrict gyt, int64_t images, int64_t rows, int64_t width, T* __restrict acc_mem) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>, F = NK * L;
     V acc[NJ][NK];
@@ -34,20 +36,22 @@ void direct_bw_micro(const T* const* __restrict src, int64_t sw, int64_t row_ste
     for (int jj = 0; jj < NJ; ++jj)
 #pragma GCC unroll 4
         for (int v = 0; v < NK; ++v) acc[jj][v] = load<V>(acc_mem + jj * F + v * L);
-    for (int64_t r = 0; r < rows; ++r) {
-        const T* s[NJ];
+    const T* d_row = gyt;
+    for (int64_t i = 0; i < images; ++i) {
+        for (int64_t r = 0; r < rows; ++r, d_row += width * F) {
+            const T* s[NJ];
 #pragma GCC unroll 8
-        for (int jj = 0; jj < NJ; ++jj) s[jj] = src[jj] + r * row_step;
-        const T* d_row = gyt + r * width * F;
-        for (int64_t ow = 0; ow < width; ++ow) {
-            V d[NK];
+            for (int jj = 0; jj < NJ; ++jj) s[jj] = src[jj] + i * image_step + r * row_step;
+            for (int64_t ow = 0; ow < width; ++ow) {
+                V d[NK];
 #pragma GCC unroll 4
-            for (int v = 0; v < NK; ++v) d[v] = load<V>(d_row + ow * F + v * L);
+                for (int v = 0; v < NK; ++v) d[v] = load<V>(d_row + ow * F + v * L);
 #pragma GCC unroll 8
-            for (int jj = 0; jj < NJ; ++jj) {
-                const T xv = s[jj][ow * sw];
+                for (int jj = 0; jj < NJ; ++jj) {
+                    const T xv = s[jj][ow * sw];
 #pragma GCC unroll 4
-                for (int v = 0; v < NK; ++v) acc[jj][v] += xv * d[v];
+                    for (int v = 0; v < NK; ++v) acc[jj][v] += xv * d[v];
+                }
             }
         }
     }
@@ -58,13 +62,15 @@ void direct_bw_micro(const T* const* __restrict src, int64_t sw, int64_t row_ste
 }
 
 template <class T>
-using DirectBwMicro = void (*)(const T* const*, int64_t, int64_t, const T*, int64_t, int64_t, T*);
+using DirectBwMicro = void (*)(const T* const*, int64_t, int64_t, int64_t, const T*, int64_t, int64_t, int64_t, T*);
 
 template <class T, int NK, int... J>
 DirectBwMicro<T> pick_direct_bw(int taps, std::integer_sequence<int, J...>) {
     DirectBwMicro<T> table[] = {&direct_bw_micro<T, J + 1, NK>...};
     return table[taps - 1];
 }
+
+constexpr int64_t kMaxImagesPerCall = 8;
 
 template <class T, int NK>
 void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
@@ -113,7 +119,14 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
         window_size = std::max(window_size, windows.back().size());
     }
 
-    PerThread<T> gyt_mem(kper * max_rows * p.out_w * F), acc_mem(jper * kper * F), window_mem(window_size);
+    // Small images (a window each) go several per micro-kernel call, so that
+    // the accumulators' loads and stores are shared: as many as keep the
+    // windows and a filter block of their grad_y within half the L2 cache.
+    const int64_t image_bytes = (window_size + max_rows * p.out_w * F) * static_cast<int64_t>(sizeof(T));
+    const int64_t images_per_call =
+        std::max<int64_t>(1, std::min({cache_sizes().l2 / 2 / image_bytes, p.n, kMaxImagesPerCall}));
+    PerThread<T> gyt_mem(kper * images_per_call * max_rows * p.out_w * F), acc_mem(jper * kper * F),
+        window_mem(images_per_call * window_size);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const gyt = gyt_mem.get();
         T* const acc = acc_mem.get();
@@ -129,58 +142,72 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
             const InputWindow& win = windows[static_cast<size_t>(jr)];
             const int64_t first = j0 - c0 * rs;  // this task's first tap in the window's tap order
             const int64_t row_step = p.stride_h * win.cols;  // window elements between output rows
-            const int64_t block = win.out_rows * p.out_w * F;  // one filter block of transposed grad_y
             std::fill(acc, acc + kbn * jn * F, T(0));
-            for (int64_t n = 0; n < p.n; ++n) {
+            // Images whose window is the whole image go `batch` at a time, one
+            // window after another: a micro-kernel call then runs over all of them.
+            const int64_t batch = win.out_rows >= p.out_h ? images_per_call : 1;
+            const int64_t image_step = win.in_place ? p.xs.n : win.size();
+            const int64_t block = batch * win.out_rows * p.out_w * F;  // one filter block of transposed grad_y
+            for (int64_t n = 0; n < p.n; n += batch) {
+                const int64_t nb = std::min(batch, p.n - n);
                 const T* xc = x + n * p.xs.n + (g * cg + c0) * p.xs.c;
                 for (int64_t oh0 = 0; oh0 < p.out_h; oh0 += win.out_rows) {
                     const int64_t oh1 = std::min(p.out_h, oh0 + win.out_rows);
-                    const T* base = win.prepare(q, xc, oh0, window);
-                    // gyt[kb][(oh - oh0) * out_w + ow][f] = grad_y[n, g*kg + kb*F + f, oh, ow], 0 past the group's filters.
-                    const int64_t pix = (oh1 - oh0) * p.out_w;
-                    for (int64_t kb = 0; kb < kbn; ++kb) {
-                        T* dst = gyt + kb * block;
-                        const int64_t m0 = (kb0 + kb) * F;
-                        if (p.y_dense() && m0 + F <= kg) {  // whole L x L tiles in registers, the last pixels one by one
-                            constexpr int L = kLanes<T>;
-                            const T* gy = grad_y + n * p.ys.n + (g * kg + m0) * p.ys.c + oh0 * p.ys.h;
-                            const int64_t tiled = pix / L * L;
-                            for (int64_t f = 0; f < F; f += L) {
-                                for (int64_t i = 0; i < tiled; i += L) transpose_tile(gy + f * p.ys.c + i, p.ys.c, dst + i * F + f, F);
-                                for (int64_t ff = f; ff < f + L; ++ff)
-                                    for (int64_t i = tiled; i < pix; ++i) dst[i * F + ff] = gy[ff * p.ys.c + i];
-                            }
-                            continue;
-                        }
-                        for (int64_t f = 0; f < F; ++f) {
-                            const int64_t m = (kb0 + kb) * F + f;  // filter of the group
-                            if (m < kg) {
-                                const T* gy = grad_y + n * p.ys.n + (g * kg + m) * p.ys.c + oh0 * p.ys.h;
-                                if (p.y_dense()) {
-                                    for (int64_t i = 0; i < pix; ++i) dst[i * F + f] = gy[i];
-                                } else {
-                                    for (int64_t i = 0; i < pix; ++i)
-                                        dst[i * F + f] = gy[(i / p.out_w) * p.ys.h + (i % p.out_w) * p.ys.w];
+                    const int64_t pix = (oh1 - oh0) * p.out_w;  // pixels per image
+                    const T* base = nullptr;
+                    for (int64_t b = 0; b < nb; ++b) {
+                        const T* image = win.prepare(q, xc + b * p.xs.n, oh0, window + b * image_step);
+                        if (b == 0) base = image;
+                        // gyt[kb][b * pix + (oh - oh0) * out_w + ow][f] = grad_y[n + b, g*kg + kb*F + f, oh, ow],
+                        // 0 past the group's filters.
+                        const int64_t nn = n + b;
+                        for (int64_t kb = 0; kb < kbn; ++kb) {
+                            T* dst = gyt + kb * block + b * pix * F;
+                            const int64_t m0 = (kb0 + kb) * F;
+                            if (p.y_dense() && m0 + F <= kg) {  // whole L x L tiles in registers, the last pixels one by one
+                                const T* gy = grad_y + nn * p.ys.n + (g * kg + m0) * p.ys.c + oh0 * p.ys.h;
+                                const int64_t tiled = pix / L * L;
+                                for (int64_t f = 0; f < F; f += L) {
+                                    for (int64_t i = 0; i < tiled; i += L)
+                                        transpose_tile(gy + f * p.ys.c + i, p.ys.c, dst + i * F + f, F);
+                                    for (int64_t ff = f; ff < f + L; ++ff)
+                                        for (int64_t i = tiled; i < pix; ++i) dst[i * F + ff] = gy[ff * p.ys.c + i];
                                 }
-                            } else {
-                                for (int64_t i = 0; i < pix; ++i) dst[i * F + f] = T(0);
+                                continue;
+                            }
+                            for (int64_t f = 0; f < F; ++f) {
+                                const int64_t m = (kb0 + kb) * F + f;  // filter of the group
+                                if (m < kg) {
+                                    const T* gy = grad_y + nn * p.ys.n + (g * kg + m) * p.ys.c + oh0 * p.ys.h;
+                                    if (p.y_dense()) {
+                                        for (int64_t i = 0; i < pix; ++i) dst[i * F + f] = gy[i];
+                                    } else {
+                                        for (int64_t i = 0; i < pix; ++i)
+                                            dst[i * F + f] = gy[(i / p.out_w) * p.ys.h + (i % p.out_w) * p.ys.w];
+                                    }
+                                } else {
+                                    for (int64_t i = 0; i < pix; ++i) dst[i * F + f] = T(0);
+                                }
                             }
                         }
                     }
-                    // The input rows of the task's next window, fetched a share per micro-kernel call.
+                    // The input rows of the task's next window(s), fetched a share per
+                    // micro-kernel call (per_call rows each, worked out once).
                     const bool last_rows = oh1 == p.out_h;
-                    const int64_t next_n = last_rows ? n + 1 : n, next_oh0 = last_rows ? 0 : oh1;
-                    // (per_call rows each, worked out once: no division per call).
-                    const int64_t fetch = next_n < p.n ? win.source_rows() : 0, calls = kbn * ((jn + NJ - 1) / NJ);
+                    const int64_t next_n = last_rows ? n + nb : n, next_oh0 = last_rows ? 0 : oh1;
+                    const int64_t next_nb = last_rows ? std::min(batch, p.n - next_n) : nb;
+                    const int64_t image_rows = win.source_rows();
+                    const int64_t fetch = next_n < p.n ? next_nb * image_rows : 0, calls = kbn * ((jn + NJ - 1) / NJ);
                     const int64_t per_call = (fetch + calls - 1) / calls;
                     const T* next_x = xc + (next_n - n) * p.xs.n;
                     int64_t fetched = 0;
                     for (int64_t kb = 0; kb < kbn; ++kb) {
                         for (int64_t j = 0; j < jn; j += NJ) {
-                            if (fetched < fetch) {
-                                const int64_t upto = std::min(fetch, fetched + per_call);
-                                win.prefetch(q, next_x, next_oh0, fetched, upto);
-                                fetched = upto;
+                            for (const int64_t upto = std::min(fetch, fetched + per_call); fetched < upto;) {
+                                const int64_t image = fetched / image_rows, row = fetched - image * image_rows;
+                                const int64_t rows = std::min(upto - fetched, image_rows - row);
+                                win.prefetch(q, next_x + image * p.xs.n, next_oh0, row, row + rows);
+                                fetched += rows;
                             }
                             const int64_t nj = std::min<int64_t>(NJ, jn - j);
                             const DirectBwMicro<T> micro =
@@ -188,9 +215,9 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                             for (int64_t jj = 0; jj < nj; ++jj) src[jj] = base + win.offset[static_cast<size_t>(first + j + jj)];
                             T* acc_j = acc + (kb * jn + j) * F;
                             if (row_step == p.out_w) {  // rows follow each other in the window: one long row
-                                micro(src, 1, 0, gyt + kb * block, 1, pix, acc_j);
+                                micro(src, 1, 0, image_step, gyt + kb * block, nb, 1, pix, acc_j);
                             } else {
-                                micro(src, p.stride_w, row_step, gyt + kb * block, oh1 - oh0, p.out_w, acc_j);
+                                micro(src, p.stride_w, row_step, image_step, gyt + kb * block, nb, oh1 - oh0, p.out_w, acc_j);
                             }
                         }
                     }
