@@ -48,7 +48,7 @@ class ConvSpec(NamedTuple):
     input_shape: tuple[int, int, int, int]  # (N, C, H, W), whatever the layout; N = 1 for an unbatched input
     weight_shape: tuple[int, int, int, int]  # (K, C / groups, kh, kw)
     # Stride and dilation as the kernels take them: where one changes no
-    # result, the smallest (see conv_spec).
+    # result, the smallest (see _build).
     stride: Pair
     dilation: Pair
     padding: Padding4  # top, bottom, left, right: the call's, whatever fills it
