@@ -34,6 +34,7 @@ PAGES = [
     "backward.html",
     "performance.html",
     "reliability.html",
+    "architecture.html",
     "api.html",
     "changelog.html",
     "development.html",

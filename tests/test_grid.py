@@ -10,7 +10,7 @@ import pytest
 from helpers import ISAS, assert_close, forced_isa, torch_conv
 
 import fastconv
-from fastconv._validation import plan_geometry
+from fastconv._spec import conv_spec
 
 torch = pytest.importorskip("torch")
 
@@ -26,7 +26,7 @@ def run_case(rng, dtype, n, c, h, w, filters, kernel, stride, dilation, groups, 
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     weight = rng.standard_normal((filters, c // groups, *kernel)).astype(dtype)
     b = rng.standard_normal(filters).astype(dtype) if bias else None
-    geom = plan_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    geom = conv_spec(x.shape, weight.shape, stride, padding, dilation, groups, dtype=x.dtype)
     grad_y = rng.standard_normal((n, filters, *geom.out_hw)).astype(dtype)
     expected = torch_conv(x, weight, b, grad_y, stride, geom.padding, dilation, groups)
 

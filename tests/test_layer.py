@@ -11,7 +11,8 @@ from helpers import assert_close
 
 import fastconv
 from fastconv import _backend
-from fastconv._validation import as_float_array, same_padding
+from fastconv._spec import same_padding
+from fastconv._validation import as_float_array
 
 
 @pytest.mark.parametrize(

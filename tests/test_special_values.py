@@ -53,7 +53,7 @@ def test_nan_and_inf_reach_exactly_the_values_pytorchs_reach(geometry, where, is
         w = plant(w, rng, planted)
     else:
         gy = plant(gy, rng, planted)
-    geom = fastconv._validation.plan_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    geom = fastconv._spec.conv_spec(x.shape, w.shape, stride, padding, dilation, groups, dtype=x.dtype)
     want = torch_conv(x, w, b, gy, geom.stride, geom.padding, geom.dilation, groups)
     with forced_isa(isa):
         y = fastconv.conv2d(x, w, b, stride, padding, dilation, groups, backend="cpp")

@@ -11,7 +11,7 @@ import torch.nn.functional as F  # noqa: E402
 from helpers import assert_close  # noqa: E402
 
 import fastconv.torch as fct  # noqa: E402
-from fastconv._validation import same_padding  # noqa: E402
+from fastconv._spec import same_padding  # noqa: E402
 
 # (N, C, H, W), K, kernel, stride, padding, dilation, groups, bias, padding_mode
 GEOMETRIES = [

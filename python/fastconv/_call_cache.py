@@ -2,9 +2,9 @@
 
 A training loop or a benchmark makes the same call over and over, and checking
 its arguments costs more than the convolution of a tiny input (a few
-microseconds). A call is remembered once it has passed every check, if nothing
-in it needed converting. A later call with the same signature skips the checks.
-The signature is made of:
+microseconds). A call's ConvSpec is remembered once the call has passed every
+check, if nothing in it needed converting. A later call with the same
+signature skips the checks and runs that spec. The signature is made of:
 
 - the arrays: exact NumPy arrays, C-contiguous, aligned and writeable (the one
   flag `carray` says all three), of one dtype; their shapes and the dtype go
@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from ._spec import ConvSpec
+
 SIZE = 256  # signatures kept; a loop uses a few, and the cache is cleared when full
 
 _ndarray = np.ndarray
-_checked: dict[tuple[Any, ...], Any] = {}
+_checked: dict[tuple[Any, ...], ConvSpec] = {}
 
 
 def signature(
@@ -49,13 +51,13 @@ def signature(
     return (tag, tuple(a.shape for a in arrays), dtype, options, flags)
 
 
-def get(key: tuple[Any, ...] | None) -> Any:
-    """What was stored for `key` when its call was checked, or None."""
+def get(key: tuple[Any, ...] | None) -> ConvSpec | None:
+    """The spec stored for `key` when its call was checked, or None."""
     return None if key is None else _checked.get(key)
 
 
-def put(key: tuple[Any, ...], value: Any) -> None:
-    """Remember a call whose checks passed."""
+def put(key: tuple[Any, ...], spec: ConvSpec) -> None:
+    """Remember the spec of a call whose checks passed."""
     if len(_checked) >= SIZE:
         _checked.clear()
-    _checked[key] = value
+    _checked[key] = spec

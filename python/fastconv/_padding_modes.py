@@ -28,10 +28,13 @@ def check_fits(mode: str, padding: Padding4, height: int, width: int) -> None:
             raise ValueError(f"circular padding must not exceed the input: {side} {amount} > {size}")
 
 
-def pad(x: np.ndarray, padding: Padding4, mode: str) -> np.ndarray:
-    """x (N, C, H, W) padded by (top, bottom, left, right) in `mode`, C-contiguous."""
-    top, bottom, left, right = padding
-    return np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode=NUMPY_MODE[mode])  # type: ignore[call-overload]
+def pad(x: Any, padding: Padding4, mode: str, axes: tuple[int, int] = (2, 3)) -> Any:
+    """x padded by (top, bottom, left, right) in `mode` along its height and
+    width `axes` (those of (N, C, H, W) by default), C-contiguous. A Dask
+    array is padded lazily, as np.pad dispatches to Dask's."""
+    widths = [(0, 0)] * x.ndim
+    widths[axes[0]], widths[axes[1]] = (padding[0], padding[1]), (padding[2], padding[3])
+    return np.pad(x, widths, mode=NUMPY_MODE[mode])  # type: ignore[call-overload]
 
 
 def _sources(size: int, before: int, after: int, mode: str) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""Argument checking and padding arithmetic, done once, here, for every backend.
+"""Argument checking, one argument at a time, for every API and backend (the
+checks that need several arguments together, and the padding arithmetic, are
+_spec's conv_spec).
 
 Every error names the argument and the numbers involved, so that a user sees
 what to change without reading the source.
@@ -6,21 +8,14 @@ what to change without reading the source.
 
 from __future__ import annotations
 
-import math
 import numbers
 import operator
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import DTypeLike
 
 PADDING_STRINGS = ("valid", "same")
-# Padding may add at most this many values to one image (C x padded H x
-# padded W less C x H x W), or 3x the image's own values where that is more.
-# Both backends materialise padded rows (the NumPy reference the whole padded
-# input, the C++ kernels windows many times larger), so padding of thousands
-# of pixels around a small input, useless in itself, would take gigabytes.
-MAX_PADDING_VALUES = 2**22
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 Pair = tuple[int, int]
@@ -181,173 +176,41 @@ def as_float_array(value: Any, name: str, dtype: np.dtype | None = None) -> np.n
     if arr.dtype.kind != "f":
         raise TypeError(f"{name} must hold floating-point numbers (float32 or float64), got dtype {arr.dtype}")
     if dtype is None:
-        dtype = np.dtype(np.float64) if arr.dtype.itemsize >= 8 else np.dtype(np.float32)
+        dtype = working_dtype(arr.dtype)
     out = np.asarray(arr, dtype=dtype, order="C")  # native byte order; unlike ascontiguousarray, keeps 0-d as 0-d
     # A view of a buffer at an odd offset is contiguous but unaligned, which
     # the kernels cannot read: a copy is aligned.
     return out if out.flags.aligned else out.copy()
 
 
-def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TensorFlow/Keras "same" padding along one axis, at any stride.
-
-    out = ceil(size / stride); the total padding makes the last window end at
-    the padded edge; the odd extra row/column goes to the bottom/right.
-    """
-    out = -(-size // stride)
-    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
+def working_dtype(dtype: np.dtype) -> np.dtype:
+    """The dtype a floating-point input is computed in: float64 stays
+    float64, any other float becomes float32."""
+    return np.dtype(np.float64) if dtype.itemsize >= 8 else np.dtype(np.float32)
 
 
-class ConvGeometry(NamedTuple):
-    """Everything a kernel needs besides the arrays: normalised and checked.
-    (A named tuple: cheap to make on every call.)"""
-
-    stride: Pair
-    dilation: Pair
-    padding: Padding4  # top, bottom, left, right
-    groups: int
-    out_hw: Pair
+def check_bias(bias: Any, filters: int, dtype: np.dtype) -> np.ndarray:
+    """The bias of a call: one value per filter, in the call's dtype."""
+    b = as_float_array(bias, "bias", dtype)
+    if b.shape != (filters,):
+        raise ValueError(f"bias must have shape ({filters},) (one value per filter), got {b.shape}")
+    return b
 
 
-def _plain(value: Any) -> bool:
-    """An int, a str or a tuple of ints, by exact type: arguments that can key
-    the geometry cache (True == 1 and hashes alike, but must still be refused)."""
-    kind = type(value)
-    return kind is int or kind is str or (kind is tuple and all(type(v) is int for v in value))
+# The bench (python/fastconv/bench) still imports ConvGeometry and
+# plan_geometry from here, where they were before _spec: ConvSpec is the
+# geometry now, and _spec.plan_geometry builds it. Looked up when asked for,
+# since _spec imports this module.
+if TYPE_CHECKING:
+    from ._spec import ConvSpec
+    from ._spec import plan_geometry as plan_geometry
 
+    ConvGeometry = ConvSpec
+else:
 
-_geometry_cache: dict[tuple[Any, ...], ConvGeometry] = {}
-_GEOMETRY_CACHE_SIZE = 256
+    def __getattr__(name: str) -> Any:
+        if name in ("ConvGeometry", "plan_geometry"):
+            from . import _spec
 
-
-def plan_geometry(
-    x_shape: tuple[int, ...],
-    w_shape: tuple[int, ...],
-    stride: Any,
-    padding: Any,
-    dilation: Any,
-    groups: Any,
-) -> ConvGeometry:
-    """Check that input (N, C, H, W) and weight (K, C/groups, kh, kw) fit the
-    hyper-parameters, and work out the padding and the output size.
-
-    Geometries already checked come from a small cache: a training loop asks
-    for the same one on every call, and checking costs more than the
-    convolution of a tiny input."""
-    plain = _plain(stride) and _plain(padding) and _plain(dilation) and _plain(groups)
-    key = (x_shape, w_shape, stride, padding, dilation, groups)
-    cached = _geometry_cache.get(key) if plain else None  # one lookup: safe if another thread clears it
-    if cached is not None:
-        return cached
-    geom = _plan_geometry(x_shape, w_shape, stride, padding, dilation, groups)
-    if plain:
-        if len(_geometry_cache) >= _GEOMETRY_CACHE_SIZE:
-            _geometry_cache.clear()
-        _geometry_cache[key] = geom
-    return geom
-
-
-def _plan_geometry(
-    x_shape: tuple[int, ...],
-    w_shape: tuple[int, ...],
-    stride: Any,
-    padding: Any,
-    dilation: Any,
-    groups: Any,
-) -> ConvGeometry:
-    stride_hw = int_pair(stride, "stride")
-    dilation_hw = int_pair(dilation, "dilation")
-    groups = positive_int(groups, "groups")
-    spec = check_padding(padding)
-
-    _, c, h, w = x_shape
-    k, c_per_group, kh, kw = w_shape
-    if h < 1 or w < 1:
-        raise ValueError(f"input height and width must be >= 1, got {h}x{w}")
-    if c < 1:
-        raise ValueError(f"input must have at least one channel, got {c}")
-    if min(k, c_per_group, kh, kw) < 1:
-        raise ValueError(f"weight shape {tuple(w_shape)} has a zero dimension")
-    if c % groups or k % groups:
-        raise ValueError(f"groups={groups} must divide both the input channels ({c}) and the filters ({k})")
-    if c_per_group * groups != c:
-        raise ValueError(
-            f"input has {c} channels but the weight expects {c_per_group * groups} "
-            f"(weight.shape[1]={c_per_group} x groups={groups})"
-        )
-
-    if spec == "same":
-        pads_h = same_padding(h, kh, stride_hw[0], dilation_hw[0])
-        pads_w = same_padding(w, kw, stride_hw[1], dilation_hw[1])
-    elif isinstance(spec, tuple):
-        pads_h, pads_w = (spec[0], spec[1]), (spec[2], spec[3])
-    else:  # "valid"
-        pads_h = pads_w = (0, 0)
-
-    padded_h, padded_w = h + pads_h[0] + pads_h[1], w + pads_w[0] + pads_w[1]
-    added = c * (padded_h * padded_w - h * w)
-    if added > MAX_PADDING_VALUES and added > 3 * c * h * w:
-        amounts = (pads_h[0], pads_h[1], pads_w[0], pads_w[1])
-        raise ValueError(
-            f"padding {amounts} (top, bottom, left, right) would add {added} values to each {c}x{h}x{w} input "
-            f"(padded to {c}x{padded_h}x{padded_w}); padding may add at most 3x the input's own values "
-            f"or {MAX_PADDING_VALUES} (2**22), whichever is more"
-        )
-
-    out, strides, dilations = [], [], []
-    for axis, size, kernel, st, dil, pads in (
-        ("height", h, kh, stride_hw[0], dilation_hw[0], pads_h),
-        ("width", w, kw, stride_hw[1], dilation_hw[1], pads_w),
-    ):
-        span = window_span(kernel, dil)
-        padded = size + pads[0] + pads[1]
-        if padded < span:
-            raise ValueError(
-                f"kernel {axis} {kernel} (dilation {dil}, span {span}) is larger than the padded input {axis} {padded}"
-            )
-        out.append((padded - span) // st + 1)
-        # Where it changes no result, the kernels get the smallest stride and
-        # dilation, not a huge one that they would size buffers by: along an
-        # axis with one output the stride multiplies nothing (any stride past
-        # padded - span gives one output), nor does the dilation of a 1-wide
-        # kernel.
-        strides.append(st if out[-1] > 1 else min(st, padded - span + 1))
-        dilations.append(dil if kernel > 1 else 1)
-
-    return ConvGeometry(
-        stride=(strides[0], strides[1]),
-        dilation=(dilations[0], dilations[1]),
-        padding=(pads_h[0], pads_h[1], pads_w[0], pads_w[1]),
-        groups=groups,
-        out_hw=(out[0], out[1]),
-    )
-
-
-def window_span(kernel: int, dilation: int) -> int:
-    """Input rows (or columns) one window of a `kernel`-wide, dilated filter covers."""
-    return (kernel - 1) * dilation + 1
-
-
-def first_output_from(row: int, stride: int, pad_before: int) -> int:
-    """The first output whose window starts at input row `row` or later, along
-    an axis padded by `pad_before` (output o starts at o * stride - pad_before)."""
-    return -(-(row + pad_before) // stride)
-
-
-def output_window(
-    out_start: int, out_stop: int, size: int, kernel: int, stride: int, dilation: int, pad_before: int
-) -> Padding4:
-    """What outputs [out_start, out_stop) along an axis of `size` (padded by
-    `pad_before` in front) read: (first input row, end row, padding before,
-    padding after), with the rows clipped to the input and the rest of the
-    windows' reach as the padding that a call on those rows alone needs."""
-    first = out_start * stride - pad_before
-    end = (out_stop - 1) * stride - pad_before + window_span(kernel, dilation)
-    lo, hi = min(max(first, 0), size), max(min(end, size), 0)
-    return lo, max(hi, lo), lo - first, end - max(hi, lo)
-
-
-def fan_in(in_channels: int, groups: int, kernel: Pair) -> int:
-    """Inputs that feed one output value: the scale of PyTorch's default init."""
-    return in_channels // groups * math.prod(kernel)
+            return _spec.ConvSpec if name == "ConvGeometry" else _spec.plan_geometry
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -44,18 +44,20 @@ from dask.array.core import PerformanceWarning
 from dask.delayed import delayed
 from dask.highlevelgraph import HighLevelGraph
 from dask.utils import parse_bytes
+from numpy.typing import DTypeLike
 
+from . import _padding_modes
+from ._spec import ConvSpec, conv_spec, first_output_from, output_window
 from ._validation import (
-    ConvGeometry,
     as_float_array,
+    check_bias,
     check_data_format,
+    check_dtype,
     check_flag,
     check_padding_mode,
-    first_output_from,
-    output_window,
-    plan_geometry,
+    working_dtype,
 )
-from .functional import ConvGradients, apply_padding_mode
+from .functional import ConvGradients
 from .functional import conv2d as _conv2d_in_memory
 from .functional import conv2d_backward as _conv2d_backward_in_memory
 
@@ -76,13 +78,14 @@ class AxisPlan(NamedTuple):
 class Plan(NamedTuple):
     """The blocks a call on a Dask array runs: see :func:`plan`."""
 
-    geometry: ConvGeometry  # the convolution's, for the whole array as given
-    kernel_geometry: ConvGeometry  # what the blocks run (no padding left with a padding mode: it is in the data)
+    spec: ConvSpec  # the convolution's, for the whole array as given (its kernel_padding: what the blocks' edges pad)
     height: AxisPlan
     width: AxisPlan
     batch_chunks: tuple[int, ...]
-    data_format: str
-    padding_mode: str
+
+    @property
+    def data_format(self) -> str:
+        return self.spec.data_format
 
 
 def _axes(data_format: str) -> tuple[int, int, int]:
@@ -159,22 +162,8 @@ def _as_dask_input(x: Any, name: str, dtype: np.dtype | None = None) -> da.Array
     if any(math.isnan(c) for axis in arr.chunks for c in axis):
         raise ValueError(f"{name} has unknown chunk sizes {arr.chunks}: call .compute_chunk_sizes() on it first")
     if dtype is None:
-        dtype = np.dtype(np.float64) if arr.dtype.itemsize >= 8 else np.dtype(np.float32)
+        dtype = working_dtype(arr.dtype)
     return arr if arr.dtype == dtype else arr.astype(dtype)
-
-
-def _batched(x: da.Array, name: str, data_format: str) -> tuple[da.Array, bool]:
-    if x.ndim == 4:
-        return x, False
-    if x.ndim == 3:
-        return x[None], True
-    forms = "(N, C, H, W) or (C, H, W)" if data_format == "NCHW" else "(N, H, W, C) or (H, W, C)"
-    raise ValueError(f"{name} must have shape {forms}, got {x.ndim} dimensions: {x.shape}")
-
-
-def _nchw(shape: tuple[int, ...], data_format: str) -> tuple[int, int, int, int]:
-    n, a, b, c = shape
-    return (n, a, b, c) if data_format == "NCHW" else (n, c, a, b)
 
 
 def plan(
@@ -188,34 +177,59 @@ def plan(
     *,
     padding_mode: str = "zeros",
     data_format: str = "NCHW",
+    dtype: DTypeLike = "float64",
 ) -> Plan:
     """The blocks a call on an input of `x_shape` in `x_chunks` runs (4-D, in
-    `data_format`): their chunks, the output's, each block's window and halo.
-    Raises the ValueError the call would for a plan that cannot work."""
-    data_format = check_data_format(data_format)
-    padding_mode = check_padding_mode(padding_mode)
-    geom = plan_geometry(_nchw(tuple(x_shape), data_format), tuple(weight_shape), stride, padding, dilation, groups)
-    kgeom = geom._replace(padding=(0, 0, 0, 0)) if padding_mode != "zeros" and any(geom.padding) else geom
-    _, h_ax, w_ax = _axes(data_format)
-    kh, kw = weight_shape[2], weight_shape[3]
-    top, bottom, left, right = geom.padding if kgeom is not geom else (0, 0, 0, 0)
+    `data_format`): their chunks, the output's, each block's window and halo,
+    and the call's spec (`dtype` is the data's: it sizes only the spec's
+    working memory). Raises the ValueError the call would for a plan that
+    cannot work."""
+    if len(x_shape) != 4:
+        raise ValueError(f"x_shape must be 4-D, in data_format, got {tuple(x_shape)}")
+    spec = conv_spec(
+        tuple(x_shape),
+        tuple(weight_shape),
+        stride,
+        padding,
+        dilation,
+        groups,
+        padding_mode=padding_mode,
+        data_format=data_format,
+        dtype=check_dtype(dtype),
+    )
+    return _plan(spec, x_chunks)
+
+
+def _plan(spec: ConvSpec, x_chunks: tuple[tuple[int, ...], ...]) -> Plan:
+    """The blocks of `spec`'s call on a 4-D input in `x_chunks`."""
+    _, h_ax, w_ax = _axes(spec.data_format)
+    _, _, h, w = spec.input_shape
+    kh, kw = spec.weight_shape[2:]
+    # A padding mode's padding is part of the data: the first and last chunks
+    # grow by it, and the blocks' edges pad only what the kernels pad.
+    top, bottom, left, right = spec.padding if spec.pads_data else (0, 0, 0, 0)
     axes = []
-    for name, ax, kernel, before, after, i in (
-        ("height", h_ax, kh, top, bottom, 0),
-        ("width", w_ax, kw, left, right, 1),
+    for name, ax, size, kernel, before, after, i in (
+        ("height", h_ax, h, kh, top, bottom, 0),
+        ("width", w_ax, w, kw, left, right, 1),
     ):
-        # A padding mode's padding is part of the data: the first and last chunks grow by it.
         chunks = list(x_chunks[ax])
         chunks[0] += before
         chunks[-1] += after
-        size = x_shape[ax] + before + after
-        pad_before = kgeom.padding[2 * i]
+        pad_before = spec.kernel_padding[2 * i]
         axes.append(
             _plan_axis(
-                name, tuple(chunks), size, kernel, kgeom.stride[i], kgeom.dilation[i], pad_before, geom.out_hw[i]
+                name,
+                tuple(chunks),
+                size + before + after,
+                kernel,
+                spec.stride[i],
+                spec.dilation[i],
+                pad_before,
+                spec.out_hw[i],
             )
         )
-    return Plan(geom, kgeom, axes[0], axes[1], tuple(x_chunks[0]), data_format, padding_mode)
+    return Plan(spec, axes[0], axes[1], tuple(x_chunks[0]))
 
 
 # -- the graph: one task per block and stage -------------------------------------
@@ -330,7 +344,7 @@ def _forward_block(
     _, h_ax, w_ax = _axes(plan.data_format)
     rows, cols, pads = _block_window(plan, block_id)
     tile = _assemble(own, below, right, corner, h_ax, w_ax, rows, cols)
-    kg = plan.kernel_geometry
+    kg = plan.spec
     return _conv2d_in_memory(
         tile, weight, bias, kg.stride, pads, kg.dilation, kg.groups, data_format=plan.data_format, backend=backend
     )
@@ -355,7 +369,7 @@ def _backward_block(
     _, h_ax, w_ax = _axes(plan.data_format)
     rows, cols, pads = _block_window(plan, block_id)
     tile = _assemble(own, below, right, corner, h_ax, w_ax, rows, cols)
-    kg = plan.kernel_geometry
+    kg = plan.spec
     g = _conv2d_backward_in_memory(
         grad,
         tile,
@@ -452,12 +466,19 @@ def _prepare(
     if xd.dtype != w.dtype:
         common = np.result_type(xd.dtype, w.dtype)
         xd, w = xd.astype(common), w.astype(common)
-    if w.ndim != 4:
-        raise ValueError(
-            f"weight must have shape (filters, in_channels/groups, kh, kw), got {w.ndim} dimensions: {w.shape}"
-        )
-    x4, unbatched = _batched(xd, "input", data_format)
-    c_ax, h_ax, w_ax = _axes(data_format)
+    spec = conv_spec(
+        xd.shape,
+        w.shape,
+        stride,
+        padding,
+        dilation,
+        groups,
+        padding_mode=padding_mode,
+        data_format=data_format,
+        dtype=w.dtype,
+    )
+    x4 = xd[None] if spec.unbatched else xd
+    c_ax, h_ax, w_ax = _axes(spec.data_format)
     given_chunks = x4.chunks
     if x4.numblocks[c_ax] > 1:
         block = x4.dtype.itemsize * x4.shape[c_ax] * max(x4.chunks[0]) * max(x4.chunks[h_ax]) * max(x4.chunks[w_ax])
@@ -471,27 +492,15 @@ def _prepare(
                 stacklevel=3,
             )
         x4 = x4.rechunk({c_ax: -1})
-    p = plan(
-        x4.shape,
-        x4.chunks,
-        w.shape,
-        stride,
-        padding,
-        dilation,
-        groups,
-        padding_mode=padding_mode,
-        data_format=data_format,
-    )
-    if p.kernel_geometry is not p.geometry:
+    p = _plan(spec, x4.chunks)
+    if spec.pads_data:
         # The padding mode's padding, added as the in-memory call adds it (np.pad, which Dask implements).
-        nchw = x4 if data_format == "NCHW" else x4.transpose(0, 3, 1, 2)
-        padded: Any = apply_padding_mode(nchw, p.geometry, padding_mode)[0]  # type: ignore[arg-type]
-        x4 = padded if data_format == "NCHW" else padded.transpose(0, 2, 3, 1)
+        x4 = _padding_modes.pad(x4, spec.padding, spec.padding_mode, (h_ax, w_ax))
     target = list(x4.chunks)
     target[h_ax], target[w_ax] = p.height.chunks, p.width.chunks
     if tuple(target) != x4.chunks:
         x4 = x4.rechunk(tuple(target))
-    return _Prepared(x4, w, p, unbatched, given_chunks)
+    return _Prepared(x4, w, p, spec.unbatched, given_chunks)
 
 
 def _out_chunks(p: Plan, filters: int) -> tuple[tuple[int, ...], ...]:
@@ -531,9 +540,7 @@ def conv2d(
     """
     prep = _prepare(x, weight, stride, padding, dilation, groups, padding_mode, data_format)
     p, w, xp = prep.plan, prep.weight, prep.x
-    b = None if bias is None else as_float_array(bias, "bias", w.dtype)
-    if b is not None and b.shape != (w.shape[0],):
-        raise ValueError(f"bias must have shape ({w.shape[0]},) (one value per filter), got {b.shape}")
+    b = None if bias is None else check_bias(bias, p.spec.filters, w.dtype)
     token = dask.base.tokenize(xp.name, w, b, p, backend)
     weight_key = delayed(w, pure=True)  # one graph key: sent to a worker once, not once per block
     bias_key = delayed(b, pure=True) if b is not None else None
@@ -587,11 +594,7 @@ def conv2d_backward(
     c_ax, h_ax, w_ax = _axes(p.data_format)
     k = w.shape[0]
     gy = _as_dask_input(grad_output, "grad_output", w.dtype)
-    expected = _out_shape(p, k)
-    got = gy.shape if not prep.unbatched else (1, *gy.shape)
-    if got != expected:
-        shown = expected[1:] if prep.unbatched else expected
-        raise ValueError(f"grad_output must have the output's shape {shown}, got {gy.shape}")
+    p.spec.check_grad_output(gy.shape)
     if prep.unbatched:
         gy = gy[None]
     gy = gy.rechunk(_out_chunks(p, k))
@@ -648,12 +651,6 @@ def _take_bias(total: tuple[Any, ...]) -> np.ndarray:
     return total[2]
 
 
-def _out_shape(p: Plan, k: int) -> tuple[int, ...]:
-    n = sum(p.batch_chunks)
-    ho, wo = p.geometry.out_hw
-    return (n, k, ho, wo) if p.data_format == "NCHW" else (n, ho, wo, k)
-
-
 def _input_gradient(graph_of: da.Array, parts_name: str, prep: _Prepared, token: str) -> da.Array:
     """dL/dX from the blocks' gradients of what they read (the tasks
     `parts_name` in the graph of `graph_of`): each block's halo rows and
@@ -680,10 +677,10 @@ def _input_gradient(graph_of: da.Array, parts_name: str, prep: _Prepared, token:
         task = partial(_gather_grad, rows=rows, cols=cols, h_ax=h_ax, w_ax=w_ax)
         graph[(name, *block)] = (task, (parts_name, *block), *sources)
     gx = _array(graph, name, [graph_of], xp.chunks, xp.dtype)
-    if p.kernel_geometry is not p.geometry:
-        top, bottom, left, right = p.geometry.padding
-        gx = _fold(gx, h_ax, top, bottom, p.padding_mode)
-        gx = _fold(gx, w_ax, left, right, p.padding_mode)
+    if p.spec.pads_data:
+        top, bottom, left, right = p.spec.padding
+        gx = _fold(gx, h_ax, top, bottom, p.spec.padding_mode)
+        gx = _fold(gx, w_ax, left, right, p.spec.padding_mode)
     return gx.rechunk(prep.x_chunks)
 
 

@@ -12,31 +12,24 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _backend, _weights_io
+from ._spec import ConvSpec, conv_spec, input_nchw
 from ._validation import (
-    ConvGeometry,
     as_float_array,
     check_data_format,
     check_dtype,
     check_flag,
     check_padding,
     check_padding_mode,
-    fan_in,
     int_pair,
     non_negative_int,
-    plan_geometry,
     positive_int,
     shown,
 )
-from .functional import (
-    _batched,
-    apply_padding_mode,
-    backward_checked,
-    fold_padding_mode,
-    forward_checked,
-    from_nchw,
-    nchw_shape,
-    to_nchw,
-)
+
+
+def _fan_in(in_channels: int, groups: int, kernel: tuple[int, int]) -> int:
+    """Inputs that feed one output value: the scale of PyTorch's default init."""
+    return in_channels // groups * math.prod(kernel)
 
 
 def _is_dask_array(x: Any) -> bool:
@@ -133,9 +126,8 @@ class Conv2D:
         self._weight: np.ndarray | None = None
         self._bias: np.ndarray | None = None
         # For backward: the input as the kernels saw it (padded in padding_mode
-        # if not zeros), their geometry, the layer's geometry, the input's
-        # (H, W) and whether it was unbatched.
-        self._saved: tuple[np.ndarray, ConvGeometry, ConvGeometry, tuple[int, int], bool] | None = None
+        # if not zeros) and the call's spec.
+        self._saved: tuple[np.ndarray, ConvSpec] | None = None
         self._saved_dask: Any = None  # the last forward's input, when that was a Dask array
         self.grad_weight: np.ndarray | None = None
         self.grad_bias: np.ndarray | None = None
@@ -151,7 +143,7 @@ class Conv2D:
     def _create_weights(self, in_channels: int) -> None:
         self._check_in_channels(in_channels)
         self.in_channels = in_channels
-        bound = 1.0 / math.sqrt(fan_in(in_channels, self.groups, self.kernel_size))
+        bound = 1.0 / math.sqrt(_fan_in(in_channels, self.groups, self.kernel_size))
         self._weight = self._rng.uniform(-bound, bound, self._weight_shape()).astype(self.dtype)
         if self.use_bias:
             self._bias = self._rng.uniform(-bound, bound, self.filters).astype(self.dtype)
@@ -178,7 +170,7 @@ class Conv2D:
             self._check_in_channels(in_channels)
             self.in_channels = in_channels
             if self.use_bias and self._bias is None:
-                bound = 1.0 / math.sqrt(fan_in(in_channels, self.groups, self.kernel_size))
+                bound = 1.0 / math.sqrt(_fan_in(in_channels, self.groups, self.kernel_size))
                 self._bias = self._rng.uniform(-bound, bound, self.filters).astype(self.dtype)
         elif w.shape != self._weight_shape():
             raise ValueError(f"weight must have shape {self._weight_shape()}, got {w.shape}")
@@ -378,32 +370,39 @@ class Conv2D:
 
     # -- passes ------------------------------------------------------------------
 
-    def _nchw_input_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    def _checked_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         if not isinstance(input_shape, (tuple, list)):
             raise TypeError(f"input shape must be a tuple of ints, got {shown(input_shape)}")
         shape = tuple(non_negative_int(d, f"input shape[{i}]") for i, d in enumerate(input_shape))
         if len(shape) not in (3, 4):
             forms = "(N, C, H, W) or (C, H, W)" if self.data_format == "NCHW" else "(N, H, W, C) or (H, W, C)"
             raise ValueError(f"input shape must be {forms}, got {shape}")
-        return nchw_shape(shape if len(shape) == 4 else (1, *shape), self.data_format)
+        return shape
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of ``forward``'s result for an input of ``input_shape`` (both in data_format)."""
-        x_shape = self._nchw_input_shape(input_shape)
-        (ho, wo), k = self._geometry(x_shape).out_hw, self.filters
-        out = (k, ho, wo) if self.data_format == "NCHW" else (ho, wo, k)
-        return (x_shape[0], *out) if len(input_shape) == 4 else out
+        return self._spec(self._checked_shape(input_shape)).output_shape
 
     def padding_for(self, input_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
         """The (top, bottom, left, right) padding used for an input of ``input_shape``."""
-        return self._geometry(self._nchw_input_shape(input_shape)).padding
+        return self._spec(self._checked_shape(input_shape)).padding
 
-    def _geometry(self, x_shape: tuple[int, ...]) -> ConvGeometry:
-        channels = x_shape[1]
+    def _spec(self, x_shape: tuple[int, ...]) -> ConvSpec:
+        """The spec of a forward on an input of `x_shape` (in data_format)."""
+        channels = input_nchw(x_shape, self.data_format)[0][1]
         if self.in_channels is not None and channels != self.in_channels:
             raise ValueError(f"input has {channels} channels, but the layer expects {self.in_channels}")
-        w_shape = (self.filters, channels // self.groups, *self.kernel_size)
-        return plan_geometry(x_shape, w_shape, self.stride, self.padding, self.dilation, self.groups)
+        return conv_spec(
+            x_shape,
+            (self.filters, channels // self.groups, *self.kernel_size),
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            padding_mode=self.padding_mode,
+            data_format=self.data_format,
+            dtype=self.dtype,
+        )
 
     def forward(self, x: ArrayLike) -> np.ndarray:
         """The layer's output for ``x`` of shape (N, C, H, W) or (C, H, W).
@@ -418,23 +417,18 @@ class Conv2D:
         if _is_dask_array(x):
             return self._forward_dask(x)
         x_arr = as_float_array(x, "input", self.dtype)
-        x4, unbatched = _batched(x_arr, "input", self.data_format)
-        x4 = to_nchw(x4, self.data_format)
-        geom = self._geometry(x4.shape)
+        spec = self._spec(x_arr.shape)
         if self._weight is None:
-            self._create_weights(x4.shape[1])
+            self._create_weights(spec.input_shape[1])
         assert self._weight is not None
-        x_used, geom_used = apply_padding_mode(x4, geom, self.padding_mode)
-        y = from_nchw(
-            forward_checked(x_used, self._weight, self._bias, geom_used, self.backend, self.data_format == "NHWC"),
-            self.data_format,
-        )
+        x_used = _backend.pad_input(spec, spec.to_nchw(x_arr))
+        y = spec.from_nchw(_backend.forward(spec, x_used, self._weight, self._bias, self.backend))
         # Like PyTorch, keep a reference, not a copy: an input that is already
         # C-contiguous in the layer's dtype is never copied, so changing it in
         # place before backward() changes dL/dF.
-        self._saved = (x_used, geom_used, geom, (x4.shape[2], x4.shape[3]), unbatched)
+        self._saved = (x_used, spec)
         self._saved_dask = None
-        return y[0] if unbatched else y
+        return y
 
     def _forward_dask(self, x: Any) -> Any:
         from . import dask as fastconv_dask  # imports Dask: only reached with a Dask array
@@ -442,10 +436,9 @@ class Conv2D:
         if x.dtype.kind != "f":
             raise TypeError(f"input must hold floating-point numbers (float32 or float64), got dtype {x.dtype}")
         x = x.astype(self.dtype) if x.dtype != self.dtype else x
-        x_shape = self._nchw_input_shape(x.shape)
-        self._geometry(x_shape)
+        spec = self._spec(self._checked_shape(x.shape))
         if self._weight is None:
-            self._create_weights(x_shape[1])
+            self._create_weights(spec.input_shape[1])
         y = fastconv_dask.conv2d(
             x,
             self._weight,
@@ -479,31 +472,18 @@ class Conv2D:
             return self._backward_dask(grad_output, need_input_grad)
         if self._saved is None or self._weight is None:
             raise RuntimeError("backward() needs a forward() first: there is no saved input")
-        x_used, geom_used, geom, in_hw, unbatched = self._saved
+        x_used, spec = self._saved
         grad_y = as_float_array(grad_output, "grad_output", self.dtype)
-        (ho, wo), k = geom.out_hw, self.filters
-        expected = (x_used.shape[0], k, ho, wo) if self.data_format == "NCHW" else (x_used.shape[0], ho, wo, k)
-        shown = expected[1:] if unbatched else expected
-        if grad_y.shape != shown:
+        if grad_y.shape != spec.output_shape:
             raise ValueError(
-                f"grad_output must have the shape of the last forward's output {shown}, got {grad_y.shape}"
+                f"grad_output must have the shape of the last forward's output {spec.output_shape}, got {grad_y.shape}"
             )
-        grads = backward_checked(
-            to_nchw(grad_y.reshape(expected), self.data_format),
-            x_used,
-            self._weight,
-            geom_used,
-            self._bias is not None,
-            self.backend,
-            need_input_grad,
+        grad_x, grad_w, grad_b = _backend.backward(
+            spec, spec.to_nchw(grad_y), x_used, self._weight, self._bias is not None, need_input_grad, self.backend
         )
-        grads = fold_padding_mode(grads, geom, self.padding_mode, in_hw)
-        self.grad_weight = grads.weight
-        self.grad_bias = grads.bias
-        grad_input = None if grads.input is None else from_nchw(grads.input, self.data_format)
-        if unbatched and grad_input is not None:
-            grad_input = grad_input[0]
-        return grads.weight, grad_input
+        self.grad_weight = grad_w
+        self.grad_bias = grad_b
+        return grad_w, None if grad_x is None else spec.from_nchw(grad_x)
 
     def _backward_dask(self, grad_output: Any, need_input_grad: bool) -> tuple[Any, Any]:
         """backward() after a forward() of a Dask array: lazy Dask gradients
