@@ -302,14 +302,6 @@ def _build(
     )
 
 
-def plan_geometry(
-    x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: Any, padding: Any, dilation: Any, groups: Any
-) -> ConvSpec:
-    """The spec of a zero-padded float64 call on an (N, C, H, W) input: the
-    geometry alone (bench's name for it; its `ConvGeometry` is ConvSpec)."""
-    return conv_spec(x_shape, w_shape, stride, padding, dilation, groups, dtype=np.dtype(np.float64))
-
-
 # -- the arithmetic of windows, along one axis -------------------------------------
 
 

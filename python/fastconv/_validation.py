@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numbers
 import operator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -195,22 +195,3 @@ def check_bias(bias: Any, filters: int, dtype: np.dtype) -> np.ndarray:
     if b.shape != (filters,):
         raise ValueError(f"bias must have shape ({filters},) (one value per filter), got {b.shape}")
     return b
-
-
-# The bench (python/fastconv/bench) still imports ConvGeometry and
-# plan_geometry from here, where they were before _spec: ConvSpec is the
-# geometry now, and _spec.plan_geometry builds it. Looked up when asked for,
-# since _spec imports this module.
-if TYPE_CHECKING:
-    from ._spec import ConvSpec
-    from ._spec import plan_geometry as plan_geometry
-
-    ConvGeometry = ConvSpec
-else:
-
-    def __getattr__(name: str) -> Any:
-        if name in ("ConvGeometry", "plan_geometry"):
-            from . import _spec
-
-            return _spec.ConvSpec if name == "ConvGeometry" else _spec.plan_geometry
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional, reference
-from .._validation import ConvGeometry
+from .._spec import ConvSpec
 from .config import Config
 from .machine import loaded_core
 from .suite import Shape
@@ -35,7 +35,7 @@ class Case:
     """One shape's arrays in one dtype: the same numbers go to every library."""
 
     shape: Shape
-    geom: ConvGeometry
+    geom: ConvSpec
     x: np.ndarray
     w: np.ndarray
     b: np.ndarray

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from .._validation import ConvGeometry, plan_geometry
+import numpy as np
+
+from .._spec import ConvSpec, conv_spec
 
 PASSES = ("forward", "backward")
 DETAIL_PASSES = ("backward_data", "backward_weights", "backward_bias")
@@ -40,10 +42,18 @@ class Shape:
     def weight_shape(self) -> tuple[int, int, int, int]:
         return (self.k, self.c // self.groups, *self.kernel_hw)
 
-    def geometry(self) -> ConvGeometry:
+    def geometry(self) -> ConvSpec:
         """Padding and output size, worked out (and checked) as fastconv does."""
         x_shape = (self.n, self.c, self.h, self.w)
-        return plan_geometry(x_shape, self.weight_shape(), self.stride, self.padding, self.dilation, self.groups)
+        return conv_spec(
+            x_shape,
+            self.weight_shape(),
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            dtype=np.dtype(np.float64),
+        )
 
     def flops(self, pass_name: str) -> int:
         """Multiply-adds x 2 of a pass; backward counts data + weights (bias adds are negligible)."""
