@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=16, help="input channels, and filters (default 16)")
     parser.add_argument("--chunk-mb", type=float, default=64, help="chunk size in MiB (default 64)")
     parser.add_argument("--repeats", type=int, default=5, help="the median of this many runs (default 5)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs of each path first (default 3)")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -110,8 +111,13 @@ def main() -> None:
                     with fastconv.threads(threads):
                         fastconv.conv2d(x, w, padding="same")
 
-                on_dask()  # warm up: the weight sent, the workers' code loaded
-                in_memory()
+                # Warm-up: the weight sent, the workers' code loaded, and their
+                # memory: a fresh worker's first outputs cost up to 0.7 s of
+                # system time per 64 MiB block here (page faults, the kernel
+                # compacting memory for huge pages), its later ones a few ms.
+                for _ in range(args.warmup):
+                    on_dask()
+                    in_memory()
                 # Interleaved: both see the same state of the machine (its
                 # load, and the memory the OS has free for fresh pages).
                 for _ in range(args.repeats):
