@@ -186,13 +186,6 @@ struct TapChunks {
     }
 };
 
-// For each output row and block of a row's pixels: the row's live taps
-// without those that read only padding, each marked with the pixels of the
-// block that read inside the input -- all of them, all but the first, or all
-// but the last. The micro-kernel leaves out the padded pixel of the last two:
-// a 3x3 kernel on a 7x7 image reads padding in 18% of its products. Taps
-// padded for more pixels of a block are marked "all" and read the window's
-// zeros. Blocks away from the edges use the row's list unchanged.
 // Where a tap reads: its input's offset in the window (InputWindow::offset)
 // and its packed weights' offset. Resolved once per call, so that the
 // micro-kernel spends two loads per tap on addresses rather than a chain of
@@ -201,13 +194,19 @@ struct TapAt {
     int64_t in, w;
 };
 
+// For each output row and block of a row's pixels: the row's live taps
+// without those that read only padding, each marked with the pixels of the
+// block that read inside the input -- all of them, all but the first, or all
+// but the last. The micro-kernel leaves out the padded pixel of the last two:
+// a 3x3 kernel on a 7x7 image reads padding in 18% of its products. Taps
+// padded for more pixels of a block are marked "all" and read the window's
+// zeros. Blocks away from the edges use the row's list unchanged.
 class BlockTaps {
   public:
     enum Pixels : int8_t { kAll, kSkipFirst, kSkipLast, kNone };
     struct List {
-        const int32_t* taps;    // tap numbers j = (c, kr, ks), ascending
-        const TapAt* at;        // where each reads
-        const int8_t* pixels;   // null where every tap is kAll
+        const TapAt* at;       // where each tap reads
+        const int8_t* pixels;  // null where every tap is kAll
         int64_t count;
     };
 
@@ -276,13 +275,13 @@ class BlockTaps {
                     while (last < end && taps_[last] < (c + 1) * chunks.taps) ++last;
                     lists_[(l * static_cast<size_t>(blocks_) + static_cast<size_t>(b)) * static_cast<size_t>(chunks_) +
                            static_cast<size_t>(c)] =
-                        List{taps_.data() + first, at_.data() + first, s.marked ? pixels_.data() + first : nullptr,
+                        List{at_.data() + first, s.marked ? pixels_.data() + first : nullptr,
                              static_cast<int64_t>(last - first)};
                     first = last;
                 }
             }
     }
-    BlockTaps(const BlockTaps&) = delete;  // lists_ points into taps_, at_ and pixels_
+    BlockTaps(const BlockTaps&) = delete;  // lists_ points into at_ and pixels_
     BlockTaps& operator=(const BlockTaps&) = delete;
 
     // The taps of pixel block b of output row oh in chunk `chunk`.
