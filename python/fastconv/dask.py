@@ -3,9 +3,12 @@
 The input is cut into blocks along the batch, height and width axes (the
 channel axis, which the convolution sums over, is one chunk). Each block runs
 the in-memory :func:`fastconv.conv2d` (or :func:`fastconv.conv2d_backward`)
-once, on its own rows and columns plus the halo its last windows read from the
+on its own rows and columns plus the halo its last windows read from the
 blocks below and to the right, with the padding of the whole array on the
-sides that are the array's edges. Nothing here schedules anything: the graph
+sides that are the array's edges: backward once, on a copy of the block with
+its halo; forward once on the block in place, with zeros for the halo, and
+once on each strip of its last rows or columns with the halo, whose outputs
+replace those the zeros gave. Nothing here schedules anything: the graph
 is a Dask array's, computed by whatever scheduler is in use (threads, a single
 thread, or a ``dask.distributed`` cluster).
 
@@ -329,6 +332,12 @@ def _array(graph: dict[Any, Any], name: str, dependencies: list[Any], chunks: An
     return da.Array(hlg, name, chunks, meta=np.empty((0,) * len(chunks), dtype))
 
 
+def _first_reading(edge: int, pad_before: int, kernel: int, stride: int, dilation: int) -> int:
+    """The first output whose window reaches row `edge` of a tile padded by
+    `pad_before` (0 if every window does)."""
+    return max(-(-(edge + pad_before - (kernel - 1) * dilation) // stride), 0)
+
+
 def _forward_block(
     own: np.ndarray,
     below: Any,
@@ -341,13 +350,46 @@ def _forward_block(
     block_id: tuple[int, ...],
     backend: str,
 ) -> np.ndarray:
+    """The block's outputs. Without a halo, one call on the block. With one,
+    the block is not copied with its halo (a whole chunk's copy, 13 ms per
+    64 MiB block here): the call runs on the block alone with zeros for the
+    halo, and the outputs whose windows reach the halo, a few rows and columns,
+    are computed again from a strip of the block's last rows (columns) and the
+    halo, and written over. Each output is a whole call's on the rows it reads:
+    the same bits as from one call on the whole tile."""
     _, h_ax, w_ax = _axes(plan.data_format)
-    rows, cols, pads = _block_window(plan, block_id)
-    tile = _assemble(own, below, right, corner, h_ax, w_ax, rows, cols)
+    (r0, r1), (c0, c1), (top, bottom, left, right_pad) = _block_window(plan, block_id)
+    n_rows, n_cols = own.shape[h_ax], own.shape[w_ax]
     kg = plan.spec
-    return _conv2d_in_memory(
-        tile, weight, bias, kg.stride, pads, kg.dilation, kg.groups, data_format=plan.data_format, backend=backend
+    kh, kw = kg.weight_shape[2:]
+    (sh, sw), (dh, dw) = kg.stride, kg.dilation
+
+    def run(tile: np.ndarray, pads: tuple[int, int, int, int]) -> np.ndarray:
+        return _conv2d_in_memory(
+            tile, weight, bias, kg.stride, pads, kg.dilation, kg.groups, data_format=plan.data_format, backend=backend
+        )
+
+    halo_rows, halo_cols = max(r1 - n_rows, 0), max(c1 - n_cols, 0)
+    if not (halo_rows or halo_cols):
+        return run(_cut(own, h_ax, w_ax, (r0, r1), (c0, c1)), (top, bottom, left, right_pad))
+    own_rows, own_cols = (r0, r1 - halo_rows), (c0, c1 - halo_cols)
+    out = run(
+        _cut(own, h_ax, w_ax, own_rows, own_cols),
+        (top, bottom + halo_rows, left, right_pad + halo_cols),
     )
+    if halo_cols:  # the last columns' outputs, from the block's rows (zeros for the halo rows, as above)
+        o = _first_reading(own_cols[1] - c0, left, kw, sw, dw)
+        start = o * sw - left  # tile column of the first window's start (< 0: inside the padding)
+        strip = _assemble(own, below, right, corner, h_ax, w_ax, own_rows, (c0 + max(start, 0), c1))
+        fix = run(strip, (top, bottom + halo_rows, max(-start, 0), right_pad))
+        _cut(out, h_ax, w_ax, (0, out.shape[h_ax]), (o, out.shape[w_ax]))[...] = fix
+    if halo_rows:  # the last rows' outputs, from the block's last rows and the halo, corner included
+        o = _first_reading(own_rows[1] - r0, top, kh, sh, dh)
+        start = o * sh - top
+        strip = _assemble(own, below, right, corner, h_ax, w_ax, (r0 + max(start, 0), r1), (c0, c1))
+        fix = run(strip, (max(-start, 0), bottom, left, right_pad))
+        _cut(out, h_ax, w_ax, (o, out.shape[h_ax]), (0, out.shape[w_ax]))[...] = fix
+    return out
 
 
 def _backward_block(
