@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "conv_shape.h"
+#include "cpu_facts.h"
 #include "parallel.h"
 
 #if FASTCONV_VECTOR_BYTES == 64
@@ -432,6 +433,20 @@ struct Destination {
     int64_t du, dv, r0, c0;
 };
 
+// How many pixel tiles a gather GEMM's unit takes. A block's weights are
+// read once per unit: with one tile per unit, all the weights of a range
+// stream through the core for every tile, which is free while they stay in
+// L2 but not where they overflow it (float64 pointwise, 256 x 256 filters:
+// 512 KiB, read from L3 for every 8 pixels, 70 % of the FMA peak). Then a
+// unit takes a few tiles whose B rows stay in L2 while each block's weights
+// run over all of them from L1.
+constexpr int64_t kMaxTileGroup = 8;
+inline int64_t tile_group(int64_t range_bytes, int64_t tile_bytes, int64_t tiles) {
+    const int64_t l2 = cache_sizes().l2;
+    if (range_bytes <= l2 / 2) return 1;
+    return std::clamp<int64_t>(l2 / 4 / std::max<int64_t>(tile_bytes, 1), 1, std::min(kMaxTileGroup, tiles));
+}
+
 // One gather GEMM per group, all groups and pixel tiles in one parallel loop.
 // A(g, m, j) gives the weight of output channel m for tap j in group g.
 template <class T, class WeightOf>
@@ -443,16 +458,19 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
     const int64_t mr = FASTCONV_MR;
     const int64_t blocks = (m_per_group + mr - 1) / mr;
 
-    // The work goes in units of one row block for one pixel tile, range by
-    // range (PackRanges::Unit); each thread takes an even run of them and
-    // packs the weights of a range -- panel[j][i] per block, for the block's
-    // rows i -- when it enters it, so at most once per range. More ranges
-    // would pack strided tiles more often.
+    // The work goes in units of one row block for one group of pixel tiles
+    // (tile_group), range by range (PackRanges::Unit); each thread takes an
+    // even run of them and packs the weights of a range -- panel[j][i] per
+    // block, for the block's rows i -- when it enters it, so at most once per
+    // range. More ranges would pack strided tiles more often.
     const int64_t block_values = mr * std::max<int64_t>(ntaps, 1);
     const PackRanges pack(blocks, block_values * static_cast<int64_t>(sizeof(T)));
 
     const int64_t pixels = batch * grid.rows * grid.cols;
     const int64_t tiles = (pixels + W - 1) / W;
+    const int64_t tg = tile_group(pack.per_range * block_values * static_cast<int64_t>(sizeof(T)),
+                                  ntaps * W * static_cast<int64_t>(sizeof(T)), tiles);
+    const int64_t items = (tiles + tg - 1) / tg;
     const RowMicro<T> full = micro_for_rows<T, kVectorsPerTile>(static_cast<int>(std::min(mr, m_per_group)));
     const RowMicro<T> tail = micro_for_rows<T, kVectorsPerTile>(static_cast<int>(m_per_group - (blocks - 1) * mr));
     // Where the taps are whole source planes read as they are (a 1x1 kernel,
@@ -466,27 +484,32 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
                    taps[static_cast<size_t>(j)].dc == 0;
     // Read in place, each image's whole tiles come first, its rest later.
     const PixelOrder order{batch, per_image, in_place ? per_image / W * W : per_image};
-    PerThread<T> panel_mem(ntaps * W + kCopySlack<T>), result_mem(mr * W), a_mem(pack.per_range * block_values);
+    PerThread<T> panel_mem(tg * ntaps * W + kCopySlack<T>), result_mem(mr * W), a_mem(pack.per_range * block_values);
     // A thread done early takes units from the back of another's run when
     // all the weights are one range, which it has packed already.
-    SharedUnits shared(pack.units(groups, tiles), pack.count == 1,
-                       SharedUnits::units_per_take(2.0 * static_cast<double>(mr * W * ntaps)));
+    SharedUnits shared(pack.units(groups, items), pack.count == 1,
+                       SharedUnits::units_per_take(2.0 * static_cast<double>(mr * tg * W * ntaps)));
+    // The tiles of the unit's group: their pixels and where B's rows are.
+    struct TileAt {
+        Segment segs[W];
+        int nsegs = 0;
+        int64_t filled = 0;
+        const T* b = nullptr;
+        int64_t b_step = W;  // B row j at b + j * b_step: a panel row, or a plane in place
+    };
     parallel_region(worth_parallel(2.0 * static_cast<double>(groups * m_per_group * ntaps) * static_cast<double>(pixels)), [&] {
         T* const panel = panel_mem.get();
         T* const result = result_mem.get();
         T* const a_packed = a_mem.get();
         int64_t packed_range = -1;  // the (group, range of blocks) in a_packed
-        int64_t tile_of = -1;       // the (group, tile) that segs, b_tile and panel hold
-        Segment segs[W];
-        int nsegs = 0;
-        int64_t filled = 0;
-        const T* b_tile = panel;
-        int64_t b_step = W;  // B row j at b_tile + j * b_step: a panel row, or a plane in place
+        int64_t item_of = -1;       // the (group, group of tiles) that `at_tile` and panel hold
+        TileAt at_tile[kMaxTileGroup];
+        int64_t ntiles = 0;
         shared.start();
         for (;;) {
-            const auto [u, u_end] = shared.next([&](int64_t v) { return pack.item_end(v, tiles); });
+            const auto [u, u_end] = shared.next([&](int64_t v) { return pack.item_end(v, items); });
             if (u == u_end) break;
-            const PackRanges::Unit at = pack.unit(u, tiles);
+            const PackRanges::Unit at = pack.unit(u, items);
             const int64_t g = at.group, blk0 = at.first;
             if (at.range != packed_range) {
                 for (int64_t blk = at.first; blk < at.end; ++blk) {
@@ -497,48 +520,59 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
                 }
                 packed_range = at.range;
             }
-            const int64_t q0 = at.item * W;
-            if (tile_of != g * tiles + at.item) {  // a tile is packed again only for another tile
-                filled = std::min<int64_t>(W, pixels - q0);
-                nsegs = split_segments(grid, order, q0, filled, segs);
-                b_tile = panel;
-                b_step = W;
-                if (in_place && q0 + W <= batch * order.head) {
-                    b_tile = src + g * src_group_stride + segs[0].n * grid.batch_stride + q0 % order.head;
-                    b_step = plane;
-                } else {
-                    pack_panel(src + g * src_group_stride, grid, taps.data(), ntaps, segs, nsegs, filled, W, panel);
+            if (item_of != g * items + at.item) {  // tiles are packed again only for another group of tiles
+                ntiles = std::min(tg, tiles - at.item * tg);
+                for (int64_t t = 0; t < ntiles; ++t) {
+                    TileAt& ti = at_tile[t];
+                    const int64_t q0 = (at.item * tg + t) * W;
+                    ti.filled = std::min<int64_t>(W, pixels - q0);
+                    ti.nsegs = split_segments(grid, order, q0, ti.filled, ti.segs);
+                    ti.b = panel + t * ntaps * W;
+                    ti.b_step = W;
+                    if (in_place && q0 + W <= batch * order.head) {
+                        ti.b = src + g * src_group_stride + ti.segs[0].n * grid.batch_stride + q0 % order.head;
+                        ti.b_step = plane;
+                    } else {
+                        pack_panel(src + g * src_group_stride, grid, taps.data(), ntaps, ti.segs, ti.nsegs, ti.filled,
+                                   W, panel + t * ntaps * W);
+                    }
                 }
-                tile_of = g * tiles + at.item;
+                item_of = g * items + at.item;
             }
-            // A full tile whose outputs are one dense run (one image, rows
-            // adjacent in the destination) is written there directly.
-            const bool whole = filled == W && segs[0].n == segs[nsegs - 1].n && out.dv == 1 &&
-                               (nsegs == 1 || (out.du == 1 && out.width == grid.cols));
-            T* const direct = dst + g * dst_group_stride + segs[0].n * out.batch_stride +
-                              (segs[0].u * out.du + out.r0) * out.width + segs[0].v0 + out.c0;
             for (int64_t blk = at.block; blk < at.block + (u_end - u); ++blk) {
                 const int64_t m0 = blk * mr, rows = std::min(mr, m_per_group - m0);
                 const T* a = a_packed + (blk - blk0) * block_values;
                 const T* init = bias ? bias + g * m_per_group + m0 : nullptr;
-                if (whole) {
-                    (blk + 1 < blocks ? full : tail)(b_tile, b_step, nullptr, nullptr, ntaps, a,
-                                                     direct + m0 * out.channel_stride, out.channel_stride, init);
-                    continue;
-                }
-                (blk + 1 < blocks ? full : tail)(b_tile, b_step, nullptr, nullptr, ntaps, a, result, W, init);
-                for (int64_t i = 0; i < rows; ++i) {
-                    const T* res = result + i * W;
-                    T* base = dst + g * dst_group_stride + (m0 + i) * out.channel_stride;
-                    for (int si = 0; si < nsegs; ++si) {
-                        const Segment& s = segs[si];
-                        T* o = base + s.n * out.batch_stride + (s.u * out.du + out.r0) * out.width +
-                               s.v0 * out.dv + out.c0;
-                        const T* r = res + s.offset;
-                        if (out.dv == 1) {
-                            for (int64_t k = 0; k < s.len; ++k) o[k] = r[k];
-                        } else {
-                            for (int64_t k = 0; k < s.len; ++k) o[k * out.dv] = r[k];
+                const RowMicro<T> micro = blk + 1 < blocks ? full : tail;
+                for (int64_t t = 0; t < ntiles; ++t) {
+                    const TileAt& ti = at_tile[t];
+                    const Segment* segs = ti.segs;
+                    const int nsegs = ti.nsegs;
+                    // A full tile whose outputs are one dense run (one image, rows
+                    // adjacent in the destination) is written there directly.
+                    const bool whole = ti.filled == W && segs[0].n == segs[nsegs - 1].n && out.dv == 1 &&
+                                       (nsegs == 1 || (out.du == 1 && out.width == grid.cols));
+                    if (whole) {
+                        T* const direct = dst + g * dst_group_stride + segs[0].n * out.batch_stride +
+                                          (segs[0].u * out.du + out.r0) * out.width + segs[0].v0 + out.c0;
+                        micro(ti.b, ti.b_step, nullptr, nullptr, ntaps, a, direct + m0 * out.channel_stride,
+                              out.channel_stride, init);
+                        continue;
+                    }
+                    micro(ti.b, ti.b_step, nullptr, nullptr, ntaps, a, result, W, init);
+                    for (int64_t i = 0; i < rows; ++i) {
+                        const T* res = result + i * W;
+                        T* base = dst + g * dst_group_stride + (m0 + i) * out.channel_stride;
+                        for (int si = 0; si < nsegs; ++si) {
+                            const Segment& s = segs[si];
+                            T* o = base + s.n * out.batch_stride + (s.u * out.du + out.r0) * out.width +
+                                   s.v0 * out.dv + out.c0;
+                            const T* r = res + s.offset;
+                            if (out.dv == 1) {
+                                for (int64_t k = 0; k < s.len; ++k) o[k] = r[k];
+                            } else {
+                                for (int64_t k = 0; k < s.len; ++k) o[k * out.dv] = r[k];
+                            }
                         }
                     }
                 }

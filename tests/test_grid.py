@@ -76,6 +76,18 @@ def test_larger_layer(rng, dtype):
     run_case(rng, dtype, 2, 48, 20, 150, 24, (3, 3), 1, 1, 1, "same")
 
 
+@pytest.mark.parametrize(
+    "stride,groups", [(1, 1), (1, 2), (2, 1)], ids=["1x1-in-place", "1x1-groups", "1x1-stride-2-packed"]
+)
+def test_pointwise_layer_whose_weights_overflow_l2(rng, stride, groups):
+    # 1x1 layers run a gather GEMM; float64 weights of 384 x 384 (1.1 MiB a
+    # group of 1) overflow half of an L2 up to 2 MiB, so each unit takes
+    # several pixel tiles: 2 images of 13 x 11 pixels leave whole tiles read
+    # in place, a rest packed into the shared last tiles, and a group of
+    # tiles cut short at the end.
+    run_case(rng, np.float64, 2, 384, 13, 11, 384, (1, 1), stride, 1, groups, "same")
+
+
 def test_task_example_matches_torch_padding_1(rng):
     """The exercise: input 10x4x7x7, 8 filters 3x3, stride 2, "same" -> 10x8x4x4,
     which for this shape is PyTorch's symmetric padding=1."""
