@@ -351,12 +351,11 @@ def _forward_block(
     backend: str,
 ) -> np.ndarray:
     """The block's outputs. Without a halo, one call on the block. With one,
-    the block is not copied with its halo (a whole chunk's copy, 13 ms per
-    64 MiB block here): the call runs on the block alone with zeros for the
-    halo, and the outputs whose windows reach the halo, a few rows and columns,
-    are computed again from a strip of the block's last rows (columns) and the
-    halo, and written over. Each output is a whole call's on the rows it reads:
-    the same bits as from one call on the whole tile."""
+    the block is not copied with its halo (a copy of the whole chunk): the
+    call runs on the block alone with zeros for the halo, and the outputs
+    whose windows reach the halo, a few rows and columns, are computed again
+    from a strip of the block's last rows (columns) and the halo, and written
+    over. Each output is still one call's sum over every value it reads."""
     _, h_ax, w_ax = _axes(plan.data_format)
     (r0, r1), (c0, c1), (top, bottom, left, right_pad) = _block_window(plan, block_id)
     n_rows, n_cols = own.shape[h_ax], own.shape[w_ax]
