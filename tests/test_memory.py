@@ -177,6 +177,9 @@ def test_a_leak_is_caught(rng, monkeypatch):
     # The measurement can fail: a forward that keeps 1 KiB per call (here in
     # a list, in the C++ core an unfreed buffer) grows resident memory by
     # about 1 KiB x steps, twice the margin in the normal run's 2,000 steps.
+    # Some of it can land in free heap memory that was resident already
+    # (malloc_trim gives back only whole free pages): a clean CI run saw
+    # 1.74 MiB of the 2 MiB, so three quarters of it is what must show.
     kept = []
     forward = fastconv.Conv2D.forward
 
@@ -186,5 +189,5 @@ def test_a_leak_is_caught(rng, monkeypatch):
 
     monkeypatch.setattr(fastconv.Conv2D, "forward", leaky_forward)
     gained = growth(SCENARIOS["layer-float32"](rng), STEPS)
-    assert gained >= 0.9 * 1024 * STEPS
+    assert gained >= 0.75 * 1024 * STEPS
     assert gained > MARGIN
