@@ -332,12 +332,6 @@ def _array(graph: dict[Any, Any], name: str, dependencies: list[Any], chunks: An
     return da.Array(hlg, name, chunks, meta=np.empty((0,) * len(chunks), dtype))
 
 
-def _first_reading(edge: int, pad_before: int, kernel: int, stride: int, dilation: int) -> int:
-    """The first output whose window reaches row `edge` of a tile padded by
-    `pad_before` (0 if every window does)."""
-    return max(-(-(edge + pad_before - (kernel - 1) * dilation) // stride), 0)
-
-
 def _forward_block(
     own: np.ndarray,
     below: Any,
@@ -377,13 +371,14 @@ def _forward_block(
         (top, bottom + halo_rows, left, right_pad + halo_cols),
     )
     if halo_cols:  # the last columns' outputs, from the block's rows (zeros for the halo rows, as above)
-        o = _first_reading(own_cols[1] - c0, left, kw, sw, dw)
+        # the first output whose window reaches the halo: it starts (kw - 1) * dw before it or later
+        o = max(first_output_from(own_cols[1] - c0 - (kw - 1) * dw, sw, left), 0)
         start = o * sw - left  # tile column of the first window's start (< 0: inside the padding)
         strip = _assemble(own, below, right, corner, h_ax, w_ax, own_rows, (c0 + max(start, 0), c1))
         fix = run(strip, (top, bottom + halo_rows, max(-start, 0), right_pad))
         _cut(out, h_ax, w_ax, (0, out.shape[h_ax]), (o, out.shape[w_ax]))[...] = fix
     if halo_rows:  # the last rows' outputs, from the block's last rows and the halo, corner included
-        o = _first_reading(own_rows[1] - r0, top, kh, sh, dh)
+        o = max(first_output_from(own_rows[1] - r0 - (kh - 1) * dh, sh, top), 0)
         start = o * sh - top
         strip = _assemble(own, below, right, corner, h_ax, w_ax, (r0 + max(start, 0), r1), (c0, c1))
         fix = run(strip, (max(-start, 0), bottom, left, right_pad))
