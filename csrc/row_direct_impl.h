@@ -182,18 +182,16 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
                 // next (a static schedule), is fetched a share per row of calls:
                 // few filters do little arithmetic per input value, and the copy
                 // waited on memory (22 % of a one-channel layer's backward).
+                // Its share for output rows [oh, oh + rows) is that part of its rows.
                 const int64_t next = t + 1 < tasks ? t + 1 : t, next_rb = next % row_blocks;
                 const int64_t next_g = (next / row_blocks) % p.groups, next_n = next / (row_blocks * p.groups);
                 const T* const next_x = x + next_n * p.xs.n + next_g * cg * p.xs.c;
-                const int64_t fetch_rows = next != t ? win.source_rows() : 0;
-                const int64_t per_step = (fetch_rows * nr + (oh1 - oh0) - 1) / (oh1 - oh0);
-                int64_t fetched = 0;
+                const int64_t fetch_rows = next != t ? win.source_rows() : 0, span = oh1 - oh0;
                 for (int64_t oh = oh0; oh < oh1;) {
-                    const int64_t upto = std::min(fetch_rows, fetched + per_step);
-                    win.prefetch(p, next_x, next_rb * win.out_rows, fetched, upto);
-                    fetched = upto;
                     const bool whole = shared && oh1 - oh >= shared_nr;  // a full call of the shared-row kernel
                     const int rows = whole ? shared_nr : static_cast<int>(std::min<int64_t>(nr, oh1 - oh));
+                    win.prefetch(p, next_x, next_rb * win.out_rows, fetch_rows * (oh - oh0) / span,
+                                 fetch_rows * (oh - oh0 + rows) / span);
                     const RowsMicro<T> rows_call = whole ? nullptr : rows_micro_for<T>(mr, rows, nv);
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += W) {
                         const int64_t np = std::min<int64_t>(W, p.out_w - ow0);
