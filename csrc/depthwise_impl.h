@@ -332,19 +332,28 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     // taps as 9 + 8 + 8, not 12 + 12 + 1, whose last call would be latency-bound).
     const int64_t group = (taps + (taps + kTapGroup - 1) / kTapGroup - 1) / ((taps + kTapGroup - 1) / kTapGroup);
     const SharedDots<T> shared = p.stride_h == 1 && p.dil_h == 1 ? plane_dots_shared_for<T>(p.r, p.s) : SharedDots<T>{};
+    // A task is a block of one group's filters: the whole group where there
+    // are groups enough for the threads, else fewer filters (a one-channel
+    // layer has one group). Each filter sums over the images in order
+    // whatever its block, so the split never changes a bit.
+    const bool parallel = worth_parallel(conv_flops(p));
+    const int64_t want = parallel ? (max_threads() + p.groups - 1) / p.groups : 1;
+    const int64_t per_block = (kg + std::min(kg, want) - 1) / std::min(kg, want);
+    const int64_t blocks = (kg + per_block - 1) / per_block;  // none empty
     PerThread<T> xp_mem(pp.rows * pp.cols + kCopySlack<T>), gyp_mem(p.out_h * width + kCopySlack<T>), part_mem(taps);
-    parallel_region(worth_parallel(conv_flops(p)), [&] {
+    parallel_region(parallel, [&] {
         T* const xp = xp_mem.get();
         T* const gyp = gyp_mem.get();
         T* const part = part_mem.get();  // one image's share of a filter's gradient
         bool padded = false;  // whether xp's padding holds its zeros
 #pragma omp for schedule(static)
-        for (int64_t g = 0; g < p.groups; ++g) {
-            std::fill(grad_weight + g * kg * taps, grad_weight + (g + 1) * kg * taps, T(0));
+        for (int64_t task = 0; task < p.groups * blocks; ++task) {
+            const int64_t g = task / blocks, k0 = task % blocks * per_block, k1 = std::min(kg, k0 + per_block);
+            std::fill(grad_weight + (g * kg + k0) * taps, grad_weight + (g * kg + k1) * taps, T(0));
             for (int64_t n = 0; n < p.n; ++n) {
                 pad_plane(p, pp, x + n * p.xs.n + g * p.xs.c, xp, !padded);
                 padded = true;
-                for (int64_t kk = 0; kk < kg; ++kk) {
+                for (int64_t kk = k0; kk < k1; ++kk) {
                     const int64_t k = g * kg + kk;
                     const T* gy = grad_y + n * p.ys.n + k * p.ys.c;
                     for (int64_t oh = 0; oh < p.out_h; ++oh) {

@@ -57,6 +57,8 @@ for name, (n, c, h, k, ks, s, pad, g) in {
     "strided": (3, 16, 17, 20, 4, 2, "same", 2),
     "depthwise": (2, 8, 15, 8, 3, 1, "same", 8),
     "pointwise": (2, 32, 9, 48, 1, 1, "valid", 1),
+    # one input channel, one group: dL/dF splits the group's filters among threads
+    "one_channel": (16, 1, 20, 10, 3, 1, "same", 1),
 }.items():
     for dtype in ("float32", "float64"):
         x = rng.standard_normal((n, c, h, h)).astype(dtype)
@@ -79,6 +81,6 @@ def test_results_are_bit_identical_for_1_and_2_threads(tmp_path, isa):
         subprocess.run([sys.executable, "-c", RUN_ALL_KERNELS, str(path), isa], env=env, check=True)
         results.append(np.load(path))
     one, two = results
-    assert one.files == two.files and len(one.files) == 32
+    assert one.files == two.files and len(one.files) == 40
     for key in one.files:
         assert one[key].tobytes() == two[key].tobytes(), f"{isa}: {key} differs between 1 and 2 threads"
