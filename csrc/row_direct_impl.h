@@ -93,6 +93,15 @@ void rows_micro(const T* __restrict base, int64_t row_step, const int64_t* __res
 constexpr int kRowsFilters = 3;
 constexpr int rows_per_call(int filters) { return filters == 1 ? 4 : 2; }
 
+// Whether tiles of `filters` filters take one vector of pixels, whatever the
+// row width: on AVX2 for two or three, whose sums over two vectors with the
+// row vectors overflow the 16 registers (3 filters x 2 rows x 2 vectors
+// spilled to the stack: the 3 input channels' dL/dx of a 7x7 stride-2 stem
+// is 10 % faster with one vector, 2 channels' 5x5 30 %).
+constexpr bool one_vector(int filters) {
+    return FASTCONV_VECTOR_BYTES == 32 && filters >= 2 && filters <= kRowsFilters;
+}
+
 template <class T>
 using RowsMicro = void (*)(const T*, int64_t, const int64_t*, int64_t, const T*, T*);
 
@@ -105,7 +114,8 @@ RowsMicro<T> pick_rows_micro(int rows, std::integer_sequence<int, R...>) {
 template <class T, int MR>
 RowsMicro<T> rows_micro_for_filters(int rows, int nv) {
     constexpr auto R = std::make_integer_sequence<int, rows_per_call(MR)>{};
-    return nv == 1 ? pick_rows_micro<T, MR, 1>(rows, R) : nv == 2 ? pick_rows_micro<T, MR, 2>(rows, R)
+    if constexpr (one_vector(MR)) return pick_rows_micro<T, MR, 1>(rows, R);
+    else return nv == 1 ? pick_rows_micro<T, MR, 1>(rows, R) : nv == 2 ? pick_rows_micro<T, MR, 2>(rows, R)
                                                                   : pick_rows_micro<T, MR, kVectorsPerTile>(rows, R);
 }
 
@@ -133,7 +143,8 @@ template <class T>
 RowsShared<T> shared_micro_for(int filters, int nv, int64_t r) {
     auto for_filters = [&](auto mr) -> RowsShared<T> {
         constexpr int MR = decltype(mr)::value;
-        return nv == 1   ? rows_shared_for_height<T, MR, shared_rows(MR, 1), 1>(r)
+        if constexpr (one_vector(MR)) return rows_shared_for_height<T, MR, shared_rows(MR, 1), 1>(r);
+        else return nv == 1   ? rows_shared_for_height<T, MR, shared_rows(MR, 1), 1>(r)
                : nv == 2 ? rows_shared_for_height<T, MR, shared_rows(MR, 2), 2>(r)
                          : rows_shared_for_height<T, MR, shared_rows(MR, kVectorsPerTile), kVectorsPerTile>(r);
     };
@@ -144,12 +155,7 @@ RowsShared<T> shared_micro_for(int filters, int nv, int64_t r) {
 template <class T, class WeightOf>
 void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
     const int64_t cg = p.c_per_group(), kg = p.k_per_group(), ntaps = cg * p.r * p.s;
-    // AVX2's 16 registers hold two or three filters' sums over one vector of
-    // pixels, not two: 3 filters x 2 rows x 2 vectors spilled sums to the
-    // stack (the 3 input channels' dL/dx of a 7x7 stride-2 stem: 10 % faster
-    // with one vector, 2 channels' 5x5 30 %).
-    const bool narrow = FASTCONV_VECTOR_BYTES == 32 && kg >= 2 && kg <= kRowsFilters;
-    const int nv = narrow ? 1 : row_vectors<T>(p.out_w);
+    const int nv = one_vector(static_cast<int>(kg)) ? 1 : row_vectors<T>(p.out_w);
     const int64_t W = nv * kLanes<T>;  // pixels per tile
     const int64_t tiles_per_row = (p.out_w + W - 1) / W;
     // Few filters: taller windows, as the rows copied twice cost more beside
