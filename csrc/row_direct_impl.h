@@ -127,13 +127,14 @@ RowsMicro<T> rows_micro_for(int filters, int rows, int nv) {
 
 // Output rows per call of rows_shared_micro: as many as keep MR x NR x NV
 // accumulators within 24 of AVX-512's 32 registers (12 of AVX2's 16), at most
-// 4 (8 measured no faster), but 8 for one filter of one vector: the 8
-// independent sums that keep two FMA ports of latency 4 busy (float64 dL/dx
-// of a one-channel layer on 28-wide rows 9 % faster, of LeNet's first layer
-// 15-25 %).
+// 4 (8 measured no faster), but 12 for one filter of one vector: each sum
+// takes R dependent FMAs per kernel column, so two FMA ports of latency 4
+// need 12 sums for a 3x3 kernel (4 rows: float64 dL/dx of a one-channel layer
+// on 28-wide rows 9 % slower, of LeNet's first layer 15-25 %; llvm-mca: 75-80
+// % of the FMA peak with 8 rows, 99.9 % with 12).
 constexpr int shared_rows(int filters, int vectors) {
     const int most = (FASTCONV_VECTOR_BYTES == 64 ? 24 : 12) / (filters * vectors);
-    const int enough = filters * vectors == 1 ? 8 : 4;
+    const int enough = filters * vectors == 1 ? 12 : 4;
     return most < enough ? most : enough;
 }
 
