@@ -212,7 +212,10 @@ void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T
 // out[t] += sum over the plane of grad_y times the input window of tap t0 + t,
 // for NT taps at once (stride 1): NT x NV independent accumulators, so the
 // loop runs at FMA throughput rather than latency.
-constexpr int kTapGroup = 12;
+// At most 12 taps at once with AVX-512's 32 registers, 6 with AVX2's 16:
+// 12 x 2 sums spilled there (5x5 and 7x7 plane dL/dF 10-15 % faster with 6,
+// AMD Zen 3; llvm-mca 50-63 % -> 86 %, bound by the loads).
+constexpr int kTapGroup = FASTCONV_VECTOR_BYTES == 64 ? 12 : 6;
 
 template <class T, int NT>
 void plane_dots(const ConvShape& p, const PaddedPlane& pp, const T* gyp, int64_t width, const T* xp, int64_t t0,
