@@ -35,18 +35,46 @@ struct PaddedPlane {
           cols(std::max(p.w + p.pad_left, (row_width<T>(p) - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1)) {}
 };
 
-// Copies plane into the padded buffer out. The padding is written only when
+// The zero-padded input plane with its columns split by phase (column mod
+// stride_w), each phase's rows `pitch` values long: padded column j is
+// value j / stride_w of phase j % stride_w's row. Output column ow's tap in
+// kernel column ks then reads value ow + column[ks] (relative to its row of
+// phase 0), consecutive for consecutive outputs whatever the stride, so
+// strided layers vectorise as stride-1 ones do. At stride 1 it is the padded
+// plane itself.
+struct InputPlane {
+    int64_t rows, phases, pitch;
+    std::vector<int64_t> column;  // per kernel column: its phase's offset plus its shift within the phase
+    template <class T>
+    InputPlane(const ConvShape& p, const T* x)
+        : rows(PaddedPlane(p, x).rows), phases(p.stride_w), column(static_cast<size_t>(p.s)) {
+        const int64_t cols = PaddedPlane(p, x).cols;
+        pitch = std::max((cols + phases - 1) / phases, row_width<T>(p) + (p.s - 1) * p.dil_w / phases);
+        for (int64_t ks = 0; ks < p.s; ++ks) {
+            const int64_t j = ks * p.dil_w;  // the padded column ks reads for output column 0
+            column[static_cast<size_t>(ks)] = (j % phases) * rows * pitch + j / phases;
+        }
+    }
+    int64_t size() const { return phases * rows * pitch; }
+};
+
+// Copies plane into the input plane out. The padding is written only when
 // zero_padding is set: the copies never touch it (copy_run spills zeros
 // there), so a thread's buffer needs it once per call.
 template <class T>
-void pad_plane(const ConvShape& p, const PaddedPlane& pp, const T* plane, T* out, bool zero_padding) {
-    if (zero_padding) std::fill(out, out + pp.rows * pp.cols, T(0));
+void pad_plane(const ConvShape& p, const InputPlane& ip, const T* plane, T* out, bool zero_padding) {
+    if (zero_padding) std::fill(out, out + ip.size(), T(0));
     for (int64_t ih = 0; ih < p.h; ++ih) {
-        T* dst = out + (ih + p.pad_top) * pp.cols + p.pad_left;
-        if (p.xs.w == 1) {
-            copy_run(dst, plane + ih * p.xs.h, p.w);  // spills zeros into padding
-        } else {
-            for (int64_t iw = 0; iw < p.w; ++iw) dst[iw] = plane[ih * p.xs.h + iw * p.xs.w];
+        const T* src = plane + ih * p.xs.h;
+        T* dst = out + (ih + p.pad_top) * ip.pitch;
+        if (ip.phases == 1 && p.xs.w == 1) {
+            copy_run(dst + p.pad_left, src, p.w);  // spills zeros into padding
+        } else {  // phase by phase: input columns iw0, iw0 + phases, ... land side by side
+            for (int64_t ph = 0; ph < ip.phases; ++ph) {
+                const int64_t iw0 = ((ph - p.pad_left) % ip.phases + ip.phases) % ip.phases;
+                T* d = dst + ph * ip.rows * ip.pitch + (iw0 + p.pad_left) / ip.phases;
+                for (int64_t iw = iw0; iw < p.w; iw += ip.phases) *d++ = src[iw * p.xs.w];
+            }
         }
     }
 }
@@ -76,12 +104,11 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>, NV = kRowBlock<T> / L;
     const int64_t kg = p.k_per_group(), taps = p.r * p.s, tasks = p.n * p.groups;
-    const PaddedPlane pp(p, x);
-    const int64_t width = row_width<T>(p);
-    const RowsShared<T> shared = p.stride_h == 1 && p.stride_w == 1 && p.dil_h == 1 ? plane_rows_shared_for<T>(p.r) : nullptr;
-    std::vector<int64_t> column(static_cast<size_t>(p.s));  // offset of kernel column ks in the padded plane
-    for (int64_t ks = 0; ks < p.s; ++ks) column[static_cast<size_t>(ks)] = ks * p.dil_w;
-    PerThread<T> xp_mem(pp.rows * pp.cols + kCopySlack<T>), row_out_mem(std::max(4, kSharedPlaneRows) * width);
+    const InputPlane ip(p, x);
+    const int64_t width = row_width<T>(p), pitch = ip.pitch;
+    const int64_t* const column = ip.column.data();
+    const RowsShared<T> shared = p.stride_h == 1 && p.dil_h == 1 ? plane_rows_shared_for<T>(p.r) : nullptr;
+    PerThread<T> xp_mem(ip.size() + kCopySlack<T>), row_out_mem(std::max(4, kSharedPlaneRows) * width);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const xp = xp_mem.get();
         T* const row_out = row_out_mem.get();
@@ -89,7 +116,7 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t n = t / p.groups, g = t % p.groups;
-            pad_plane(p, pp, x + n * p.xs.n + g * p.xs.c, xp, !padded);
+            pad_plane(p, ip, x + n * p.xs.n + g * p.xs.c, xp, !padded);
             padded = true;
             for (int64_t kk = 0; kk < kg; ++kk) {
                 const int64_t k = g * kg + kk;
@@ -99,60 +126,47 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
                 int64_t oh = 0;
                 for (; shared && oh + kSharedPlaneRows <= p.out_h; oh += kSharedPlaneRows) {
                     for (int64_t ow = 0; ow < width; ow += kRowBlock<T>)
-                        shared(xp + oh * pp.cols + ow, pp.cols, column.data(), 1, p.s, w, &b, row_out + ow, width);
+                        shared(xp + oh * pitch + ow, pitch, column, 1, p.s, w, &b, row_out + ow, width);
                     for (int rb = 0; rb < kSharedPlaneRows; ++rb) {
                         store_row(out + (oh + rb) * p.ys.h, p.ys.w, row_out + rb * width, p.out_w);
                     }
                 }
-                if (p.stride_w == 1) {
-                    // RB output rows at once: RB x NV independent accumulators per tap.
-                    constexpr int RB = 4;
-                    for (; oh + RB <= p.out_h; oh += RB) {
-                        for (int64_t ow = 0; ow < width; ow += NV * L) {
-                            V acc[RB][NV];
-                            for (int rb = 0; rb < RB; ++rb)
-                                for (int v = 0; v < NV; ++v) acc[rb][v] = V{} + b;
-                            for (int64_t kr = 0; kr < p.r; ++kr)
-                                for (int64_t ks = 0; ks < p.s; ++ks) {
-                                    const T wv = w[kr * p.s + ks];
-                                    const T* src = xp + (oh * p.stride_h + kr * p.dil_h) * pp.cols + ks * p.dil_w + ow;
-                                    for (int rb = 0; rb < RB; ++rb)
-                                        for (int v = 0; v < NV; ++v)
-                                            acc[rb][v] += wv * load<V>(src + rb * p.stride_h * pp.cols + v * L);
-                                }
-                            for (int rb = 0; rb < RB; ++rb)
-                                for (int v = 0; v < NV; ++v) store(row_out + rb * width + ow + v * L, acc[rb][v]);
-                        }
-                        for (int rb = 0; rb < RB; ++rb) {
-                            store_row(out + (oh + rb) * p.ys.h, p.ys.w, row_out + rb * width, p.out_w);
-                        }
+                // RB output rows at once: RB x NV independent accumulators per tap.
+                constexpr int RB = 4;
+                for (; oh + RB <= p.out_h; oh += RB) {
+                    for (int64_t ow = 0; ow < width; ow += NV * L) {
+                        V acc[RB][NV];
+                        for (int rb = 0; rb < RB; ++rb)
+                            for (int v = 0; v < NV; ++v) acc[rb][v] = V{} + b;
+                        for (int64_t kr = 0; kr < p.r; ++kr)
+                            for (int64_t ks = 0; ks < p.s; ++ks) {
+                                const T wv = w[kr * p.s + ks];
+                                const T* src = xp + (oh * p.stride_h + kr * p.dil_h) * pitch + column[ks] + ow;
+                                for (int rb = 0; rb < RB; ++rb)
+                                    for (int v = 0; v < NV; ++v)
+                                        acc[rb][v] += wv * load<V>(src + rb * p.stride_h * pitch + v * L);
+                            }
+                        for (int rb = 0; rb < RB; ++rb)
+                            for (int v = 0; v < NV; ++v) store(row_out + rb * width + ow + v * L, acc[rb][v]);
+                    }
+                    for (int rb = 0; rb < RB; ++rb) {
+                        store_row(out + (oh + rb) * p.ys.h, p.ys.w, row_out + rb * width, p.out_w);
                     }
                 }
                 for (; oh < p.out_h; ++oh) {
-                    const T* rows = xp + oh * p.stride_h * pp.cols;
+                    const T* rows = xp + oh * p.stride_h * pitch;
                     T* o = row_out;
-                    if (p.stride_w == 1) {
-                        for (int64_t ow = 0; ow < width; ow += NV * L) {
-                            V acc[NV];
-                            for (int v = 0; v < NV; ++v) acc[v] = V{} + b;
-                            for (int64_t kr = 0; kr < p.r; ++kr) {
-                                const T* row = rows + kr * p.dil_h * pp.cols + ow;
-                                for (int64_t ks = 0; ks < p.s; ++ks) {
-                                    const T wv = w[kr * p.s + ks];
-                                    for (int v = 0; v < NV; ++v) acc[v] += wv * load<V>(row + ks * p.dil_w + v * L);
-                                }
+                    for (int64_t ow = 0; ow < width; ow += NV * L) {
+                        V acc[NV];
+                        for (int v = 0; v < NV; ++v) acc[v] = V{} + b;
+                        for (int64_t kr = 0; kr < p.r; ++kr) {
+                            const T* row = rows + kr * p.dil_h * pitch + ow;
+                            for (int64_t ks = 0; ks < p.s; ++ks) {
+                                const T wv = w[kr * p.s + ks];
+                                for (int v = 0; v < NV; ++v) acc[v] += wv * load<V>(row + column[ks] + v * L);
                             }
-                            for (int v = 0; v < NV; ++v) store(o + ow + v * L, acc[v]);
                         }
-                    } else {
-                        for (int64_t ow = 0; ow < p.out_w; ++ow) {
-                            T acc = b;
-                            for (int64_t kr = 0; kr < p.r; ++kr)
-                                for (int64_t ks = 0; ks < p.s; ++ks)
-                                    acc += w[kr * p.s + ks] *
-                                           rows[kr * p.dil_h * pp.cols + ow * p.stride_w + ks * p.dil_w];
-                            o[ow] = acc;
-                        }
+                        for (int v = 0; v < NV; ++v) store(o + ow + v * L, acc[v]);
                     }
                     store_row(out + oh * p.ys.h, p.ys.w, o, p.out_w);
                 }
@@ -218,19 +232,19 @@ void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T
 constexpr int kTapGroup = FASTCONV_VECTOR_BYTES == 64 ? 12 : 6;
 
 template <class T, int NT>
-void plane_dots(const ConvShape& p, const PaddedPlane& pp, const T* gyp, int64_t width, const T* xp, int64_t t0,
+void plane_dots(const ConvShape& p, const InputPlane& ip, const T* gyp, int64_t width, const T* xp, int64_t t0,
                 int64_t oh0, T* out) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>, NV = kRowBlock<T> / L;
     int64_t off[NT];
     for (int t = 0; t < NT; ++t)
-        off[t] = ((t0 + t) / p.s) * p.dil_h * pp.cols + ((t0 + t) % p.s) * p.dil_w;
+        off[t] = ((t0 + t) / p.s) * p.dil_h * ip.pitch + ip.column[static_cast<size_t>((t0 + t) % p.s)];
     V acc[NT][NV];
     for (int t = 0; t < NT; ++t)
         for (int v = 0; v < NV; ++v) acc[t][v] = V{};
     for (int64_t oh = oh0; oh < p.out_h; ++oh) {
         const T* d = gyp + oh * width;
-        const T* x_row = xp + oh * p.stride_h * pp.cols;
+        const T* x_row = xp + oh * p.stride_h * ip.pitch;
         for (int64_t ow = 0; ow < width; ow += NV * L) {
             V dv[NV];
             for (int v = 0; v < NV; ++v) dv[v] = load<V>(d + ow + v * L);
@@ -247,7 +261,7 @@ void plane_dots(const ConvShape& p, const PaddedPlane& pp, const T* gyp, int64_t
 }
 
 template <class T>
-using PlaneDots = void (*)(const ConvShape&, const PaddedPlane&, const T*, int64_t, const T*, int64_t, int64_t, T*);
+using PlaneDots = void (*)(const ConvShape&, const InputPlane&, const T*, int64_t, const T*, int64_t, int64_t, T*);
 
 template <class T, int... N>
 PlaneDots<T> pick_plane_dots(int taps, std::integer_sequence<int, N...>) {
@@ -260,17 +274,20 @@ PlaneDots<T> plane_dots_for(int taps) {
     return pick_plane_dots<T>(taps, std::make_integer_sequence<int, kTapGroup>{});
 }
 
-// plane_dots for every tap of an R x S kernel at stride 1 and row dilation
+// plane_dots for every tap of an R x S kernel at row stride and dilation
 // 1, over grad_y rows [0, rows), rows a multiple of RG: RG grad_y rows at a
 // time, so each input row vector loaded serves every (kernel row, grad_y
 // row) pair that reads it. R x S accumulators of one vector each, over the
 // first `span` columns of each row (out_w rounded up to one vector, not two:
 // 24 float64 columns, not 32).
 template <class T, int R, int S, int RG>
-void plane_dots_shared(const PaddedPlane& pp, const T* __restrict gyp, int64_t width, int64_t span,
-                       const T* __restrict xp, int64_t dil_w, int64_t rows, T* __restrict out) {
+void plane_dots_shared(const InputPlane& ip, const T* __restrict gyp, int64_t width, int64_t span,
+                       const T* __restrict xp, int64_t rows, T* __restrict out) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
+    const int64_t pitch = ip.pitch;
+    int64_t column[S];
+    for (int ks = 0; ks < S; ++ks) column[ks] = ip.column[static_cast<size_t>(ks)];
     V acc[R][S];
 #pragma GCC unroll 8
     for (int kr = 0; kr < R; ++kr)
@@ -283,10 +300,10 @@ void plane_dots_shared(const PaddedPlane& pp, const T* __restrict gyp, int64_t w
             for (int r = 0; r < RG; ++r) gv[r] = load<V>(gyp + (oh + r) * width + ow);
 #pragma GCC unroll 16
             for (int ir = 0; ir < RG + R - 1; ++ir) {
-                const T* x_row = xp + (oh + ir) * pp.cols + ow;
+                const T* x_row = xp + (oh + ir) * pitch + ow;
 #pragma GCC unroll 8
                 for (int ks = 0; ks < S; ++ks) {
-                    const V xv = load<V>(x_row + ks * dil_w);
+                    const V xv = load<V>(x_row + column[ks]);
 #pragma GCC unroll 8
                     for (int kr = 0; kr < R; ++kr) {
                         const int r = ir - kr;  // the grad_y row that kernel row kr pairs with input row ir
@@ -306,7 +323,7 @@ void plane_dots_shared(const PaddedPlane& pp, const T* __restrict gyp, int64_t w
 }
 
 template <class T>
-using PlaneDotsShared = void (*)(const PaddedPlane&, const T*, int64_t, int64_t, const T*, int64_t, int64_t, T*);
+using PlaneDotsShared = void (*)(const InputPlane&, const T*, int64_t, int64_t, const T*, int64_t, T*);
 
 // The plane_dots_shared for an r x s kernel and its grad_y rows per step;
 // null where there is none. 3x3 and 5x5, whose 9 or 25 accumulators fit the
@@ -328,7 +345,7 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>, NV = kRowBlock<T> / L;
     const int64_t kg = p.k_per_group(), taps = p.r * p.s;
-    const PaddedPlane pp(p, x);
+    const InputPlane ip(p, x);
     const int64_t width = row_width<T>(p);
     // grad_y plane with each row zero-extended to `width` columns.
     // Taps per plane_dots call: at most kTapGroup, in groups of even size (25
@@ -343,7 +360,7 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     const int64_t want = parallel ? (max_threads() + p.groups - 1) / p.groups : 1;
     const int64_t per_block = (kg + std::min(kg, want) - 1) / std::min(kg, want);
     const int64_t blocks = (kg + per_block - 1) / per_block;  // none empty
-    PerThread<T> xp_mem(pp.rows * pp.cols + kCopySlack<T>), gyp_mem(p.out_h * width + kCopySlack<T>), part_mem(taps);
+    PerThread<T> xp_mem(ip.size() + kCopySlack<T>), gyp_mem(p.out_h * width + kCopySlack<T>), part_mem(taps);
     parallel_region(parallel, [&] {
         T* const xp = xp_mem.get();
         T* const gyp = gyp_mem.get();
@@ -354,7 +371,7 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
             const int64_t g = task / blocks, k0 = task % blocks * per_block, k1 = std::min(kg, k0 + per_block);
             std::fill(grad_weight + (g * kg + k0) * taps, grad_weight + (g * kg + k1) * taps, T(0));
             for (int64_t n = 0; n < p.n; ++n) {
-                pad_plane(p, pp, x + n * p.xs.n + g * p.xs.c, xp, !padded);
+                pad_plane(p, ip, x + n * p.xs.n + g * p.xs.c, xp, !padded);
                 padded = true;
                 for (int64_t kk = k0; kk < k1; ++kk) {
                     const int64_t k = g * kg + kk;
@@ -369,33 +386,31 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                         std::fill(dst + p.out_w, dst + width, T(0));
                     }
                     T* const out = grad_weight + k * taps;
-                    if (p.stride_w == 1) {
-                        std::fill(part, part + taps, T(0));
-                        int64_t oh0 = 0;  // rows before it done by the shared kernel
-                        if (shared.kernel) {
-                            oh0 = p.out_h / shared.rows * shared.rows;
-                            const int64_t span = (p.out_w + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
-                            shared.kernel(pp, gyp, width, span, xp, p.dil_w, oh0, part);
-                        }
-                        for (int64_t t0 = 0; t0 < taps && oh0 < p.out_h; t0 += group)
-                            plane_dots_for<T>(static_cast<int>(std::min<int64_t>(group, taps - t0)))(
-                                p, pp, gyp, width, xp, t0, oh0, part + t0);
-                        // The dots computed whole blocks of columns, multiplying
-                        // grad_y's zero extension by input values: a NaN or Inf
-                        // there leaks into the sums, so a result that is not
-                        // finite is computed again by the exact loop below.
-                        if (all_finite(part, taps)) {
-                            for (int64_t t = 0; t < taps; ++t) out[t] += part[t];
-                            continue;
-                        }
+                    std::fill(part, part + taps, T(0));
+                    int64_t oh0 = 0;  // rows before it done by the shared kernel
+                    if (shared.kernel) {
+                        oh0 = p.out_h / shared.rows * shared.rows;
+                        const int64_t span = (p.out_w + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
+                        shared.kernel(ip, gyp, width, span, xp, oh0, part);
+                    }
+                    for (int64_t t0 = 0; t0 < taps && oh0 < p.out_h; t0 += group)
+                        plane_dots_for<T>(static_cast<int>(std::min<int64_t>(group, taps - t0)))(
+                            p, ip, gyp, width, xp, t0, oh0, part + t0);
+                    // The dots computed whole blocks of columns, multiplying
+                    // grad_y's zero extension by input values: a NaN or Inf
+                    // there leaks into the sums, so a result that is not
+                    // finite is computed again by the exact loop below.
+                    if (all_finite(part, taps)) {
+                        for (int64_t t = 0; t < taps; ++t) out[t] += part[t];
+                        continue;
                     }
                     for (int64_t kr = 0; kr < p.r; ++kr)
                         for (int64_t ks = 0; ks < p.s; ++ks) {
                             T total = 0;
                             for (int64_t oh = 0; oh < p.out_h; ++oh) {
                                 const T* d = gyp + oh * width;
-                                const T* src = xp + (oh * p.stride_h + kr * p.dil_h) * pp.cols + ks * p.dil_w;
-                                for (int64_t ow = 0; ow < p.out_w; ++ow) total += d[ow] * src[ow * p.stride_w];
+                                const T* src = xp + (oh * p.stride_h + kr * p.dil_h) * ip.pitch + ip.column[static_cast<size_t>(ks)];
+                                for (int64_t ow = 0; ow < p.out_w; ++ow) total += d[ow] * src[ow];
                             }
                             out[kr * p.s + ks] += total;
                         }
