@@ -25,17 +25,8 @@ int64_t row_width(const ConvShape& p) {
     return (p.out_w + kRowBlock<T> - 1) / kRowBlock<T> * kRowBlock<T>;
 }
 
-// Rows/columns of the zero-padded plane that any tap can read, the rounded-up
-// output row included.
-struct PaddedPlane {
-    int64_t rows, cols;
-    template <class T>
-    PaddedPlane(const ConvShape& p, const T*)
-        : rows(std::max(p.h + p.pad_top, (p.out_h - 1) * p.stride_h + (p.r - 1) * p.dil_h + 1)),
-          cols(std::max(p.w + p.pad_left, (row_width<T>(p) - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1)) {}
-};
-
-// The zero-padded input plane with its columns split by phase (column mod
+// The zero-padded input plane (every row and column a tap of the rounded-up
+// output rows can read) with its columns split by phase (column mod
 // stride_w), each phase's rows `pitch` values long: padded column j is
 // value j / stride_w of phase j % stride_w's row. Output column ow's tap in
 // kernel column ks then reads value ow + column[ks] (relative to its row of
@@ -46,9 +37,11 @@ struct InputPlane {
     int64_t rows, phases, pitch;
     std::vector<int64_t> column;  // per kernel column: its phase's offset plus its shift within the phase
     template <class T>
-    InputPlane(const ConvShape& p, const T* x)
-        : rows(PaddedPlane(p, x).rows), phases(p.stride_w), column(static_cast<size_t>(p.s)) {
-        const int64_t cols = PaddedPlane(p, x).cols;
+    InputPlane(const ConvShape& p, const T*)
+        : rows(std::max(p.h + p.pad_top, (p.out_h - 1) * p.stride_h + (p.r - 1) * p.dil_h + 1)),
+          phases(p.stride_w),
+          column(static_cast<size_t>(p.s)) {
+        const int64_t cols = std::max(p.w + p.pad_left, (row_width<T>(p) - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1);
         pitch = std::max((cols + phases - 1) / phases, row_width<T>(p) + (p.s - 1) * p.dil_w / phases);
         for (int64_t ks = 0; ks < p.s; ++ks) {
             const int64_t j = ks * p.dil_w;  // the padded column ks reads for output column 0
@@ -75,6 +68,20 @@ void pad_plane(const ConvShape& p, const InputPlane& ip, const T* plane, T* out,
                 T* d = dst + ph * ip.rows * ip.pitch + (iw0 + p.pad_left) / ip.phases;
                 for (int64_t iw = iw0; iw < p.w; iw += ip.phases) *d++ = src[iw * p.xs.w];
             }
+        }
+    }
+}
+
+// The inverse of pad_plane: plane = the input positions of `in`.
+template <class T>
+void unpad_plane(const ConvShape& p, const InputPlane& ip, const T* in, T* plane) {
+    for (int64_t ih = 0; ih < p.h; ++ih) {
+        const T* src = in + (ih + p.pad_top) * ip.pitch;
+        T* dst = plane + ih * p.xs.h;
+        for (int64_t ph = 0; ph < ip.phases; ++ph) {
+            const int64_t iw0 = ((ph - p.pad_left) % ip.phases + ip.phases) % ip.phases;
+            const T* s = src + ph * ip.rows * ip.pitch + (iw0 + p.pad_left) / ip.phases;
+            for (int64_t iw = iw0; iw < p.w; iw += ip.phases) dst[iw * p.xs.w] = *s++;
         }
     }
 }
@@ -176,19 +183,20 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
 }
 
 // dL/dx of one input plane: every filter of its group sends w * grad_y back to
-// the padded positions it read (a scatter into a private padded plane, then
-// the padding is cut off).
+// the padded positions it read (a scatter into a private plane laid out as
+// InputPlane, where consecutive outputs' taps reach consecutive values at any
+// stride; then the padding is cut off).
 template <class T>
 void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
     const int64_t kg = p.k_per_group(), taps = p.r * p.s, tasks = p.n * p.groups;
-    const PaddedPlane pp(p, grad_x);
-    PerThread<T> dxp_mem(pp.rows * pp.cols);
+    const InputPlane ip(p, grad_x);
+    PerThread<T> dxp_mem(ip.size());
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const dxp = dxp_mem.get();
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t n = t / p.groups, g = t % p.groups;
-            std::fill(dxp, dxp + pp.rows * pp.cols, T(0));
+            std::fill(dxp, dxp + ip.size(), T(0));
             for (int64_t kk = 0; kk < kg; ++kk) {
                 const int64_t k = g * kg + kk;
                 const T* w = weight + k * taps;
@@ -197,25 +205,20 @@ void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T
                     const T* src = gy + oh * p.ys.h;
                     const int64_t sy = p.ys.w;
                     for (int64_t kr = 0; kr < p.r; ++kr) {
-                        T* row = dxp + (oh * p.stride_h + kr * p.dil_h) * pp.cols;
+                        T* row = dxp + (oh * p.stride_h + kr * p.dil_h) * ip.pitch;
                         for (int64_t ks = 0; ks < p.s; ++ks) {
                             const T wv = w[kr * p.s + ks];
-                            T* d = row + ks * p.dil_w;
-                            if (p.stride_w == 1) {
-                                for (int64_t ow = 0; ow < p.out_w; ++ow) d[ow] += wv * src[ow * sy];
+                            T* d = row + ip.column[static_cast<size_t>(ks)];
+                            if (sy == 1) {
+                                for (int64_t ow = 0; ow < p.out_w; ++ow) d[ow] += wv * src[ow];
                             } else {
-                                for (int64_t ow = 0; ow < p.out_w; ++ow) d[ow * p.stride_w] += wv * src[ow * sy];
+                                for (int64_t ow = 0; ow < p.out_w; ++ow) d[ow] += wv * src[ow * sy];
                             }
                         }
                     }
                 }
             }
-            T* dx = grad_x + n * p.xs.n + g * p.xs.c;
-            for (int64_t ih = 0; ih < p.h; ++ih) {
-                const T* src = dxp + (ih + p.pad_top) * pp.cols + p.pad_left;
-                T* dst = dx + ih * p.xs.h;
-                for (int64_t i = 0; i < p.w; ++i) dst[i * p.xs.w] = src[i];
-            }
+            unpad_plane(p, ip, dxp, grad_x + n * p.xs.n + g * p.xs.c);
         }
     });
 }
