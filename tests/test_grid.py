@@ -165,16 +165,25 @@ def test_plane_kernels_sharing_plane_rows(rng, dtype, channels, groups, kernel, 
 @pytest.mark.parametrize("channels,groups", [(1, 1), (4, 4)], ids=["one-channel", "depthwise"])
 @pytest.mark.parametrize(
     "kernel,stride,dilation",
-    [((3, 3), 2, 1), ((5, 5), 2, 1), ((3, 3), 3, 1), ((4, 2), (1, 2), 1), ((3, 3), (2, 1), 1), ((3, 3), 2, 2)],
-    ids=["3x3-s2", "5x5-s2", "3x3-s3", "4x2-s1x2", "3x3-s2x1", "3x3-s2-dil2"],
+    [
+        ((3, 3), 2, 1),
+        ((5, 5), 2, 1),
+        ((3, 3), 3, 1),
+        ((4, 2), (1, 2), 1),
+        ((3, 3), (1, 2), 1),
+        ((3, 3), (2, 1), 1),
+        ((3, 3), 2, 2),
+    ],
+    ids=["3x3-s2", "5x5-s2", "3x3-s3", "4x2-s1x2", "3x3-s1x2", "3x3-s2x1", "3x3-s2-dil2"],
 )
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("width", [9, 40])
 def test_strided_plane_kernels_on_column_phases(rng, dtype, channels, groups, kernel, stride, dilation, padding, width):
     # One input channel per filter with a column stride: the plane kernels
     # split the padded plane's columns by phase (column mod stride), so that
-    # the taps of consecutive outputs read consecutive values; odd sizes leave
-    # phases of unequal length, and rows left over.
+    # the taps of consecutive outputs read consecutive values (3x3 at row
+    # stride 1: the shared-row kernels too); odd sizes leave phases of unequal
+    # length, and rows left over.
     run_case(rng, dtype, 2, channels, 19, width, 2 * channels, kernel, stride, dilation, groups, padding)
 
 
