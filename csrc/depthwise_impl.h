@@ -49,6 +49,13 @@ struct InputPlane {
         }
     }
     int64_t size() const { return phases * rows * pitch; }
+    // The first input column of phase ph (the phase of its padded column),
+    // and that column's place in a row of the plane; the phase's next input
+    // columns are `phases` apart and land side by side after it.
+    std::pair<int64_t, int64_t> phase_start(int64_t ph, int64_t pad_left) const {
+        const int64_t iw0 = ((ph - pad_left) % phases + phases) % phases;
+        return {iw0, ph * rows * pitch + (iw0 + pad_left) / phases};
+    }
 };
 
 // Copies plane into the input plane out. The padding is written only when
@@ -64,8 +71,8 @@ void pad_plane(const ConvShape& p, const InputPlane& ip, const T* plane, T* out,
             copy_run(dst + p.pad_left, src, p.w);  // spills zeros into padding
         } else {  // phase by phase: input columns iw0, iw0 + phases, ... land side by side
             for (int64_t ph = 0; ph < ip.phases; ++ph) {
-                const int64_t iw0 = ((ph - p.pad_left) % ip.phases + ip.phases) % ip.phases;
-                T* d = dst + ph * ip.rows * ip.pitch + (iw0 + p.pad_left) / ip.phases;
+                const auto [iw0, at] = ip.phase_start(ph, p.pad_left);
+                T* d = dst + at;
                 for (int64_t iw = iw0; iw < p.w; iw += ip.phases) *d++ = src[iw * p.xs.w];
             }
         }
@@ -79,8 +86,8 @@ void unpad_plane(const ConvShape& p, const InputPlane& ip, const T* in, T* plane
         const T* src = in + (ih + p.pad_top) * ip.pitch;
         T* dst = plane + ih * p.xs.h;
         for (int64_t ph = 0; ph < ip.phases; ++ph) {
-            const int64_t iw0 = ((ph - p.pad_left) % ip.phases + ip.phases) % ip.phases;
-            const T* s = src + ph * ip.rows * ip.pitch + (iw0 + p.pad_left) / ip.phases;
+            const auto [iw0, at] = ip.phase_start(ph, p.pad_left);
+            const T* s = src + at;
             for (int64_t iw = iw0; iw < p.w; iw += ip.phases) dst[iw * p.xs.w] = *s++;
         }
     }
@@ -361,7 +368,7 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     // whatever its block, so the split never changes a bit.
     const bool parallel = worth_parallel(conv_flops(p));
     const int64_t want = parallel ? (max_threads() + p.groups - 1) / p.groups : 1;
-    const int64_t per_block = (kg + std::min(kg, want) - 1) / std::min(kg, want);
+    const int64_t wanted = std::min(kg, want), per_block = (kg + wanted - 1) / wanted;
     const int64_t blocks = (kg + per_block - 1) / per_block;  // none empty
     PerThread<T> xp_mem(ip.size() + kCopySlack<T>), gyp_mem(p.out_h * width + kCopySlack<T>), part_mem(taps);
     parallel_region(parallel, [&] {
