@@ -141,7 +141,7 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
             const ConvShape& q = shapes[static_cast<size_t>(jr)];
             const InputWindow& win = windows[static_cast<size_t>(jr)];
             const int64_t first = j0 - c0 * rs;  // this task's first tap in the window's tap order
-            const int64_t row_step = p.stride_h * win.cols;  // window elements between output rows
+            const int64_t row_step = p.stride_h * win.pitch;  // window elements between output rows
             std::fill(acc, acc + kbn * jn * F, T(0));
             // Images whose window is the whole image go `batch` at a time, one
             // window after another: a micro-kernel call then runs over all of them.

@@ -2,8 +2,10 @@
 // needs no im2col panel at all. For each kernel tap, one vector of weights
 // (16 float32 filters with AVX-512) is multiplied by the broadcast input
 // value of each of NP output pixels of a row; NP x NK accumulators stay in
-// registers. Input rows are copied once per task into a zero-padded window,
-// and taps that read only padding are skipped (BlockTaps). It wins
+// registers. Taps that read only padding are skipped, and so is a tap's
+// first or last pixel where only it reads padding (BlockTaps); where that
+// covers all the padding (3x3 "same", say) the input is read in place, else
+// its rows are copied once per task into a zero-padded window. It wins
 // over the implicit GEMM where packing dominates: few filters per group,
 // small images.
 // Included by simd_kernels_impl.h inside the instruction set's namespace;
@@ -152,7 +154,8 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
     const int64_t ntaps = cg * p.r * p.s;
     const int64_t kblocks = (kg + F - 1) / F;
-    const InputWindow win(p);
+    const PixelBlocks blocks(p.out_w, NP);
+    const InputWindow win(p, 0, InputWindow::kRows, &blocks);  // BlockTaps skips the padded pixels
     const int64_t row_blocks = (p.out_h + win.out_rows - 1) / win.out_rows;
 
     // The work goes in units of one filter block for one window (image,
@@ -171,7 +174,6 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     // would copy the windows more often.
     const PackRanges pack(kblocks, ntaps * F * static_cast<int64_t>(sizeof(T)));
     const int64_t windows = p.n * row_blocks;
-    const PixelBlocks blocks(p.out_w, NP);
     const int64_t pixel_blocks = blocks.count;
     const DirectMicro<T> big = DirectKernels<T, NK>::for_pixels(static_cast<int>(blocks.size), p.stride_w);
     const DirectMicro<T> small =
@@ -199,7 +201,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
         for (int64_t chunk = 0; chunk < chunks.count; ++chunk) {
             const bool last_chunk = chunk == chunks.count - 1;
             for (int64_t oh = oh0; oh < oh1; ++oh) {
-                const T* row = base + (oh - oh0) * p.stride_h * win.cols;
+                const T* row = base + (oh - oh0) * p.stride_h * win.pitch;
                 T* const row_result = result + (slot_rows > 1 ? (oh - oh0) * pixel_blocks * kSlot : 0);
                 T* const out = y + n * p.ys.n + k0 * p.ys.c + oh * p.ys.h;
                 for (int64_t b = 0; b < pixel_blocks; ++b) {

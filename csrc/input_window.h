@@ -14,6 +14,40 @@
 
 namespace fastconv {
 
+// A row of out_w outputs cut into the fewest micro-kernel calls of at most
+// np pixels, as even as they go: `big` blocks of `size` pixels, then blocks
+// of size - 1 (32 = 6 + 6 + 5 + 5 + 5 + 5 with np = 6, not 6 x 5 + 2). A
+// call on few pixels leaves accumulators idle and, with fewer than the FMA
+// latency times the FMA ports of them, waits on its own sums.
+struct PixelBlocks {
+    int64_t count = 0, size = 0, big = 0;
+
+    PixelBlocks(int64_t out_w, int64_t np)
+        : count((out_w + np - 1) / np), size((out_w + count - 1) / count), big(out_w - count * (size - 1)) {}
+
+    int64_t start(int64_t b) const { return b * size - std::max<int64_t>(0, b - big); }
+    int64_t pixels(int64_t b) const { return b < big ? size : size - 1; }
+};
+
+// Which of the np pixels from ow0 on that kernel column ks reads inside the
+// input: kAll, all but the first (kSkipFirst) or the last (kSkipLast), none
+// (kNone), or some other run (kMany): pixels that a direct kernel can leave
+// out where a tap reads padding (BlockTaps).
+enum class ColumnPixels : int8_t { kAll, kSkipFirst, kSkipLast, kNone, kMany };
+inline ColumnPixels column_pixels(const ConvShape& p, int64_t ow0, int64_t np, int64_t ks) {
+    const auto ceil_div = [](int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); };
+    // Output columns ow read input column ow * stride + ks * dil - pad_left: inside for ow in [lo_ow, hi_ow).
+    const int64_t shift = ks * p.dil_w - p.pad_left;
+    const int64_t lo_ow = std::max<int64_t>(0, ceil_div(-shift, p.stride_w));
+    const int64_t hi_ow = std::max<int64_t>(0, ceil_div(p.w - shift, p.stride_w));
+    const int64_t lo = std::clamp<int64_t>(lo_ow - ow0, 0, np), hi = std::clamp<int64_t>(ow0 + np - hi_ow, 0, np);
+    if (lo + hi >= np) return ColumnPixels::kNone;
+    if (lo == 0 && hi == 0) return ColumnPixels::kAll;
+    if (lo == 1 && hi == 0) return ColumnPixels::kSkipFirst;
+    if (lo == 0 && hi == 1) return ColumnPixels::kSkipLast;
+    return ColumnPixels::kMany;
+}
+
 struct InputWindow {
     // Output rows per window: at most kRows, or kMaxRows where asked.
     // Neighbouring windows copy the input rows they share twice (a 5-row
@@ -24,29 +58,41 @@ struct InputWindow {
     int64_t out_rows = 0;  // output rows per window: at most most_rows, and a window of at most ~256 K values
     int64_t rows = 0;      // input rows those output rows read
     int64_t channels = 0;  // input channels of one group
-    // Without padding and with whole input rows, the window is the input
-    // itself: no copy, and channels are an input plane apart.
+    // The window is the input itself -- no copy -- without padding and with
+    // whole input rows, or where the kernel skips every pixel that reads
+    // padding (see the constructor). Rows are then `pitch` apart and channels
+    // channel_stride, as in the input.
     bool in_place = false;
-    int64_t channel_stride = 0;
+    int64_t pitch = 0, channel_stride = 0;
     std::vector<int64_t> offset;
 
     // out_w_rounded: output columns computed per row (>= out_w; the extra ones
     // are computed from zeros and dropped); most_rows: kRows or kMaxRows.
-    explicit InputWindow(const ConvShape& p, int64_t out_w_rounded = 0, int64_t most_rows = kRows)
+    // skipping: the pixel blocks of a kernel that leaves out the first or the
+    // last pixel of a tap where it reads padding, and reads live taps only
+    // (BlockTaps, LiveTaps). Where at most one pixel of a block at an edge
+    // reads padding for any tap (3x3 "same" at stride 1 or 2, say), such a
+    // kernel reads only real input, and the padded input is read in place: a
+    // copy of each window into a padded buffer had cost 11-17 % of the 3x3
+    // forward on a core with two 512-bit FMA ports (the input comes from L3).
+    explicit InputWindow(const ConvShape& p, int64_t out_w_rounded = 0, int64_t most_rows = kRows,
+                         const PixelBlocks* skipping = nullptr)
         : cols((std::max(p.out_w, out_w_rounded) - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1),
           channels(p.c_per_group()) {
         const int64_t span_h = (p.r - 1) * p.dil_h + 1;
         out_rows = std::max<int64_t>(1, std::min({p.out_h, most_rows, kMaxRows}));
         while (out_rows > 1 && channels * ((out_rows - 1) * p.stride_h + span_h) * cols > (1 << 18)) --out_rows;
         rows = (out_rows - 1) * p.stride_h + span_h;
-        in_place = cols == p.w && p.in_place_planes();
-        channel_stride = in_place ? p.h * p.w : rows * cols;
+        in_place = (cols == p.w && p.in_place_planes()) || (skipping && p.xs.w == 1 && out_w_rounded <= p.out_w &&
+                                                            skips_all_padding(p, *skipping));
+        pitch = in_place ? p.xs.h : cols;
+        channel_stride = in_place ? p.xs.c : rows * cols;
         offset.resize(static_cast<size_t>(channels * p.r * p.s));
         for (int64_t c = 0; c < channels; ++c)
             for (int64_t kr = 0; kr < p.r; ++kr)
                 for (int64_t ks = 0; ks < p.s; ++ks)
                     offset[static_cast<size_t>((c * p.r + kr) * p.s + ks)] =
-                        c * channel_stride + kr * p.dil_h * cols + ks * p.dil_w;
+                        c * channel_stride + kr * p.dil_h * pitch + ks * p.dil_w;
     }
 
     // Workspace elements a thread needs for its window.
@@ -56,7 +102,9 @@ struct InputWindow {
     // x_group: the input itself in place, else a copy in scratch.
     template <class T>
     const T* prepare(const ConvShape& p, const T* x_group, int64_t oh0, T* scratch) const {
-        if (in_place) return x_group + oh0 * p.stride_h * p.w;
+        // In place, element (row, col) of the window is input (ih0 + row, col - pad_left),
+        // so the base may lie before the input: only the real input is ever read.
+        if (in_place) return x_group + (oh0 * p.stride_h - p.pad_top) * p.xs.h - p.pad_left;
         fill(p, x_group, oh0, scratch);
         return scratch;
     }
@@ -84,6 +132,13 @@ struct InputWindow {
     }
 
   private:
+    static bool skips_all_padding(const ConvShape& p, const PixelBlocks& blocks) {
+        for (int64_t b = 0; b < blocks.count; ++b)
+            for (int64_t ks = 0; ks < p.s; ++ks)
+                if (column_pixels(p, blocks.start(b), blocks.pixels(b), ks) == ColumnPixels::kMany) return false;
+        return true;
+    }
+
     // GCC deletes a loop of nothing but __builtin_prefetch as free of side effects.
     static void fetch_line(const char* p) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -154,21 +209,6 @@ struct LiveTaps {
     int64_t size(int64_t oh) const { return count[static_cast<size_t>(oh)]; }
 };
 
-// A row of out_w outputs cut into the fewest micro-kernel calls of at most
-// np pixels, as even as they go: `big` blocks of `size` pixels, then blocks
-// of size - 1 (32 = 6 + 6 + 5 + 5 + 5 + 5 with np = 6, not 6 x 5 + 2). A
-// call on few pixels leaves accumulators idle and, with fewer than the FMA
-// latency times the FMA ports of them, waits on its own sums.
-struct PixelBlocks {
-    int64_t count = 0, size = 0, big = 0;
-
-    PixelBlocks(int64_t out_w, int64_t np)
-        : count((out_w + np - 1) / np), size((out_w + count - 1) / count), big(out_w - count * (size - 1)) {}
-
-    int64_t start(int64_t b) const { return b * size - std::max<int64_t>(0, b - big); }
-    int64_t pixels(int64_t b) const { return b < big ? size : size - 1; }
-};
-
 // The taps j = (c, kr, ks) of a direct kernel in chunks of whole input
 // channels whose packed weights (bytes_per_tap each) take at most half the
 // L1 data cache: the kernel runs every pixel block of a window over one chunk
@@ -203,7 +243,9 @@ struct TapAt {
 // zeros. Blocks away from the edges use the row's list unchanged.
 class BlockTaps {
   public:
-    enum Pixels : int8_t { kAll, kSkipFirst, kSkipLast, kNone };
+    enum Pixels : int8_t { kAll, kSkipFirst, kSkipLast, kNone };  // as ColumnPixels
+    static_assert(kSkipLast == static_cast<int8_t>(ColumnPixels::kSkipLast) &&
+                  kNone == static_cast<int8_t>(ColumnPixels::kNone));
     struct List {
         const TapAt* at;       // where each tap reads
         const int8_t* pixels;  // null where every tap is kAll
@@ -223,15 +265,9 @@ class BlockTaps {
             const int64_t ow0 = blocks.start(b), np = blocks.pixels(b);
             std::vector<int8_t> cls(static_cast<size_t>(p.s));
             for (int64_t ks = 0; ks < p.s; ++ks) {
-                // Output columns ow read input column ow * stride + ks * dil - pad_left: inside for ow in [lo_ow, hi_ow).
-                const int64_t shift = ks * p.dil_w - p.pad_left;
-                const int64_t lo_ow = std::max<int64_t>(0, ceil_div(-shift, p.stride_w));
-                const int64_t hi_ow = std::max<int64_t>(0, ceil_div(p.w - shift, p.stride_w));
-                const int64_t lo = std::clamp<int64_t>(lo_ow - ow0, 0, np), hi = std::clamp<int64_t>(ow0 + np - hi_ow, 0, np);
-                cls[static_cast<size_t>(ks)] = lo + hi >= np            ? kNone
-                                               : lo == 1 && hi == 0 ? kSkipFirst
-                                               : lo == 0 && hi == 1 ? kSkipLast
-                                                                    : kAll;
+                // Taps padded for more pixels than one at an edge (kMany) read the window's zeros.
+                const ColumnPixels c = column_pixels(p, ow0, np, ks);
+                cls[static_cast<size_t>(ks)] = c == ColumnPixels::kMany ? kAll : static_cast<int8_t>(c);
             }
             auto found = std::find(signatures.begin(), signatures.end(), cls);
             signature_of_block[static_cast<size_t>(b)] = found - signatures.begin();
@@ -290,8 +326,6 @@ class BlockTaps {
     }
 
   private:
-    static int64_t ceil_div(int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
-
     int64_t blocks_, chunks_;
     std::vector<int64_t> list_of_row_;
     std::vector<int32_t> taps_;

@@ -192,7 +192,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
             const T* base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window);
             const T* a = a_packed.data() + g * ntaps * kg;
             if (kg <= kRowsFilters) {  // rows of output per call, every tap (those in the padding read the window's zeros)
-                const int64_t row_step = p.stride_h * win.cols;
+                const int64_t row_step = p.stride_h * win.pitch;
                 const int nr = rows_per_call(mr);
                 // The next task's window, which this thread most likely copies
                 // next (a static schedule), is fetched a share per row of calls:
@@ -232,7 +232,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
                 continue;
             }
             for (int64_t oh = oh0; oh < oh1; ++oh) {
-                const T* row = base + (oh - oh0) * p.stride_h * win.cols;
+                const T* row = base + (oh - oh0) * p.stride_h * win.pitch;
                 for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += W) {
                     const int64_t np = std::min<int64_t>(W, p.out_w - ow0);
                     micro(row + ow0, 0, win.offset.data(), live.row(oh), live.size(oh), a, result, W, nullptr);

@@ -216,3 +216,33 @@ def test_deep_narrow_layer_in_tap_chunks_with_three_filter_vectors(rng, dtype, w
     # 14-wide rows fill more accumulators with blocks of three filter vectors
     # (4 pixels x 3 vectors with AVX2, 8 x 3 with AVX-512) than of two.
     run_case(rng, dtype, 2, 64, 9, width, 40, (3, 3), stride, dilation, 1, "same")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("width", [7, 17, 32])
+@pytest.mark.parametrize(
+    "kernel,stride,dilation,padding",
+    [((3, 3), 1, 1, "same"), ((3, 3), 2, 1, "same"), ((1, 3), 1, 1, (0, 1)), ((3, 3), 1, 1, 2), ((3, 3), 1, 2, "same")],
+    ids=["3x3", "3x3-s2", "1x3", "3x3-pad2", "3x3-dil2"],
+)
+def test_padded_input_read_in_place_reads_only_the_image(rng, dtype, width, kernel, stride, dilation, padding):
+    # Where every tap reads padding for at most the first or the last pixel of
+    # a pixel block, the filter-vectorised forward reads the input in place
+    # and leaves those pixels out rather than copying the input into a padded
+    # window. The input here is a view whose rows and planes are surrounded
+    # by NaN: one read of a padded position would put a NaN in the output.
+    # Where more pixels read padding (pad 2, dilation 2), the window is a copy.
+    n, c, h, filters = 2, 6, 5, 40
+    buf = np.full((n, c, h + 2, width + 3), np.nan, dtype=dtype)
+    x = buf[:, :, 1:-1, 1:-2]
+    x[...] = rng.standard_normal(x.shape)
+    weight = rng.standard_normal((filters, c, *kernel)).astype(dtype)
+    bias = rng.standard_normal(filters).astype(dtype)
+    geom = conv_spec(x.shape, weight.shape, stride, padding, dilation, 1, dtype=x.dtype)
+    expected = fastconv.conv2d(np.ascontiguousarray(x), weight, bias, stride, padding, dilation, backend="numpy")
+    core = fastconv._backend.core
+    for isa in ISAS:
+        with forced_isa(isa):
+            y = np.empty((n, filters, *geom.out_hw), dtype=dtype)
+            core.forward(x, weight, bias, y, geom.stride, geom.kernel_padding, geom.dilation, 1)
+            assert_close(y, expected, f"cpp-{isa}: output of a NaN-bordered view")
