@@ -311,10 +311,11 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
 
 template <class T, class WeightOf>
 void direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
-    // Two or three vectors of filters (12 x 2 or 8 x 3 pixels x vectors with
+    // Two or three vectors of filters (14 x 2 or 9 x 3 pixels x vectors with
     // AVX-512, 6 x 2 or 4 x 3 with AVX2): three where they fill clearly more
-    // of the accumulators, as on 7-wide rows (7 pixels: 4 + 3 calls of 6, or
-    // of 4). Two read fewer weights per product otherwise.
+    // of the accumulators, as on 7-wide rows (7 pixels: 7 of 14 or 7 of 9
+    // with AVX-512; 4 + 3 calls of 6, or of 4, with AVX2). Two read fewer
+    // weights per product otherwise.
     if (p.k_per_group() <= kLanes<T>) direct_forward_nk<T, 1>(p, x, weight_of, bias, y);
     else if (accumulator_use<T, 3>(p) > 1.05 * accumulator_use<T, 2>(p)) direct_forward_nk<T, 3>(p, x, weight_of, bias, y);
     else direct_forward_nk<T, 2>(p, x, weight_of, bias, y);

@@ -207,14 +207,15 @@ def test_1x1_layer_whose_weights_take_several_packing_ranges(rng, dtype, stride)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("width", [7, 14])
+@pytest.mark.parametrize("width", [7, 9, 14])
 @pytest.mark.parametrize("stride,dilation", [(1, 1), (2, 1), (1, 2)], ids=["s1", "s2", "d2"])
 def test_deep_narrow_layer_in_tap_chunks_with_three_filter_vectors(rng, dtype, width, stride, dilation):
     # 64 input channels of 3 x 3 taps: the filter-vectorised forward (and
     # dL/dX by phase) runs the taps in chunks of whole channels whose weights
-    # fit half of L1, carrying the sums over in a buffer; 40 filters on 7- or
-    # 14-wide rows fill more accumulators with blocks of three filter vectors
-    # (4 pixels x 3 vectors with AVX2, 8 x 3 with AVX-512) than of two.
+    # fit half of L1, carrying the sums over in a buffer; 40 filters on 7-,
+    # 9- or 14-wide rows fill more accumulators with blocks of three filter
+    # vectors (4 pixels x 3 vectors with AVX2; 9 x 3 with AVX-512, but two
+    # vectors of 14 pixels on the 14-wide rows) than of two.
     run_case(rng, dtype, 2, 64, 9, width, 40, (3, 3), stride, dilation, 1, "same")
 
 
