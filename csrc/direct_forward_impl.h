@@ -86,13 +86,15 @@ DirectMicro<T> pick_direct(int pixels, std::integer_sequence<int, P...>) {
 }
 
 // Micro-kernels for 1..max pixels with NK filter vectors, for input pixels
-// `stride` apart: stride 1 built for it, others at run time.
+// `stride` apart: strides 1 and 2 built for them, others at run time.
 template <class T, int NK>
 struct DirectKernels {
     static constexpr int max_pixels = FASTCONV_DIRECT_NP * 2 / NK;
     static DirectMicro<T> for_pixels(int pixels, int64_t stride) {
         constexpr auto all = std::make_integer_sequence<int, max_pixels>{};
-        return stride == 1 ? pick_direct<T, NK, 1>(pixels, all) : pick_direct<T, NK, 0>(pixels, all);
+        if (stride == 1) return pick_direct<T, NK, 1>(pixels, all);
+        if (stride == 2) return pick_direct<T, NK, 2>(pixels, all);
+        return pick_direct<T, NK, 0>(pixels, all);
     }
 };
 
