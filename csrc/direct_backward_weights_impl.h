@@ -107,16 +107,18 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
     const int64_t max_rows = std::max<int64_t>(1, std::min<int64_t>(p.out_h, InputWindow::kRows));
 
     // The channels each range of taps reads, and their windows.
-    std::vector<ConvShape> shapes;
-    std::vector<InputWindow> windows;
+    struct TapRange {
+        ConvShape shape;  // of the channels the range reads
+        InputWindow window;
+    };
+    std::vector<TapRange> ranges;
     int64_t window_size = 1;
     for (int64_t jr = 0; jr < jranges; ++jr) {
         const int64_t j0 = jr * jper, jn = std::min(jper, ntaps - j0);
         ConvShape q = p;
         q.c = ((j0 + jn + rs - 1) / rs - j0 / rs) * p.groups;
-        shapes.push_back(q);
-        windows.emplace_back(q);
-        window_size = std::max(window_size, windows.back().size());
+        ranges.push_back(TapRange{q, InputWindow(q)});
+        window_size = std::max(window_size, ranges.back().window.size());
     }
 
     // Small images (a window each) go several per micro-kernel call, so that
@@ -138,8 +140,8 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
             const int64_t j0 = jr * jper, jn = std::min(jper, ntaps - j0);
             const int64_t kb0 = kr * kper, kbn = std::min(kper, kblocks - kb0);  // filter blocks kb0 + kb, kb < kbn
             const int64_t c0 = j0 / rs;  // the first channel these taps read
-            const ConvShape& q = shapes[static_cast<size_t>(jr)];
-            const InputWindow& win = windows[static_cast<size_t>(jr)];
+            const ConvShape& q = ranges[static_cast<size_t>(jr)].shape;
+            const InputWindow& win = ranges[static_cast<size_t>(jr)].window;
             const int64_t first = j0 - c0 * rs;  // this task's first tap in the window's tap order
             const int64_t row_step = p.stride_h * win.pitch;  // window elements between output rows
             std::fill(acc, acc + kbn * jn * F, T(0));

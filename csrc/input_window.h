@@ -1,10 +1,13 @@
 // The zero-padded window of input rows that a block of output rows reads,
 // shared by the direct (filter-vectorised) kernels: tap j = (c, kr, ks) of
 // output pixel ow of window row 0 reads window[offset[j] + ow * stride_w].
+// Included by the instruction sets' kernels inside their namespace (as
+// implicit_gemm.h is): each set's copy of these inline functions is compiled
+// with its flags, and the linker keeps one copy of an inline function that
+// several files share, so a shared one could run AVX-512 code on the AVX2 path.
 #pragma once
 
 #include <algorithm>
-#include <array>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -12,7 +15,7 @@
 #include "conv_shape.h"
 #include "cpu_facts.h"
 
-namespace fastconv {
+namespace fastconv::FASTCONV_ISA {
 
 // A row of out_w outputs cut into the fewest micro-kernel calls of at most
 // np pixels, as even as they go: `big` blocks of `size` pixels, then blocks
@@ -183,7 +186,10 @@ struct LiveTaps {
 
     explicit LiveTaps(const ConvShape& p) : start(static_cast<size_t>(p.out_h)), count(static_cast<size_t>(p.out_h)) {
         const int64_t cg = p.c_per_group();
-        std::vector<std::array<int64_t, 3>> ranges;  // (first kernel row, end, start in taps)
+        struct Range {
+            int64_t lo, hi, start;  // first kernel row, end, start in taps
+        };
+        std::vector<Range> ranges;
         for (int64_t oh = 0; oh < p.out_h; ++oh) {
             int64_t lo = p.r, hi = 0;
             for (int64_t kr = 0; kr < p.r; ++kr) {
@@ -192,7 +198,7 @@ struct LiveTaps {
             }
             if (lo >= hi) lo = hi = 0;
             auto found = std::find_if(ranges.begin(), ranges.end(),
-                                      [&](const std::array<int64_t, 3>& r) { return r[0] == lo && r[1] == hi; });
+                                      [&](const Range& r) { return r.lo == lo && r.hi == hi; });
             if (found == ranges.end()) {
                 ranges.push_back({lo, hi, static_cast<int64_t>(taps.size())});
                 for (int64_t c = 0; c < cg; ++c)
@@ -200,7 +206,7 @@ struct LiveTaps {
                         for (int64_t ks = 0; ks < p.s; ++ks) taps.push_back(static_cast<int32_t>((c * p.r + kr) * p.s + ks));
                 found = ranges.end() - 1;
             }
-            start[static_cast<size_t>(oh)] = (*found)[2];
+            start[static_cast<size_t>(oh)] = found->start;
             count[static_cast<size_t>(oh)] = cg * (hi - lo) * p.s;
         }
     }
@@ -334,4 +340,4 @@ class BlockTaps {
     std::vector<List> lists_;  // [row list][block][chunk]
 };
 
-}  // namespace fastconv
+}  // namespace fastconv::FASTCONV_ISA

@@ -6,7 +6,6 @@
 #pragma once
 
 #include <algorithm>
-#include <array>
 #include <numeric>
 #include <vector>
 
@@ -166,7 +165,10 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
     for (int64_t a = 0; a < p.stride_h && a < p.h; ++a) {
         for (int64_t b = 0; b < p.stride_w && b < p.w; ++b) {
             std::vector<Tap> taps;
-            std::vector<std::array<int64_t, 3>> which;  // (filter, kr, ks) of each tap
+            struct Which {
+                int64_t filter, kr, ks;
+            };
+            std::vector<Which> which;  // of each tap
             for (int64_t k = 0; k < kg; ++k)
                 for (int64_t kr = 0; kr < p.r; ++kr) {
                     const int64_t num_r = a + p.pad_top - kr * p.dil_h;
@@ -184,7 +186,7 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
             gather_gemm<T>(p.groups, cg, taps, grid, p.n, grad_y, kg * p.ys.c, grad_x, out, cg * p.xs.c,
                            static_cast<const T*>(nullptr), [&](int64_t g, int64_t c, int64_t j) {
                                const auto& w = which[static_cast<size_t>(j)];
-                               return weight[(((g * kg + w[0]) * cg + c) * p.r + w[1]) * p.s + w[2]];
+                               return weight[(((g * kg + w.filter) * cg + c) * p.r + w.kr) * p.s + w.ks];
                            });
         }
     }
