@@ -78,6 +78,12 @@ struct InputWindow {
     // kernel reads only real input, and the padded input is read in place: a
     // copy of each window into a padded buffer had cost 11-17 % of the 3x3
     // forward on a core with two 512-bit FMA ports (the input comes from L3).
+    // Not on input rows of kWideRow values or more, from 8 channels on: there
+    // a window holds only a few rows of each of its channels, every one of
+    // them a separate stream of reads from L3, and reading them in place ran
+    // 13-40 % slower than the copies (3x3 "same", 16-64 channels, 1024-2048
+    // wide, float32 and float64, Zen 5); on rows of 512 the two were even.
+    static constexpr int64_t kWideRow = 1024;
     explicit InputWindow(const ConvShape& p, int64_t out_w_rounded = 0, int64_t most_rows = kRows,
                          const PixelBlocks* skipping = nullptr)
         : cols((std::max(p.out_w, out_w_rounded) - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1),
@@ -86,8 +92,9 @@ struct InputWindow {
         out_rows = std::max<int64_t>(1, std::min({p.out_h, most_rows, kMaxRows}));
         while (out_rows > 1 && channels * ((out_rows - 1) * p.stride_h + span_h) * cols > (1 << 18)) --out_rows;
         rows = (out_rows - 1) * p.stride_h + span_h;
-        in_place = (cols == p.w && p.in_place_planes()) || (skipping && p.xs.w == 1 && out_w_rounded <= p.out_w &&
-                                                            skips_all_padding(p, *skipping));
+        const bool wide = p.w >= kWideRow && channels >= 8;
+        in_place = (cols == p.w && p.in_place_planes()) ||
+                   (skipping && !wide && p.xs.w == 1 && out_w_rounded <= p.out_w && skips_all_padding(p, *skipping));
         pitch = in_place ? p.xs.h : cols;
         channel_stride = in_place ? p.xs.c : rows * cols;
         offset.resize(static_cast<size_t>(channels * p.r * p.s));

@@ -220,7 +220,19 @@ def test_deep_narrow_layer_in_tap_chunks_with_three_filter_vectors(rng, dtype, w
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("width", [7, 17, 32])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_wide_rows_copied_into_padded_windows(rng, dtype, stride):
+    # Input rows of 1024 values or more, from 8 channels on: the
+    # filter-vectorised forward (and dL/dX by phase at stride 1) copies the
+    # windows into a zero-padded buffer instead of reading the input in place
+    # (InputWindow::kWideRow), over 1034-wide rows here (74 pixel blocks of 14
+    # with AVX-512), at 1, 2 and 3 windows of rows.
+    for h in (3, 9, 17):
+        run_case(rng, dtype, 1, 8, h, 1034, 20, (3, 3), stride, 1, 1, "same")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("width", [7, 17, 32, 1030])
 @pytest.mark.parametrize(
     "kernel,stride,dilation,padding",
     [((3, 3), 1, 1, "same"), ((3, 3), 2, 1, "same"), ((1, 3), 1, 1, (0, 1)), ((3, 3), 1, 1, 2), ((3, 3), 1, 2, "same")],
@@ -232,8 +244,10 @@ def test_padded_input_read_in_place_reads_only_the_image(rng, dtype, width, kern
     # and leaves those pixels out rather than copying the input into a padded
     # window. The input here is a view whose rows and planes are surrounded
     # by NaN: one read of a padded position would put a NaN in the output.
-    # Where more pixels read padding (pad 2, dilation 2), the window is a copy.
-    n, c, h, filters = 2, 6, 5, 40
+    # Where more pixels read padding (pad 2, dilation 2), or on rows of 1024
+    # values and more (width 1030: InputWindow::kWideRow), the window is a
+    # copy, which must read only the image too.
+    n, c, h, filters = 2, 8, 5, 40
     buf = np.full((n, c, h + 2, width + 3), np.nan, dtype=dtype)
     x = buf[:, :, 1:-1, 1:-2]
     x[...] = rng.standard_normal(x.shape)
