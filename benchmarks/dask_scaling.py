@@ -29,6 +29,7 @@ import statistics
 import time
 from collections.abc import Iterator
 
+import dask
 import dask.array as da
 import numpy as np
 import psutil
@@ -89,13 +90,15 @@ def main() -> None:
     # (key, worker processes, fastconv's OpenMP threads in each)
     for config, workers, omp in (("1", 1, 1), ("2", 2, 1), ("1x2", 1, 2)):
         with (
+            # Before the workers start: `env` would come after they import this
+            # script again, and fastconv's OpenMP with it (docs/dask.md).
+            dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": omp}),
             LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
                 memory_limit=0,
-                env={"OMP_NUM_THREADS": str(omp)},
             ) as cluster,
             Client(cluster) as client,
         ):

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 
+import dask
 import dask.array as da
 import numpy as np
 from dask.utils import format_bytes, parse_bytes
@@ -122,13 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     bank = filter_bank()
     try:
         with (
+            # Set before the workers start: each imports this script (and
+            # fastconv's OpenMP) again first, so a LocalCluster `env` would
+            # come too late to change fastconv's thread count.
+            dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": args.threads}),
             LocalCluster(
                 n_workers=args.workers,
                 threads_per_worker=1,
                 memory_limit=limit,
                 processes=True,
                 dashboard_address=None,
-                env={"OMP_NUM_THREADS": str(args.threads)},
             ) as cluster,
             Client(cluster) as client,
         ):

@@ -414,22 +414,39 @@ def test_fastconv_in_a_worker_uses_the_threads_dask_gives(client):
     assert client.compute(threads, sync=True).tolist() == [1, 1, 1, 1]
 
 
-@pytest.mark.filterwarnings("ignore:Port 8787 is already in use")  # the module cluster's HTTP server has it
-def test_one_worker_with_all_the_cores():
-    # The recipe in docs/dask.md: one single-threaded worker whose OpenMP team has every core.
+# A user's script: fastconv imported at the top, then a cluster. Worker
+# processes are spawned, so each imports the script's main module again --
+# and with it fastconv and OpenMP -- before a Nanny's `env` is applied.
+ONE_WORKER_SCRIPT = """
+import dask
+import distributed
+import fastconv
+
+if __name__ == "__main__":
     with (
-        environ_kept(),
-        distributed.LocalCluster(
-            n_workers=1,
-            threads_per_worker=1,
-            processes=True,
-            memory_limit="1GiB",
-            dashboard_address=None,
-            env={"OMP_NUM_THREADS": "2"},
-        ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as c,
+        dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": 2}),
+        distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="1GiB",
+                                 dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
     ):
-        assert c.submit(fastconv.get_num_threads, pure=False).result() == 2
+        print(client.submit(fastconv.get_num_threads, pure=False).result())
+"""
+
+
+def test_one_worker_with_all_the_cores(tmp_path):
+    # docs/dask.md's recipe for one single-threaded worker whose OpenMP team
+    # has every core, run from a script that imports fastconv at the top.
+    # (LocalCluster(env={"OMP_NUM_THREADS": "2"}) gives such a script's
+    # worker 1 thread: OpenMP has read the nanny's OMP_NUM_THREADS=1 before
+    # `env` is applied. Hence the recipe.)
+    script = tmp_path / "one_worker.py"
+    script.write_text(ONE_WORKER_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "DASK_"))}
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2"]
 
 
 def _block_data(block_id):
