@@ -83,7 +83,9 @@ struct InputWindow {
     // them a separate stream of reads from L3, and reading them in place ran
     // 13-40 % slower than the copies (3x3 "same", 16-64 channels, 1024-2048
     // wide, float32 and float64, Zen 5); on rows of 512 the two were even.
-    static constexpr int64_t kWideRow = 1024;
+    // Only while a window of one output row stays within kWideWindow values
+    // (4 MiB of float32 per thread), as the copy needs that workspace.
+    static constexpr int64_t kWideRow = 1024, kWideWindow = int64_t(1) << 20;
     explicit InputWindow(const ConvShape& p, int64_t out_w_rounded = 0, int64_t most_rows = kRows,
                          const PixelBlocks* skipping = nullptr)
         : cols((std::max(p.out_w, out_w_rounded) - 1) * p.stride_w + (p.s - 1) * p.dil_w + 1),
@@ -92,7 +94,7 @@ struct InputWindow {
         out_rows = std::max<int64_t>(1, std::min({p.out_h, most_rows, kMaxRows}));
         while (out_rows > 1 && channels * ((out_rows - 1) * p.stride_h + span_h) * cols > (1 << 18)) --out_rows;
         rows = (out_rows - 1) * p.stride_h + span_h;
-        const bool wide = p.w >= kWideRow && channels >= 8;
+        const bool wide = p.w >= kWideRow && channels >= 8 && channels * span_h * cols <= kWideWindow;
         in_place = (cols == p.w && p.in_place_planes()) ||
                    (skipping && !wide && p.xs.w == 1 && out_w_rounded <= p.out_w && skips_all_padding(p, *skipping));
         pitch = in_place ? p.xs.h : cols;

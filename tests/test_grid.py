@@ -226,9 +226,12 @@ def test_wide_rows_copied_into_padded_windows(rng, dtype, stride):
     # filter-vectorised forward (and dL/dX by phase at stride 1) copies the
     # windows into a zero-padded buffer instead of reading the input in place
     # (InputWindow::kWideRow), over 1034-wide rows here (74 pixel blocks of 14
-    # with AVX-512), at 1, 2 and 3 windows of rows.
+    # with AVX-512), at 1, 2 and 3 windows of rows; and reads them in place
+    # again where one output row's window would pass 2**20 values (44000
+    # wide: 8 x 3 x 44002).
     for h in (3, 9, 17):
         run_case(rng, dtype, 1, 8, h, 1034, 20, (3, 3), stride, 1, 1, "same")
+    run_case(rng, dtype, 1, 8, 3, 44000, 4, (3, 3), stride, 1, 1, "same")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
