@@ -80,9 +80,10 @@ struct InputWindow {
     // forward on a core with two 512-bit FMA ports (the input comes from L3).
     // Not on input rows of kWideRow values or more, from 8 channels on: there
     // a window holds only a few rows of each of its channels, every one of
-    // them a separate stream of reads from L3, and reading them in place ran
-    // 13-40 % slower than the copies (3x3 "same", 16-64 channels, 1024-2048
-    // wide, float32 and float64, Zen 5); on rows of 512 the two were even.
+    // them a separate stream of reads from L3, and the copies took 0.60-0.87
+    // of the time of reading in place (3x3 "same", 16-64 channels, 1024-2048
+    // wide, float32 and float64, AVX-512 and AVX2, Zen 5); on rows of 256-512,
+    // 0.93-1.16 of it.
     // Only while a window of one output row stays within kWideWindow values
     // (4 MiB of float32 per thread), as the copy needs that workspace.
     static constexpr int64_t kWideRow = 1024, kWideWindow = int64_t(1) << 20;
