@@ -78,14 +78,16 @@ struct InputWindow {
     // kernel reads only real input, and the padded input is read in place: a
     // copy of each window into a padded buffer had cost 11-17 % of the 3x3
     // forward on a core with two 512-bit FMA ports (the input comes from L3).
-    // Not on input rows of kWideRow values or more, from 8 channels on: there
-    // a window holds only a few rows of each of its channels, every one of
-    // them a separate stream of reads from L3, and the copies took 0.60-0.87
-    // of the time of reading in place (3x3 "same", 16-64 channels, 1024-2048
-    // wide, float32 and float64, AVX-512 and AVX2, Zen 5); on rows of 256-512,
-    // 0.93-1.16 of it.
+    // Not for such a kernel on input rows of kWideRow values or more, from 8
+    // channels on, padded or not: there a window holds only a few rows of
+    // each of its channels, every one of them a separate stream of reads from
+    // L3, and the copies took 0.60-0.87 of the time of reading in place (3x3
+    // "same" and "valid", 16-64 channels, 1024-2048 wide, float32 and
+    // float64, AVX-512 and AVX2, Zen 5); on rows of 256-512, 0.93-1.16 of it.
     // Only while a window of one output row stays within kWideWindow values
-    // (4 MiB of float32 per thread), as the copy needs that workspace.
+    // (4 MiB of float32 per thread), as the copy needs that workspace. The
+    // kernels that pass no `skipping` (dL/dF, few filters) read wide rows in
+    // place as before: copied, they were as fast or up to 14 % slower.
     static constexpr int64_t kWideRow = 1024, kWideWindow = int64_t(1) << 20;
     explicit InputWindow(const ConvShape& p, int64_t out_w_rounded = 0, int64_t most_rows = kRows,
                          const PixelBlocks* skipping = nullptr)
@@ -95,9 +97,9 @@ struct InputWindow {
         out_rows = std::max<int64_t>(1, std::min({p.out_h, most_rows, kMaxRows}));
         while (out_rows > 1 && channels * ((out_rows - 1) * p.stride_h + span_h) * cols > (1 << 18)) --out_rows;
         rows = (out_rows - 1) * p.stride_h + span_h;
-        const bool wide = p.w >= kWideRow && channels >= 8 && channels * span_h * cols <= kWideWindow;
-        in_place = (cols == p.w && p.in_place_planes()) ||
-                   (skipping && !wide && p.xs.w == 1 && out_w_rounded <= p.out_w && skips_all_padding(p, *skipping));
+        const bool wide = skipping && p.w >= kWideRow && channels >= 8 && channels * span_h * cols <= kWideWindow;
+        in_place = !wide && ((cols == p.w && p.in_place_planes()) ||
+                             (skipping && p.xs.w == 1 && out_w_rounded <= p.out_w && skips_all_padding(p, *skipping)));
         pitch = in_place ? p.xs.h : cols;
         channel_stride = in_place ? p.xs.c : rows * cols;
         offset.resize(static_cast<size_t>(channels * p.r * p.s));

@@ -224,13 +224,14 @@ def test_deep_narrow_layer_in_tap_chunks_with_three_filter_vectors(rng, dtype, w
 def test_wide_rows_copied_into_padded_windows(rng, dtype, stride):
     # Input rows of 1024 values or more, from 8 channels on: the
     # filter-vectorised forward (and dL/dX by phase at stride 1) copies the
-    # windows into a zero-padded buffer instead of reading the input in place
+    # windows, padded or not, into a buffer instead of reading the input in place
     # (InputWindow::kWideRow), over 1034-wide rows here (74 pixel blocks of 14
     # with AVX-512), at 1, 2 and 3 windows of rows; and reads them in place
     # again where one output row's window would pass 2**20 values (44000
     # wide: 8 x 3 x 44002).
     for h in (3, 9, 17):
         run_case(rng, dtype, 1, 8, h, 1034, 20, (3, 3), stride, 1, 1, "same")
+    run_case(rng, dtype, 1, 8, 9, 1034, 20, (3, 3), stride, 1, 1, "valid")  # unpadded: copied too
     run_case(rng, dtype, 1, 8, 3, 44000, 4, (3, 3), stride, 1, 1, "same")
 
 
