@@ -239,8 +239,15 @@ def test_wide_rows_copied_into_padded_windows(rng, dtype, stride):
 @pytest.mark.parametrize("width", [7, 17, 32, 1030])
 @pytest.mark.parametrize(
     "kernel,stride,dilation,padding",
-    [((3, 3), 1, 1, "same"), ((3, 3), 2, 1, "same"), ((1, 3), 1, 1, (0, 1)), ((3, 3), 1, 1, 2), ((3, 3), 1, 2, "same")],
-    ids=["3x3", "3x3-s2", "1x3", "3x3-pad2", "3x3-dil2"],
+    [
+        ((3, 3), 1, 1, "same"),
+        ((3, 3), 2, 1, "same"),
+        ((1, 3), 1, 1, (0, 1)),
+        ((3, 3), 1, 1, 2),
+        ((3, 3), 1, 2, "same"),
+        ((3, 3), 1, 1, "valid"),
+    ],
+    ids=["3x3", "3x3-s2", "1x3", "3x3-pad2", "3x3-dil2", "3x3-valid"],
 )
 def test_padded_input_read_in_place_reads_only_the_image(rng, dtype, width, kernel, stride, dilation, padding):
     # Where every tap reads padding for at most the first or the last pixel of
