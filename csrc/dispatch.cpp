@@ -54,10 +54,20 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
     }
 }
 
+template <class T>
+void conv_backward_bias(const ConvShape& p, const T* grad_y, T* grad_bias) {
+    switch (active_isa()) {
+        case Isa::avx512: return avx512::conv_backward_bias(p, grad_y, grad_bias);
+        case Isa::avx2: return avx2::conv_backward_bias(p, grad_y, grad_bias);
+        default: return generic::conv_backward_bias(p, grad_y, grad_bias);
+    }
+}
+
 #define FASTCONV_INSTANTIATE(T)                                                              \
     template void conv_forward<T>(const ConvShape&, const T*, const T*, const T*, T*);      \
     template void conv_backward_data<T>(const ConvShape&, const T*, const T*, T*);          \
-    template void conv_backward_weights<T>(const ConvShape&, const T*, const T*, T*);
+    template void conv_backward_weights<T>(const ConvShape&, const T*, const T*, T*);      \
+    template void conv_backward_bias<T>(const ConvShape&, const T*, T*);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)
 #undef FASTCONV_INSTANTIATE

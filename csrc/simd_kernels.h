@@ -13,6 +13,8 @@
     void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x);      \
     template <class T>                                                                              \
     void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight);   \
+    template <class T>                                                                              \
+    void conv_backward_bias(const ConvShape& p, const T* grad_y, T* grad_bias);                    \
     }
 
 FASTCONV_DECLARE_SIMD_KERNELS(avx2)

@@ -9,6 +9,7 @@
 #include <numeric>
 #include <vector>
 
+#include "backward_bias_impl.h"
 #include "depthwise_impl.h"
 #include "direct_backward_weights_impl.h"
 #include "direct_forward_impl.h"
@@ -203,7 +204,8 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
 #define FASTCONV_INSTANTIATE(T)                                                                 \
     template void conv_forward<T>(const ConvShape&, const T*, const T*, const T*, T*);         \
     template void conv_backward_data<T>(const ConvShape&, const T*, const T*, T*);             \
-    template void conv_backward_weights<T>(const ConvShape&, const T*, const T*, T*);
+    template void conv_backward_weights<T>(const ConvShape&, const T*, const T*, T*);          \
+    template void conv_backward_bias<T>(const ConvShape&, const T*, T*);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)
 #undef FASTCONV_INSTANTIATE

@@ -3,13 +3,16 @@ on the number of threads."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from helpers import ISAS
+from helpers import ISAS, forced_isa
+
+import fastconv
 
 from fastconv import _backend
 
@@ -84,3 +87,27 @@ def test_results_are_bit_identical_for_1_and_2_threads(tmp_path, isa):
     assert one.files == two.files and len(one.files) == 40
     for key in one.files:
         assert one[key].tobytes() == two[key].tobytes(), f"{isa}: {key} differs between 1 and 2 threads"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
+def test_bias_gradient_is_the_same_sum_on_every_instruction_set(dtype, data_format):
+    """dL/db is summed in double in one order (16 partial sums per filter,
+    combined pairwise) on every ISA: the same bits from each, and within a
+    rounding of the exact sum. 7 x 9 = 63 pixels: three full runs of 16 and a
+    tail; values spread over 6 orders of magnitude so that the order shows."""
+    rng = np.random.default_rng(3)
+    shape = (3, 5, 9, 11) if data_format == "NCHW" else (3, 9, 11, 5)
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((6, 5, 3, 3)).astype(dtype)
+    gy_shape = (3, 6, 7, 9) if data_format == "NCHW" else (3, 7, 9, 6)
+    gy = (rng.standard_normal(gy_shape) * 10.0 ** rng.integers(-3, 3, gy_shape)).astype(dtype)
+    sums = {}
+    for isa in ISAS:
+        with forced_isa(isa):
+            sums[isa] = fastconv.conv2d_backward(gy, x, w, data_format=data_format).bias
+    filter_axis = 1 if data_format == "NCHW" else 3
+    exact = np.array([math.fsum(np.take(gy, k, axis=filter_axis).astype(np.float64).ravel()) for k in range(6)])
+    for isa, got in sums.items():
+        assert got.tobytes() == sums["generic"].tobytes(), f"{isa} and generic sum dL/db differently"
+        np.testing.assert_allclose(got, exact.astype(dtype), rtol=np.finfo(dtype).eps * 4, atol=0)

@@ -179,7 +179,8 @@ def test_a_leak_is_caught(rng, monkeypatch):
     # about 1 KiB x steps, twice the margin in the normal run's 2,000 steps.
     # Some of it can land in free heap memory that was resident already
     # (malloc_trim gives back only whole free pages): a clean CI run saw
-    # 1.74 MiB of the 2 MiB, so three quarters of it is what must show.
+    # 1.74 MiB of the 2 MiB, a full local run 1.46 MiB, so half of it is what
+    # must show, and more than the margin.
     kept = []
     forward = fastconv.Conv2D.forward
 
@@ -189,5 +190,5 @@ def test_a_leak_is_caught(rng, monkeypatch):
 
     monkeypatch.setattr(fastconv.Conv2D, "forward", leaky_forward)
     gained = growth(SCENARIOS["layer-float32"](rng), STEPS)
-    assert gained >= 0.75 * 1024 * STEPS
+    assert gained >= 0.5 * 1024 * STEPS
     assert gained > MARGIN
