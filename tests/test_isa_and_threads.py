@@ -13,7 +13,6 @@ import pytest
 from helpers import ISAS, forced_isa
 
 import fastconv
-
 from fastconv import _backend
 
 core = _backend.core
