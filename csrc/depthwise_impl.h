@@ -140,7 +140,7 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
                 int64_t oh = 0;
                 for (; shared && oh + kSharedPlaneRows <= p.out_h; oh += kSharedPlaneRows) {
                     for (int64_t ow = 0; ow < width; ow += kRowBlock<T>)
-                        shared(xp + oh * pitch + ow, pitch, column, 1, p.s, w, &b, row_out + ow, width);
+                        shared(xp + oh * pitch + ow, pitch, column, 1, p.s, w, &b, row_out + ow, width, nullptr);
                     for (int rb = 0; rb < kSharedPlaneRows; ++rb) {
                         store_row(out + (oh + rb) * p.ys.h, p.ys.w, row_out + rb * width, p.out_w);
                     }

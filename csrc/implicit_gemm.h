@@ -54,6 +54,49 @@ constexpr int kVectorsPerTile = FASTCONV_NV;  // vectors of pixels per micro-ker
 template <class T>
 constexpr int kTile = kLanes<T> * kVectorsPerTile;  // pixels per tile
 
+// Input rows to ask the cache for, a share at a time, while a kernel works:
+// rows [first, end) of `per_channel` rows per channel, row k being row
+// ih = ih0 + k % per_channel of channel k / per_channel, at x + channel *
+// channel_stride + ih * row_stride, `bytes` long; rows outside [0, h) (the
+// padding) are skipped. Empty (end = 0) where there is nothing to fetch.
+struct RowFetch {
+    const char* x = nullptr;
+    int64_t channel_stride = 0, row_stride = 0, bytes = 0;  // in bytes
+    int64_t per_channel = 1, ih0 = 0, h = 0, first = 0, end = 0;
+
+    // Row k is row r = k % per_channel of channel c = k / per_channel: a
+    // cursor moves on without dividing.
+    struct Cursor {
+        int64_t k = 0, c = 0, r = 0;
+    };
+    Cursor at(int64_t k) const { return Cursor{k, k / per_channel, k % per_channel}; }
+    // Fetches the rows from the cursor to row `to`, and moves it there.
+    void fetch_to(Cursor& at, int64_t to) const {
+        for (; at.k < to; ++at.k) {
+            const int64_t ih = ih0 + at.r;
+            if (ih >= 0 && ih < h) {
+                const char* row = x + at.c * channel_stride + ih * row_stride;
+                for (int64_t b = 0; b < bytes; b += 64) line(row + b);
+                line(row + bytes - 1);
+            }
+            if (++at.r == per_channel) at.r = 0, ++at.c;
+        }
+    }
+    void fetch(int64_t from, int64_t to) const {
+        if (from >= to) return;
+        Cursor cursor = at(from);
+        fetch_to(cursor, to);
+    }
+    // GCC deletes a loop of nothing but __builtin_prefetch as free of side effects.
+    static void line(const char* p) {
+#if defined(__x86_64__) || defined(__i386__)
+        asm volatile("prefetcht0 %0" : : "m"(*p));
+#else
+        __builtin_prefetch(p);
+#endif
+    }
+};
+
 template <class V, class T>
 inline V load(const T* p) {
     V v;
@@ -342,9 +385,11 @@ RowMicro<T> micro_for_rows(int rows) {
 // - 1 rows, so each row vector is loaded once and serves every kernel row
 // that reaches it, instead of once per (tap, output row). Taps j = (channel
 // * R + kr) * S + ks; offset[j] - kr * row_step is the same for every kr.
+// `fetch` (may be null): rows fetched a share per channel, as the kernel goes.
 template <class T, int MR, int NR, int NV, int R>
 void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t* __restrict offset, int64_t channels,
-                       int64_t S, const T* __restrict a, const T* __restrict init, T* __restrict c, int64_t ldc) {
+                       int64_t S, const T* __restrict a, const T* __restrict init, T* __restrict c, int64_t ldc,
+                       const RowFetch* fetch) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
     V acc[MR][NR][NV];
@@ -354,7 +399,15 @@ void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t
         for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) acc[i][r][v] = init ? V{} + init[i] : V{};
-    for (int64_t ch = 0; ch < channels; ++ch)
+    // About (end - first) / channels rows per channel: one division per call.
+    RowFetch::Cursor cursor;
+    int64_t step = 0;
+    if (fetch && fetch->first < fetch->end) {
+        cursor = fetch->at(fetch->first);
+        step = (fetch->end - fetch->first + channels - 1) / channels;
+    }
+    for (int64_t ch = 0; ch < channels; ++ch) {
+        if (step) fetch->fetch_to(cursor, std::min(fetch->end, cursor.k + step));
         for (int64_t ks = 0; ks < S; ++ks) {
             const int64_t j0 = ch * R * S + ks;  // tap (ch, kr = 0, ks)
             const T* b = base + offset[j0];
@@ -376,6 +429,7 @@ void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t
                 }
             }
         }
+    }
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
@@ -385,7 +439,8 @@ void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t
 }
 
 template <class T>
-using RowsShared = void (*)(const T*, int64_t, const int64_t*, int64_t, int64_t, const T*, const T*, T*, int64_t);
+using RowsShared = void (*)(const T*, int64_t, const int64_t*, int64_t, int64_t, const T*, const T*, T*, int64_t,
+                            const RowFetch*);
 
 // The rows_shared_micro for a kernel r rows tall: 3, 4, 5 or 7 (3x3, 5x5 and
 // 7x7 layers and their stride-2 backward phases); null for other heights.

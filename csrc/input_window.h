@@ -14,6 +14,7 @@
 
 #include "conv_shape.h"
 #include "cpu_facts.h"
+#include "implicit_gemm.h"
 
 namespace fastconv::FASTCONV_ISA {
 
@@ -131,19 +132,16 @@ struct InputWindow {
     int64_t source_rows() const { return in_place ? 0 : channels * rows; }
     template <class T>
     void prefetch(const ConvShape& p, const T* x_group, int64_t oh0, int64_t first, int64_t end) const {
-        if (p.xs.w != 1) return;  // a channels-last row is spread over C times the lines
-        if (first >= end) return;
-        const int64_t ih0 = oh0 * p.stride_h - p.pad_top, bytes = p.w * static_cast<int64_t>(sizeof(T));
-        // Row k is row k % rows of channel k / rows: one division per call, not two per row.
-        for (int64_t k = first, c = first / rows, r = first % rows; k < end; ++k) {
-            const int64_t ih = ih0 + r;
-            if (ih >= 0 && ih < p.h) {
-                const char* row = reinterpret_cast<const char*>(x_group + c * p.xs.c + ih * p.xs.h);
-                for (int64_t b = 0; b < bytes; b += 64) fetch_line(row + b);
-                fetch_line(row + bytes - 1);
-            }
-            if (++r == rows) r = 0, ++c;
-        }
+        source(p, x_group, oh0).fetch(first, end);
+    }
+    // Those rows, to fetch a share at a time (RowFetch); none for a
+    // channels-last row, spread over C times the lines.
+    template <class T>
+    RowFetch source(const ConvShape& p, const T* x_group, int64_t oh0) const {
+        if (p.xs.w != 1) return RowFetch{};
+        constexpr int64_t size = sizeof(T);
+        return RowFetch{reinterpret_cast<const char*>(x_group), p.xs.c * size, p.xs.h * size, p.w * size,
+                        rows, oh0 * p.stride_h - p.pad_top, p.h, 0, source_rows()};
     }
 
   private:
@@ -152,15 +150,6 @@ struct InputWindow {
             for (int64_t ks = 0; ks < p.s; ++ks)
                 if (column_pixels(p, blocks.start(b), blocks.pixels(b), ks) == ColumnPixels::kMany) return false;
         return true;
-    }
-
-    // GCC deletes a loop of nothing but __builtin_prefetch as free of side effects.
-    static void fetch_line(const char* p) {
-#if defined(__x86_64__) || defined(__i386__)
-        asm volatile("prefetcht0 %0" : : "m"(*p));
-#else
-        __builtin_prefetch(p);
-#endif
     }
 
     // Copies the input rows that output rows oh0... read into dst, zeros in the padding.
