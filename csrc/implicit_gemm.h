@@ -392,6 +392,16 @@ void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t
                        const RowFetch* fetch) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
+    // AVX2, several filters: their sums, a row vector and the R x MR weights
+    // of a kernel column outgrow the 16 registers, and GCC kept sums on the
+    // stack, each FMA then waiting on a store (the 3-filter, 4-row instance
+    // ran at about 55 % of the FMA peak on Zen 5; llvm-mca, which charges
+    // nothing for that, said 100 %). There the weights are loaded again for
+    // each input row (the barrier keeps GCC from holding them across rows):
+    // the stem's float64 backward 50.2 -> 41.8 ms, float32 26.0 -> 21.9 ms.
+    // llvm-mca puts the extra broadcasts at 75-84 %. AVX-512's 32 registers
+    // ran as fast either way, so it keeps its weights.
+    constexpr bool kReload = FASTCONV_VECTOR_BYTES == 32 && MR > 1 && MR * NR * NV + MR * R + NV > 16;
     V acc[MR][NR][NV];
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
@@ -413,6 +423,7 @@ void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t
             const T* b = base + offset[j0];
 #pragma GCC unroll 16
             for (int ir = 0; ir < NR + R - 1; ++ir) {
+                if constexpr (kReload) asm volatile("" ::: "memory");
                 V bv[NV];
 #pragma GCC unroll 4
                 for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + ir * row_step + v * L);
