@@ -58,7 +58,7 @@ constexpr int kTile = kLanes<T> * kVectorsPerTile;  // pixels per tile
 // rows [first, end) of `per_channel` rows per channel, row k being row
 // ih = ih0 + k % per_channel of channel k / per_channel, at x + channel *
 // channel_stride + ih * row_stride, `bytes` long; rows outside [0, h) (the
-// padding) are skipped. Empty (end = 0) where there is nothing to fetch.
+// padding) are skipped. Empty (x null, end 0) where there is nothing to fetch.
 struct RowFetch {
     const char* x = nullptr;
     int64_t channel_stride = 0, row_stride = 0, bytes = 0;  // in bytes
@@ -83,7 +83,7 @@ struct RowFetch {
         }
     }
     void fetch(int64_t from, int64_t to) const {
-        if (from >= to) return;
+        if (from >= to || !x) return;
         Cursor cursor = at(from);
         fetch_to(cursor, to);
     }
@@ -412,7 +412,7 @@ void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t
     // About (end - first) / channels rows per channel: one division per call.
     RowFetch::Cursor cursor;
     int64_t step = 0;
-    if (fetch && fetch->first < fetch->end) {
+    if (fetch && fetch->x && fetch->first < fetch->end) {
         cursor = fetch->at(fetch->first);
         step = (fetch->end - fetch->first + channels - 1) / channels;
     }
