@@ -132,7 +132,7 @@ void write_row(const T* __restrict result, int64_t slot, const PixelBlocks& bloc
             const T b = bias ? bias[f0 + i] : T(0);
             int64_t ow = 0;
             for (; ow + L <= out_w; ow += L) store(out + ow, load<V>(src + ow) + b);
-            if (ow < out_w) store_first(out + ow, load<V>(src + ow) + b, out_w - ow);  // line has room for the load
+            for (; ow < out_w; ++ow) out[ow] = src[ow] + b;
         }
     }
 }

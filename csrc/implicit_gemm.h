@@ -108,23 +108,6 @@ inline void store(T* p, const V& v) {
     std::memcpy(p, &v, sizeof(V));
 }
 
-// p[0, n) = the first n < kLanes<T> lanes of v, nothing past them: one masked
-// store with AVX-512, n scalar stores with AVX2 (whose masked stores are
-// microcoded on some AMD cores).
-template <class V, class T>
-inline void store_first(T* p, const V& v, int64_t n) {
-#if FASTCONV_VECTOR_BYTES == 64
-    const unsigned mask = (1u << n) - 1u;
-    if constexpr (sizeof(T) == 4) {
-        _mm512_mask_storeu_ps(p, static_cast<__mmask16>(mask), reinterpret_cast<const __m512&>(v));
-    } else {
-        _mm512_mask_storeu_pd(p, static_cast<__mmask8>(mask), reinterpret_cast<const __m512d&>(v));
-    }
-#else
-    for (int64_t i = 0; i < n; ++i) p[i] = v[i];
-#endif
-}
-
 // out[i * ldo + j] = in[j * ldi + i], i, j < L = kLanes<T>: an L x L tile
 // transposed in registers by log2(L) rounds of two-vector shuffles, where
 // round H swaps the off-diagonal H x H blocks of each 2H x 2H block.
