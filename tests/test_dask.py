@@ -367,6 +367,43 @@ def test_a_large_weight_is_one_graph_key_sent_once(client, rng):
     close(client.compute(y, sync=True), fastconv.conv2d(x, w, padding="same"), "output")
 
 
+def test_a_small_weight_and_bias_travel_inside_the_tasks(rng):
+    # No key of their own: each block's task can start as soon as its data is there.
+    w, b = rng.standard_normal((8, 4, 3, 3)), rng.standard_normal(8)  # 2.4 KiB for each of 16 blocks
+    x = rng.standard_normal((2, 4, 24, 24))
+    xd = da.from_array(x, chunks=(1, 4, 6, 12))
+    y = fcd.conv2d(xd, w, b, padding="same")
+    grads = fcd.conv2d_backward(da.ones_like(y), xd, w, padding="same")
+    for collection in (y, grads.weight):
+        graph = dict(collection.__dask_graph__())
+        values = {k: getattr(v, "value", v) for k, v in graph.items()}  # a key's data, if it is data
+        own_keys = [k for k, v in values.items() if isinstance(v, np.ndarray) and v.shape in (w.shape, b.shape)]
+        assert not own_keys
+    close(y.compute(scheduler="synchronous"), fastconv.conv2d(x, w, b, padding="same"), "output")
+
+
+def test_a_block_cuts_its_neighbours_pieces_before_its_own_task(rng):
+    # Its own pieces (what the blocks above and left read of it) are a
+    # dependency of its task, so a worker never computes a whole block while
+    # its neighbours wait for them.
+    x = da.from_array(rng.standard_normal((1, 2, 16, 16)), chunks=(1, 2, 8, 8))
+    w = rng.standard_normal((2, 2, 3, 3))
+    for collection, task in (
+        (fcd.conv2d(x, w, padding="same"), "fastconv-conv2d"),
+        (fcd.conv2d_backward(da.ones((1, 2, 16, 16), chunks=8), x, w, padding="same").weight, "fastconv-backward"),
+    ):
+        dependencies = collection.__dask_graph__().get_all_dependencies()
+        blocks = [k for k in dependencies if isinstance(k, tuple) and k[0].startswith(task)]
+        assert len(blocks) == 4
+        for key in blocks:
+            pieces = {d for d in dependencies[key] if d[0].startswith("fastconv-halo")}
+            own = (key[0].replace(task, "fastconv-halo"), *key[1:])
+            i, j = key[3], key[4]
+            assert (own in pieces) == (i > 0 or j > 0), key  # the top-left block gives no pieces
+            # below, right and below-right where they are, and its own
+            assert len(pieces) == (i == 0) + (j == 0) + (i == 0 and j == 0) + (i > 0 or j > 0), (key, pieces)
+
+
 def test_layer_forward_and_backward_take_dask_arrays(rng):
     x = rng.standard_normal((4, 3, 20, 18))
     for kwargs in (dict(stride=2, padding="same", padding_mode="reflect"), dict(data_format="NHWC", padding=1)):

@@ -308,7 +308,16 @@ def _block_window(
 def _halo_layer(x: da.Array, p: Plan, name: str) -> tuple[dict[Any, Any], dict[tuple[int, ...], Any]]:
     """Tasks cutting each block's pieces for its neighbours above and left,
     and for each block, the keys of its neighbours' pieces (below, right,
-    below-right; None where it reads none)."""
+    below-right; None where it reads none) and of its own pieces (None if it
+    has none).
+
+    A block's task takes its own pieces too, unused, so that they are cut
+    before it starts: a worker runs its ready tasks in dask.order's order,
+    which can put a whole block that needs no halo (the last one, say) before
+    cutting the pieces that the neighbours, on other workers, wait for. (On
+    two workers that made the 2 x 2 blocks of benchmarks/dask_scaling.py's
+    image take 1.5-2x as long. A layer's priority annotation would say this
+    more plainly, but the array optimiser's low-level fusion drops it.)"""
     _, h_ax, w_ax = _axes(p.data_format)
     graph: dict[Any, Any] = {}
     for block in np.ndindex(*x.numblocks):
@@ -323,6 +332,7 @@ def _halo_layer(x: da.Array, p: Plan, name: str) -> tuple[dict[Any, Any], dict[t
         for step in ((1, 0), (0, 1), (1, 1)):
             other = _index(_index(block, h_ax, step[0]), w_ax, step[1])
             keys.append((name, *other) if (name, *other) in graph else None)
+        keys.append((name, *block) if (name, *block) in graph else None)
         neighbours[block] = keys
     return graph, neighbours
 
@@ -337,6 +347,7 @@ def _forward_block(
     below: Any,
     right: Any,
     corner: Any,
+    _own_pieces: Any,
     weight: np.ndarray,
     bias: np.ndarray | None,
     *,
@@ -391,6 +402,7 @@ def _backward_block(
     below: Any,
     right: Any,
     corner: Any,
+    _own_pieces: Any,
     grad: np.ndarray,
     weight: np.ndarray,
     *,
@@ -545,6 +557,24 @@ def _out_chunks(p: Plan, filters: int) -> tuple[tuple[int, ...], ...]:
     return (p.batch_chunks, p.height.out_chunks, p.width.out_chunks, (filters,))
 
 
+# A weight or bias whose copies in every block's task come to at most this
+# many bytes goes into the tasks themselves; a larger one is one graph key,
+# sent to each worker once. A key is a task of its own, and a transfer to every
+# other worker, before the first block can start: 5-10 ms on a LocalCluster,
+# more than the copies cost.
+EMBED_BYTES = 1 << 20
+
+
+def _operand(a: np.ndarray | None, tasks: int) -> tuple[Any, list[Any]]:
+    """(what the tasks take for `a`, the graph dependencies that adds)."""
+    if a is None:
+        return None, []
+    if a.nbytes * tasks <= EMBED_BYTES:
+        return a, []
+    key = delayed(a, pure=True)
+    return key.key, [key]
+
+
 # -- the passes ------------------------------------------------------------------
 
 
@@ -566,9 +596,10 @@ def conv2d(
     ``x`` is a ``dask.array.Array`` (or anything ``dask.array.asarray``
     takes) of shape (N, C, H, W) or (C, H, W) ((N, H, W, C) or (H, W, C) in
     NHWC), chunked along any of the batch, height and width axes; the channel
-    axis is rechunked to one chunk. ``weight`` and ``bias`` are NumPy arrays
-    (one copy of each in the graph, however many blocks read it). Every other
-    argument means what it does in :func:`fastconv.conv2d`.
+    axis is rechunked to one chunk. ``weight`` and ``bias`` are NumPy arrays:
+    inside each block's task when small (up to ``EMBED_BYTES`` over all the
+    tasks), else one copy each in the graph, however many blocks read it.
+    Every other argument means what it does in :func:`fastconv.conv2d`.
 
     The result's batch chunks are the input's; its height and width chunks
     are one per input chunk (after any move of a boundary onto a window start
@@ -578,8 +609,9 @@ def conv2d(
     p, w, xp = prep.plan, prep.weight, prep.x
     b = None if bias is None else check_bias(bias, p.spec.filters, w.dtype)
     token = dask.base.tokenize(xp.name, w, b, p, backend)
-    weight_key = delayed(w, pure=True)  # one graph key: sent to a worker once, not once per block
-    bias_key = delayed(b, pure=True) if b is not None else None
+    blocks = int(np.prod(xp.numblocks))
+    weight_arg, weight_deps = _operand(w, blocks)
+    bias_arg, bias_deps = _operand(b, blocks)
     halo_name, name = f"fastconv-halo-{token}", f"fastconv-conv2d-{token}"
     graph, neighbours = _halo_layer(xp, p, halo_name)
     for block in np.ndindex(*xp.numblocks):
@@ -588,10 +620,10 @@ def conv2d(
             task,
             (xp.name, *block),
             *neighbours[block],
-            weight_key.key,
-            None if bias_key is None else bias_key.key,
+            weight_arg,
+            bias_arg,
         )
-    deps = [xp, weight_key] + ([bias_key] if bias_key is not None else [])
+    deps = [xp, *weight_deps, *bias_deps]
     y = _array(graph, name, deps, _out_chunks(p, w.shape[0]), w.dtype)
     return y[0] if prep.unbatched else y
 
@@ -636,15 +668,15 @@ def conv2d_backward(
     gy = gy.rechunk(_out_chunks(p, k))
 
     token = dask.base.tokenize(xp.name, gy.name, w, p, bias, need_input_grad, backend)
-    weight_key = delayed(w, pure=True)
+    blocks = list(np.ndindex(*xp.numblocks))
+    weight_arg, weight_deps = _operand(w, len(blocks))
     halo_name, parts_name = f"fastconv-halo-{token}", f"fastconv-backward-{token}"
     graph, neighbours = _halo_layer(xp, p, halo_name)
-    blocks = list(np.ndindex(*xp.numblocks))
     for block in blocks:
         task = partial(
             _backward_block, plan=p, block_id=block, bias=bias, need_input_grad=need_input_grad, backend=backend
         )
-        graph[(parts_name, *block)] = (task, (xp.name, *block), *neighbours[block], (gy.name, *block), weight_key.key)
+        graph[(parts_name, *block)] = (task, (xp.name, *block), *neighbours[block], (gy.name, *block), weight_arg)
 
     # dL/dW and dL/db: the blocks' parts summed SPLIT_EVERY at a time, in the
     # blocks' order, then those sums alike, to one.
@@ -666,7 +698,7 @@ def conv2d_backward(
     total = level[0]
     gw_name, gb_name = f"fastconv-grad-weight-{token}", f"fastconv-grad-bias-{token}"
     graph[(gw_name, 0, 0, 0, 0)] = (_take_weight, total)
-    deps = [xp, gy, weight_key]
+    deps = [xp, gy, *weight_deps]
     grad_w = _array(graph, gw_name, deps, tuple((n,) for n in w.shape), w.dtype)
     grad_b = None
     if bias:
