@@ -23,13 +23,13 @@ tasks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import statistics
 import time
 from collections.abc import Iterator
 
-import dask
 import dask.array as da
 import numpy as np
 import psutil
@@ -48,6 +48,24 @@ def timed(fn, cpu) -> tuple[float, float]:
 
 def cpu_seconds(*processes: psutil.Process) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in processes)
+
+
+@contextlib.contextmanager
+def workers_omp_threads(threads: int) -> Iterator[None]:
+    """OMP_NUM_THREADS for the worker processes started inside: distributed's
+    nanny takes it from this process's environment where it is set there,
+    over `distributed.nanny.pre-spawn-environ`, and starting workers sets it
+    here (to 1 by default). So the environment, not Dask's config: else every
+    cluster after the first gets the first one's threads (docs/dask.md)."""
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
 
 
 def workloads(args: argparse.Namespace) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
@@ -92,7 +110,7 @@ def main() -> None:
         with (
             # Before the workers start: `env` would come after they import this
             # script again, and fastconv's OpenMP with it (docs/dask.md).
-            dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": omp}),
+            workers_omp_threads(omp),
             LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
@@ -103,6 +121,10 @@ def main() -> None:
             Client(cluster) as client,
         ):
             worker_processes = [psutil.Process(pid) for pid in client.run(os.getpid).values()]
+            for address in client.scheduler_info()["workers"]:
+                got = client.submit(fastconv.get_num_threads, pure=False, workers=[address]).result()
+                if got != omp:
+                    raise RuntimeError(f"fastconv in a task on {address} has {got} threads, not {omp}")
             for name, shape, chunks in cases:
                 x_memory = rng.standard_normal(shape, dtype=np.float32)
                 x = da.random.default_rng(0).standard_normal(shape, chunks=chunks, dtype=np.float32).persist()

@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 
-import dask
 import dask.array as da
 import numpy as np
 from dask.utils import format_bytes, parse_bytes
@@ -121,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     root = args.store or tempfile.mkdtemp(prefix="fastconv-dask-")
     inputs, outputs = os.path.join(root, "input.zarr"), os.path.join(root, "filtered.zarr")
     bank = filter_bank()
+    # The workers' fastconv threads, set in this process's environment before
+    # they start: the nanny copies OMP_NUM_THREADS from here, over Dask's
+    # config (docs/dask.md). A LocalCluster `env` would come too late: each
+    # worker imports this script, and fastconv's OpenMP, before applying it.
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     try:
         with (
-            # Set before the workers start: each imports this script (and
-            # fastconv's OpenMP) again first, so a LocalCluster `env` would
-            # come too late to change fastconv's thread count.
-            dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": args.threads}),
             LocalCluster(
                 n_workers=args.workers,
                 threads_per_worker=1,

@@ -453,37 +453,54 @@ def test_fastconv_in_a_worker_uses_the_threads_dask_gives(client):
 
 # A user's script: fastconv imported at the top, then a cluster. Worker
 # processes are spawned, so each imports the script's main module again --
-# and with it fastconv and OpenMP -- before a Nanny's `env` is applied.
+# and with it fastconv and OpenMP -- before a Nanny's `env` is applied. It
+# runs a default cluster first, as a script may, which leaves
+# OMP_NUM_THREADS=1 in its environment: the nanny takes that over Dask's config.
 ONE_WORKER_SCRIPT = """
+import os
+import sys
+
 import dask
 import distributed
 import fastconv
 
-if __name__ == "__main__":
+
+def worker_threads(**cluster):
     with (
-        dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": 2}),
         distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="1GiB",
-                                 dashboard_address=None) as cluster,
+                                 dashboard_address=None, **cluster) as cluster,
         distributed.Client(cluster) as client,
     ):
-        print(client.submit(fastconv.get_num_threads, pure=False).result())
+        return client.submit(fastconv.get_num_threads, pure=False).result()
+
+
+if __name__ == "__main__":
+    print(worker_threads())
+    recipe = sys.argv[1]
+    if recipe == "environ":  # docs/dask.md's recipe
+        os.environ["OMP_NUM_THREADS"] = "2"
+        print(worker_threads())
+    elif recipe == "config":
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.OMP_NUM_THREADS": 2}):
+            print(worker_threads())
+    else:
+        print(worker_threads(env={"OMP_NUM_THREADS": "2"}))
 """
 
 
-def test_one_worker_with_all_the_cores(tmp_path):
+@pytest.mark.parametrize(("recipe", "threads"), [("environ", "2"), ("config", "1"), ("env", "1")])
+def test_one_worker_with_all_the_cores(tmp_path, recipe, threads):
     # docs/dask.md's recipe for one single-threaded worker whose OpenMP team
-    # has every core, run from a script that imports fastconv at the top.
-    # (LocalCluster(env={"OMP_NUM_THREADS": "2"}) gives such a script's
-    # worker 1 thread: OpenMP has read the nanny's OMP_NUM_THREADS=1 before
-    # `env` is applied. Hence the recipe.)
+    # has every core, run from a script that imports fastconv at the top and
+    # has started a cluster before; and the two that do not work there.
     script = tmp_path / "one_worker.py"
     script.write_text(ONE_WORKER_SCRIPT)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "DASK_"))}
     out = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+        [sys.executable, str(script), recipe], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["2"]
+    assert out.stdout.split() == ["1", threads]
 
 
 def _block_data(block_id):
