@@ -19,12 +19,18 @@ namespace fastconv::FASTCONV_ISA {
 // 16 partial sums: two AVX-512 vectors of doubles, four of AVX2.
 constexpr int64_t kBiasParts = 16;
 
+// Sums of at least this many values get a team. dL/db reads each value once
+// and adds it, 10-20 values per ns on one core, so a team's start (a few us)
+// pays off long before worth_parallel's million flops of a convolution: at
+// 400 K values (16 x 512 x 7 x 7) one thread took 51 us, PyTorch on two 28.
+constexpr int64_t kBiasParallelValues = int64_t{1} << 16;
+
 template <class T>
 void conv_backward_bias(const ConvShape& p, const T* grad_y, T* grad_bias) {
     const int64_t pixels = p.out_h * p.out_w;
     const bool dense = p.ys.w == 1 && p.ys.h == p.out_w;
     std::vector<double> parts(static_cast<size_t>(kBiasParts * p.k), 0.0);  // filter k's partial sums at kBiasParts * k
-    parallel_region(worth_parallel(static_cast<double>(p.n * p.k * pixels)), [&] {
+    parallel_region(p.k > 1 && p.n * p.k * pixels >= kBiasParallelValues, [&] {
         // Each thread sums its range of filters image by image: in NCHW its
         // filters' planes of an image are one run of memory. Filter by
         // filter instead, the planes it read were a batch apart, runs too

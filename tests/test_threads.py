@@ -51,6 +51,25 @@ def test_results_do_not_depend_on_the_thread_count():
         assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
+def test_bias_gradient_does_not_depend_on_the_thread_count(data_format):
+    # 2 x 40 x 40 x 40 = 128 K values of grad_y: enough for a team (dL/db
+    # splits its filters among the threads from 64 K values).
+    rng = np.random.default_rng(4)
+    for dtype in (np.float32, np.float64):
+        gy = (rng.standard_normal((2, 40, 40, 40)) * 10.0 ** rng.integers(-3, 3, (2, 40, 40, 40))).astype(dtype)
+        gy = gy if data_format == "NCHW" else np.ascontiguousarray(gy.transpose(0, 2, 3, 1))
+        x = rng.standard_normal((2, 3, 40, 40) if data_format == "NCHW" else (2, 40, 40, 3)).astype(dtype)
+        w = rng.standard_normal((40, 3, 1, 1)).astype(dtype)
+        sums = []
+        for n in (1, 2, 7):
+            with fastconv.threads(n):
+                sums.append(fastconv.conv2d_backward(gy, x, w, data_format=data_format, need_input_grad=False).bias)
+        assert sums[0].tobytes() == sums[1].tobytes() == sums[2].tobytes()
+        exact = gy.astype(np.float64).sum(axis=(0, 2, 3) if data_format == "NCHW" else (0, 1, 2))
+        np.testing.assert_allclose(sums[0], exact.astype(dtype), rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_results_do_not_depend_on_which_thread_takes_which_units(dtype):
     # More threads than CPUs: some are descheduled mid-call, and the others
