@@ -7,6 +7,7 @@ import pytest
 from helpers import ISAS, assert_close, forced_isa
 
 import fastconv
+from fastconv._validation import as_float_input
 
 GEOMETRIES = [
     pytest.param(dict(kernel=(3, 3), stride=1, padding="same", groups=1), id="3x3-same"),
@@ -54,6 +55,57 @@ def test_the_cpp_path_writes_channels_last_without_a_layout_copy(rng):
     assert y.base is not None and y.base.shape == (2, 9, 9, 6) and y.flags.c_contiguous
     grads = fastconv.conv2d_backward(np.ones_like(y), x, w, padding="same", data_format="NHWC")
     assert grads.input.base is not None and grads.input.flags.c_contiguous
+
+
+def strided_views(rng, dtype):
+    """Inputs that are views, not copies: (name, view, data_format)."""
+    big = rng.standard_normal((4, 10, 30, 41)).astype(dtype)
+    nhwc = rng.standard_normal((3, 22, 23, 9)).astype(dtype)
+    return [
+        ("slices", big[1:, 2:6, 3:25, 4:31], "NCHW"),
+        ("column step", big[:3, 1:5, 2:20, 1::2], "NCHW"),
+        ("channels-last slice", nhwc[:, 1:21, 2:22, 3:7], "NHWC"),
+        ("broadcast batch", np.broadcast_to(big[:1, :4, :20, :17], (3, 4, 20, 17)), "NCHW"),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_strided_views_are_read_in_place_with_the_bits_of_a_copy(rng, dtype, geometry):
+    # Slices, a column step, channels-last slices and a broadcast batch: the
+    # kernels read each where it lies, on every instruction set, and give the
+    # bits that its contiguous copy gives.
+    g = dict(geometry)
+    kernel, groups = g.pop("kernel"), g["groups"]
+    w = rng.standard_normal((8, 4 // groups, *kernel)).astype(dtype)
+    b = rng.standard_normal(8).astype(dtype)
+    for name, view, data_format in strided_views(rng, dtype):
+        assert as_float_input(view, "input") is view, name  # no copy
+        copy = np.ascontiguousarray(view)
+        gy = rng.standard_normal(fastconv.conv2d(copy, w, b, data_format=data_format, **g).shape).astype(dtype)
+        gy_view = np.concatenate([gy, gy], axis=-1)[..., : gy.shape[-1]]  # dL/dy as a view too
+        for isa in ISAS:
+            with forced_isa(isa):
+                want = (
+                    fastconv.conv2d(copy, w, b, data_format=data_format, **g),
+                    *fastconv.conv2d_backward(gy, copy, w, data_format=data_format, **g),
+                )
+                got = (
+                    fastconv.conv2d(view, w, b, data_format=data_format, **g),
+                    *fastconv.conv2d_backward(gy_view, view, w, data_format=data_format, **g),
+                )
+            for part, a, e in zip(("output", "dL/dX", "dL/dF", "dL/db"), got, want):
+                assert a.tobytes() == e.tobytes(), f"{isa}, {name}: {part}"
+
+
+def test_views_that_cannot_be_read_in_place_are_copied(rng):
+    x = rng.standard_normal((2, 3, 9, 9))
+    flipped = x[:, :, ::-1]  # a negative stride
+    swapped = x.astype(">f8")  # byte-swapped
+    w = rng.standard_normal((4, 3, 3, 3))
+    for arr in (flipped, swapped, x.astype(np.float16)):
+        assert as_float_input(arr, "input") is not arr
+        assert_close(fastconv.conv2d(arr, w), fastconv.conv2d(np.ascontiguousarray(arr, dtype=np.float64), w), "output")
 
 
 def test_layer_in_nhwc(rng):

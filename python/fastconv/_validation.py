@@ -183,6 +183,24 @@ def as_float_array(value: Any, name: str, dtype: np.dtype | None = None) -> np.n
     return out if out.flags.aligned else out.copy()
 
 
+def as_float_input(value: Any, name: str, dtype: np.dtype | None = None) -> np.ndarray:
+    """An input or dL/dy: as as_float_array, but a strided view already of
+    the right dtype is kept as it is -- a slice, a Dask block cut from a NumPy
+    array, channels-last data -- since the kernels read any layout by its
+    strides, and a copy would cost a pass over memory and the memory itself.
+    Views with negative strides, unaligned or byte-swapped data, and anything
+    of another dtype are copied as before."""
+    if (
+        type(value) is np.ndarray
+        and value.flags.aligned
+        and value.dtype.isnative
+        and (value.dtype == dtype if dtype is not None else value.dtype in SUPPORTED_DTYPES)
+        and all(s >= 0 and s % value.itemsize == 0 for s in value.strides)
+    ):
+        return value
+    return as_float_array(value, name, dtype)
+
+
 def working_dtype(dtype: np.dtype) -> np.dtype:
     """The dtype a floating-point input is computed in: float64 stays
     float64, any other float becomes float32."""

@@ -11,6 +11,7 @@ from . import _backend, _call_cache, _memory
 from ._spec import ConvSpec, conv_spec
 from ._validation import (
     as_float_array,
+    as_float_input,
     check_bias,
     check_data_format,
     check_flag,
@@ -38,7 +39,7 @@ def _checked(
 ) -> tuple[np.ndarray, np.ndarray, ConvSpec]:
     """Input and weight converted (to float64 if either is, else float32),
     and the call's spec."""
-    x_arr = as_float_array(x, "input")
+    x_arr = as_float_input(x, "input")
     w_arr = as_float_array(weight, "weight")
     if x_arr.dtype != w_arr.dtype:
         common = np.result_type(x_arr, w_arr)
@@ -163,7 +164,7 @@ def conv2d_backward(
     padding_mode = check_padding_mode(padding_mode)
     data_format = check_data_format(data_format)
     x_arr, w, spec = _checked(x, weight, stride, padding, dilation, groups, padding_mode, data_format)
-    grad_y = as_float_array(grad_output, "grad_output", w.dtype)
+    grad_y = as_float_input(grad_output, "grad_output", w.dtype)
     spec.check_grad_output(grad_y.shape)
     x4 = spec.to_nchw(x_arr)
     grad_x, grad_w, grad_b = _backend.backward(

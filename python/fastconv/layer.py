@@ -15,6 +15,7 @@ from . import _backend, _weights_io
 from ._spec import ConvSpec, conv_spec, input_nchw
 from ._validation import (
     as_float_array,
+    as_float_input,
     check_data_format,
     check_dtype,
     check_flag,
@@ -408,15 +409,15 @@ class Conv2D:
         """The layer's output for ``x`` of shape (N, C, H, W) or (C, H, W).
 
         Keeps a reference to the input for ``backward`` (no copy when ``x`` is
-        already C-contiguous in the layer's dtype): do not change it in place
-        in between.
+        already an array of the layer's dtype, a strided view included): do
+        not change it in place in between.
 
         A Dask array gives a lazy Dask array, computed block by block by
         :func:`fastconv.dask.conv2d` (the weights stay NumPy arrays).
         """
         if _is_dask_array(x):
             return self._forward_dask(x)
-        x_arr = as_float_array(x, "input", self.dtype)
+        x_arr = as_float_input(x, "input", self.dtype)
         spec = self._spec(x_arr.shape)
         if self._weight is None:
             self._create_weights(spec.input_shape[1])
@@ -424,7 +425,7 @@ class Conv2D:
         x_used = _backend.pad_input(spec, spec.to_nchw(x_arr))
         y = spec.from_nchw(_backend.forward(spec, x_used, self._weight, self._bias, self.backend))
         # Like PyTorch, keep a reference, not a copy: an input that is already
-        # C-contiguous in the layer's dtype is never copied, so changing it in
+        # an array of the layer's dtype is never copied, so changing it in
         # place before backward() changes dL/dF.
         self._saved = (x_used, spec)
         self._saved_dask = None
@@ -473,7 +474,7 @@ class Conv2D:
         if self._saved is None or self._weight is None:
             raise RuntimeError("backward() needs a forward() first: there is no saved input")
         x_used, spec = self._saved
-        grad_y = as_float_array(grad_output, "grad_output", self.dtype)
+        grad_y = as_float_input(grad_output, "grad_output", self.dtype)
         if grad_y.shape != spec.output_shape:
             raise ValueError(
                 f"grad_output must have the shape of the last forward's output {spec.output_shape}, got {grad_y.shape}"
