@@ -23,12 +23,12 @@ tasks.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import statistics
 import time
 from collections.abc import Iterator
+from unittest import mock
 
 import dask.array as da
 import numpy as np
@@ -48,24 +48,6 @@ def timed(fn, cpu) -> tuple[float, float]:
 
 def cpu_seconds(*processes: psutil.Process) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in processes)
-
-
-@contextlib.contextmanager
-def workers_omp_threads(threads: int) -> Iterator[None]:
-    """OMP_NUM_THREADS for the worker processes started inside: distributed's
-    nanny takes it from this process's environment where it is set there,
-    over `distributed.nanny.pre-spawn-environ`, and starting workers sets it
-    here (to 1 by default). So the environment, not Dask's config: else every
-    cluster after the first gets the first one's threads (docs/dask.md)."""
-    saved = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-        else:
-            os.environ["OMP_NUM_THREADS"] = saved
 
 
 def workloads(args: argparse.Namespace) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
@@ -108,9 +90,12 @@ def main() -> None:
     # (key, worker processes, fastconv's OpenMP threads in each)
     for config, workers, omp in (("1", 1, 1), ("2", 2, 1), ("1x2", 1, 2)):
         with (
-            # Before the workers start: `env` would come after they import this
-            # script again, and fastconv's OpenMP with it (docs/dask.md).
-            workers_omp_threads(omp),
+            # The workers' threads, in this process's environment before they
+            # start: `env` would come after they import this script again, and
+            # fastconv's OpenMP with it, and distributed's nanny takes an
+            # OMP_NUM_THREADS set here over its pre-spawn-environ config, which
+            # the first cluster's nanny wrote here (docs/dask.md).
+            mock.patch.dict(os.environ, {"OMP_NUM_THREADS": str(omp)}),
             LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,

@@ -193,8 +193,7 @@ def as_float_input(value: Any, name: str, dtype: np.dtype | None = None) -> np.n
     if (
         type(value) is np.ndarray
         and value.flags.aligned
-        and value.dtype.isnative
-        and (value.dtype == dtype if dtype is not None else value.dtype in SUPPORTED_DTYPES)
+        and (value.dtype == dtype if dtype is not None else value.dtype in SUPPORTED_DTYPES)  # native byte order
         and all(s >= 0 and s % value.itemsize == 0 for s in value.strides)
     ):
         return value

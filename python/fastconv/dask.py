@@ -609,9 +609,8 @@ def conv2d(
     p, w, xp = prep.plan, prep.weight, prep.x
     b = None if bias is None else check_bias(bias, p.spec.filters, w.dtype)
     token = dask.base.tokenize(xp.name, w, b, p, backend)
-    blocks = int(np.prod(xp.numblocks))
-    weight_arg, weight_deps = _operand(w, blocks)
-    bias_arg, bias_deps = _operand(b, blocks)
+    weight_arg, weight_deps = _operand(w, xp.npartitions)
+    bias_arg, bias_deps = _operand(b, xp.npartitions)
     halo_name, name = f"fastconv-halo-{token}", f"fastconv-conv2d-{token}"
     graph, neighbours = _halo_layer(xp, p, halo_name)
     for block in np.ndindex(*xp.numblocks):
