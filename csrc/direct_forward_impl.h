@@ -98,34 +98,33 @@ struct DirectKernels {
     }
 };
 
-// y[f][ow] = result + bias[f] for the out_w pixels of one output row and its
-// nk filters f, y addressed through `ys` from the row's first output (bias
-// may be null). The row's results are its pixel blocks (PixelBlocks),
-// `slot` elements apart, each [pixel][F] in whole L x L tiles. Dense rows go
+// y[f][ow] = result[ow][f] + bias[f] for the out_w pixels of one output row
+// and its nk filters f, y addressed through `ys` from the row's first output
+// (bias may be null). `result` holds the row's pixels one after another, F
+// values each, out_w rounded up to whole L x L tiles. Dense rows go
 // over in L x L tiles transposed in registers into `line` (L rows of line_w
-// >= out_w + L values), then each filter's row is written in one run. Block
-// by block instead, each line of a filter's row was written several times,
-// and where planes are a power of two apart (32 x 32 floats) the filters'
-// lines share L1 sets and were evicted in between: 13 % of a cifar forward.
+// >= those pixels), then each filter's row is written in one run. Block by
+// block instead, each line of a filter's row was written several times, and
+// where planes are a power of two apart (32 x 32 floats) the filters' lines
+// share L1 sets and were evicted in between: 13 % of a cifar forward. Tiles
+// are cut from the row, not from each micro-kernel call's pixels (calls of
+// 11, 11 and 10 pixels on 32-wide rows took three tiles where the row needs
+// two; no faster, as the time goes in the stores to y, but simpler).
 template <class T, int F>
-void write_row(const T* __restrict result, int64_t slot, const PixelBlocks& blocks, int64_t out_w, int64_t nk,
-               const T* __restrict bias, T* __restrict y, const Strides& ys, T* __restrict line, int64_t line_w) {
+void write_row(const T* __restrict result, int64_t out_w, int64_t nk, const T* __restrict bias, T* __restrict y,
+               const Strides& ys, T* __restrict line, int64_t line_w) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
     if (ys.w != 1) {  // spread-out outputs: channels-last, or dL/dx by phase
-        for (int64_t b = 0; b < blocks.count; ++b)
-            for (int64_t i = 0, ow = blocks.start(b); i < blocks.pixels(b); ++i, ++ow) {
-                const T* r = result + b * slot + i * F;
-                for (int64_t f = 0; f < nk; ++f) y[f * ys.c + ow * ys.w] = r[f] + (bias ? bias[f] : T(0));
-            }
+        for (int64_t ow = 0; ow < out_w; ++ow) {
+            const T* r = result + ow * F;
+            for (int64_t f = 0; f < nk; ++f) y[f * ys.c + ow * ys.w] = r[f] + (bias ? bias[f] : T(0));
+        }
         return;
     }
     for (int64_t f0 = 0; f0 < nk; f0 += L) {
-        // line[i][ow] = filter f0 + i at pixel ow; a block's last tile spills
-        // into the next block's pixels, which that block then overwrites.
-        for (int64_t b = 0; b < blocks.count; ++b)
-            for (int64_t t = 0; t < blocks.pixels(b); t += L)
-                transpose_tile(result + b * slot + t * F + f0, F, line + blocks.start(b) + t, line_w);
+        // line[i][ow] = filter f0 + i at pixel ow
+        for (int64_t t = 0; t < out_w; t += L) transpose_tile(result + t * F + f0, F, line + t, line_w);
         for (int64_t i = 0; i < std::min<int64_t>(L, nk - f0); ++i) {
             const T* src = line + i * line_w;
             T* out = y + (f0 + i) * ys.c;
@@ -191,11 +190,12 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     // (36 KB per 6-pixel call on resnet_3x3 with AVX2).
     const TapChunks chunks(p, F * static_cast<int64_t>(sizeof(T)));
     const BlockTaps taps(p, LiveTaps(p), blocks, win.offset, F, chunks);
-    // Partial results of each pixel block: of every row of the window where
-    // the sums go on over chunks, else of one row, written when it is done.
-    const int64_t slot_rows = chunks.count > 1 ? win.out_rows : 1, slots = slot_rows * pixel_blocks;
-    constexpr int64_t kSlot = (NP + L - 1) / L * L * F;  // whole L x L tiles for write_row
-    const int64_t line_w = (p.out_w + L - 1) / L * L + L;
+    // Partial results of each row's pixels (write_row): of every row of the
+    // window where the sums go on over chunks, else of one row, written when
+    // it is done.
+    const int64_t row_slot = (p.out_w + L - 1) / L * L * F;  // whole L x L tiles
+    const int64_t slot_rows = chunks.count > 1 ? win.out_rows : 1;
+    const int64_t line_w = (p.out_w + L - 1) / L * L;
 
     // Output rows [oh0, oh1) of image n for the filters k0... (nk of them)
     // whose packed weights are wb, from the window at base: every pixel block
@@ -206,7 +206,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
             const bool last_chunk = chunk == chunks.count - 1;
             for (int64_t oh = oh0; oh < oh1; ++oh) {
                 const T* row = base + (oh - oh0) * p.stride_h * win.pitch;
-                T* const row_result = result + (slot_rows > 1 ? (oh - oh0) * pixel_blocks * kSlot : 0);
+                T* const row_result = result + (slot_rows > 1 ? (oh - oh0) * row_slot : 0);
                 T* const out = y + n * p.ys.n + k0 * p.ys.c + oh * p.ys.h;
                 for (int64_t b = 0; b < pixel_blocks; ++b) {
                     const int64_t ow0 = blocks.start(b), np = blocks.pixels(b);
@@ -220,17 +220,16 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                         }
                     }
                     (b < blocks.big ? big : small)(row + ow0 * p.stride_w, p.stride_w, wb, list.at, list.pixels,
-                                                   list.count, row_result + b * kSlot, chunk > 0);
+                                                   list.count, row_result + ow0 * F, chunk > 0);
                 }
                 if (last_chunk)
-                    write_row<T, F>(row_result, kSlot, blocks, p.out_w, nk, bias ? bias + k0 : nullptr, out, p.ys, line,
-                                    line_w);
+                    write_row<T, F>(row_result, p.out_w, nk, bias ? bias + k0 : nullptr, out, p.ys, line, line_w);
             }
         }
     };
 
     const bool by_range = pack.count > 1;
-    PerThread<T> window_mem(win.size()), result_mem(slots * kSlot), line_mem(L * line_w);
+    PerThread<T> window_mem(win.size()), result_mem(slot_rows * row_slot), line_mem(L * line_w);
     PerThread<T> own_packed_mem(by_range ? 0 : pack.per_range * ntaps * F);
     PerThread<int64_t> block_range_mem(pack.per_range);  // the range whose block each slot of `packed` holds, or -1
     const AlignedArray<T> team_packed = aligned_array<T>(by_range ? static_cast<size_t>(pack.per_range * ntaps * F) : 0);
@@ -261,7 +260,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
         T* const window = window_mem.get();
         T* const result = result_mem.get();
         T* const line = line_mem.get();
-        std::fill(result, result + slots * kSlot, T(0));  // write_row reads whole tiles past a block's pixels
+        std::fill(result, result + slot_rows * row_slot, T(0));  // write_row reads whole tiles past the row's pixels
         T* const packed = by_range ? team_packed.get() : own_packed_mem.get();
         int64_t* const block_range = block_range_mem.get();
         int64_t packed_range = -1;  // the (group, filter range) whose blocks `packed` holds or will
