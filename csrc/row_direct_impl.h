@@ -126,14 +126,19 @@ RowsMicro<T> rows_micro_for(int filters, int rows, int nv) {
 }
 
 // Output rows per call of rows_shared_micro: as many as keep MR x NR x NV
-// accumulators within 24 of AVX-512's 32 registers (12 of AVX2's 16), at most
-// 4 (8 measured no faster), but 12 for one filter of one vector: each sum
+// accumulators, the MR x 3 weights of a 3-row kernel column and the NV row
+// vectors within AVX-512's 32 registers (the sums alone within 12 of AVX2's
+// 16: there the weights are loaded again, see rows_shared_micro), at most 4
+// (8 measured no faster), but 12 for one filter of one vector: each sum
 // takes R dependent FMAs per kernel column, so two FMA ports of latency 4
 // need 12 sums for a 3x3 kernel (4 rows: float64 dL/dx of a one-channel layer
 // on 28-wide rows 9 % slower, of LeNet's first layer 15-25 %; llvm-mca: 75-80
-// % of the FMA peak with 8 rows, 99.9 % with 12).
+// % of the FMA peak with 8 rows, 99.9 % with 12). 3 filters of 2 vectors
+// thus take 3 rows: with 4, GCC kept 19 values on the stack and moved
+// registers about (80 % of the FMA peak in the Skylake-server model, 91.5 %
+// with 3; znver4 93.5 -> 91.5 %), and Zen 5 ran both alike.
 constexpr int shared_rows(int filters, int vectors) {
-    const int most = (FASTCONV_VECTOR_BYTES == 64 ? 24 : 12) / (filters * vectors);
+    const int most = FASTCONV_VECTOR_BYTES == 64 ? (32 - 3 * filters - vectors) / (filters * vectors) : 12 / (filters * vectors);
     const int enough = filters * vectors == 1 ? 12 : 4;
     return most < enough ? most : enough;
 }
@@ -159,12 +164,19 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
     const int nv = one_vector(static_cast<int>(kg)) ? 1 : row_vectors<T>(p.out_w);
     const int64_t W = nv * kLanes<T>;  // pixels per tile
     const int64_t tiles_per_row = (p.out_w + W - 1) / W;
+    const int mr = static_cast<int>(kg);  // kg <= FASTCONV_MR here: one block of rows
+    // Few filters at row stride and dilation 1: window rows shared among kernel rows.
+    const RowsShared<T> shared = kg <= kRowsFilters && p.stride_h == 1 && p.dil_h == 1 ? shared_micro_for<T>(mr, nv, p.r) : nullptr;
+    const int shared_nr = kg <= kRowsFilters ? (nv == 1 ? shared_rows(mr, 1) : nv == 2 ? shared_rows(mr, 2) : shared_rows(mr, kVectorsPerTile)) : 0;
     // Few filters: taller windows, as the rows copied twice cost more beside
-    // their arithmetic (a 5x5 kernel's dL/dx over 28-row images: 5% faster).
-    const InputWindow win(p, tiles_per_row * W, kg <= kRowsFilters ? InputWindow::kMaxRows : InputWindow::kRows);
+    // their arithmetic (a 5x5 kernel's dL/dx over 28-row images: 5% faster),
+    // and a whole number of shared-rows calls each.
+    const int64_t most_rows = kg > kRowsFilters ? InputWindow::kRows
+                              : shared          ? std::max<int64_t>(shared_nr, InputWindow::kMaxRows / shared_nr * shared_nr)
+                                                : InputWindow::kMaxRows;
+    const InputWindow win(p, tiles_per_row * W, most_rows);
     const LiveTaps live(p);
     const int64_t row_blocks = (p.out_h + win.out_rows - 1) / win.out_rows;
-    const int mr = static_cast<int>(kg);  // kg <= FASTCONV_MR here: one block of rows
     static_assert(kVectorsPerTile <= 3, "row_direct_forward picks among 1..3 vectors");
     const RowMicro<T> micro = nv == 1   ? micro_for_rows<T, 1>(mr)
                               : nv == 2 ? micro_for_rows<T, 2>(mr)
@@ -177,9 +189,6 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
             for (int64_t j = 0; j < ntaps; ++j) a_packed[static_cast<size_t>((g * ntaps + j) * kg + i)] = weight_of(g, i, j);
     const int64_t tasks = p.n * p.groups * row_blocks;
 
-    // Few filters at row stride and dilation 1: window rows shared among kernel rows.
-    const RowsShared<T> shared = kg <= kRowsFilters && p.stride_h == 1 && p.dil_h == 1 ? shared_micro_for<T>(mr, nv, p.r) : nullptr;
-    const int shared_nr = kg <= kRowsFilters ? (nv == 1 ? shared_rows(mr, 1) : nv == 2 ? shared_rows(mr, 2) : shared_rows(mr, kVectorsPerTile)) : 0;
     PerThread<T> window_mem(win.size()),
         result_mem((mr <= kRowsFilters ? mr * std::max(rows_per_call(mr), shared_nr) : mr) * W);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
