@@ -376,11 +376,20 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
         T* const gyp = gyp_mem.get();
         T* const part = part_mem.get();  // one image's share of a filter's gradient
         bool padded = false;  // whether xp's padding holds its zeros
-#pragma omp for schedule(static)
-        for (int64_t task = 0; task < p.groups * blocks; ++task) {
+        // Images outermost, a thread's run of tasks inside: its planes of an
+        // image are then side by side in x and grad_y (NCHW), which the
+        // hardware prefetchers stream. Each task's image after image
+        // instead jumped a whole image between planes, and the core waited
+        // on every plane's first lines (depthwise 8 x 128 x 28 x 28 dL/dF:
+        // half its time in the two copies below).
+        const auto [first, end] = thread_share(p.groups * blocks);
+        for (int64_t task = first; task < end; ++task) {
             const int64_t g = task / blocks, k0 = task % blocks * per_block, k1 = std::min(kg, k0 + per_block);
             std::fill(grad_weight + (g * kg + k0) * taps, grad_weight + (g * kg + k1) * taps, T(0));
-            for (int64_t n = 0; n < p.n; ++n) {
+        }
+        for (int64_t n = 0; n < p.n; ++n)
+            for (int64_t task = first; task < end; ++task) {
+                const int64_t g = task / blocks, k0 = task % blocks * per_block, k1 = std::min(kg, k0 + per_block);
                 pad_plane(p, ip, x + n * p.xs.n + g * p.xs.c, xp, !padded);
                 padded = true;
                 for (int64_t kk = k0; kk < k1; ++kk) {
@@ -426,7 +435,6 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                         }
                 }
             }
-        }
     });
 }
 
