@@ -161,6 +161,22 @@ struct WeightRows {
     const T* row(int64_t g, int64_t m) const { return weight + (g * kg + m) * ntaps; }
 };
 
+// The weights of the stride-1 forward convolution that computes one phase of
+// dL/dx (backward_data_by_phase): its filter c of group g is the layer's
+// input channel g * cg + c, its tap j = (kk, t) the layer's filter
+// g * kg + kk at the phase's t-th tap, which sits at offset source[t] (kr *
+// S + ks, the kernel flipped) in each R x S kernel of `weight`.
+template <class T>
+struct PhaseWeights {
+    const T* weight;  // the layer's [K][C / groups][R][S]
+    int64_t kg, cg, kernel_taps, per_filter;  // kernel_taps = R * S; per_filter: the phase's taps
+    const int64_t* source;                    // [per_filter]
+    T operator()(int64_t g, int64_t c, int64_t j) const {
+        const int64_t kk = j / per_filter, t = j - kk * per_filter;
+        return weight[((g * kg + kk) * cg + c) * kernel_taps + source[t]];
+    }
+};
+
 // One reduction index j: where its source value sits relative to a pixel.
 struct Tap {
     int64_t channel;  // element offset of the source channel plane

@@ -133,18 +133,14 @@ bool backward_data_by_phase(const ConvShape& p, const T* grad_y, const T* weight
         }
         // Filter c of group g, tap (kk, i, j) of the phase's forward is
         // weight[g*kg + kk][c][kr][ks], taps in reverse order.
-        std::vector<int64_t> source(static_cast<size_t>(kg * q.r * q.s));
-        for (int64_t kk = 0; kk < kg; ++kk)
-            for (int64_t i = 0; i < q.r; ++i)
-                for (int64_t j = 0; j < q.s; ++j) {
-                    const int64_t kr = ph.rows.first + (q.r - 1 - i) * ph.rows.step;
-                    const int64_t ks = ph.cols.first + (q.s - 1 - j) * ph.cols.step;
-                    source[static_cast<size_t>((kk * q.r + i) * q.s + j)] = (kk * cg * p.r + kr) * p.s + ks;
-                }
-        auto weight_of = [&](int64_t g, int64_t c, int64_t j) {
-            return weight[(g * kg * cg + c) * p.r * p.s + source[static_cast<size_t>(j)]];
-        };
-        forward_with(q, grad_y, weight_of, out);
+        std::vector<int64_t> source(static_cast<size_t>(q.r * q.s));
+        for (int64_t i = 0; i < q.r; ++i)
+            for (int64_t j = 0; j < q.s; ++j) {
+                const int64_t kr = ph.rows.first + (q.r - 1 - i) * ph.rows.step;
+                const int64_t ks = ph.cols.first + (q.s - 1 - j) * ph.cols.step;
+                source[static_cast<size_t>(i * q.s + j)] = kr * p.s + ks;
+            }
+        forward_with(q, grad_y, PhaseWeights<T>{weight, kg, cg, p.r * p.s, q.r * q.s, source.data()}, out);
     }
     return true;
 }
