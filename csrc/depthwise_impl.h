@@ -313,7 +313,15 @@ void plane_dots_shared(const InputPlane& ip, const T* __restrict gyp, int64_t wi
                 const T* x_row = xp + (oh + ir) * pitch + ow;
 #pragma GCC unroll 8
                 for (int ks = 0; ks < S; ++ks) {
-                    const V xv = load<V>(x_row + column[ks]);
+                    V xv = load<V>(x_row + column[ks]);
+                    // AVX-512: in a register, loaded once for the R sums that use
+                    // it. GCC otherwise folded the load into each FMA: 3x3 and 5x5
+                    // depthwise dL/dF 6-18 % slower (Zen 5, float32 and float64),
+                    // and on two load ports the loads bound the 3x3 loop (llvm-mca,
+                    // Skylake-server: 66.7 -> 73.4 % of the FMA peak; its 5x5 loop
+                    // 78.1 -> 72.5 %). Not AVX2: 2-9 % slower there on Zen 5,
+                    // though the models gain (Zen 3 75 -> 95 %, Skylake 78 -> 88 %).
+                    if constexpr (FASTCONV_VECTOR_BYTES == 64) asm("" : "+v"(xv));
 #pragma GCC unroll 8
                     for (int kr = 0; kr < R; ++kr) {
                         const int r = ir - kr;  // the grad_y row that kernel row kr pairs with input row ir
