@@ -132,6 +132,13 @@ DTYPES = ("float", "double")
 # Skylake-server model under another name.
 INTEL_MODELS = ("sapphirerapids", "icelake-server", "skylake-avx512")
 ZEN_MODELS = ("znver4", "znver3")  # all that exist: znver3 stands for the AVX2-only Zen 2/3 cores
+# znver4 with each 512-bit broadcast from memory modelled as a plain 512-bit load. LLVM's znver4
+# puts such a broadcast on FP1, an FMA pipe, for two cycles, which caps a loop of one broadcast
+# per two FMAs at 66.6 %; but fastconv's kernels of 2026-11-27 (commit 7441af9), whose AVX-512
+# direct forward was such a loop (llvm-mca 19: 66.6 %), ran resnet_3x3's whole forward at 88.9 %
+# of the measured FMA peak on a real Zen 4 (docs/performance.md). Shown beside znver4, not instead.
+ZEN4_BROADCAST_AS_LOAD = "znver4-bcast-load"
+_ZMM_BROADCAST = re.compile(r"vbroadcasts([sd])\s+(\S*\([^)]*\)),\s*%zmm")
 TRIPLE = "x86_64-unknown-linux-gnu"
 ITERATIONS = 1000  # long enough that the pipeline's fill and drain stay under 1 %
 
@@ -435,7 +442,10 @@ def pick_intel_model(tools: Tools, cpus: set[str], cal: dict[tuple[str, str], Ca
 def default_models(tools: Tools, cal: dict[tuple[str, str], Calibration]) -> list[str]:
     cpus = available_cpus(tools)
     intel = pick_intel_model(tools, cpus, cal)
-    return ([intel] if intel else []) + [c for c in ZEN_MODELS if c in cpus]
+    zen = [c for c in ZEN_MODELS if c in cpus]
+    if "znver4" in zen:
+        zen.insert(zen.index("znver4") + 1, ZEN4_BROADCAST_AS_LOAD)
+    return ([intel] if intel else []) + zen
 
 
 # ---------------------------------------------------------------------------- input
@@ -569,6 +579,8 @@ class McaResult:
 
 
 def run_mca(tools: Tools, cpu: str, asm: str) -> McaResult:
+    if cpu == ZEN4_BROADCAST_AS_LOAD:
+        cpu, asm = "znver4", _ZMM_BROADCAST.sub(lambda m: f"vmovup{m.group(1)} {m.group(2)}, %zmm", asm)
     with tempfile.NamedTemporaryFile("w", suffix=".s", delete=False) as f:
         f.write(asm)
     try:
@@ -903,7 +915,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="a build directory whose LTO objects made the (stripped) extension; default: build/*/ here",
     )
     ap.add_argument("--llvm-mca", help="the llvm-mca to use (default: the newest found)")
-    ap.add_argument("--models", help="comma-separated -mcpu values (default: an Intel AVX-512 model, znver4, znver3)")
+    ap.add_argument(
+        "--models",
+        help=f"comma-separated -mcpu values, or {ZEN4_BROADCAST_AS_LOAD} (default: an Intel AVX-512 model, "
+        f"znver4, {ZEN4_BROADCAST_AS_LOAD}, znver3)",
+    )
     ap.add_argument(
         "--kernels", help="comma-separated kernel names (default: all): " + ",".join(k.name for k in KERNELS)
     )

@@ -204,6 +204,46 @@ def test_link_command_from_build_ninja(tmp_path):
 TOOLS = mca.find_tools()
 needs_mca = pytest.mark.skipif(TOOLS is None, reason="no llvm-mca installed")
 
+ZMM_LOOP = """.Lmca_loop:
+  vbroadcastss 0x4(%rax,%rdx,4), %zmm30
+  vfmadd231ps %zmm30, %zmm1, %zmm2
+  vfmadd231ps %zmm30, %zmm0, %zmm3
+  vbroadcastss (%rax), %zmm29
+  vfmadd231ps %zmm29, %zmm1, %zmm4
+  vfmadd231ps %zmm29, %zmm0, %zmm5
+  vbroadcastss (%rax), %ymm28
+  addq $0x8, %rax
+  cmpq %rax, %rcx
+  jne .Lmca_loop
+"""
+
+
+@needs_mca
+def test_znver4_with_broadcasts_as_loads_rewrites_only_512_bit_broadcasts(monkeypatch):
+    if "znver4" not in mca.available_cpus(TOOLS):
+        pytest.skip(f"{TOOLS.mca} has no znver4 model (LLVM 16 or later has)")
+    seen = []
+    real_run = mca.subprocess.run
+
+    def spy(cmd, *args, **kwargs):
+        if "-resource-pressure" in cmd:
+            seen.append((next(c for c in cmd if c.startswith("-mcpu=")), Path(cmd[-1]).read_text()))
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(mca.subprocess, "run", spy)
+    plain = mca.run_mca(TOOLS, "znver4", ZMM_LOOP)
+    as_load = mca.run_mca(TOOLS, mca.ZEN4_BROADCAST_AS_LOAD, ZMM_LOOP)
+    assert [cpu for cpu, _ in seen] == ["-mcpu=znver4", "-mcpu=znver4"]
+    assert seen[0][1] == ZMM_LOOP
+    rewritten = seen[1][1]
+    assert "vmovups 0x4(%rax,%rdx,4), %zmm30" in rewritten and "vmovups (%rax), %zmm29" in rewritten
+    assert "vbroadcastss (%rax), %ymm28" in rewritten and rewritten.count("vbroadcastss") == 1
+    # 4 zmm FMAs take 4 cycles on the two double-pumped FMA pipes (and the ymm broadcast half
+    # a cycle on FP1 or FP2); znver4 adds two cycles of FP1 per 512-bit broadcast.
+    assert as_load.cycles_per_iter == pytest.approx(4.5, abs=0.1)
+    assert plain.cycles_per_iter == pytest.approx(7.0, abs=0.1)
+
+
 KERNEL_CPP = r"""
 namespace fastconv { namespace avx2 {
 typedef float vf __attribute__((vector_size(32)));
