@@ -152,10 +152,22 @@ bool backward_data_by_phase(const ConvShape& p, const T* grad_y, const T* weight
 template <class T>
 void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
     const bool strided = p.stride_h > 1 || p.stride_w > 1, one_channel = p.c_per_group() == 1;
-    // By phase, except where another kernel does better: strided layers with
-    // one input channel per group (the plane scatter) and, at stride 1, 1x1
-    // kernels (the GEMM reads their planes in place).
-    const bool by_phase = strided ? !one_channel : p.r > 1 || p.s > 1;
+    // By phase, except at stride 1 for 1x1 kernels (the GEMM reads their
+    // planes in place), and at a stride for one input channel per group where
+    // the plane scatter does better: a one-channel input (its phases' forward
+    // has one filter: 6 % slower by phase), or a depthwise layer whose dL/dx
+    // outgrows half the L3 cache. A depthwise phase is a register-blocked
+    // plane forward, where the scatter loads and stores every dL/dx value once
+    // per tap; but the phases go over grad_y and dL/dx once each, from memory
+    // when they do not stay in L3. Zen 5 (32 MiB L3), 3x3 stride 2, 128
+    // channels of 56 x 56, backward: float32 8 images (12.8 MB of dL/dx) 4.91
+    // -> 3.98 ms by phase, 4 images 2.51 -> 2.06; float64 2 images 1.69 ->
+    // 1.38; but float64 8 images (25.7 MB) 7.1 -> 10.5 ms and float32 8 of
+    // 112 x 112 (51 MB) 23.0 -> 27.8 ms.
+    const int64_t l3 = cache_sizes().l3 > 0 ? cache_sizes().l3 : int64_t(8) << 20;
+    const bool fits = p.n * p.c * p.h * p.w * static_cast<int64_t>(sizeof(T)) <= l3 / 2;
+    const bool scatter = one_channel && (p.groups == 1 || !fits);
+    const bool by_phase = strided ? !scatter : p.r > 1 || p.s > 1;
     if (by_phase && backward_data_by_phase(p, grad_y, weight, grad_x)) return;
     if (one_channel) return plane_backward_data(p, grad_y, weight, grad_x);
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
