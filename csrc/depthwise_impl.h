@@ -58,6 +58,37 @@ struct InputPlane {
     }
 };
 
+#ifdef FASTCONV_HAS_SHUFFLEVECTOR
+// Lane j of every_other(a, b) is value 2j from a's first: lanes 0, 2, ... of a,
+// then of b, which starts L - 1 values after a and so reaches no further than
+// the last value wanted.
+constexpr int every_other_lane(int lanes, int j) { return 2 * j < lanes ? 2 * j : 2 * j + 1; }
+template <class V, int L, std::size_t... J>
+inline V every_other(const V a, const V b, std::index_sequence<J...>) {
+    return __builtin_shufflevector(a, b, every_other_lane(L, static_cast<int>(J))...);
+}
+#endif
+
+// d[k] = s[2 * k] for k < count: a row's column phase at stride 2, L values
+// per shuffle of two vectors (the last block overlapping the one before)
+// rather than one value per load and store.
+template <class T>
+void copy_every_other(T* __restrict d, const T* __restrict s, int64_t count) {
+    constexpr int L = kLanes<T>;
+#ifdef FASTCONV_HAS_SHUFFLEVECTOR
+    using V = typename Simd<T>::vec;
+    if (count >= L) {
+        for (int64_t k = 0;; k += L) {
+            if (k + L > count) k = count - L;
+            const V a = load<V>(s + 2 * k), b = load<V>(s + 2 * k + L - 1);
+            store(d + k, every_other<V, L>(a, b, std::make_index_sequence<L>{}));
+            if (k + L >= count) return;
+        }
+    }
+#endif
+    for (int64_t k = 0; k < count; ++k) d[k] = s[2 * k];
+}
+
 // Copies plane into the input plane out. The padding is written only when
 // zero_padding is set: the copies never touch it (copy_run spills zeros
 // there), so a thread's buffer needs it once per call.
@@ -73,6 +104,10 @@ void pad_plane(const ConvShape& p, const InputPlane& ip, const T* plane, T* out,
             for (int64_t ph = 0; ph < ip.phases; ++ph) {
                 const auto [iw0, at] = ip.phase_start(ph, p.pad_left);
                 T* d = dst + at;
+                if (ip.phases == 2 && p.xs.w == 1) {
+                    copy_every_other(d, src + iw0, (p.w - iw0 + 1) / 2);
+                    continue;
+                }
                 for (int64_t iw = iw0; iw < p.w; iw += ip.phases) *d++ = src[iw * p.xs.w];
             }
         }

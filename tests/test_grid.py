@@ -177,13 +177,16 @@ def test_plane_kernels_sharing_plane_rows(rng, dtype, channels, groups, kernel, 
     ids=["3x3-s2", "5x5-s2", "3x3-s3", "4x2-s1x2", "3x3-s1x2", "3x3-s2x1", "3x3-s2-dil2"],
 )
 @pytest.mark.parametrize("padding", ["valid", "same"])
-@pytest.mark.parametrize("width", [9, 40])
+@pytest.mark.parametrize("width", [9, 33, 40])
 def test_strided_plane_kernels_on_column_phases(rng, dtype, channels, groups, kernel, stride, dilation, padding, width):
     # One input channel per filter with a column stride: the plane kernels
     # split the padded plane's columns by phase (column mod stride), so that
     # the taps of consecutive outputs read consecutive values (3x3 at row
     # stride 1: the shared-row kernels too); odd sizes leave phases of unequal
-    # length, and rows left over.
+    # length, and rows left over. At stride 2 a phase is copied a vector at a
+    # time: 9 columns give phases shorter than a vector, 33 one vector and a
+    # block overlapping it (17 values) or exactly one (16; two in float64),
+    # 40 a block overlapping the one before (20).
     run_case(rng, dtype, 2, channels, 19, width, 2 * channels, kernel, stride, dilation, groups, padding)
 
 
