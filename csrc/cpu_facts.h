@@ -16,6 +16,9 @@ struct CacheSizes {
 
 // Fallbacks where the OS reports nothing: the smallest sizes of current x86-64 cores.
 constexpr int64_t kFallbackL1d = 32 * 1024, kFallbackL2 = 256 * 1024;
+// What a kernel that sizes its work to the L3 takes where none is reported
+// (CacheSizes::l3 stays 0, and `info` says so).
+constexpr int64_t kFallbackL3 = 8 * 1024 * 1024;
 
 // Read once, on first use; thread-safe.
 const CacheSizes& cache_sizes();

@@ -194,7 +194,8 @@ def test_strided_depthwise_layer_whose_input_gradient_outgrows_half_the_l3(rng):
     # dL/dX of a strided depthwise layer goes by phase (a plane forward per
     # phase) while dL/dX fits in half the L3 cache, else through the plane
     # scatter: this one is past that size on this machine (8 MiB taken as
-    # the L3 where the OS reports none), so the scatter is checked too.
+    # the L3 where the OS reports none: kFallbackL3 in csrc/cpu_facts.h), so
+    # the scatter is checked too.
     from fastconv import _core
 
     l3 = _core.cpu_facts("generic", iterations=1)["l3_bytes"] or 8 * 2**20
