@@ -115,12 +115,13 @@ KERNELS: list[Kernel] = [
     Kernel("dw_fwd", "depthwise_impl.h", _NS + r"plane_forward<{T}>\("),
     # Depthwise dL/dx: a loop GCC vectorises (a row scattered back, weight times grad_y), not register-blocked.
     Kernel("dw_bwd_data", "depthwise_impl.h", _NS + r"plane_backward_data<{T}>\("),
-    # Depthwise dL/dF: NT taps at once, and the shared-rows 3x3 version.
+    # Depthwise dL/dF: NT taps at once, and the shared-rows 3x3 version (its
+    # instance for adjacent kernel columns: no column stride or dilation).
     Kernel("dw_dots", "depthwise_impl.h", _NS + r"plane_dots<{T}, (?P<nt>\d+)>\(", hot=lambda a: (a["nt"],)),
     Kernel(
         "dw_dots_shared",
         "depthwise_impl.h",
-        _NS + r"plane_dots_shared<{T}, (?P<r>\d+), (?P<s>\d+), (?P<rg>\d+)>\(",
+        _NS + r"plane_dots_shared<{T}, (?P<r>\d+), (?P<s>\d+), (?P<rg>\d+), true>\(",
         hot=lambda a: (a["r"] * a["s"],),
     ),
 ]

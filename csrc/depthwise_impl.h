@@ -324,15 +324,19 @@ PlaneDots<T> plane_dots_for(int taps) {
 // time, so each input row vector loaded serves every (kernel row, grad_y
 // row) pair that reads it. R x S accumulators of one vector each, over the
 // first `span` columns of each row (out_w rounded up to one vector, not two:
-// 24 float64 columns, not 32).
-template <class T, int R, int S, int RG>
+// 24 float64 columns, not 32). Adjacent: kernel column ks reads column ks
+// of the plane (no column stride or dilation), a constant offset from its
+// row's address; otherwise each of the (RG + R - 1) x S row and column pairs
+// took a general register of its own, more than there are (AVX2 3x3: 14
+// values on the stack per step).
+template <class T, int R, int S, int RG, bool Adjacent>
 void plane_dots_shared(const InputPlane& ip, const T* __restrict gyp, int64_t width, int64_t span,
                        const T* __restrict xp, int64_t rows, T* __restrict out) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
     const int64_t pitch = ip.pitch;
     int64_t column[S];
-    for (int ks = 0; ks < S; ++ks) column[ks] = ip.column[static_cast<size_t>(ks)];
+    for (int ks = 0; ks < S; ++ks) column[ks] = Adjacent ? ks : ip.column[static_cast<size_t>(ks)];
     V acc[R][S];
 #pragma GCC unroll 8
     for (int kr = 0; kr < R; ++kr)
@@ -348,19 +352,18 @@ void plane_dots_shared(const InputPlane& ip, const T* __restrict gyp, int64_t wi
                 const T* x_row = xp + (oh + ir) * pitch + ow;
 #pragma GCC unroll 8
                 for (int ks = 0; ks < S; ++ks) {
-                    V xv = load<V>(x_row + column[ks]);
-                    // AVX-512: in a register, loaded once for the R sums that use
-                    // it. GCC otherwise folded the load into each FMA: 3x3 and 5x5
-                    // depthwise dL/dF 6-18 % slower (Zen 5, float32 and float64),
-                    // and on two load ports the loads bound the 3x3 loop (llvm-mca,
-                    // Skylake-server: 66.7 -> 73.4 % of the FMA peak; its 5x5 loop
-                    // 78.1 -> 72.5 %). Not AVX2: 2-9 % slower there on Zen 5,
-                    // though the models gain (Zen 3 75 -> 95 %, Skylake 78 -> 88 %).
-                    if constexpr (FASTCONV_VECTOR_BYTES == 64) asm("" : "+v"(xv));
+                    // In a register, loaded once for the R sums that use it, and
+                    // each FMA into its sum's own register (fma_in_place). GCC
+                    // otherwise folded the load into each FMA (3x3 and 5x5
+                    // depthwise dL/dF 6-18 % slower on Zen 5) and rotated the sums
+                    // through registers with moves: llvm-mca put the 3x3 loop at
+                    // 73-84 % of the FMA peak on Skylake-server and 78 % on Zen 3,
+                    // now 91-100 %; Zen 5 runs it as fast as before.
+                    const V xv = load<V>(x_row + column[ks]);
 #pragma GCC unroll 8
                     for (int kr = 0; kr < R; ++kr) {
                         const int r = ir - kr;  // the grad_y row that kernel row kr pairs with input row ir
-                        if (r >= 0 && r < RG) acc[kr][ks] += gv[r] * xv;
+                        if (r >= 0 && r < RG) fma_in_place(acc[kr][ks], gv[r], xv);
                     }
                 }
             }
@@ -387,9 +390,10 @@ struct SharedDots {
     int rows = 1;
 };
 template <class T>
-SharedDots<T> plane_dots_shared_for(int64_t r, int64_t s) {
-    if (r == 3 && s == 3) return {&plane_dots_shared<T, 3, 3, 4>, 4};
-    if (r == 5 && s == 5 && FASTCONV_VECTOR_BYTES == 64) return {&plane_dots_shared<T, 5, 5, 2>, 2};
+SharedDots<T> plane_dots_shared_for(int64_t r, int64_t s, bool adjacent) {
+    if (r == 3 && s == 3) return {adjacent ? &plane_dots_shared<T, 3, 3, 4, true> : &plane_dots_shared<T, 3, 3, 4, false>, 4};
+    if (r == 5 && s == 5 && FASTCONV_VECTOR_BYTES == 64)
+        return {adjacent ? &plane_dots_shared<T, 5, 5, 2, true> : &plane_dots_shared<T, 5, 5, 2, false>, 2};
     return {};
 }
 
@@ -404,7 +408,7 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     // Taps per plane_dots call: at most kTapGroup, in groups of even size (25
     // taps as 9 + 8 + 8, not 12 + 12 + 1, whose last call would be latency-bound).
     const int64_t group = (taps + (taps + kTapGroup - 1) / kTapGroup - 1) / ((taps + kTapGroup - 1) / kTapGroup);
-    const SharedDots<T> shared = p.stride_h == 1 && p.dil_h == 1 ? plane_dots_shared_for<T>(p.r, p.s) : SharedDots<T>{};
+    const SharedDots<T> shared = p.stride_h == 1 && p.dil_h == 1 ? plane_dots_shared_for<T>(p.r, p.s, ip.phases == 1 && p.dil_w == 1) : SharedDots<T>{};
     // A task is a block of one group's filters: the whole group where there
     // are groups enough for the threads, else fewer filters (a one-channel
     // layer has one group). Each filter sums over the images in order

@@ -120,6 +120,24 @@ inline void store(T* p, const V& v) {
     std::memcpy(p, &v, sizeof(V));
 }
 
+// acc += a * b, one FMA into acc's own register (the bits of GCC's contracted
+// acc += a * b). Where one vector meets several sums, GCC otherwise took the
+// form that overwrites the vector with a sum, and rotated the sums among
+// registers with a move each per step: moves that share Intel's second
+// 512-bit FMA port (llvm-mca, skylake-avx512).
+template <class V>
+inline void fma_in_place(V& acc, const V a, const V b) {
+#if defined(__x86_64__) && defined(__FMA__)
+    if constexpr (sizeof(a[0]) == 4) {
+        asm("vfmadd231ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    } else {
+        asm("vfmadd231pd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    }
+#else
+    acc += a * b;
+#endif
+}
+
 // out[i * ldo + j] = in[j * ldi + i], i, j < L = kLanes<T>: an L x L tile
 // transposed in registers by log2(L) rounds of two-vector shuffles, where
 // round H swaps the off-diagonal H x H blocks of each 2H x 2H block.

@@ -173,8 +173,10 @@ def test_plane_kernels_sharing_plane_rows(rng, dtype, channels, groups, kernel, 
         ((3, 3), (1, 2), 1),
         ((3, 3), (2, 1), 1),
         ((3, 3), 2, 2),
+        ((5, 5), (1, 2), 1),
+        ((3, 3), 1, (1, 2)),
     ],
-    ids=["3x3-s2", "5x5-s2", "3x3-s3", "4x2-s1x2", "3x3-s1x2", "3x3-s2x1", "3x3-s2-dil2"],
+    ids=["3x3-s2", "5x5-s2", "3x3-s3", "4x2-s1x2", "3x3-s1x2", "3x3-s2x1", "3x3-s2-dil2", "5x5-s1x2", "3x3-dil1x2"],
 )
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("width", [9, 33, 40])
