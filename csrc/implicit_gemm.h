@@ -120,6 +120,25 @@ inline void store(T* p, const V& v) {
     std::memcpy(p, &v, sizeof(V));
 }
 
+// The first n values at p, 0 < n < L, the other lanes zero: a masked load,
+// which leaves the lanes past n unread (no fault past the end of an array).
+template <class V, class T>
+inline V load_first(const T* p, int64_t n) {
+#if FASTCONV_VECTOR_BYTES == 64
+    const unsigned mask = (1u << n) - 1u;
+    if constexpr (sizeof(T) == 4) return (V)_mm512_maskz_loadu_ps(static_cast<__mmask16>(mask), p);
+    else return (V)_mm512_maskz_loadu_pd(static_cast<__mmask8>(mask), p);
+#else
+    if constexpr (sizeof(T) == 4) {
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        return (V)_mm256_maskload_ps(p, mask);
+    } else {
+        const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+        return (V)_mm256_maskload_pd(p, mask);
+    }
+#endif
+}
+
 // acc += a * b, one FMA into acc's own register (the bits of GCC's contracted
 // acc += a * b). Where one vector meets several sums, GCC otherwise took the
 // form that overwrites the vector with a sum, and rotated the sums among
@@ -127,15 +146,11 @@ inline void store(T* p, const V& v) {
 // 512-bit FMA port (llvm-mca, skylake-avx512).
 template <class V>
 inline void fma_in_place(V& acc, const V a, const V b) {
-#if defined(__x86_64__) && defined(__FMA__)
     if constexpr (sizeof(a[0]) == 4) {
         asm("vfmadd231ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
     } else {
         asm("vfmadd231pd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
     }
-#else
-    acc += a * b;
-#endif
 }
 
 // out[i * ldo + j] = in[j * ldi + i], i, j < L = kLanes<T>: an L x L tile
@@ -279,35 +294,11 @@ constexpr int64_t kCopySlack = kLanes<T>;
 
 template <class T>
 inline void copy_run(T* __restrict dst, const T* __restrict src, int64_t len) {
-#if FASTCONV_VECTOR_BYTES == 64
+    using V = typename Simd<T>::vec;
     constexpr int64_t L = kLanes<T>;
     int64_t i = 0;
-    for (; i + L <= len; i += L) store(dst + i, load<typename Simd<T>::vec>(src + i));
-    if (i < len) {
-        const unsigned mask = (1u << (len - i)) - 1u;
-        if constexpr (sizeof(T) == 4) {
-            _mm512_storeu_ps(dst + i, _mm512_maskz_loadu_ps(static_cast<__mmask16>(mask), src + i));
-        } else {
-            _mm512_storeu_pd(dst + i, _mm512_maskz_loadu_pd(static_cast<__mmask8>(mask), src + i));
-        }
-    }
-#elif FASTCONV_VECTOR_BYTES == 32
-    constexpr int64_t L = kLanes<T>;
-    int64_t i = 0;
-    for (; i + L <= len; i += L) store(dst + i, load<typename Simd<T>::vec>(src + i));
-    if (i < len) {  // vmaskmov loads leave the lanes past len unread (no fault) and zero
-        if constexpr (sizeof(T) == 4) {
-            const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(len - i)),
-                                                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-            _mm256_storeu_ps(dst + i, _mm256_maskload_ps(src + i, mask));
-        } else {
-            const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(len - i), _mm256_setr_epi64x(0, 1, 2, 3));
-            _mm256_storeu_pd(dst + i, _mm256_maskload_pd(src + i, mask));
-        }
-    }
-#else
-    for (int64_t i = 0; i < len; ++i) dst[i] = src[i];
-#endif
+    for (; i + L <= len; i += L) store(dst + i, load<V>(src + i));
+    if (i < len) store(dst + i, load_first<V>(src + i, len - i));
 }
 
 // panel[j * width + i] = source value of tap j for the tile's pixel i; zeros in
