@@ -49,6 +49,12 @@ struct InputPlane {
         }
     }
     int64_t size() const { return phases * rows * pitch; }
+    // Whether kernel column ks reads column ks (no column stride or dilation).
+    bool adjacent_columns() const {
+        for (size_t ks = 0; ks < column.size(); ++ks)
+            if (column[ks] != static_cast<int64_t>(ks)) return false;
+        return true;
+    }
     // The first input column of phase ph (the phase of its padded column),
     // and that column's place in a row of the plane; the phase's next input
     // columns are `phases` apart and land side by side after it.
@@ -408,7 +414,7 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     // Taps per plane_dots call: at most kTapGroup, in groups of even size (25
     // taps as 9 + 8 + 8, not 12 + 12 + 1, whose last call would be latency-bound).
     const int64_t group = (taps + (taps + kTapGroup - 1) / kTapGroup - 1) / ((taps + kTapGroup - 1) / kTapGroup);
-    const SharedDots<T> shared = p.stride_h == 1 && p.dil_h == 1 ? plane_dots_shared_for<T>(p.r, p.s, ip.phases == 1 && p.dil_w == 1) : SharedDots<T>{};
+    const SharedDots<T> shared = p.stride_h == 1 && p.dil_h == 1 ? plane_dots_shared_for<T>(p.r, p.s, ip.adjacent_columns()) : SharedDots<T>{};
     // A task is a block of one group's filters: the whole group where there
     // are groups enough for the threads, else fewer filters (a one-channel
     // layer has one group). Each filter sums over the images in order

@@ -114,7 +114,7 @@ struct InputWindow {
     // Workspace elements a thread needs for its window, with room for the
     // vector of zeros that copying its last row may spill (copy_run).
     int64_t size() const { return in_place ? 1 : channels * rows * cols + kWindowSlack; }
-    static constexpr int64_t kWindowSlack = 16;  // >= kCopySlack<T> of any T and vector width
+    static constexpr int64_t kWindowSlack = kCopySlack<float>;  // the most a copy_run of any T spills
 
     // The window of output rows oh0... of the group whose first channel is
     // x_group: the input itself in place, else a copy in scratch.
