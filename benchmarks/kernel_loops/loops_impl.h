@@ -1,0 +1,207 @@
+// The loops of the kernel-loop bench for one instruction set: included by
+// loops_<isa>.cpp after that set's kernels, inside nothing. Each loop calls
+// one micro-kernel (the template instance benchmarks/mca_kernels.py models
+// as the hot one) through a function pointer, as the layers do, on operands
+// of a few KiB that stay in L1 between calls: what it measures is the
+// kernel's own throughput, not the caches'. The values are arbitrary; the
+// sums are never checked here (the test suite checks the layers).
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "loops.h"
+
+namespace fastconv::FASTCONV_ISA {
+
+namespace loops_detail {
+
+// Zero-initialised (so that no lane holds a NaN or a denormal), 64-byte
+// aligned, with room past the end for a vector read from the last value.
+template <class T>
+struct Buffer {
+    std::vector<T> mem;
+    T* data;
+    explicit Buffer(int64_t count) : mem(static_cast<size_t>(count + 64 + 16)) {
+        std::mt19937 rng(7);
+        std::uniform_real_distribution<double> value(-1.0, 1.0);
+        for (auto& v : mem) v = static_cast<T>(value(rng));
+        auto address = reinterpret_cast<std::uintptr_t>(mem.data());
+        data = mem.data() + ((64 - address % 64) % 64) / sizeof(T);
+    }
+};
+
+// The least seconds per call over batches of calls, each batch long enough
+// (about 0.2 ms) that the clock's granularity does not count, until
+// `seconds` have passed.
+template <class Call>
+double seconds_per_call(Call call, double seconds) {
+    using Clock = std::chrono::steady_clock;
+    call();
+    int64_t batch = 1;
+    for (;;) {  // size the batch
+        const auto t0 = Clock::now();
+        for (int64_t i = 0; i < batch; ++i) call();
+        if (std::chrono::duration<double>(Clock::now() - t0).count() > 2e-4) break;
+        batch *= 2;
+    }
+    double best = std::numeric_limits<double>::infinity();
+    const auto start = Clock::now();
+    do {
+        const auto t0 = Clock::now();
+        for (int64_t i = 0; i < batch; ++i) call();
+        best = std::min(best, std::chrono::duration<double>(Clock::now() - t0).count() / double(batch));
+    } while (std::chrono::duration<double>(Clock::now() - start).count() < seconds);
+    return best;
+}
+
+template <class T>
+const char* type_name() {
+    return sizeof(T) == 4 ? "float" : "double";
+}
+
+// One input plane for the depthwise dL/dF dots: n = c = k = 1, h x w, an
+// r x s kernel, "same" padding.
+inline ConvShape plane_shape(int64_t h, int64_t w, int64_t r, int64_t s) {
+    ConvShape p;
+    p.n = 1, p.c = 1, p.k = 1, p.h = h, p.w = w, p.r = r, p.s = s;
+    p.pad_top = (r - 1) / 2, p.pad_bottom = r - 1 - p.pad_top;
+    p.pad_left = (s - 1) / 2, p.pad_right = s - 1 - p.pad_left;
+    p.out_h = h, p.out_w = w;
+    p.set_dense_strides();
+    return p;
+}
+
+// direct_micro, NP pixels x NK filter vectors at stride 1, over `ntaps` taps
+// whose packed weights fill 8-16 KiB, as the forward's chunks of taps do.
+template <class T, int NP, int NK>
+loops::LoopResult direct_forward_loop(const char* kernel, double seconds) {
+    constexpr int64_t F = NK * kLanes<T>, ntaps = 128;
+    Buffer<T> in(4096), w(ntaps * F), out(NP * F);
+    std::vector<TapAt> at(ntaps);
+    for (int64_t t = 0; t < ntaps; ++t) at[static_cast<size_t>(t)] = TapAt{(t * 53) % 2048, t * F};
+    DirectMicro<T> volatile fn = &direct_micro<T, NP, NK, 1>;
+    const double s = seconds_per_call([&] { fn(in.data, 1, w.data, at.data(), nullptr, ntaps, out.data, false); },
+                                      seconds);
+    return {kernel, "direct_micro<" + std::string(type_name<T>()) + ", " + std::to_string(NP) + ", " + std::to_string(NK) + ", 1>",
+            type_name<T>(), double(ntaps * NP * NK), s};
+}
+
+// row_micro on a packed panel: ntaps rows of NV vectors, MR weights a tap.
+template <class T, int MR, int NV>
+loops::LoopResult gemm_loop(double seconds) {
+    constexpr int64_t W = NV * kLanes<T>, ntaps = 48;
+    Buffer<T> b((ntaps + kRowsAhead) * W), a(ntaps * MR), c(MR * W);
+    RowMicro<T> volatile fn = &row_micro<T, MR, NV>;
+    const double s = seconds_per_call([&] { fn(b.data, W, nullptr, nullptr, ntaps, a.data, c.data, W, nullptr); }, seconds);
+    return {"gemm", "row_micro<" + std::string(type_name<T>()) + ", " + std::to_string(MR) + ", " + std::to_string(NV) + ">",
+            type_name<T>(), double(ntaps * MR * NV), s};
+}
+
+// direct_bw_micro: NJ taps x NK filter vectors over 4 rows of 14 pixels.
+template <class T, int NJ, int NK>
+loops::LoopResult backward_weights_loop(double seconds) {
+    constexpr int64_t F = NK * kLanes<T>, rows = 4, width = 14, row_step = 16;
+    Buffer<T> x(rows * row_step + NJ + 16), gyt(rows * width * F), acc(NJ * F);
+    const T* src[NJ];
+    for (int j = 0; j < NJ; ++j) src[j] = x.data + j;
+    DirectBwMicro<T> volatile fn = &direct_bw_micro<T, NJ, NK>;
+    const double s = seconds_per_call([&] { fn(src, 1, row_step, 0, gyt.data, 1, rows, width, acc.data); }, seconds);
+    return {"bw_weights", "direct_bw_micro<" + std::string(type_name<T>()) + ", " + std::to_string(NJ) + ", " + std::to_string(NK) + ">",
+            type_name<T>(), double(NJ * NK * rows * width), s};
+}
+
+// rows_micro: MR filters x NR rows x NV vectors over 96 taps.
+template <class T, int MR, int NR, int NV>
+loops::LoopResult rows_loop(double seconds) {
+    constexpr int64_t W = NV * kLanes<T>, row_step = W + 16, ntaps = 96;
+    Buffer<T> base(12 * row_step + NR * row_step + W), a(ntaps * MR), c(MR * NR * W);
+    std::vector<int64_t> offset(ntaps);  // taps (channel, kr, ks) of a 3x3 kernel, 4 channels' rows in turn
+    for (int64_t j = 0; j < ntaps; ++j) offset[static_cast<size_t>(j)] = (j / 3 % 12) * row_step + j % 3;
+    RowsMicro<T> volatile fn = &rows_micro<T, MR, NR, NV>;
+    const double s = seconds_per_call([&] { fn(base.data, row_step, offset.data(), ntaps, a.data, c.data); }, seconds);
+    return {"rows", "rows_micro<" + std::string(type_name<T>()) + ", " + std::to_string(MR) + ", " + std::to_string(NR) + ", " + std::to_string(NV) + ">",
+            type_name<T>(), double(ntaps * MR * NR * NV), s};
+}
+
+// rows_shared_micro with a 3-row kernel: MR filters x NR rows x NV vectors,
+// 16 channels of 3 kernel columns.
+template <class T, int MR, int NR, int NV>
+loops::LoopResult rows_shared_loop(const char* kernel, double seconds) {
+    constexpr int64_t W = NV * kLanes<T>, row_step = W + 16, R = 3, S = 3, channels = 16;
+    Buffer<T> base(4 * (NR + R) * row_step + W), a(channels * R * S * MR), c(MR * NR * W);
+    std::vector<int64_t> offset(channels * R * S);  // tap (channel, kr, ks): 4 channels' rows in turn
+    for (int64_t j = 0; j < channels * R * S; ++j)
+        offset[static_cast<size_t>(j)] = (j / (R * S) % 4) * (NR + R) * row_step + (j / S % R) * row_step + j % S;
+    RowsShared<T> volatile fn = &rows_shared_micro<T, MR, NR, NV, R>;
+    const double s = seconds_per_call(
+        [&] { fn(base.data, row_step, offset.data(), channels, S, a.data, nullptr, c.data, W, nullptr); }, seconds);
+    return {kernel,
+            "rows_shared_micro<" + std::string(type_name<T>()) + ", " + std::to_string(MR) + ", " + std::to_string(NR) + ", " + std::to_string(NV) + ", 3>",
+            type_name<T>(), double(channels * S * R * NR * MR * NV), s};
+}
+
+// plane_dots, NT taps at once, over a 32 x 32 plane with a 5x5 kernel.
+template <class T, int NT>
+loops::LoopResult dots_loop(double seconds) {
+    const ConvShape p = plane_shape(32, 32, 5, 5);
+    const InputPlane ip(p, static_cast<const T*>(nullptr));
+    const int64_t width = row_width<T>(p);
+    Buffer<T> xp(ip.size()), gyp(p.out_h * width), out(NT);
+    PlaneDots<T> volatile fn = &plane_dots<T, NT>;
+    const double s = seconds_per_call([&] { fn(p, ip, gyp.data, width, xp.data, 0, 0, out.data); }, seconds);
+    return {"dw_dots", "plane_dots<" + std::string(type_name<T>()) + ", " + std::to_string(NT) + ">", type_name<T>(),
+            double(NT * p.out_h * (width / kLanes<T>)), s};
+}
+
+// plane_dots_shared, R x S taps, RG grad_y rows a step, over a 32 x 32 plane.
+template <class T, int R, int S, int RG>
+loops::LoopResult dots_shared_loop(double seconds) {
+    const ConvShape p = plane_shape(32, 32, R, S);
+    const InputPlane ip(p, static_cast<const T*>(nullptr));
+    const int64_t width = row_width<T>(p), span = (p.out_w + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
+    Buffer<T> xp(ip.size()), gyp(p.out_h * width), out(R * S);
+    PlaneDotsShared<T> volatile fn = &plane_dots_shared<T, R, S, RG, true>;
+    const double s = seconds_per_call([&] { fn(ip, gyp.data, width, span, xp.data, p.out_h, out.data); }, seconds);
+    return {"dw_dots_shared",
+            "plane_dots_shared<" + std::string(type_name<T>()) + ", " + std::to_string(R) + ", " + std::to_string(S) + ", " + std::to_string(RG) + ", true>",
+            type_name<T>(), double(R * S * p.out_h * (span / kLanes<T>)), s};
+}
+
+template <class T>
+void run_type(std::vector<loops::LoopResult>& out, double seconds) {
+    constexpr bool wide = FASTCONV_VECTOR_BYTES == 64;
+    out.push_back(direct_forward_loop<T, FASTCONV_DIRECT_NP, 2>("direct_fwd", seconds));
+    out.push_back(direct_forward_loop<T, DirectKernels<T, 3>::max_pixels, 3>("direct_fwd3", seconds));
+    out.push_back(gemm_loop<T, FASTCONV_MR, FASTCONV_NV>(seconds));
+    out.push_back(backward_weights_loop<T, FASTCONV_BW_NJ, FASTCONV_BW_NK>(seconds));
+    if constexpr (wide) {
+        out.push_back(rows_loop<T, 3, 2, 3>(seconds));
+        out.push_back(rows_shared_loop<T, 3, 2, 3>("rows_shared", seconds));
+        out.push_back(rows_shared_loop<T, 1, 8, 2>("dw_fwd_shared", seconds));
+        out.push_back(dots_loop<T, kTapGroup>(seconds));
+        out.push_back(dots_shared_loop<T, 5, 5, 2>(seconds));
+    } else {
+        out.push_back(rows_loop<T, 1, 4, 2>(seconds));
+        out.push_back(rows_shared_loop<T, 3, 4, 1>("rows_shared", seconds));
+        out.push_back(rows_shared_loop<T, 1, 12, 1>("dw_fwd_shared", seconds));
+        out.push_back(dots_loop<T, kTapGroup>(seconds));
+        out.push_back(dots_shared_loop<T, 3, 3, 4>(seconds));
+    }
+}
+
+}  // namespace loops_detail
+
+inline std::vector<loops::LoopResult> run_loops(double seconds_each) {
+    std::vector<loops::LoopResult> out;
+    loops_detail::run_type<float>(out, seconds_each);
+    loops_detail::run_type<double>(out, seconds_each);
+    return out;
+}
+
+}  // namespace fastconv::FASTCONV_ISA
