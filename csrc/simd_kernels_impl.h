@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "backward_bias_impl.h"
+#include "backward_data_col2im_impl.h"
 #include "depthwise_impl.h"
 #include "direct_backward_weights_impl.h"
 #include "direct_forward_impl.h"
@@ -168,6 +169,7 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
     const bool fits = p.n * p.c * p.h * p.w * static_cast<int64_t>(sizeof(T)) <= l3 / 2;
     const bool scatter = one_channel && (p.groups == 1 || !fits);
     const bool by_phase = strided ? !scatter : p.r > 1 || p.s > 1;
+    if (col2im_backward_data_suits(p)) return col2im_backward_data(p, grad_y, weight, grad_x);
     if (by_phase && backward_data_by_phase(p, grad_y, weight, grad_x)) return;
     if (one_channel) return plane_backward_data(p, grad_y, weight, grad_x);
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();

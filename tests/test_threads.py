@@ -37,10 +37,15 @@ def test_bad_thread_counts(bad, error):
             pass
 
 
-def test_results_do_not_depend_on_the_thread_count():
+@pytest.mark.parametrize(
+    "x_shape,w_shape",
+    [((3, 16, 20, 20), (24, 16, 3, 3)), ((6, 1, 20, 20), (32, 1, 3, 3))],
+    ids=["16-channels", "one-channel"],  # one channel: dL/dX as GEMM and col2im, image by image
+)
+def test_results_do_not_depend_on_the_thread_count(x_shape, w_shape):
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 16, 20, 20)).astype(np.float32)
-    w = rng.standard_normal((24, 16, 3, 3)).astype(np.float32)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
     outs = []
     for n in (1, 2):
         with fastconv.threads(n):
