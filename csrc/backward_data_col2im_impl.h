@@ -1,13 +1,13 @@
-// dL/dx of a one-channel input (one group, C = 1) at stride 1, image by
-// image, as a GEMM and a col2im:
-//   cols[t][q] = sum over filters k of weight[k][t] * grad_y[k][q]
-// for each kernel tap t = (kr, ks) and output pixel q, with each filter's
-// grad_y plane read in place as one row of the GEMM's B (row_micro, the
-// implicit GEMM's micro-kernel); then every tap's column is added, shifted,
-// into the image's dL/dx plane. The by-phase path ran this as a forward of K
-// channels into one filter, whose window copied every grad_y value for 9
-// FMAs (a 3x3 kernel) and took half the time copying (Zen 4: 15 us of a
-// float32 image's 25 us in cache; float64 25 of 36 out of it).
+// dL/dx of an input of one to three channels (one group) at stride 1, image
+// by image, as a GEMM and a col2im:
+//   cols[c][t][q] = sum over filters k of weight[k][c][t] * grad_y[k][q]
+// for each channel c, kernel tap t = (kr, ks) and output pixel q, with each
+// filter's grad_y plane read in place as one row of the GEMM's B (row_micro,
+// the implicit GEMM's micro-kernel); then every (channel, tap) column is
+// added, shifted, into that channel's dL/dx plane. The by-phase path ran
+// this as a forward of K channels into C filters, whose window copied every
+// grad_y value for only 9 C FMAs (3x3) and, with one channel, took half the
+// time copying (Zen 4: 15 us of a float32 image's 25 us in cache).
 // Included by simd_kernels_impl.h inside the instruction set's namespace.
 #pragma once
 
@@ -24,12 +24,18 @@ namespace fastconv::FASTCONV_ISA {
 // threads to share whole ones (the choice depends on the shape alone, so
 // results never depend on the thread count); and filters enough that each
 // column value's sum outweighs its trip through the column buffer: 16 or
-// more, and half the taps or more. Zen 4, 8 images of 28 x 28, in cache,
-// dL/dx against the by-phase path: 3x3 with 32 filters 2.1-2.5x as fast, 5x5
-// with 16 filters 1.15x, 7x7 with 64 filters 1.4x, 24 filters 1.07-1.1x but
-// with 16 filters 5-15 % slower; 1x1 (which went to the plane scatter) 4.5-5x.
+// more, and half the GEMM's rows (channels x taps) or more. Zen 4, 8 images
+// of 28 x 28, in cache, dL/dx against the by-phase path, one channel: 3x3
+// with 32 filters 2.1-2.5x as fast, 5x5 with 16 filters 1.15x, 7x7 with 64
+// filters 1.4x, 24 filters 1.07-1.1x but 16 filters 5-15 % slower; 1x1
+// (which went to the plane scatter) 4.5-5x. Two channels, 3x3: 16 filters
+// 1.1x, 32 filters 1.45x; three: 16 filters within 5 %, 32 filters 1.1-1.3x.
+// Six (LeNet's second layer, 5x5 over 14 x 14) ran 1.2-1.3x slower: a chunk
+// of 150 columns of 10-pixel rows, whose col2im adds cost more than the
+// GEMM saves.
 inline bool col2im_backward_data_suits(const ConvShape& p) {
-    return p.groups == 1 && p.c == 1 && p.stride_h == 1 && p.stride_w == 1 && p.k >= 16 && 2 * p.k >= p.r * p.s && p.n >= 4 &&
+    return p.groups == 1 && p.c <= 3 && p.stride_h == 1 && p.stride_w == 1 && p.k >= 16 &&
+           2 * p.k >= p.c * p.r * p.s && p.n >= 4 &&
            p.ys.w == 1 && p.ys.h == p.out_w && p.ys.c == p.out_h * p.out_w && p.xs.w == 1;
 }
 
@@ -41,25 +47,26 @@ template <class T>
 void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
     constexpr int64_t W = kVectorsPerTile * kLanes<T>;  // pixels per micro-kernel call
     const int64_t taps = p.r * p.s, filters = p.k, pixels = p.out_h * p.out_w;
+    const int64_t rows_m = p.c * taps;  // the GEMM's rows: (channel, tap)
     const int64_t chunk_rows =
-        std::clamp<int64_t>(kColumnBytes / (taps * p.out_w * static_cast<int64_t>(sizeof(T))), 1, p.out_h);
+        std::clamp<int64_t>(kColumnBytes / (rows_m * p.out_w * static_cast<int64_t>(sizeof(T))), 1, p.out_h);
     const int64_t ld = (chunk_rows * p.out_w + W - 1) / W * W;  // a tap's columns: whole calls of W pixels
 
     // The taps in blocks of rows of the micro-kernel, split evenly (9 as 5 +
     // 4, not 8 + 1, whose one row of sums would wait on the FMA latency);
     // block b's weights packed as a[k][i] = weight[k][first tap of b + i].
-    const int64_t blocks = (taps + FASTCONV_MR - 1) / FASTCONV_MR;
+    const int64_t blocks = (rows_m + FASTCONV_MR - 1) / FASTCONV_MR;
     std::vector<int64_t> first(static_cast<size_t>(blocks + 1));
-    for (int64_t b = 0; b <= blocks; ++b) first[static_cast<size_t>(b)] = taps * b / blocks;
-    std::vector<T> a_packed(static_cast<size_t>(filters * taps));
+    for (int64_t b = 0; b <= blocks; ++b) first[static_cast<size_t>(b)] = rows_m * b / blocks;
+    std::vector<T> a_packed(static_cast<size_t>(filters * rows_m));
     for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t t0 = first[static_cast<size_t>(b)], rows = first[static_cast<size_t>(b + 1)] - t0;
+        const int64_t m0 = first[static_cast<size_t>(b)], rows = first[static_cast<size_t>(b + 1)] - m0;
         for (int64_t k = 0; k < filters; ++k)
-            for (int64_t i = 0; i < rows; ++i)
-                a_packed[static_cast<size_t>(filters * t0 + k * rows + i)] = weight[k * taps + t0 + i];
+            for (int64_t i = 0; i < rows; ++i)  // weight[k][c][t] for row m = c * taps + t
+                a_packed[static_cast<size_t>(filters * m0 + k * rows + i)] = weight[k * rows_m + m0 + i];
     }
 
-    PerThread<T> cols_mem(taps * ld), tail_mem(filters * W);
+    PerThread<T> cols_mem(rows_m * ld), tail_mem(filters * W);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const cols = cols_mem.get();
         T* const tail = tail_mem.get();
@@ -67,7 +74,9 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
         for (int64_t n = 0; n < p.n; ++n) {
             const T* gy = grad_y + n * p.ys.n;
             T* gx = grad_x + n * p.xs.n;
-            for (int64_t ih = 0; ih < p.h; ++ih) std::fill(gx + ih * p.xs.h, gx + ih * p.xs.h + p.w, T(0));
+            for (int64_t c = 0; c < p.c; ++c)
+                for (int64_t ih = 0; ih < p.h; ++ih)
+                    std::fill(gx + c * p.xs.c + ih * p.xs.h, gx + c * p.xs.c + ih * p.xs.h + p.w, T(0));
             for (int64_t oh0 = 0; oh0 < p.out_h; oh0 += chunk_rows) {
                 const int64_t oh1 = std::min(p.out_h, oh0 + chunk_rows);
                 const int64_t q0 = oh0 * p.out_w, count = (oh1 - oh0) * p.out_w;
@@ -86,26 +95,26 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
                         b = tail, step = W;
                     }
                     for (int64_t blk = 0; blk < blocks; ++blk) {
-                        const int64_t t0 = first[static_cast<size_t>(blk)];
-                        const int rows = static_cast<int>(first[static_cast<size_t>(blk + 1)] - t0);
+                        const int64_t m0 = first[static_cast<size_t>(blk)];
+                        const int rows = static_cast<int>(first[static_cast<size_t>(blk + 1)] - m0);
                         micro_for_rows<T, kVectorsPerTile>(rows)(b, step, nullptr, nullptr, filters,
-                                                                 a_packed.data() + filters * t0, cols + t0 * ld + q, ld,
+                                                                 a_packed.data() + filters * m0, cols + m0 * ld + q, ld,
                                                                  nullptr);
                     }
                 }
                 // dL/dx[oh - pad_top + kr * dil_h][ow - pad_left + ks * dil_w] += cols[t][oh][ow],
                 // over the output pixels whose tap lands inside the input.
-                for (int64_t t = 0; t < taps; ++t) {
-                    const int64_t kr = t / p.s, ks = t % p.s;
+                for (int64_t m = 0; m < rows_m; ++m) {
+                    const int64_t c = m / taps, kr = m % taps / p.s, ks = m % p.s;
                     const int64_t shift = ks * p.dil_w - p.pad_left;  // iw - ow
                     const int64_t ow0 = std::max<int64_t>(0, -shift), ow1 = std::min(p.out_w, p.w - shift);
                     if (ow0 >= ow1) continue;
                     for (int64_t oh = oh0; oh < oh1; ++oh) {
                         const int64_t ih = oh - p.pad_top + kr * p.dil_h;
                         if (ih < 0 || ih >= p.h) continue;
-                        T* __restrict d = gx + ih * p.xs.h + ow0 + shift;
-                        const T* __restrict c = cols + t * ld + (oh - oh0) * p.out_w + ow0;
-                        for (int64_t i = 0; i < ow1 - ow0; ++i) d[i] += c[i];
+                        T* __restrict d = gx + c * p.xs.c + ih * p.xs.h + ow0 + shift;
+                        const T* __restrict col = cols + m * ld + (oh - oh0) * p.out_w + ow0;
+                        for (int64_t i = 0; i < ow1 - ow0; ++i) d[i] += col[i];
                     }
                 }
             }

@@ -162,26 +162,30 @@ def test_plane_kernels_sharing_plane_rows(rng, dtype, channels, groups, kernel, 
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (1, 7), (4, 2), (1, 1)])
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("h,w", [(9, 15), (28, 28), (13, 40)])
-def test_one_channel_input_gradient_as_gemm_and_col2im(rng, dtype, kernel, dilation, padding, h, w):
-    # One input channel, 16 or more filters, 4 or more images, stride 1: dL/dX
-    # is a GEMM over the filters that reads each grad_y plane in place, 48
-    # pixels a call (AVX-512 float32; float64 24, AVX2 16 and 8), whose last call of a plane reads a zero-padded copy of the
-    # plane's tail where the pixels do not divide (most of these output
-    # sizes), then a col2im of every tap's columns, edges clipped.
-    run_case(rng, dtype, 4, 1, h, w, 16, kernel, 1, dilation, 1, padding)
+def test_few_channel_input_gradient_as_gemm_and_col2im(rng, dtype, channels, kernel, dilation, padding, h, w):
+    # One to three input channels, 4 or more images, stride 1, 16 or more
+    # filters and at least half as many as channels x taps: dL/dX is a GEMM
+    # over the filters that reads each grad_y plane in place, 48 pixels a call
+    # (AVX-512 float32; float64 24, AVX2 16 and 8), whose last call of a plane
+    # reads a zero-padded copy of the plane's tail where the pixels do not
+    # divide (most of these output sizes), then a col2im of every (channel,
+    # tap) column, edges clipped.
+    filters = max(16, (channels * kernel[0] * kernel[1] + 1) // 2)
+    run_case(rng, dtype, 4, channels, h, w, filters, kernel, 1, dilation, 1, padding)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_one_channel_input_gradient_in_chunks_of_rows(rng, dtype):
-    # Columns of 9 taps x 330 pixels a row take 11.6 (float32) or 23.2 KiB
-    # (float64) a row, so the 256 KiB column buffer holds 22 or 11 rows of the
-    # 30: the GEMM and the col2im go chunk by chunk, and the taps of a chunk's
-    # first and last rows add into rows that the next chunk adds to as well.
-    run_case(rng, dtype, 4, 1, 30, 330, 16, (3, 3), 1, 1, 1, "same")
+def test_few_channel_input_gradient_in_chunks_of_rows(rng, dtype):
+    # Columns of 2 channels x 9 taps x 330 pixels take 23.2 (float32) or 46.4
+    # KiB (float64) a row, so the 256 KiB column buffer holds 11 or 5 rows of
+    # the 30: the GEMM and the col2im go chunk by chunk, and the taps of a
+    # chunk's first and last rows add into rows the next chunk adds to too.
+    run_case(rng, dtype, 4, 2, 30, 330, 16, (3, 3), 1, 1, 1, "same")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
