@@ -1,13 +1,15 @@
-// dL/dx of an input of one to three channels (one group) at stride 1, image
-// by image, as a GEMM and a col2im:
+// dL/dx of an input of one to three channels (one group), image by image,
+// as a GEMM and a col2im:
 //   cols[c][t][q] = sum over filters k of weight[k][c][t] * grad_y[k][q]
 // for each channel c, kernel tap t = (kr, ks) and output pixel q, with each
 // filter's grad_y plane read in place as one row of the GEMM's B (row_micro,
 // the implicit GEMM's micro-kernel); then every (channel, tap) column is
-// added, shifted, into that channel's dL/dx plane. The by-phase path ran
-// this as a forward of K channels into C filters, whose window copied every
-// grad_y value for only 9 C FMAs (3x3) and, with one channel, took half the
-// time copying (Zen 4: 15 us of a float32 image's 25 us in cache).
+// added, shifted (at a stride, every stride-th value), into that channel's
+// dL/dx plane. The by-phase path ran this as a forward of K channels into C
+// filters, whose window copied every grad_y value for only 9 C FMAs (3x3)
+// and, with one channel, took half the time copying (Zen 4: 15 us of a
+// float32 image's 25 us in cache); a strided one-channel layer went to the
+// plane scatter, which loads and stores dL/dx for every FMA.
 // Included by simd_kernels_impl.h inside the instruction set's namespace.
 #pragma once
 
@@ -32,10 +34,14 @@ namespace fastconv::FASTCONV_ISA {
 // 1.1x, 32 filters 1.45x; three: 16 filters within 5 %, 32 filters 1.1-1.3x.
 // Six (LeNet's second layer, 5x5 over 14 x 14) ran 1.2-1.3x slower: a chunk
 // of 150 columns of 10-pixel rows, whose col2im adds cost more than the
-// GEMM saves.
+// GEMM saves. At a stride the other paths do worse, and a quarter of the
+// GEMM's rows suffice: one channel, 3x3 at stride 2, 4-7x as fast, 7x7 with
+// 16 filters 3.2-3.6x; three channels, 3x3 s2 with 32 filters 1.5-1.8x, the
+// 7x7 s2 stem (64 filters) 1.3-1.45x in float64, 1.0-1.45x float32 (AVX2
+// the most), but 7x7 s2 with 16 filters 1.3-2.8x slower.
 inline bool col2im_backward_data_suits(const ConvShape& p) {
-    return p.groups == 1 && p.c <= 3 && p.stride_h == 1 && p.stride_w == 1 && p.k >= 16 &&
-           2 * p.k >= p.c * p.r * p.s && p.n >= 4 &&
+    const bool strided = p.stride_h > 1 || p.stride_w > 1;
+    return p.groups == 1 && p.c <= 3 && p.k >= 16 && (strided ? 4 : 2) * p.k >= p.c * p.r * p.s && p.n >= 4 &&
            p.ys.w == 1 && p.ys.h == p.out_w && p.ys.c == p.out_h * p.out_w && p.xs.w == 1;
 }
 
@@ -106,15 +112,20 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
                 // over the output pixels whose tap lands inside the input.
                 for (int64_t m = 0; m < rows_m; ++m) {
                     const int64_t c = m / taps, kr = m % taps / p.s, ks = m % p.s;
-                    const int64_t shift = ks * p.dil_w - p.pad_left;  // iw - ow
-                    const int64_t ow0 = std::max<int64_t>(0, -shift), ow1 = std::min(p.out_w, p.w - shift);
+                    const int64_t shift = ks * p.dil_w - p.pad_left, sw = p.stride_w;  // iw = ow * sw + shift
+                    const int64_t ow0 = shift >= 0 ? 0 : (-shift + sw - 1) / sw;
+                    const int64_t ow1 = std::min(p.out_w, (p.w - shift + sw - 1) / sw);
                     if (ow0 >= ow1) continue;
                     for (int64_t oh = oh0; oh < oh1; ++oh) {
-                        const int64_t ih = oh - p.pad_top + kr * p.dil_h;
+                        const int64_t ih = oh * p.stride_h - p.pad_top + kr * p.dil_h;
                         if (ih < 0 || ih >= p.h) continue;
-                        T* __restrict d = gx + c * p.xs.c + ih * p.xs.h + ow0 + shift;
+                        T* __restrict d = gx + c * p.xs.c + ih * p.xs.h + ow0 * sw + shift;
                         const T* __restrict col = cols + m * ld + (oh - oh0) * p.out_w + ow0;
-                        for (int64_t i = 0; i < ow1 - ow0; ++i) d[i] += col[i];
+                        if (sw == 1) {
+                            for (int64_t i = 0; i < ow1 - ow0; ++i) d[i] += col[i];
+                        } else {
+                            for (int64_t i = 0; i < ow1 - ow0; ++i) d[i * sw] += col[i];
+                        }
                     }
                 }
             }

@@ -164,19 +164,20 @@ def test_plane_kernels_sharing_plane_rows(rng, dtype, channels, groups, kernel, 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (1, 7), (4, 2), (1, 1)])
-@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (1, 2), (2, 1), ((2, 1), 1), ((2, 3), 1), (2, 2)])
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("h,w", [(9, 15), (28, 28), (13, 40)])
-def test_few_channel_input_gradient_as_gemm_and_col2im(rng, dtype, channels, kernel, dilation, padding, h, w):
-    # One to three input channels, 4 or more images, stride 1, 16 or more
-    # filters and at least half as many as channels x taps: dL/dX is a GEMM
+def test_few_channel_input_gradient_as_gemm_and_col2im(rng, dtype, channels, kernel, stride, dilation, padding, h, w):
+    # One to three input channels, 4 or more images, 16 or more filters and at
+    # least half as many as channels x taps (a quarter at a stride, where the
+    # col2im adds every stride-th value of a row): dL/dX is a GEMM
     # over the filters that reads each grad_y plane in place, 48 pixels a call
     # (AVX-512 float32; float64 24, AVX2 16 and 8), whose last call of a plane
     # reads a zero-padded copy of the plane's tail where the pixels do not
     # divide (most of these output sizes), then a col2im of every (channel,
     # tap) column, edges clipped.
     filters = max(16, (channels * kernel[0] * kernel[1] + 1) // 2)
-    run_case(rng, dtype, 4, channels, h, w, filters, kernel, 1, dilation, 1, padding)
+    run_case(rng, dtype, 4, channels, h, w, filters, kernel, stride, dilation, 1, padding)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
