@@ -45,8 +45,8 @@ inline bool col2im_backward_data_suits(const ConvShape& p) {
            p.ys.w == 1 && p.ys.h == p.out_w && p.ys.c == p.out_h * p.out_w && p.xs.w == 1;
 }
 
-// A chunk's columns take at most this much: they stay in L2 until the col2im
-// reads them back.
+// A chunk's columns take at most this much (or one call's W pixels of every
+// row, if more): they stay in L2 until the col2im reads them back.
 constexpr int64_t kColumnBytes = 256 * 1024;
 
 template <class T>
@@ -54,9 +54,8 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
     constexpr int64_t W = kVectorsPerTile * kLanes<T>;  // pixels per micro-kernel call
     const int64_t taps = p.r * p.s, filters = p.k, pixels = p.out_h * p.out_w;
     const int64_t rows_m = p.c * taps;  // the GEMM's rows: (channel, tap)
-    const int64_t chunk_rows =
-        std::clamp<int64_t>(kColumnBytes / (rows_m * p.out_w * static_cast<int64_t>(sizeof(T))), 1, p.out_h);
-    const int64_t ld = (chunk_rows * p.out_w + W - 1) / W * W;  // a tap's columns: whole calls of W pixels
+    // Pixels per chunk, whole calls of W, and the stride of a row's columns.
+    const int64_t ld = std::max<int64_t>(W, kColumnBytes / (rows_m * static_cast<int64_t>(sizeof(T))) / W * W);
 
     // The taps in blocks of rows of the micro-kernel, split evenly (9 as 5 +
     // 4, not 8 + 1, whose one row of sums would wait on the FMA latency);
@@ -72,6 +71,9 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
                 a_packed[static_cast<size_t>(filters * m0 + k * rows + i)] = weight[k * rows_m + m0 + i];
     }
 
+    // Per thread: 256 KiB of columns (W pixels of each row where that is more:
+    // a kernel of thousands of taps, which suits() takes only with half or a
+    // quarter as many filters) and a K x W tail panel.
     PerThread<T> cols_mem(rows_m * ld), tail_mem(filters * W);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const cols = cols_mem.get();
@@ -83,9 +85,8 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
             for (int64_t c = 0; c < p.c; ++c)
                 for (int64_t ih = 0; ih < p.h; ++ih)
                     std::fill(gx + c * p.xs.c + ih * p.xs.h, gx + c * p.xs.c + ih * p.xs.h + p.w, T(0));
-            for (int64_t oh0 = 0; oh0 < p.out_h; oh0 += chunk_rows) {
-                const int64_t oh1 = std::min(p.out_h, oh0 + chunk_rows);
-                const int64_t q0 = oh0 * p.out_w, count = (oh1 - oh0) * p.out_w;
+            for (int64_t q0 = 0; q0 < pixels; q0 += ld) {
+                const int64_t count = std::min(ld, pixels - q0);
                 for (int64_t q = 0; q < count; q += W) {
                     // A call reads W pixels of every plane: past the plane's end
                     // (the next plane, or past the array) it reads a zero-padded
@@ -108,23 +109,25 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
                                                                  nullptr);
                     }
                 }
-                // dL/dx[oh - pad_top + kr * dil_h][ow - pad_left + ks * dil_w] += cols[t][oh][ow],
-                // over the output pixels whose tap lands inside the input.
+                // dL/dx[c][oh * stride_h - pad_top + kr * dil_h][ow * stride_w - pad_left + ks * dil_w]
+                // += cols[m][oh * out_w + ow - q0] for row m = (c, kr, ks), over the chunk's
+                // output pixels whose tap lands inside the input.
                 for (int64_t m = 0; m < rows_m; ++m) {
                     const int64_t c = m / taps, kr = m % taps / p.s, ks = m % p.s;
                     const int64_t shift = ks * p.dil_w - p.pad_left, sw = p.stride_w;  // iw = ow * sw + shift
                     const int64_t ow0 = shift >= 0 ? 0 : (-shift + sw - 1) / sw;
                     const int64_t ow1 = std::min(p.out_w, (p.w - shift + sw - 1) / sw);
                     if (ow0 >= ow1) continue;
-                    for (int64_t oh = oh0; oh < oh1; ++oh) {
+                    for (int64_t oh = q0 / p.out_w; oh * p.out_w < q0 + count; ++oh) {
                         const int64_t ih = oh * p.stride_h - p.pad_top + kr * p.dil_h;
-                        if (ih < 0 || ih >= p.h) continue;
-                        T* __restrict d = gx + c * p.xs.c + ih * p.xs.h + ow0 * sw + shift;
-                        const T* __restrict col = cols + m * ld + (oh - oh0) * p.out_w + ow0;
+                        const int64_t lo = std::max(ow0, q0 - oh * p.out_w), hi = std::min(ow1, q0 + count - oh * p.out_w);
+                        if (ih < 0 || ih >= p.h || lo >= hi) continue;
+                        T* __restrict d = gx + c * p.xs.c + ih * p.xs.h + lo * sw + shift;
+                        const T* __restrict col = cols + m * ld + oh * p.out_w + lo - q0;
                         if (sw == 1) {
-                            for (int64_t i = 0; i < ow1 - ow0; ++i) d[i] += col[i];
+                            for (int64_t i = 0; i < hi - lo; ++i) d[i] += col[i];
                         } else {
-                            for (int64_t i = 0; i < ow1 - ow0; ++i) d[i * sw] += col[i];
+                            for (int64_t i = 0; i < hi - lo; ++i) d[i * sw] += col[i];
                         }
                     }
                 }

@@ -181,11 +181,12 @@ def test_few_channel_input_gradient_as_gemm_and_col2im(rng, dtype, channels, ker
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_few_channel_input_gradient_in_chunks_of_rows(rng, dtype):
-    # Columns of 2 channels x 9 taps x 330 pixels take 23.2 (float32) or 46.4
-    # KiB (float64) a row, so the 256 KiB column buffer holds 11 or 5 rows of
-    # the 30: the GEMM and the col2im go chunk by chunk, and the taps of a
-    # chunk's first and last rows add into rows the next chunk adds to too.
+def test_few_channel_input_gradient_in_chunks_of_pixels(rng, dtype):
+    # Columns of 2 channels x 9 taps take 72 (float32) or 144 bytes
+    # (float64) a pixel, so the 256 KiB column buffer holds 3600 or 1800
+    # (AVX2 3632 and 1816) of the 9900: the GEMM and the col2im go chunk by
+    # chunk, chunks end inside rows of 330, and taps of a chunk's pixels add
+    # into dL/dX rows that the next chunk adds to as well.
     run_case(rng, dtype, 4, 2, 30, 330, 16, (3, 3), 1, 1, 1, "same")
 
 
