@@ -250,9 +250,11 @@ def test_the_ticker_stops_during_a_call_that_holds_the_gil():
     # range runs in C without ever letting the ticker in.
     ticks, elapsed = ticks_during(lambda: sum(range(20_000_000)))
     assert elapsed > 0.05
-    # A tick or two can land at the call's edges (more of them under a
-    # sanitizer, where the call takes seconds): at most 1% of the possible.
-    assert ticks <= max(2, 0.01 * elapsed / TICK_S), f"{ticks} ticks in {elapsed:.3f} s while the GIL was held"
+    # A few ticks can land at the call's edges (more of them under a
+    # sanitizer, where the call takes seconds, or on a loaded machine: once 4
+    # in 0.38 s): at most 5, or 1% of the possible; a released GIL gives
+    # hundreds (the test above asks for 20 % of the possible).
+    assert ticks <= max(5, 0.01 * elapsed / TICK_S), f"{ticks} ticks in {elapsed:.3f} s while the GIL was held"
 
 
 # -- one layer shared between threads ------------------------------------------
