@@ -21,8 +21,9 @@ namespace fastconv::FASTCONV_ISA {
 
 namespace loops_detail {
 
-// Zero-initialised (so that no lane holds a NaN or a denormal), 64-byte
-// aligned, with room past the end for a vector read from the last value.
+// Values drawn from [-1, 1] (no NaN, no denormal to slow a lane down),
+// 64-byte aligned, with room past the end for a vector read from the last
+// value.
 template <class T>
 struct Buffer {
     std::vector<T> mem;
