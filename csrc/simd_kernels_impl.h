@@ -152,6 +152,9 @@ bool backward_data_by_phase(const ConvShape& p, const T* grad_y, const T* weight
 // at run time, none multiply zeros).
 template <class T>
 void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
+    // One to three input channels and filters enough: a GEMM and a col2im
+    // (backward_data_col2im_impl.h). Else:
+    if (col2im_backward_data_suits(p)) return col2im_backward_data(p, grad_y, weight, grad_x);
     const bool strided = p.stride_h > 1 || p.stride_w > 1, one_channel = p.c_per_group() == 1;
     // By phase, except at stride 1 for 1x1 kernels (the GEMM reads their
     // planes in place), and at a stride for one input channel per group where
@@ -169,7 +172,6 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
     const bool fits = p.n * p.c * p.h * p.w * static_cast<int64_t>(sizeof(T)) <= l3 / 2;
     const bool scatter = one_channel && (p.groups == 1 || !fits);
     const bool by_phase = strided ? !scatter : p.r > 1 || p.s > 1;
-    if (col2im_backward_data_suits(p)) return col2im_backward_data(p, grad_y, weight, grad_x);
     if (by_phase && backward_data_by_phase(p, grad_y, weight, grad_x)) return;
     if (one_channel) return plane_backward_data(p, grad_y, weight, grad_x);
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
