@@ -27,11 +27,12 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from fastconv.bench.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "kernel_loops"
@@ -102,16 +103,6 @@ def build(build_dir: Path) -> Path:
     return build_dir / "kernel_loops"
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def table(loops: list[Loop], threshold: float) -> str:
     rows = [f"{'kernel':15s} {'isa':6s} {'T':6s} {'instance':44s} {'GFLOP/s':>8s} {'% of peak':>10s}"]
     for lp in loops:
@@ -136,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     out = subprocess.run([str(exe), str(args.seconds)], check=True, capture_output=True, text=True, env=env).stdout
     loops = parse_output(out)
     peaks = sorted({(lp.isa, lp.type, lp.peak_gflops) for lp in loops})
-    print(f"kernel loops on {cpu_name()}, 1 thread; operands in L1; best batch of {args.seconds} s per kernel")
+    print(f"kernel loops on {cpu_model()}, 1 thread; operands in L1; best batch of {args.seconds} s per kernel")
     print("measured FMA peak: " + ", ".join(f"{isa} {t} {g:.1f} GFLOP/s" for isa, t, g in peaks))
     print(table(loops, args.threshold))
     print("not timed: " + "; ".join(f"{k} ({why})" for k, why in NOT_TIMED.items()))
@@ -145,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             {**dataclasses.asdict(lp), "gflops": lp.gflops, "percent_of_peak": lp.percent_of_peak} for lp in loops
         ]
         args.json.write_text(
-            json.dumps({"cpu": cpu_name(), "seconds": args.seconds, "loops": records}, indent=1) + "\n"
+            json.dumps({"cpu": cpu_model(), "seconds": args.seconds, "loops": records}, indent=1) + "\n"
         )
     return 0
 
