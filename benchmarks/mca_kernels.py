@@ -124,6 +124,13 @@ KERNELS: list[Kernel] = [
         _NS + r"plane_dots_shared<{T}, (?P<r>\d+), (?P<s>\d+), (?P<rg>\d+), true>\(",
         hot=lambda a: (a["r"] * a["s"],),
     ),
+    # One-channel dL/dF: MK filters x NT taps of dots with im2col columns.
+    Kernel(
+        "im2col_dots",
+        "backward_weights_im2col_impl.h",
+        _NS + r"im2col_dots_micro<{T}, (?P<mk>\d+), (?P<nt>\d+)>\(",
+        hot=lambda a: (a["mk"] * a["nt"], a["mk"]),
+    ),
 ]
 ISAS = ("avx2", "avx512")
 DTYPES = ("float", "double")

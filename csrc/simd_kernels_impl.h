@@ -11,6 +11,7 @@
 
 #include "backward_bias_impl.h"
 #include "backward_data_col2im_impl.h"
+#include "backward_weights_im2col_impl.h"
 #include "depthwise_impl.h"
 #include "direct_backward_weights_impl.h"
 #include "direct_forward_impl.h"
@@ -205,10 +206,13 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
     }
 }
 
-// dL/dweight: plane by plane where each filter reads one input channel, else
-// the direct kernel vectorised over filters (direct_backward_weights_impl.h).
+// dL/dweight: for a one-channel input and filters enough, dots of grad_y
+// planes with im2col columns (backward_weights_im2col_impl.h); plane by
+// plane where each filter reads one input channel; else the direct kernel
+// vectorised over filters (direct_backward_weights_impl.h).
 template <class T>
 void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
+    if (im2col_backward_weights_suits<T>(p)) return im2col_backward_weights(p, grad_y, x, grad_weight);
     if (p.c_per_group() == 1) return plane_backward_weights(p, grad_y, x, grad_weight);
     direct_backward_weights(p, grad_y, x, grad_weight);
 }

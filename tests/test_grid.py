@@ -191,6 +191,28 @@ def test_few_channel_input_gradient_in_chunks_of_pixels(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("kernel,filters", [((3, 3), 16), ((3, 3), 35), ((1, 1), 17), ((1, 7), 16), ((5, 5), 32)])
+@pytest.mark.parametrize("stride,dilation", [(1, 1), (1, 2), (2, 1), ((2, 3), 1), ((1, 2), (2, 1))])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("h,w", [(9, 15), (20, 24)])
+def test_one_channel_weight_gradient_as_im2col_dots(rng, dtype, kernel, filters, stride, dilation, padding, h, w):
+    # One input channel, 16 or more filters (32 beyond 9 taps): dL/dF is dots
+    # of each grad_y plane, read in place, with an im2col of the image's
+    # plane, 3 filters x 9 taps a call (AVX2 2 x 6): 35 and 17 filters leave
+    # a block of fewer, 25 taps go in groups (9 + 8 + 8; AVX2 5 x 5), and the
+    # output sizes leave a partial last vector (masked grad_y loads).
+    run_case(rng, dtype, 3, 1, h, w, filters, kernel, stride, dilation, 1, padding)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_one_channel_weight_gradient_in_chunks_of_pixels(rng, dtype):
+    # 9 taps' columns take 36 (float32) or 72 bytes (float64) a pixel, so the
+    # 128 KiB column buffer holds 3632 or 1816 (AVX2 3640 and 1820) of the
+    # 9900: the dots go chunk by chunk, chunks ending inside rows of 330.
+    run_case(rng, dtype, 2, 1, 30, 330, 16, (3, 3), 1, 1, 1, "same")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("channels,groups", [(1, 1), (4, 4)], ids=["one-channel", "depthwise"])
 @pytest.mark.parametrize(
     "kernel,stride,dilation",

@@ -40,7 +40,7 @@ def test_bad_thread_counts(bad, error):
 @pytest.mark.parametrize(
     "x_shape,w_shape",
     [((3, 16, 20, 20), (24, 16, 3, 3)), ((6, 1, 20, 20), (32, 1, 3, 3))],
-    ids=["16-channels", "one-channel"],  # one channel: dL/dX as GEMM and col2im, image by image
+    ids=["16-channels", "one-channel"],  # one channel: dL/dX as GEMM and col2im, dL/dF as im2col dots
 )
 def test_results_do_not_depend_on_the_thread_count(x_shape, w_shape):
     rng = np.random.default_rng(0)

@@ -174,6 +174,21 @@ loops::LoopResult dots_shared_loop(double seconds) {
             type_name<T>(), double(R * S * p.out_h * (span / kLanes<T>)), s};
 }
 
+// im2col_dots_micro, the full block of filters x taps, over rows of 2 KiB of
+// grad_y and columns (23 KiB for 2 filters and 9 taps): a call's loads and
+// stores of its sums weigh about as in a layer of 28 x 28 pixels.
+template <class T, int MK, int NT>
+loops::LoopResult im2col_dots_loop(double seconds) {
+    constexpr int64_t pixels = 2048 / static_cast<int64_t>(sizeof(T));
+    Buffer<T> gy(MK * pixels), cols(NT * kDotRow<T>), acc(MK * NT * kLanes<T>);
+    DotsMicro<T> volatile fn = &im2col_dots_micro<T, MK, NT>;
+    const double s =
+        seconds_per_call([&] { fn(gy.data, pixels, cols.data, pixels, nullptr, acc.data, NT * kLanes<T>); }, seconds);
+    return {"im2col_dots",
+            "im2col_dots_micro<" + std::string(type_name<T>()) + ", " + std::to_string(MK) + ", " + std::to_string(NT) + ">",
+            type_name<T>(), double(MK * NT * pixels / kLanes<T>), s};
+}
+
 template <class T>
 void run_type(std::vector<loops::LoopResult>& out, double seconds) {
     constexpr bool wide = FASTCONV_VECTOR_BYTES == 64;
@@ -194,6 +209,7 @@ void run_type(std::vector<loops::LoopResult>& out, double seconds) {
         out.push_back(dots_loop<T, kTapGroup>(seconds));
         out.push_back(dots_shared_loop<T, 3, 3, 4>(seconds));
     }
+    out.push_back(im2col_dots_loop<T, kDotFilters, kDotTaps>(seconds));
 }
 
 }  // namespace loops_detail

@@ -1,0 +1,244 @@
+// dL/dweight of a one-channel input (one group) as dot products:
+//   dW[k][t] = sum over images n and output pixels q of grad_y[n][k][q] * cols[t][q]
+// where cols[t][q] is the input value that kernel tap t = (kr, ks) reads for
+// output pixel q (0 in the padding): an im2col of the image's one plane,
+// built once per image (or chunk of its pixels) and shared by every filter.
+// Each filter's grad_y plane is read in place, a vector of pixels at a time,
+// and a micro-kernel keeps MK filters x NT taps of lane-wise sums in
+// registers. The plane path it replaces here copied every filter's grad_y
+// plane into a zero-extended one first: with 32 filters of 3x3 over 28 x 28
+// that copy took 46 % of its time (Zen 4, float64).
+// Each filter's sums belong to one thread and run over the images and pixels
+// in order, lanes added up in order at the end, so the result does not depend
+// on the thread count.
+// Included by simd_kernels_impl.h inside the instruction set's namespace.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+
+#include "cpu_facts.h"
+#include "implicit_gemm.h"
+#include "parallel.h"
+
+namespace fastconv::FASTCONV_ISA {
+
+// Filters and taps per micro-kernel call: MK x NT sums, MK grad_y vectors and
+// a column vector in the registers, MK + NT loads for MK x NT FMAs. AVX-512:
+// 2 x 9, two vectors of pixels a trip (3 x 9 left GCC too few registers: it
+// moved sums between them, and llvm-mca's skylake-avx512 put those moves on
+// the FMA ports, 87 %; one vector a trip left the loop's add and branch
+// there a cycle in ten, 89.9 %). AVX2: 2 x 6, one vector a trip.
+constexpr int kDotFilters = FASTCONV_VECTOR_BYTES == 64 ? 3 : 2;
+constexpr int kDotTaps = FASTCONV_VECTOR_BYTES == 64 ? 9 : 6;
+
+// Pixels per chunk at most, and the distance between the columns' rows: a
+// constant, so that every column load is one pointer and a displacement (a
+// row pointer each took more registers than x86-64 has, and GCC kept some on
+// the stack), plus a cache line so that the rows do not all fall in one L1
+// set. Fewer pixels where the taps' columns would outgrow kDotColumnBytes,
+// which stay in L2 while every filter block reads them.
+constexpr int64_t kDotPixels = 1024;
+template <class T>
+constexpr int64_t kDotRow = kDotPixels + 64 / static_cast<int64_t>(sizeof(T));
+constexpr int64_t kDotColumnBytes = 128 * 1024;
+
+// acc[i * acc_step + t * L + lane] += the sum over the vectors v of
+// gy[i * gy_step + v * L + lane] * cols[t * kDotRow + v * L + lane], for MK
+// filters i and NT taps t over `count` pixels; the last vector's grad_y
+// lanes past `count` are not read (cols holds zeros there). `next` (may be
+// null): the grad_y rows to fetch into L2 as the kernel goes, a line per
+// vector (32 or more planes read at once are more streams than the hardware
+// prefetchers follow).
+// One vector of pixels: acc[i][t] += g[i] * cols[t * kDotRow].
+template <int MK, int NT, class T, class V>
+__attribute__((always_inline)) inline void dots_step(V (&acc)[MK][NT], const V (&g)[MK], const T* __restrict cols) {
+#pragma GCC unroll 16
+    for (int t = 0; t < NT; ++t) {
+        const V c = load<V>(cols + t * kDotRow<T>);
+#pragma GCC unroll 4
+        for (int i = 0; i < MK; ++i) fma_in_place(acc[i][t], g[i], c);
+    }
+}
+
+// The whole vectors of pixels, [0, full); fetching `next`'s lines if kFetch.
+// One index, counting up to zero from -full, addresses every load: the
+// loop's own work is an add and a branch that fuse (llvm-mca,
+// skylake-avx512: with a pointer bumped for grad_y, one for the columns and
+// a compare, it put them on the FMA ports a cycle in ten, 89.9 %).
+template <bool kFetch, int MK, int NT, class T, class V>
+__attribute__((always_inline)) inline void dots_run(V (&acc)[MK][NT], const T* __restrict gy, int64_t gy_step,
+                                                    const T* __restrict cols, int64_t full, const T* next) {
+    constexpr int L = kLanes<T>;
+    const T* gy_end = gy + full;
+    const T* cols_end = cols + full;
+    const T* next_end = kFetch ? next + full : nullptr;
+    for (int64_t q = -full; q != 0; q += L) {
+        V g[MK];
+#pragma GCC unroll 4
+        for (int i = 0; i < MK; ++i) {
+            g[i] = load<V>(gy_end + i * gy_step + q);
+            if constexpr (kFetch) __builtin_prefetch(next_end + i * gy_step + q, 0, 2);
+        }
+        dots_step<MK, NT>(acc, g, cols_end + q);
+    }
+}
+
+template <class T, int MK, int NT>
+void im2col_dots_micro(const T* __restrict gy, int64_t gy_step, const T* __restrict cols, int64_t count, const T* next,
+                       T* __restrict acc_mem, int64_t acc_step) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>;
+    V acc[MK][NT];
+#pragma GCC unroll 4
+    for (int i = 0; i < MK; ++i)
+#pragma GCC unroll 16
+        for (int t = 0; t < NT; ++t) acc[i][t] = load<V>(acc_mem + i * acc_step + t * L);
+    const int64_t full = count / L * L;
+    if (next) {  // two loops, not a test in one
+        dots_run<true, MK, NT>(acc, gy, gy_step, cols, full, next);
+    } else {
+        dots_run<false, MK, NT>(acc, gy, gy_step, cols, full, next);
+    }
+    if (full < count) {
+        V g[MK];
+#pragma GCC unroll 4
+        for (int i = 0; i < MK; ++i) g[i] = load_first<V>(gy + i * gy_step + full, count - full);
+        dots_step<MK, NT>(acc, g, cols + full);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MK; ++i)
+#pragma GCC unroll 16
+        for (int t = 0; t < NT; ++t) store(acc_mem + i * acc_step + t * L, acc[i][t]);
+}
+
+template <class T>
+using DotsMicro = void (*)(const T*, int64_t, const T*, int64_t, const T*, T*, int64_t);
+
+template <class T, int MK, int... J>
+DotsMicro<T> pick_dots_taps(int taps, std::integer_sequence<int, J...>) {
+    DotsMicro<T> table[] = {&im2col_dots_micro<T, MK, J + 1>...};
+    return table[taps - 1];
+}
+
+template <class T, int... I>
+DotsMicro<T> pick_dots(int filters, int taps, std::integer_sequence<int, I...>) {
+    DotsMicro<T> table[] = {pick_dots_taps<T, I + 1>(taps, std::make_integer_sequence<int, kDotTaps>{})...};
+    return table[filters - 1];
+}
+
+// Filters enough that the im2col, one value per tap and pixel, costs little
+// beside the dots, 2 x K / L vector FMAs per value: 16 or more, 32 or more
+// beyond 9 taps, whose several tap groups each read grad_y again. The sums
+// take K x taps vectors, shared by the threads: at most 4 MiB. Zen 4, dL/dF
+// against the plane path, 64 images of 28 x 28 (one_channel: 256), float32
+// / float64: 3x3 with 32 filters 0.66 / 0.80 of the time, 16 filters 0.74 /
+// 0.79; 1x1 with 64 filters 0.31 / 0.46; 3x3 at stride 2 0.54 / 0.48 and
+// dilation 2 0.42 / 0.51; 5x5 with 32 filters 0.68 / 1.0 (valid), but with
+// 16 filters 1.04 / 1.12 and 7x7 s2 with 16 filters 1.11 / 1.0 slower; 8
+// filters no faster. AVX2 float64 3x3 at stride 1 stays with the plane path,
+// whose kernel sharing each row's loads over the kernel's rows ran faster
+// there (one_channel 1.1-1.2x, 16 filters 1.2x); AVX2's other cases gained
+// as AVX-512's did (one_channel float32 0.79, 5x5 with 32 filters 0.56 /
+// 0.68, 1x1 0.29 / 0.37).
+template <class T>
+bool im2col_backward_weights_suits(const ConvShape& p) {
+    const int64_t taps = p.r * p.s;
+    const bool avx2_double_3x3 = FASTCONV_VECTOR_BYTES == 32 && sizeof(T) == 8 && p.r == 3 && p.s == 3 &&
+                                 p.stride_h == 1 && p.stride_w == 1 && p.dil_h == 1 && p.dil_w == 1;
+    return p.groups == 1 && p.c == 1 && p.y_dense() && p.k >= (taps <= 9 ? 16 : 32) && !avx2_double_3x3 &&
+           p.k * taps * FASTCONV_VECTOR_BYTES <= (int64_t(4) << 20);
+}
+
+// cols[t * kDotRow + i] = x[ih][iw] for the chunk's pixels q = q0 + i, 0
+// where tap t reads the padding, and 0 from `count` to the next whole vector.
+template <class T>
+void im2col_one_plane(const ConvShape& p, const T* x, int64_t q0, int64_t count, T* cols) {
+    constexpr int L = kLanes<T>;
+    const int64_t padded = (count + L - 1) / L * L;
+    for (int64_t kr = 0; kr < p.r; ++kr)
+        for (int64_t ks = 0; ks < p.s; ++ks) {
+            T* const row = cols + (kr * p.s + ks) * kDotRow<T>;
+            const int64_t shift = ks * p.dil_w - p.pad_left, sw = p.stride_w;  // iw = ow * sw + shift
+            const int64_t ow0 = shift >= 0 ? 0 : (-shift + sw - 1) / sw;
+            const int64_t ow1 = std::max(ow0, std::min(p.out_w, (p.w - shift + sw - 1) / sw));
+            for (int64_t oh = q0 / p.out_w; oh * p.out_w < q0 + count; ++oh) {
+                const int64_t a = std::max(q0, oh * p.out_w), b = std::min(q0 + count, (oh + 1) * p.out_w);
+                T* dst = row + a - q0;
+                const int64_t ih = oh * p.stride_h - p.pad_top + kr * p.dil_h;
+                if (ih < 0 || ih >= p.h) {
+                    std::fill(dst, dst + (b - a), T(0));
+                    continue;
+                }
+                // Pixels ow in [a, b) - oh * out_w: zeros, the input's run, zeros.
+                const int64_t lo = a - oh * p.out_w, hi = b - oh * p.out_w;
+                const int64_t in_lo = std::clamp(ow0, lo, hi), in_hi = std::clamp(ow1, in_lo, hi);
+                std::fill(dst, dst + (in_lo - lo), T(0));
+                const T* src = x + ih * p.xs.h + shift * p.xs.w;
+                const int64_t step = sw * p.xs.w;
+                if (step == 1) {
+                    std::copy(src + in_lo, src + in_hi, dst + (in_lo - lo));
+                } else {
+                    for (int64_t ow = in_lo; ow < in_hi; ++ow) dst[ow - lo] = src[ow * step];
+                }
+                std::fill(dst + (in_hi - lo), dst + (hi - lo), T(0));
+            }
+            std::fill(row + count, row + padded, T(0));
+        }
+}
+
+template <class T>
+void im2col_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
+    constexpr int L = kLanes<T>;
+    const int64_t taps = p.r * p.s, pixels = p.out_h * p.out_w;
+    // The taps in groups of at most kDotTaps, split evenly (9 as 5 + 4 with
+    // AVX2, not 6 + 3); the filters in blocks of kDotFilters, the last one
+    // with the rest. Both depend on the shape alone.
+    const int64_t tap_groups = (taps + kDotTaps - 1) / kDotTaps;
+    const int64_t blocks = (p.k + kDotFilters - 1) / kDotFilters;
+    const int64_t chunk = std::min(
+        kDotPixels, std::max<int64_t>(L, kDotColumnBytes / (taps * static_cast<int64_t>(sizeof(T))) / L * L));
+    PerThread<T> cols_mem(taps * kDotRow<T>);
+    const bool fetch_ahead = p.k * std::min(chunk, pixels) * static_cast<int64_t>(sizeof(T)) <= cache_sizes().l2 / 2;
+    AlignedArray<T> acc_mem = aligned_array<T>(static_cast<size_t>(p.k * taps * L));  // lane-wise sums [k][t][lane]
+    T* const acc = acc_mem.get();
+    parallel_region(worth_parallel(conv_flops(p)), [&] {
+        T* const cols = cols_mem.get();
+        const auto [first, end] = thread_share(blocks);
+        if (first >= end) return;
+        const int64_t k_first = first * kDotFilters, k_end = std::min(p.k, end * kDotFilters);
+        std::fill(acc + k_first * taps * L, acc + k_end * taps * L, T(0));
+        for (int64_t n = 0; n < p.n; ++n)
+            for (int64_t q0 = 0; q0 < pixels; q0 += chunk) {
+                const int64_t count = std::min(chunk, pixels - q0);
+                im2col_one_plane(p, x + n * p.xs.n, q0, count, cols);
+                // The block's rows of the next chunk (the next image's first)
+                // are fetched a chunk ahead, into L2, where a chunk of every
+                // filter's rows fits in half of it: a block ahead came too
+                // late from memory (one_channel float64 dL/dF 4.5 ms, 4.1
+                // this way, 5.7 with no fetch).
+                const bool last = q0 + chunk >= pixels;
+                const int64_t ahead = last ? p.ys.n - q0 : chunk;
+                const bool fetch = fetch_ahead && (!last || n + 1 < p.n);
+                for (int64_t blk = first; blk < end; ++blk) {
+                    const int64_t k0 = blk * kDotFilters, nk = std::min<int64_t>(kDotFilters, p.k - k0);
+                    const T* gy = grad_y + n * p.ys.n + k0 * p.ys.c + q0;
+                    for (int64_t g = 0; g < tap_groups; ++g) {
+                        const int64_t t0 = taps * g / tap_groups, nt = taps * (g + 1) / tap_groups - t0;
+                        pick_dots<T>(static_cast<int>(nk), static_cast<int>(nt), std::make_integer_sequence<int, kDotFilters>{})(
+                            gy, p.ys.c, cols + t0 * kDotRow<T>, count, fetch && g == 0 ? gy + ahead : nullptr,
+                            acc + (k0 * taps + t0) * L, taps * L);
+                    }
+                }
+            }
+        // Each sum's lanes, added up in order.
+        for (int64_t j = k_first * taps; j < k_end * taps; ++j) {
+            T total = 0;
+            for (int lane = 0; lane < L; ++lane) total += acc[j * L + lane];
+            grad_weight[j] = total;
+        }
+    });
+}
+
+}  // namespace fastconv::FASTCONV_ISA
