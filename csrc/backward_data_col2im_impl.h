@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <numeric>
 #include <vector>
 
 #include "cpu_facts.h"
@@ -98,6 +99,17 @@ inline void add_to_every_second(float* __restrict d, const float* __restrict col
     for (; i < len; ++i) d[2 * i] += col[i];
 }
 
+// Whether `rows` rows of `row_bytes`, `stride` bytes apart, need more lines
+// of one L1 set than it has: the L1 data caches of current x86-64 cores
+// have 64 sets of 64-byte lines (32 KiB of 8 ways, 48 KiB of 12), so rows a
+// multiple of 4 KiB apart all fall in the same few.
+inline bool rows_crowd_l1(int64_t rows, int64_t row_bytes, int64_t stride) {
+    constexpr int64_t kSets = 64, kWays = 8;
+    if (stride % 64 != 0) return false;
+    const int64_t sets = kSets / std::gcd(stride / 64 % kSets, kSets);  // that the rows' first lines use
+    return sets * kWays < rows * ((row_bytes + 63) / 64);
+}
+
 // A chunk's columns take at most this much (or one call's W pixels of every
 // row, if more): they stay in L2 until the col2im reads them back.
 constexpr int64_t kColumnBytes = 256 * 1024;
@@ -129,6 +141,14 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
     // quarter as many filters) and a K x W tail panel.
     PerThread<T> cols_mem(rows_m * ld), tail_mem(filters * W);
     const bool fetch_ahead = filters * pixels * static_cast<int64_t>(sizeof(T)) <= cache_sizes().l2 / 2;
+    // AVX2, where three or more blocks of rows read a call's pixels and the
+    // planes crowd the L1, they read a packed copy: the stem's planes (112 x
+    // 112 float64, a multiple of 2 KiB apart) fall in two of its sets, 16 of
+    // the K rows a call's blocks read again and again (its dL/dx 31.1 ->
+    // 22.3 ms, Zen 4). AVX-512, with three vectors of a row per load of the
+    // weights, ran 4 % slower with the copy; so did uncrowded planes.
+    const bool pack = FASTCONV_VECTOR_BYTES == 32 && blocks >= 3 &&
+                      rows_crowd_l1(filters, W * static_cast<int64_t>(sizeof(T)), p.ys.c * static_cast<int64_t>(sizeof(T)));
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const cols = cols_mem.get();
         T* const tail = tail_mem.get();
@@ -162,8 +182,8 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
                     } else if (q0 + q + W < pixels) {
                         fetch_rows_to_l2(b + W, filters, p.ys.c, std::min(W, pixels - (q0 + q + W)));
                     }
-                    if (q0 + q + W > pixels) {
-                        const int64_t left = pixels - (q0 + q);
+                    if (pack || q0 + q + W > pixels) {
+                        const int64_t left = std::min(W, pixels - (q0 + q));
                         for (int64_t k = 0; k < filters; ++k) {
                             std::copy(b + k * p.ys.c, b + k * p.ys.c + left, tail + k * W);
                             std::fill(tail + k * W + left, tail + (k + 1) * W, T(0));

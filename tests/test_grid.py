@@ -191,6 +191,15 @@ def test_few_channel_input_gradient_in_chunks_of_pixels(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_few_channel_input_gradient_with_planes_crowding_the_l1(rng, dtype):
+    # 32 x 32 grad_y planes lie 4 KiB (float32) or 8 KiB apart, all in one
+    # set of the L1: with AVX2 (27 rows: 5 blocks of the micro-kernel) each
+    # call's 32 rows are read from a packed copy instead, zero-padded where
+    # the last call of a plane reads past it (here none do: 1024 pixels).
+    run_case(rng, dtype, 4, 3, 64, 64, 32, (3, 3), 2, 1, 1, "same")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("kernel,filters", [((3, 3), 16), ((3, 3), 35), ((1, 1), 17), ((1, 7), 16), ((5, 5), 32)])
 @pytest.mark.parametrize("stride,dilation", [(1, 1), (1, 2), (2, 1), ((2, 3), 1), ((1, 2), (2, 1))])
 @pytest.mark.parametrize("padding", ["valid", "same"])
