@@ -140,6 +140,25 @@ inline V load_first(const T* p, int64_t n) {
 #endif
 }
 
+// Stores the first n values of v at p, 0 < n < L: a masked store, which
+// leaves the memory past p + n untouched.
+template <class V, class T>
+inline void store_first(T* p, const V& v, int64_t n) {
+#if FASTCONV_VECTOR_BYTES == 64
+    const unsigned mask = (1u << n) - 1u;
+    if constexpr (sizeof(T) == 4) _mm512_mask_storeu_ps(p, static_cast<__mmask16>(mask), (__m512)v);
+    else _mm512_mask_storeu_pd(p, static_cast<__mmask8>(mask), (__m512d)v);
+#else
+    if constexpr (sizeof(T) == 4) {
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        _mm256_maskstore_ps(p, mask, (__m256)v);
+    } else {
+        const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+        _mm256_maskstore_pd(p, mask, (__m256d)v);
+    }
+#endif
+}
+
 // acc += a * b, one FMA into acc's own register (the bits of GCC's contracted
 // acc += a * b). Where one vector meets several sums, GCC otherwise took the
 // form that overwrites the vector with a sum, and rotated the sums among
