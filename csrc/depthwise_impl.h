@@ -162,6 +162,13 @@ RowsShared<T> plane_rows_shared_for(int64_t r) {
     return rows_shared_for_height<T, 1, kSharedPlaneRows, kRowBlock<T> / kLanes<T>>(r);
 }
 
+// The same kernel for half as many output rows: the rows a plane has left.
+template <class T>
+RowsShared<T> plane_rows_shared_half_for(int64_t r) {
+    if (r != 3 && r != 5 && r != 7) return nullptr;
+    return rows_shared_for_height<T, 1, kSharedPlaneRows / 2, kRowBlock<T> / kLanes<T>>(r);
+}
+
 template <class T>
 void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
     using V = typename Simd<T>::vec;
@@ -171,6 +178,7 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
     const int64_t width = row_width<T>(p), pitch = ip.pitch;
     const int64_t* const column = ip.column.data();
     const RowsShared<T> shared = p.stride_h == 1 && p.dil_h == 1 ? plane_rows_shared_for<T>(p.r) : nullptr;
+    const RowsShared<T> shared_half = p.stride_h == 1 && p.dil_h == 1 ? plane_rows_shared_half_for<T>(p.r) : nullptr;
     PerThread<T> xp_mem(ip.size() + kCopySlack<T>), row_out_mem(std::max(4, kSharedPlaneRows) * width);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const xp = xp_mem.get();
@@ -191,6 +199,13 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
                     for (int64_t ow = 0; ow < width; ow += kRowBlock<T>)
                         shared(xp + oh * pitch + ow, pitch, column, 1, p.s, w, &b, row_out + ow, width, nullptr);
                     for (int rb = 0; rb < kSharedPlaneRows; ++rb) {
+                        store_row(out + (oh + rb) * p.ys.h, p.ys.w, row_out + rb * width, p.out_w);
+                    }
+                }
+                for (; shared_half && oh + kSharedPlaneRows / 2 <= p.out_h; oh += kSharedPlaneRows / 2) {
+                    for (int64_t ow = 0; ow < width; ow += kRowBlock<T>)
+                        shared_half(xp + oh * pitch + ow, pitch, column, 1, p.s, w, &b, row_out + ow, width, nullptr);
+                    for (int rb = 0; rb < kSharedPlaneRows / 2; ++rb) {
                         store_row(out + (oh + rb) * p.ys.h, p.ys.w, row_out + rb * width, p.out_w);
                     }
                 }

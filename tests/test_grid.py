@@ -154,11 +154,14 @@ def test_few_filters_sharing_window_rows(rng, dtype, filters, kernel, padding, w
 @pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (7, 7), (5, 2)])
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("width", [9, 40])
-def test_plane_kernels_sharing_plane_rows(rng, dtype, channels, groups, kernel, padding, width):
+@pytest.mark.parametrize("height", [21, 23])
+def test_plane_kernels_sharing_plane_rows(rng, dtype, channels, groups, kernel, padding, width, height):
     # One input channel per filter: the plane kernel that loads each padded
     # plane row once for all the kernel rows that read it, eight (AVX-512) or
-    # four (AVX2) output rows per call, with rows left over on 21-row images.
-    run_case(rng, dtype, 2, channels, 21, width, 2 * channels, kernel, 1, 1, groups, padding)
+    # four (AVX2) output rows per call, then its half-height instance (four or
+    # two rows) once where as many rows are left, then rows one by one: 21
+    # and 23 rows ("same"; 2-6 fewer "valid") leave every kind of remainder.
+    run_case(rng, dtype, 2, channels, height, width, 2 * channels, kernel, 1, 1, groups, padding)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
