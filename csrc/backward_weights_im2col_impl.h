@@ -25,11 +25,8 @@
 namespace fastconv::FASTCONV_ISA {
 
 // Filters and taps per micro-kernel call: MK x NT sums, MK grad_y vectors and
-// a column vector in the registers, MK + NT loads for MK x NT FMAs. AVX-512:
-// 2 x 9, two vectors of pixels a trip (3 x 9 left GCC too few registers: it
-// moved sums between them, and llvm-mca's skylake-avx512 put those moves on
-// the FMA ports, 87 %; one vector a trip left the loop's add and branch
-// there a cycle in ten, 89.9 %). AVX2: 2 x 6, one vector a trip.
+// a column vector in the registers (AVX-512: 27 + 3 + 1 of 32; AVX2: 12 + 2
+// + 1 of 16), MK + NT loads for MK x NT FMAs.
 constexpr int kDotFilters = FASTCONV_VECTOR_BYTES == 64 ? 3 : 2;
 constexpr int kDotTaps = FASTCONV_VECTOR_BYTES == 64 ? 9 : 6;
 
@@ -44,13 +41,6 @@ template <class T>
 constexpr int64_t kDotRow = kDotPixels + 64 / static_cast<int64_t>(sizeof(T));
 constexpr int64_t kDotColumnBytes = 128 * 1024;
 
-// acc[i * acc_step + t * L + lane] += the sum over the vectors v of
-// gy[i * gy_step + v * L + lane] * cols[t * kDotRow + v * L + lane], for MK
-// filters i and NT taps t over `count` pixels; the last vector's grad_y
-// lanes past `count` are not read (cols holds zeros there). `next` (may be
-// null): the grad_y rows to fetch into L2 as the kernel goes, a line per
-// vector (32 or more planes read at once are more streams than the hardware
-// prefetchers follow).
 // One vector of pixels: acc[i][t] += g[i] * cols[t * kDotRow].
 template <int MK, int NT, class T, class V>
 __attribute__((always_inline)) inline void dots_step(V (&acc)[MK][NT], const V (&g)[MK], const T* __restrict cols) {
@@ -85,6 +75,15 @@ __attribute__((always_inline)) inline void dots_run(V (&acc)[MK][NT], const T* _
     }
 }
 
+// acc[i * acc_step + t * L + lane] += the sum over the vectors v of
+// gy[i * gy_step + v * L + lane] * cols[t * kDotRow + v * L + lane], for MK
+// filters i and NT taps t over `count` pixels; the last vector's grad_y
+// lanes past `count` are not read (cols holds zeros there). `next` (may be
+// null): the grad_y rows to fetch into L2 as the kernel goes, a line per
+// vector (32 or more planes read at once are more streams than the hardware
+// prefetchers follow). With a row pointer per tap GCC ran out of registers
+// and moved sums between them (llvm-mca skylake-avx512: 87 %); one index
+// for every load fixed that.
 template <class T, int MK, int NT>
 void im2col_dots_micro(const T* __restrict gy, int64_t gy_step, const T* __restrict cols, int64_t count, const T* next,
                        T* __restrict acc_mem, int64_t acc_step) {
@@ -131,7 +130,9 @@ DotsMicro<T> pick_dots(int filters, int taps, std::integer_sequence<int, I...>) 
 // Filters enough that the im2col, one value per tap and pixel, costs little
 // beside the dots, 2 x K / L vector FMAs per value: 16 or more, 32 or more
 // beyond 9 taps, whose several tap groups each read grad_y again. The sums
-// take K x taps vectors, shared by the threads: at most 4 MiB. Zen 4, dL/dF
+// take K x taps vectors, shared by the threads: at most 4 MiB; the columns
+// a thread's taps x kDotRow values: at most 1 MiB (taps up to 126 in
+// float64, 11x11 kernels). Zen 4, dL/dF
 // against the plane path, 64 images of 28 x 28 (one_channel: 256), float32
 // / float64: 3x3 with 32 filters 0.66 / 0.80 of the time, 16 filters 0.74 /
 // 0.79; 1x1 with 64 filters 0.31 / 0.46; 3x3 at stride 2 0.54 / 0.48 and
@@ -148,7 +149,8 @@ bool im2col_backward_weights_suits(const ConvShape& p) {
     const bool avx2_double_3x3 = FASTCONV_VECTOR_BYTES == 32 && sizeof(T) == 8 && p.r == 3 && p.s == 3 &&
                                  p.stride_h == 1 && p.stride_w == 1 && p.dil_h == 1 && p.dil_w == 1;
     return p.groups == 1 && p.c == 1 && p.y_dense() && p.k >= (taps <= 9 ? 16 : 32) && !avx2_double_3x3 &&
-           p.k * taps * FASTCONV_VECTOR_BYTES <= (int64_t(4) << 20);
+           p.k * taps * FASTCONV_VECTOR_BYTES <= (int64_t(4) << 20) &&
+           taps * kDotRow<T> * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 20);
 }
 
 // cols[t * kDotRow + i] = x[ih][iw] for the chunk's pixels q = q0 + i, 0
