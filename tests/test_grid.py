@@ -217,11 +217,13 @@ def test_one_channel_weight_gradient_as_im2col_dots(rng, dtype, kernel, filters,
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_one_channel_weight_gradient_in_chunks_of_pixels(rng, dtype):
-    # 9 taps' columns take 36 (float32) or 72 bytes (float64) a pixel, so the
-    # 128 KiB column buffer holds 3632 or 1816 (AVX2 3640 and 1820) of the
-    # 9900: the dots go chunk by chunk, chunks ending inside rows of 330.
-    run_case(rng, dtype, 2, 1, 30, 330, 16, (3, 3), 1, 1, 1, "same")
+@pytest.mark.parametrize("h,w,filters,kernel", [(30, 330, 16, (3, 3)), (40, 40, 32, (7, 7))], ids=["3x3", "7x7"])
+def test_one_channel_weight_gradient_in_chunks_of_pixels(rng, dtype, h, w, filters, kernel):
+    # The dots go chunk by chunk, each chunk's columns built anew: 3x3 over
+    # 30 x 330 in chunks of 1024 pixels (the most), which end inside rows of
+    # 330; 7x7 (49 taps) in chunks that keep its columns within 128 KiB, 656
+    # pixels in float32 or 328 in float64 (AVX2 664 and 332), of 1600.
+    run_case(rng, dtype, 2, 1, h, w, filters, kernel, 1, 1, 1, "same")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
