@@ -47,21 +47,11 @@ inline bool col2im_backward_data_suits(const ConvShape& p) {
            p.ys.w == 1 && p.ys.h == p.out_w && p.ys.c == p.out_h * p.out_w && p.xs.w == 1;
 }
 
-// The first `count` values of `rows` rows `step` apart, into L2 (an asm
-// prefetch: GCC deletes a loop of nothing but __builtin_prefetch).
+// The first `count` values of `rows` rows `step` apart, into L2.
 template <class T>
 inline void fetch_rows_to_l2(const T* first, int64_t rows, int64_t step, int64_t count) {
-    const int64_t bytes = count * static_cast<int64_t>(sizeof(T));
-    for (int64_t k = 0; k < rows; ++k) {
-        const char* line = reinterpret_cast<const char*>(first + k * step);
-        for (int64_t o = 0; o < bytes; o += 64) {
-#if defined(__x86_64__) || defined(__i386__)
-            asm volatile("prefetcht1 %0" : : "m"(line[o]));
-#else
-            __builtin_prefetch(line + o, 0, 2);
-#endif
-        }
-    }
+    for (int64_t k = 0; k < rows; ++k)
+        RowFetch::lines<true>(reinterpret_cast<const char*>(first + k * step), count * static_cast<int64_t>(sizeof(T)));
 }
 
 // d[i * sw] += col[i] for i < len, four a trip: a loop of one ran 13 %
@@ -204,8 +194,8 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
                 for (int64_t m = 0; m < rows_m; ++m) {
                     const int64_t c = m / taps, kr = m % taps / p.s, ks = m % p.s;
                     const int64_t shift = ks * p.dil_w - p.pad_left, sw = p.stride_w;  // iw = ow * sw + shift
-                    const int64_t ow0 = shift >= 0 ? 0 : (-shift + sw - 1) / sw;
-                    const int64_t ow1 = std::min(p.out_w, (p.w - shift + sw - 1) / sw);
+                    int64_t ow0, ow1;  // the outputs whose tap lands inside the row
+                    valid_range(shift, sw, p.out_w, p.w, ow0, ow1);
                     if (ow0 >= ow1) continue;
                     for (int64_t oh = q0 / p.out_w; oh * p.out_w < q0 + count; ++oh) {
                         const int64_t ih = oh * p.stride_h - p.pad_top + kr * p.dil_h;

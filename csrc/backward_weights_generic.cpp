@@ -34,7 +34,7 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
                 for (int64_t oh = 0; oh < p.out_h; ++oh) {
                     for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += cols) {
                         const int64_t m = std::min(cols, p.out_w - ow0);
-                        im2col_row(p, x_group, cg, oh, ow0, m, col);
+                        im2col_row(p, x_group, cg, oh, ow0, m, col, m);
                         // col_t[i][j]: one output pixel's taps contiguous.
                         for (int64_t j = 0; j < taps; ++j)
                             for (int64_t i = 0; i < m; ++i) col_t[i * taps + j] = col[j * m + i];

@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "cpu_facts.h"
+#include "im2col.h"
 #include "implicit_gemm.h"
 #include "parallel.h"
 
@@ -154,40 +155,17 @@ bool im2col_backward_weights_suits(const ConvShape& p) {
 }
 
 // cols[t * kDotRow + i] = x[ih][iw] for the chunk's pixels q = q0 + i, 0
-// where tap t reads the padding, and 0 from `count` to the next whole vector.
+// where tap t reads the padding, and 0 from `count` to the next whole vector:
+// im2col.h's rows, one output row's run of the chunk at a time.
 template <class T>
 void im2col_one_plane(const ConvShape& p, const T* x, int64_t q0, int64_t count, T* cols) {
     constexpr int L = kLanes<T>;
+    for (int64_t oh = q0 / p.out_w; oh * p.out_w < q0 + count; ++oh) {
+        const int64_t a = std::max(q0, oh * p.out_w), b = std::min(q0 + count, (oh + 1) * p.out_w);
+        im2col_row(p, x, 1, oh, a - oh * p.out_w, b - a, cols + (a - q0), kDotRow<T>);
+    }
     const int64_t padded = (count + L - 1) / L * L;
-    for (int64_t kr = 0; kr < p.r; ++kr)
-        for (int64_t ks = 0; ks < p.s; ++ks) {
-            T* const row = cols + (kr * p.s + ks) * kDotRow<T>;
-            const int64_t shift = ks * p.dil_w - p.pad_left, sw = p.stride_w;  // iw = ow * sw + shift
-            const int64_t ow0 = shift >= 0 ? 0 : (-shift + sw - 1) / sw;
-            const int64_t ow1 = std::max(ow0, std::min(p.out_w, (p.w - shift + sw - 1) / sw));
-            for (int64_t oh = q0 / p.out_w; oh * p.out_w < q0 + count; ++oh) {
-                const int64_t a = std::max(q0, oh * p.out_w), b = std::min(q0 + count, (oh + 1) * p.out_w);
-                T* dst = row + a - q0;
-                const int64_t ih = oh * p.stride_h - p.pad_top + kr * p.dil_h;
-                if (ih < 0 || ih >= p.h) {
-                    std::fill(dst, dst + (b - a), T(0));
-                    continue;
-                }
-                // Pixels ow in [a, b) - oh * out_w: zeros, the input's run, zeros.
-                const int64_t lo = a - oh * p.out_w, hi = b - oh * p.out_w;
-                const int64_t in_lo = std::clamp(ow0, lo, hi), in_hi = std::clamp(ow1, in_lo, hi);
-                std::fill(dst, dst + (in_lo - lo), T(0));
-                const T* src = x + ih * p.xs.h + shift * p.xs.w;
-                const int64_t step = sw * p.xs.w;
-                if (step == 1) {
-                    std::copy(src + in_lo, src + in_hi, dst + (in_lo - lo));
-                } else {
-                    for (int64_t ow = in_lo; ow < in_hi; ++ow) dst[ow - lo] = src[ow * step];
-                }
-                std::fill(dst + (in_hi - lo), dst + (hi - lo), T(0));
-            }
-            std::fill(row + count, row + padded, T(0));
-        }
+    for (int64_t t = 0; t < p.r * p.s; ++t) std::fill(cols + t * kDotRow<T> + count, cols + t * kDotRow<T> + padded, T(0));
 }
 
 template <class T>

@@ -29,7 +29,7 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
             const T* x_group = x + n * p.xs.n + g * cg * p.xs.c;
             for (int64_t ow0 = 0; ow0 < p.out_w; ow0 += cols) {
                 const int64_t m = std::min(cols, p.out_w - ow0);
-                im2col_row(p, x_group, cg, oh, ow0, m, col);
+                im2col_row(p, x_group, cg, oh, ow0, m, col, m);
                 for (int64_t kk = 0; kk < kg; ++kk) {
                     const int64_t k = g * kg + kk;
                     T* out = y + n * p.ys.n + k * p.ys.c + oh * p.ys.h + ow0 * p.ys.w;

@@ -89,11 +89,13 @@ struct RowFetch {
             if (at.r == per_channel) at.r = 0, ++at.c;
         }
     }
-    // Every 64-byte cache line of [p, p + len), len > 0.
+    // Every 64-byte cache line of [p, p + len), len > 0, into L1 (or, with
+    // kToL2, into L2 only).
+    template <bool kToL2 = false>
     static void lines(const char* p, int64_t len) {
         const uintptr_t last = reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(len - 1);
         for (uintptr_t a = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63); a <= last; a += 64)
-            line(reinterpret_cast<const char*>(a));
+            line<kToL2>(reinterpret_cast<const char*>(a));
     }
     void fetch(int64_t from, int64_t to) const {
         if (from >= to || !x) return;
@@ -101,11 +103,13 @@ struct RowFetch {
         fetch_to(cursor, to);
     }
     // GCC deletes a loop of nothing but __builtin_prefetch as free of side effects.
+    template <bool kToL2 = false>
     static void line(const char* p) {
 #if defined(__x86_64__) || defined(__i386__)
-        asm volatile("prefetcht0 %0" : : "m"(*p));
+        if constexpr (kToL2) asm volatile("prefetcht1 %0" : : "m"(*p));
+        else asm volatile("prefetcht0 %0" : : "m"(*p));
 #else
-        __builtin_prefetch(p);
+        __builtin_prefetch(p, 0, kToL2 ? 2 : 3);
 #endif
     }
 };
@@ -121,22 +125,28 @@ inline void store(T* p, const V& v) {
     std::memcpy(p, &v, sizeof(V));
 }
 
+// The mask of a vector's first n lanes of T, 0 < n < L.
+#if FASTCONV_VECTOR_BYTES == 64
+inline unsigned first_lanes(int64_t n) { return (1u << n) - 1u; }
+#else
+template <class T>
+inline __m256i first_lanes(int64_t n) {
+    if constexpr (sizeof(T) == 4)
+        return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    else return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+#endif
+
 // The first n values at p, 0 < n < L, the other lanes zero: a masked load,
 // which leaves the lanes past n unread (no fault past the end of an array).
 template <class V, class T>
 inline V load_first(const T* p, int64_t n) {
 #if FASTCONV_VECTOR_BYTES == 64
-    const unsigned mask = (1u << n) - 1u;
-    if constexpr (sizeof(T) == 4) return (V)_mm512_maskz_loadu_ps(static_cast<__mmask16>(mask), p);
-    else return (V)_mm512_maskz_loadu_pd(static_cast<__mmask8>(mask), p);
+    if constexpr (sizeof(T) == 4) return (V)_mm512_maskz_loadu_ps(static_cast<__mmask16>(first_lanes(n)), p);
+    else return (V)_mm512_maskz_loadu_pd(static_cast<__mmask8>(first_lanes(n)), p);
 #else
-    if constexpr (sizeof(T) == 4) {
-        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        return (V)_mm256_maskload_ps(p, mask);
-    } else {
-        const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
-        return (V)_mm256_maskload_pd(p, mask);
-    }
+    if constexpr (sizeof(T) == 4) return (V)_mm256_maskload_ps(p, first_lanes<T>(n));
+    else return (V)_mm256_maskload_pd(p, first_lanes<T>(n));
 #endif
 }
 
@@ -145,17 +155,11 @@ inline V load_first(const T* p, int64_t n) {
 template <class V, class T>
 inline void store_first(T* p, const V& v, int64_t n) {
 #if FASTCONV_VECTOR_BYTES == 64
-    const unsigned mask = (1u << n) - 1u;
-    if constexpr (sizeof(T) == 4) _mm512_mask_storeu_ps(p, static_cast<__mmask16>(mask), (__m512)v);
-    else _mm512_mask_storeu_pd(p, static_cast<__mmask8>(mask), (__m512d)v);
+    if constexpr (sizeof(T) == 4) _mm512_mask_storeu_ps(p, static_cast<__mmask16>(first_lanes(n)), (__m512)v);
+    else _mm512_mask_storeu_pd(p, static_cast<__mmask8>(first_lanes(n)), (__m512d)v);
 #else
-    if constexpr (sizeof(T) == 4) {
-        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-        _mm256_maskstore_ps(p, mask, (__m256)v);
-    } else {
-        const __m256i mask = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
-        _mm256_maskstore_pd(p, mask, (__m256d)v);
-    }
+    if constexpr (sizeof(T) == 4) _mm256_maskstore_ps(p, first_lanes<T>(n), (__m256)v);
+    else _mm256_maskstore_pd(p, first_lanes<T>(n), (__m256d)v);
 #endif
 }
 
