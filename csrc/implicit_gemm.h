@@ -48,6 +48,8 @@ struct Simd<double> {
 
 template <class T>
 constexpr int kLanes = FASTCONV_VECTOR_BYTES / static_cast<int>(sizeof(T));
+// Vector registers: 32 with AVX-512, 16 with AVX2.
+constexpr int kVectorRegisters = FASTCONV_VECTOR_BYTES == 64 ? 32 : 16;
 constexpr int kVectorsPerTile = FASTCONV_NV;  // vectors of pixels per micro-kernel row
 template <class T>
 constexpr int kTile = kLanes<T> * kVectorsPerTile;  // pixels per tile
@@ -124,6 +126,12 @@ template <class V, class T>
 inline void store(T* p, const V& v) {
     std::memcpy(p, &v, sizeof(V));
 }
+// Every lane x, in one broadcast: x - 0 is x for every x (-0 too), so GCC
+// drops the subtraction, where V{} + x cost an add first (-0 + 0 is +0).
+template <class V, class T>
+inline V splat(T x) {
+    return x - V{};
+}
 
 // The mask of a vector's first n lanes of T, 0 < n < L.
 #if FASTCONV_VECTOR_BYTES == 64
@@ -175,6 +183,16 @@ inline void fma_in_place(V& acc, const V a, const V b) {
     } else {
         asm("vfmadd231pd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
     }
+}
+
+// fma_in_place on an element of an array of sums, through a copy: GCC kept
+// the whole array on the stack where the asm's operand was the element
+// itself (rows_shared_micro: 22 to 42 stack operands in its loop).
+template <class V>
+inline void fma_into(V& acc, const V a, const V b) {
+    V sum = acc;
+    fma_in_place(sum, a, b);
+    acc = sum;
 }
 
 // out[i * ldo + j] = in[j * ldi + i], i, j < L = kLanes<T>: an L x L tile
@@ -450,16 +468,28 @@ void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t
                        const RowFetch* fetch) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
-    // AVX2, several filters: their sums, a row vector and the R x MR weights
-    // of a kernel column outgrow the 16 registers, and GCC kept sums on the
-    // stack, each FMA then waiting on a store (the 3-filter, 4-row instance
-    // ran at about 55 % of the FMA peak on Zen 5; llvm-mca, which charges
-    // nothing for that, said 100 %). There the weights are loaded again for
-    // each input row (the barrier keeps GCC from holding them across rows):
-    // the stem's float64 backward 50.2 -> 41.8 ms, float32 26.0 -> 21.9 ms.
-    // llvm-mca puts the extra broadcasts at 75-84 %. AVX-512's 32 registers
-    // ran as fast either way, so it keeps its weights.
-    constexpr bool kReload = FASTCONV_VECTOR_BYTES == 32 && MR > 1 && MR * NR * NV + MR * R + NV > 16;
+    // Several filters: kernel rows outermost, the NR output rows' input rows
+    // held in registers (one loaded per kernel row after the first), each
+    // weight broadcast once into a register for its NR x NV FMAs. Holding the
+    // R x MR weights of a kernel column instead outgrew AVX2's 16 registers
+    // (GCC kept sums on the stack, about 55 % of the FMA peak on Zen 5; then
+    // each weight broadcast again for every input row, 36 broadcasts per 36
+    // FMAs: llvm-mca 75 % on znver3/4, 84 % on skylake-avx512, where the
+    // broadcasts count as shuffles or loads) and left AVX-512's 3-filter,
+    // 3-vector instance one register short (a spill; 88.5 % on both models).
+    // Now 99.9 % on every model for AVX2, 93.1 % on skylake-avx512 for
+    // AVX-512; on Zen 4, AVX2 dL/dx of 3 channels with 5x5 and 7x7 kernels
+    // took 0.84-0.90 of the time. One filter keeps the order below: its 12
+    // rows would not fit.
+    constexpr bool kRowsHeld = MR * R > NR * NV;
+    // Otherwise, where registers are left over, each row vector is pinned in
+    // one (an empty asm) and each FMA goes into its sum's own register: GCC
+    // loaded a row again for each FMA or folded it into them, and rotated
+    // the sums with moves (AVX-512, one filter of 8 rows x 2 vectors:
+    // llvm-mca 81.3 % on skylake-avx512, 96.0 % pinned; on Zen 4 the
+    // one-channel and depthwise forwards took 0.85-0.88 of the time). AVX2's
+    // one filter of 12 rows fills all 16 registers: pinning put sums on the stack.
+    constexpr bool kPinned = MR * NR * NV + MR * R + NV < kVectorRegisters;
     V acc[MR][NR][NV];
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
@@ -474,26 +504,58 @@ void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t
         cursor = fetch->at(fetch->first);
         step = (fetch->end - fetch->first + channels - 1) / channels;
     }
+    // Input row ir of a tap at row_base[ir] + offset: one address register
+    // per row, no address arithmetic in the loop; but 14 rows (one filter's
+    // 12 on AVX2) outnumber the free registers.
+    constexpr bool kRowPointers = NR + R - 1 <= 10;
+    const T* row_base[NR + R - 1];
+#pragma GCC unroll 16
+    for (int ir = 0; ir < NR + R - 1; ++ir) row_base[ir] = base + ir * row_step;
     for (int64_t ch = 0; ch < channels; ++ch) {
         if (step) fetch->fetch_to(cursor, std::min(fetch->end, cursor.k + step));
         for (int64_t ks = 0; ks < S; ++ks) {
             const int64_t j0 = ch * R * S + ks;  // tap (ch, kr = 0, ks)
-            const T* b = base + offset[j0];
+            if constexpr (kRowsHeld) {
+                V row[NR][NV];  // input row ir in row[ir % NR]
+#pragma GCC unroll 8
+                for (int kr = 0; kr < R; ++kr) {
+#pragma GCC unroll 8
+                    for (int r = 0; r < NR; ++r) {
+                        if (kr > 0 && r < NR - 1) continue;  // row kr + r is held
+#pragma GCC unroll 4
+                        for (int v = 0; v < NV; ++v) row[(kr + r) % NR][v] = load<V>(row_base[kr + r] + offset[j0] + v * L);
+                    }
+#pragma GCC unroll 4
+                    for (int i = 0; i < MR; ++i) {
+                        const V w = splat<V>(a[(j0 + kr * S) * MR + i]);
+#pragma GCC unroll 8
+                        for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+                            for (int v = 0; v < NV; ++v) fma_into(acc[i][r][v], w, row[(kr + r) % NR][v]);
+                    }
+                }
+                continue;
+            }
 #pragma GCC unroll 16
             for (int ir = 0; ir < NR + R - 1; ++ir) {
-                if constexpr (kReload) asm volatile("" ::: "memory");
                 V bv[NV];
 #pragma GCC unroll 4
-                for (int v = 0; v < NV; ++v) bv[v] = load<V>(b + ir * row_step + v * L);
+                for (int v = 0; v < NV; ++v) {
+                    bv[v] = load<V>((kRowPointers ? row_base[ir] : base + ir * row_step) + offset[j0] + v * L);
+                    if constexpr (kPinned) asm("" : "+v"(bv[v]));
+                }
 #pragma GCC unroll 8
                 for (int kr = 0; kr < R; ++kr) {
                     const int r = ir - kr;  // the output row that kernel row kr reads row ir for
                     if (r < 0 || r >= NR) continue;
 #pragma GCC unroll 4
                     for (int i = 0; i < MR; ++i) {
-                        const T av = a[(j0 + kr * S) * MR + i];
+                        const V w = splat<V>(a[(j0 + kr * S) * MR + i]);
 #pragma GCC unroll 4
-                        for (int v = 0; v < NV; ++v) acc[i][r][v] += av * bv[v];
+                        for (int v = 0; v < NV; ++v) {
+                            if constexpr (kPinned) fma_into(acc[i][r][v], w, bv[v]);
+                            else acc[i][r][v] += w * bv[v];
+                        }
                     }
                 }
             }

@@ -65,20 +65,29 @@ void rows_micro(const T* __restrict base, int64_t row_step, const int64_t* __res
         for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) acc[i][r][v] = V{};
+    // Where registers are left over, as in rows_shared_micro: each FMA into
+    // its sum's own register (llvm-mca skylake-avx512, 3 filters x 2 rows x 3
+    // vectors: 89.9 % with GCC's moves).
+    constexpr bool kPinned = MR * NR * NV + NR * NV + MR < kVectorRegisters;
+    const T* row_base[NR];  // output row r's input row at row_base[r] + offset[j]: no address arithmetic per tap
+#pragma GCC unroll 4
+    for (int r = 0; r < NR; ++r) row_base[r] = base + r * row_step;
     for (int64_t j = 0; j < ntaps; ++j) {
-        const T* b = base + offset[j];
         V bv[NR][NV];
 #pragma GCC unroll 4
         for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) bv[r][v] = load<V>(b + r * row_step + v * L);
+            for (int v = 0; v < NV; ++v) bv[r][v] = load<V>(row_base[r] + offset[j] + v * L);
 #pragma GCC unroll 4
         for (int i = 0; i < MR; ++i) {
-            const T av = a[j * MR + i];
+            const V w = splat<V>(a[j * MR + i]);
 #pragma GCC unroll 4
             for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 4
-                for (int v = 0; v < NV; ++v) acc[i][r][v] += av * bv[r][v];
+                for (int v = 0; v < NV; ++v) {
+                    if constexpr (kPinned) fma_into(acc[i][r][v], w, bv[r][v]);
+                    else acc[i][r][v] += w * bv[r][v];
+                }
         }
     }
 #pragma GCC unroll 4
@@ -127,18 +136,21 @@ RowsMicro<T> rows_micro_for(int filters, int rows, int nv) {
 
 // Output rows per call of rows_shared_micro: as many as keep MR x NR x NV
 // accumulators, the MR x 3 weights of a 3-row kernel column and the NV row
-// vectors within AVX-512's 32 registers (the sums alone within 12 of AVX2's
-// 16: there the weights are loaded again, see rows_shared_micro), at most 4
-// (8 measured no faster), but 12 for one filter of one vector: each sum
-// takes R dependent FMAs per kernel column, so two FMA ports of latency 4
-// need 12 sums for a 3x3 kernel (4 rows: float64 dL/dx of a one-channel layer
-// on 28-wide rows 9 % slower, of LeNet's first layer 15-25 %; llvm-mca: 75-80
-// % of the FMA peak with 8 rows, 99.9 % with 12). 3 filters of 2 vectors
-// thus take 3 rows: with 4, GCC kept 19 values on the stack and moved
-// registers about (80 % of the FMA peak in the Skylake-server model, 91.5 %
-// with 3; znver4 93.5 -> 91.5 %), and Zen 5 ran both alike.
+// vectors within AVX-512's 32 registers, and on AVX2 several filters' sums,
+// their NR x NV input rows and a weight within 16 (one filter: its sums
+// within 12), at most 4 (8 measured no faster), but 12 for one filter of one
+// vector: each sum takes R dependent FMAs per kernel column, so two FMA
+// ports of latency 4 need 12 sums for a 3x3 kernel (4 rows: float64 dL/dx
+// of a one-channel layer on 28-wide rows 9 % slower, of LeNet's first layer
+// 15-25 %; llvm-mca: 75-80 % of the FMA peak with 8 rows, 99.9 % with 12).
+// 3 filters of 2 vectors thus take 3 rows: with 4, GCC kept 19 values on
+// the stack and moved registers about (80 % of the FMA peak in the
+// Skylake-server model, 91.5 % with 3; znver4 93.5 -> 91.5 %), and Zen 5 ran
+// both alike.
 constexpr int shared_rows(int filters, int vectors) {
-    const int most = FASTCONV_VECTOR_BYTES == 64 ? (32 - 3 * filters - vectors) / (filters * vectors) : 12 / (filters * vectors);
+    const int most = FASTCONV_VECTOR_BYTES == 64 ? (32 - 3 * filters - vectors) / (filters * vectors)
+                     : filters > 1                ? 15 / ((filters + 1) * vectors)
+                                                  : 12 / (filters * vectors);
     const int enough = filters * vectors == 1 ? 12 : 4;
     return most < enough ? most : enough;
 }

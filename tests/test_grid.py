@@ -142,8 +142,8 @@ def test_padded_columns_of_pixel_blocks(rng, dtype, width, kernel, stride, dilat
 def test_few_filters_sharing_window_rows(rng, dtype, filters, kernel, padding, width):
     # One to three filters (and three input channels, so dL/dX has three
     # "filters" too): the pixel-vectorised kernel that loads each window row
-    # once for every kernel row, four output rows per call (twelve for one
-    # filter on one vector of pixels: 17 columns in float64, 7 in float32),
+    # once for every kernel row, two to four output rows per call (twelve for
+    # one filter on one vector of pixels: 17 columns in float64, 7 in float32),
     # in windows of up to 16 rows: 37-row images take several windows and
     # leave rows over; both widths leave a partial vector.
     run_case(rng, dtype, 2, 3, 37, width, filters, kernel, 1, 1, 1, padding)

@@ -204,7 +204,7 @@ void run_type(std::vector<loops::LoopResult>& out, double seconds) {
         out.push_back(dots_shared_loop<T, 5, 5, 2>(seconds));
     } else {
         out.push_back(rows_loop<T, 1, 4, 2>(seconds));
-        out.push_back(rows_shared_loop<T, 3, 4, 1>("rows_shared", seconds));
+        out.push_back(rows_shared_loop<T, 3, shared_rows(3, 1), 1>("rows_shared", seconds));
         out.push_back(rows_shared_loop<T, 1, 12, 1>("dw_fwd_shared", seconds));
         out.push_back(dots_loop<T, kTapGroup>(seconds));
         out.push_back(dots_shared_loop<T, 3, 3, 4>(seconds));
