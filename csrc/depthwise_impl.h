@@ -155,18 +155,12 @@ void store_row(T* __restrict dst, int64_t step, const T* __restrict row, int64_t
 constexpr int kSharedPlaneRows = FASTCONV_VECTOR_BYTES == 64 ? 8 : 4;
 
 // The rows_shared_micro for one filter on a padded plane, blocks of
-// kRowBlock columns, and a kernel r rows tall (3, 5 or 7); null for others.
-template <class T>
-RowsShared<T> plane_rows_shared_for(int64_t r) {
-    if (r != 3 && r != 5 && r != 7) return nullptr;
-    return rows_shared_for_height<T, 1, kSharedPlaneRows, kRowBlock<T> / kLanes<T>>(r);
-}
-
-// The same kernel for half as many output rows: the rows a plane has left.
-template <class T>
-RowsShared<T> plane_rows_shared_half_for(int64_t r) {
-    if (r != 3 && r != 5 && r != 7) return nullptr;
-    return rows_shared_for_height<T, 1, kSharedPlaneRows / 2, kRowBlock<T> / kLanes<T>>(r);
+// kRowBlock columns, NR output rows and a kernel r rows tall (3, 5 or 7) at
+// row stride and dilation 1; null for others.
+template <class T, int NR>
+RowsShared<T> plane_rows_shared_for(const ConvShape& p) {
+    if ((p.r != 3 && p.r != 5 && p.r != 7) || p.stride_h != 1 || p.dil_h != 1) return nullptr;
+    return rows_shared_for_height<T, 1, NR, kRowBlock<T> / kLanes<T>>(p.r);
 }
 
 template <class T>
@@ -177,8 +171,10 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
     const InputPlane ip(p, x);
     const int64_t width = row_width<T>(p), pitch = ip.pitch;
     const int64_t* const column = ip.column.data();
-    const RowsShared<T> shared = p.stride_h == 1 && p.dil_h == 1 ? plane_rows_shared_for<T>(p.r) : nullptr;
-    const RowsShared<T> shared_half = p.stride_h == 1 && p.dil_h == 1 ? plane_rows_shared_half_for<T>(p.r) : nullptr;
+    // kSharedPlaneRows output rows a call, then the half-height instance
+    // once where as many rows are left.
+    const RowsShared<T> shared = plane_rows_shared_for<T, kSharedPlaneRows>(p);
+    const RowsShared<T> shared_half = plane_rows_shared_for<T, kSharedPlaneRows / 2>(p);
     PerThread<T> xp_mem(ip.size() + kCopySlack<T>), row_out_mem(std::max(4, kSharedPlaneRows) * width);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const xp = xp_mem.get();
@@ -195,20 +191,16 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
                 const T b = bias ? bias[k] : T(0);
                 T* out = y + n * p.ys.n + k * p.ys.c;
                 int64_t oh = 0;
-                for (; shared && oh + kSharedPlaneRows <= p.out_h; oh += kSharedPlaneRows) {
-                    for (int64_t ow = 0; ow < width; ow += kRowBlock<T>)
-                        shared(xp + oh * pitch + ow, pitch, column, 1, p.s, w, &b, row_out + ow, width, nullptr);
-                    for (int rb = 0; rb < kSharedPlaneRows; ++rb) {
-                        store_row(out + (oh + rb) * p.ys.h, p.ys.w, row_out + rb * width, p.out_w);
+                // Whole calls of a shared-rows kernel of `rows` output rows, from oh on.
+                const auto shared_calls = [&](RowsShared<T> kernel, int rows) {
+                    for (; kernel && oh + rows <= p.out_h; oh += rows) {
+                        for (int64_t ow = 0; ow < width; ow += kRowBlock<T>)
+                            kernel(xp + oh * pitch + ow, pitch, column, 1, p.s, w, &b, row_out + ow, width, nullptr);
+                        for (int rb = 0; rb < rows; ++rb) store_row(out + (oh + rb) * p.ys.h, p.ys.w, row_out + rb * width, p.out_w);
                     }
-                }
-                for (; shared_half && oh + kSharedPlaneRows / 2 <= p.out_h; oh += kSharedPlaneRows / 2) {
-                    for (int64_t ow = 0; ow < width; ow += kRowBlock<T>)
-                        shared_half(xp + oh * pitch + ow, pitch, column, 1, p.s, w, &b, row_out + ow, width, nullptr);
-                    for (int rb = 0; rb < kSharedPlaneRows / 2; ++rb) {
-                        store_row(out + (oh + rb) * p.ys.h, p.ys.w, row_out + rb * width, p.out_w);
-                    }
-                }
+                };
+                shared_calls(shared, kSharedPlaneRows);
+                shared_calls(shared_half, kSharedPlaneRows / 2);
                 // RB output rows at once: RB x NV independent accumulators per tap.
                 constexpr int RB = 4;
                 for (; oh + RB <= p.out_h; oh += RB) {
@@ -300,16 +292,21 @@ void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T
 // out[t] += sum over the plane of grad_y times the input window of tap t0 + t,
 // for NT taps at once (stride 1): NT x NV independent accumulators, so the
 // loop runs at FMA throughput rather than latency.
-// At most 12 taps at once with AVX-512's 32 registers, 6 with AVX2's 16:
-// 12 x 2 sums spilled there (5x5 and 7x7 plane dL/dF 10-15 % faster with 6,
-// AMD Zen 3; llvm-mca 50-63 % -> 86 %, bound by the loads).
-constexpr int kTapGroup = FASTCONV_VECTOR_BYTES == 64 ? 12 : 6;
+// At most 12 taps at once: each grad_y vector is loaded once for NT x NV
+// FMAs that each load an input vector, so the loads bound the loop at NT /
+// (NT + 1) of the FMA peak where a core loads two vectors a cycle. AVX2's 16
+// registers take 12 x 2 sums only by spilling them (5x5 and 7x7 plane dL/dF
+// were 10-15 % faster with 6 taps, AMD Zen 3), so there the taps go over one
+// vector of columns at a time: 6 x 2 modelled at 85.6 % (llvm-mca, Skylake
+// server and Zen 3/4), 12 x 1 at 92.2 %; on Zen 4, AVX2 float32 dL/dF of
+// dilated and 7x7 depthwise layers took 0.96 of the time.
+constexpr int kTapGroup = 12;
 
 template <class T, int NT>
 void plane_dots(const ConvShape& p, const InputPlane& ip, const T* gyp, int64_t width, const T* xp, int64_t t0,
                 int64_t oh0, T* out) {
     using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>, NV = kRowBlock<T> / L;
+    constexpr int L = kLanes<T>, NV = FASTCONV_VECTOR_BYTES == 64 ? kRowBlock<T> / L : 1;
     int64_t off[NT];
     for (int t = 0; t < NT; ++t)
         off[t] = ((t0 + t) / p.s) * p.dil_h * ip.pitch + ip.column[static_cast<size_t>((t0 + t) % p.s)];
@@ -317,13 +314,17 @@ void plane_dots(const ConvShape& p, const InputPlane& ip, const T* gyp, int64_t 
     for (int t = 0; t < NT; ++t)
         for (int v = 0; v < NV; ++v) acc[t][v] = V{};
     for (int64_t oh = oh0; oh < p.out_h; ++oh) {
-        const T* d = gyp + oh * width;
-        const T* x_row = xp + oh * p.stride_h * ip.pitch;
-        for (int64_t ow = 0; ow < width; ow += NV * L) {
+        // Columns counted up from -width to 0 from the rows' ends: the loop
+        // ends on the add's sign, with no bound to compare, which (the NT
+        // pointers taking the free registers) GCC kept on the stack, one load
+        // more per step (llvm-mca skylake-avx512, AVX-512: 88.8 -> 92.3 %).
+        const T* d_end = gyp + oh * width + width;
+        const T* x_end = xp + oh * p.stride_h * ip.pitch + width;
+        for (int64_t ow = -width; ow < 0; ow += NV * L) {
             V dv[NV];
-            for (int v = 0; v < NV; ++v) dv[v] = load<V>(d + ow + v * L);
+            for (int v = 0; v < NV; ++v) dv[v] = load<V>(d_end + ow + v * L);
             for (int t = 0; t < NT; ++t)
-                for (int v = 0; v < NV; ++v) acc[t][v] += dv[v] * load<V>(x_row + off[t] + ow + v * L);
+                for (int v = 0; v < NV; ++v) acc[t][v] += dv[v] * load<V>(x_end + off[t] + ow + v * L);
         }
     }
     for (int t = 0; t < NT; ++t) {
