@@ -54,12 +54,29 @@ inline void fetch_rows_to_l2(const T* first, int64_t rows, int64_t step, int64_t
         RowFetch::lines<true>(reinterpret_cast<const char*>(first + k * step), count * static_cast<int64_t>(sizeof(T)));
 }
 
-// d[i * sw] += col[i] for i < len, four a trip: a loop of one ran 13 %
-// slower on the stem where its few instructions happened to straddle a
-// 64-byte line (Zen 4).
+// d[i * sw] += col[i] for i < len. AVX-512, float32 at sw = 2: 16 values of
+// col at a time expanded into the even lanes of two vectors and added under
+// a mask, the odd values of d neither read nor written (at a row's end they
+// may lie past the array); the same additions as the scalar loop, so the
+// same bits. Zen 4, dL/dx at stride 2: the stem 0.94 of the time, 3 channels
+// of 224 x 224 with 3x3 kernels 0.85 (float64, four values an expand, ran no
+// faster). The rest four a trip: a loop of one ran 13 % slower on the stem
+// where its few instructions happened to straddle a 64-byte line (Zen 4).
 template <class T>
 inline void add_strided(T* __restrict d, const T* __restrict col, int64_t len, int64_t sw) {
     int64_t i = 0;
+#if FASTCONV_VECTOR_BYTES == 64
+    if constexpr (sizeof(T) == 4) {
+        constexpr __mmask16 even = 0x5555;
+        if (sw == 2)
+            for (; i + 16 <= len; i += 16)
+                for (int h = 0; h < 2; ++h) {
+                    const __m512 c = _mm512_maskz_expandloadu_ps(even, col + i + h * 8);
+                    float* at = d + 2 * i + h * 16;
+                    _mm512_mask_storeu_ps(at, even, _mm512_add_ps(_mm512_maskz_loadu_ps(even, at), c));
+                }
+    }
+#endif
     for (; i + 4 <= len; i += 4) {
         d[i * sw] += col[i];
         d[(i + 1) * sw] += col[i + 1];
@@ -67,26 +84,6 @@ inline void add_strided(T* __restrict d, const T* __restrict col, int64_t len, i
         d[(i + 3) * sw] += col[i + 3];
     }
     for (; i < len; ++i) d[i * sw] += col[i];
-}
-
-// d[2 i] += col[i] for i < len, float32, the odd values of d untouched
-// (neither read nor written: at a row's end they may lie past the array).
-// AVX-512: a vector of col expanded into the even lanes of two, added under
-// a mask; the same additions as the scalar loop, so the same bits. Zen 4,
-// dL/dx at stride 2: the stem 0.94 of the time, 3 channels of 224 x 224
-// with 3x3 kernels 0.85. (float64, four values an expand, ran no faster.)
-inline void add_to_every_second(float* __restrict d, const float* __restrict col, int64_t len) {
-    int64_t i = 0;
-#if FASTCONV_VECTOR_BYTES == 64
-    constexpr __mmask16 even = 0x5555;
-    for (; i + 16 <= len; i += 16)
-        for (int h = 0; h < 2; ++h) {
-            const __m512 c = _mm512_maskz_expandloadu_ps(even, col + i + h * 8);
-            float* at = d + 2 * i + h * 16;
-            _mm512_mask_storeu_ps(at, even, _mm512_add_ps(_mm512_maskz_loadu_ps(even, at), c));
-        }
-#endif
-    for (; i < len; ++i) d[2 * i] += col[i];
 }
 
 // Whether `rows` rows of `row_bytes`, `stride` bytes apart, need more lines
@@ -205,12 +202,6 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
                         const T* __restrict col = cols + m * ld + oh * p.out_w + lo - q0;
                         if (sw == 1) {
                             for (int64_t i = 0; i < hi - lo; ++i) d[i] += col[i];
-                        } else if constexpr (FASTCONV_VECTOR_BYTES == 64 && sizeof(T) == 4) {
-                            if (sw == 2) {
-                                add_to_every_second(d, col, hi - lo);
-                            } else {
-                                add_strided(d, col, hi - lo, sw);
-                            }
                         } else {
                             add_strided(d, col, hi - lo, sw);
                         }
