@@ -103,13 +103,23 @@ KERNELS: list[Kernel] = [
         hot=lambda a: (a["mr"] * a["nr"] * a["nv"], a["mr"], a["nv"]),
         where=lambda a: a["r"] == 3 and a["mr"] > 1,
     ),
-    # The same kernel with one filter: a depthwise 3x3 plane (depthwise_impl.h) or one filter.
+    # The same kernel with one filter on a depthwise 3x3 plane (depthwise_impl.h):
+    # two vectors of columns, kSharedPlaneRows rows (8 with AVX-512, 4 with AVX2).
     Kernel(
         "dw_fwd_shared",
         "implicit_gemm.h (depthwise_impl.h)",
         _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\(",
-        hot=lambda a: (a["nr"] * a["nv"],),
-        where=lambda a: a["r"] == 3 and a["mr"] == 1,
+        hot=lambda a: (a["nr"],),
+        where=lambda a: a["r"] == 3 and a["mr"] == 1 and a["nv"] == 2,
+    ),
+    # And with one filter of one vector, 12 rows (row_direct_impl.h): the
+    # dL/dx of a one-channel input, or a one-filter layer.
+    Kernel(
+        "one_filter_shared",
+        "implicit_gemm.h (row_direct_impl.h)",
+        _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\(",
+        hot=lambda a: (a["nr"],),
+        where=lambda a: a["r"] == 3 and a["mr"] == 1 and a["nv"] == 1,
     ),
     # Depthwise forward rows that the shared kernel does not take: inline in plane_forward.
     Kernel("dw_fwd", "depthwise_impl.h", _NS + r"plane_forward<{T}>\("),

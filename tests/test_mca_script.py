@@ -138,6 +138,13 @@ def test_hot_instance_and_filters():
     ]
     assert [s.name for s in mca.select_function(kernels["rows_shared"], "avx2", "float", wide)] == [wide[1].name]
     assert [s.name for s in mca.select_function(kernels["dw_fwd_shared"], "avx2", "float", shared)] == [shared[0].name]
+    # One filter: the depthwise plane's two-vector instance, and apart from it the one-vector one of 12 rows
+    one = [
+        mca.Symbol(0, 1, f"void fastconv::avx2::rows_shared_micro<float, 1, {nr}, {nv}, 3>(float const*)")
+        for nr, nv in [(12, 1), (4, 2), (2, 2)]
+    ]
+    assert [s.name for s in mca.select_function(kernels["dw_fwd_shared"], "avx2", "float", one)] == [one[1].name]
+    assert [s.name for s in mca.select_function(kernels["one_filter_shared"], "avx2", "float", one)] == [one[0].name]
 
 
 MCA_REPORT = """Iterations:        100
