@@ -57,6 +57,8 @@ class Kernel:
 
 
 _NS = r"fastconv::{isa}::"
+# rows_shared_micro<T, MR filters, NR rows, NV vectors, R kernel rows>: three kernels below pick among its instances.
+_ROWS_SHARED = _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\("
 KERNELS: list[Kernel] = [
     # 2 filter vectors x the most pixels: 14 with AVX-512, 6 with AVX2; stride 1 (built in).
     Kernel(
@@ -99,7 +101,7 @@ KERNELS: list[Kernel] = [
     Kernel(
         "rows_shared",
         "implicit_gemm.h (row_direct_impl.h)",
-        _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\(",
+        _ROWS_SHARED,
         hot=lambda a: (a["mr"] * a["nr"] * a["nv"], a["mr"], a["nv"]),
         where=lambda a: a["r"] == 3 and a["mr"] > 1,
     ),
@@ -108,7 +110,7 @@ KERNELS: list[Kernel] = [
     Kernel(
         "dw_fwd_shared",
         "implicit_gemm.h (depthwise_impl.h)",
-        _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\(",
+        _ROWS_SHARED,
         hot=lambda a: (a["nr"],),
         where=lambda a: a["r"] == 3 and a["mr"] == 1 and a["nv"] == 2,
     ),
@@ -117,7 +119,7 @@ KERNELS: list[Kernel] = [
     Kernel(
         "one_filter_shared",
         "implicit_gemm.h (row_direct_impl.h)",
-        _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\(",
+        _ROWS_SHARED,
         hot=lambda a: (a["nr"],),
         where=lambda a: a["r"] == 3 and a["mr"] == 1 and a["nv"] == 1,
     ),

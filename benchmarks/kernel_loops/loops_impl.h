@@ -199,18 +199,15 @@ void run_type(std::vector<loops::LoopResult>& out, double seconds) {
     if constexpr (wide) {
         out.push_back(rows_loop<T, 3, 2, 3>(seconds));
         out.push_back(rows_shared_loop<T, 3, 2, 3>("rows_shared", seconds));
-        out.push_back(rows_shared_loop<T, 1, kSharedPlaneRows, 2>("dw_fwd_shared", seconds));
-        out.push_back(rows_shared_loop<T, 1, shared_rows(1, 1), 1>("one_filter_shared", seconds));
-        out.push_back(dots_loop<T, kTapGroup>(seconds));
-        out.push_back(dots_shared_loop<T, 5, 5, 2>(seconds));
     } else {
         out.push_back(rows_loop<T, 1, 4, 2>(seconds));
         out.push_back(rows_shared_loop<T, 3, shared_rows(3, 1), 1>("rows_shared", seconds));
-        out.push_back(rows_shared_loop<T, 1, kSharedPlaneRows, 2>("dw_fwd_shared", seconds));
-        out.push_back(rows_shared_loop<T, 1, shared_rows(1, 1), 1>("one_filter_shared", seconds));
-        out.push_back(dots_loop<T, kTapGroup>(seconds));
-        out.push_back(dots_shared_loop<T, 3, 3, 4>(seconds));
     }
+    out.push_back(rows_shared_loop<T, 1, kSharedPlaneRows, 2>("dw_fwd_shared", seconds));
+    out.push_back(rows_shared_loop<T, 1, shared_rows(1, 1), 1>("one_filter_shared", seconds));
+    out.push_back(dots_loop<T, kTapGroup>(seconds));
+    if constexpr (wide) out.push_back(dots_shared_loop<T, 5, 5, 2>(seconds));
+    else out.push_back(dots_shared_loop<T, 3, 3, 4>(seconds));
     out.push_back(im2col_dots_loop<T, kDotFilters, kDotTaps>(seconds));
 }
 
