@@ -9,20 +9,21 @@ For each: the in-memory ``fastconv.conv2d`` on 1 and 2 OpenMP threads, and
 ``fastconv.dask.conv2d`` on a LocalCluster of 1 and 2 single-threaded worker
 processes, and of one worker whose fastconv runs on 2 OpenMP threads (the
 docs' "one worker per machine with all its cores"); the data made and kept
-on the workers, the result persisted there (no transfers to the client are
+on the workers in equal shares, the result persisted there (no transfers to the client are
 timed), runs of the Dask path and the in-memory call on as many cores
 interleaved with the cluster up. Reports the throughput, the speed-up of 2
 workers over 1, the Dask path against the in-memory call on as many cores,
 and Dask's overhead per task: (Dask on 1 worker - in memory on 1 thread) /
 tasks.
 
-    python benchmarks/dask_scaling.py                  # 256 MiB batch, 256 MiB image, chunks of 64 MiB
+    python benchmarks/dask_scaling.py                  # 256 MiB batch, 1 GiB image, chunks of 64 MiB
     python benchmarks/dask_scaling.py --batch 16 --image 1024 --chunk-mb 16 --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -37,6 +38,7 @@ from distributed import Client, LocalCluster, wait
 
 import fastconv
 import fastconv.dask
+from fastconv.bench.machine import cpu_model
 
 
 def timed(fn, cpu) -> tuple[float, float]:
@@ -48,6 +50,23 @@ def timed(fn, cpu) -> tuple[float, float]:
 
 def cpu_seconds(*processes: psutil.Process) -> float:
     return sum(sum(p.cpu_times()[:2]) for p in processes)
+
+
+def spread(client: Client, x: da.Array) -> da.Array:
+    """x persisted with its blocks in equal, contiguous shares on the workers
+    (in row-major order of the blocks), as a dataset spread over a cluster
+    is: left to itself, the scheduler can put every block of a fresh cluster's
+    first array on one worker, and then two workers run as one."""
+    workers = sorted(client.scheduler_info()["workers"])
+    blocks = np.empty(x.numblocks, dtype=object)
+    for i, index in enumerate(np.ndindex(*x.numblocks)):
+        blocks[index] = x.blocks[index].persist(workers=[workers[i * len(workers) // blocks.size]])
+    spread_x = da.block(blocks.tolist()).persist()
+    wait(spread_x)
+    held = sorted(len([k for k, w in client.who_has(spread_x).items() if w == (a,)]) for a in workers)
+    if held[-1] - held[0] > 1:
+        raise RuntimeError(f"blocks per worker {held}, not spread evenly")
+    return spread_x
 
 
 def workloads(args: argparse.Namespace) -> list[tuple[str, tuple[int, ...], tuple[int, ...]]]:
@@ -71,12 +90,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="images in the batch workload (default 64)")
     parser.add_argument("--size", type=int, default=256, help="their height and width (default 256)")
     parser.add_argument(
-        "--image", type=int, default=2048, help="height and width of the one large image (default 2048)"
+        "--image", type=int, default=4096, help="height and width of the one large image (default 4096)"
     )
     parser.add_argument("--channels", type=int, default=16, help="input channels, and filters (default 16)")
     parser.add_argument("--chunk-mb", type=float, default=64, help="chunk size in MiB (default 64)")
     parser.add_argument("--repeats", type=int, default=5, help="the median of this many runs (default 5)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs of each path first (default 3)")
+    parser.add_argument("--json", action="store_true", help="also print the medians as one JSON line")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
@@ -112,8 +132,7 @@ def main() -> None:
                     raise RuntimeError(f"fastconv in a task on {address} has {got} threads, not {omp}")
             for name, shape, chunks in cases:
                 x_memory = rng.standard_normal(shape, dtype=np.float32)
-                x = da.random.default_rng(0).standard_normal(shape, chunks=chunks, dtype=np.float32).persist()
-                wait(x)
+                x = spread(client, da.random.default_rng(0).standard_normal(shape, chunks=chunks, dtype=np.float32))
                 y = fastconv.dask.conv2d(x, w, padding="same")
                 tasks[name] = len(dict(y.__dask_graph__())) - x.npartitions
                 runs = iter(range(10**6))
@@ -154,6 +173,7 @@ def main() -> None:
         f"{'workload':<28} {'chunks':>22} {'tasks':>6}  {'in memory 1t':>12} {'2t':>7}  {'dask 1w':>8} {'2w':>7}"
         f" {'1w x 2t':>8}  {'2w/1w':>6} {'dask/mem 1':>10} {'2':>6} {'1x2':>6} {'overhead/task':>14} {'(cpu)':>9}"
     )
+    summary = {}
     for name, shape, chunks in cases:
         mb = np.prod(shape) * 4 / 2**20
         t = {k: results[(name, k)] for k in ("memory 1", "memory 2", "memory 1x2", "dask 1", "dask 2", "dask 1x2")}
@@ -166,12 +186,22 @@ def main() -> None:
             f" {t['dask 2'] / t['memory 2']:>6.2f} {t['dask 1x2'] / t['memory 1x2']:>6.2f}"
             f" {overhead * 1e3:>11.1f} ms {cpu_overhead * 1e3:>6.1f} ms"
         )
+        summary[name] = {
+            "chunks": chunks,
+            "tasks": tasks[name],
+            "seconds": {k: round(v, 4) for k, v in t.items()},
+            "2w/1w": round(t["dask 1"] / t["dask 2"], 3),
+            "dask/memory": {n: round(t[f"dask {n}"] / t[f"memory {n}"], 3) for n in ("1", "2", "1x2")},
+            "overhead_per_task_ms": {"wall": round(overhead * 1e3, 2), "cpu": round(cpu_overhead * 1e3, 2)},
+        }
     print(
         "MB/s of input, medians of interleaved runs; 'dask/mem n': time on n single-threaded workers over the"
         " in-memory time on n threads (1.00 = no overhead), '1x2': one worker whose fastconv runs 2 threads, over"
         " the in-memory time on 2 threads; overhead/task: (Dask on 1 worker - in memory on 1 thread) / tasks, in"
         " wall time and in CPU time (the worker's against the in-memory call's process)"
     )
+    if args.json:
+        print(json.dumps({"repeats": args.repeats, "cpu": cpu_model(), "workloads": summary}))
 
 
 if __name__ == "__main__":
