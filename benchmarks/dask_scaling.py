@@ -16,7 +16,7 @@ workers over 1, the Dask path against the in-memory call on as many cores,
 and Dask's overhead per task: (Dask on 1 worker - in memory on 1 thread) /
 tasks.
 
-    python benchmarks/dask_scaling.py                  # 256 MiB batch, 1 GiB image, chunks of 64 MiB
+    python benchmarks/dask_scaling.py                  # 512 MiB batch, 1 GiB image, chunks of 64 MiB
     python benchmarks/dask_scaling.py --batch 16 --image 1024 --chunk-mb 16 --repeats 1
 """
 
@@ -87,7 +87,7 @@ def workloads(args: argparse.Namespace) -> list[tuple[str, tuple[int, ...], tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=64, help="images in the batch workload (default 64)")
+    parser.add_argument("--batch", type=int, default=128, help="images in the batch workload (default 128)")
     parser.add_argument("--size", type=int, default=256, help="their height and width (default 256)")
     parser.add_argument(
         "--image", type=int, default=4096, help="height and width of the one large image (default 4096)"
