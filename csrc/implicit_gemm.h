@@ -530,7 +530,8 @@ void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t
 #pragma GCC unroll 16
     for (int ir = 0; ir < NR + R - 1; ++ir) row_base[ir] = base + ir * row_step;
     const int64_t row_bytes = row_step * static_cast<int64_t>(sizeof(T));
-    const T* const anchor_base[3] = {base + 3 * row_step, base + 4 * row_step, base + 9 * row_step};
+    const T* anchor_base[3] = {base, base, base};  // rows 3, 4 and 9: where there are 14 rows
+    if constexpr (kAnchors) anchor_base[0] = base + 3 * row_step, anchor_base[1] = base + 4 * row_step, anchor_base[2] = base + 9 * row_step;
     // Vector v of input row ir of the tap at offset `tap` (ir a constant once
     // the loop over rows is unrolled).
     const auto row_vector = [&](int ir, int64_t tap, int v) -> V {
