@@ -527,7 +527,11 @@ void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t
     // anchored; in L1 on Zen 4 76-83 -> 90-93 %). AVX2's anchors spilled
     // (68 % against 88 % on Zen 4): it keeps the plain form.
     constexpr bool kRowPointers = NR + R - 1 <= 10;
-    constexpr bool kAnchors = FASTCONV_VECTOR_BYTES == 64 && !kRowPointers && NR + R - 1 <= 14;
+    // Only the instance measured: one vector of 12 rows of a 3-row kernel. The
+    // depthwise plane's two vectors of 8 rows of a 4-, 5- or 7-row kernel
+    // (11-14 rows) keep the plain form: anchored, Zen 4 ran them within noise
+    // of it (1.5 % slower to 3 % faster; float64 7x7 up to 5 % slower).
+    constexpr bool kAnchors = FASTCONV_VECTOR_BYTES == 64 && NV == 1 && NR + R - 1 == 14;
     const T* row_base[NR + R - 1];
 #pragma GCC unroll 16
     for (int ir = 0; ir < NR + R - 1; ++ir) row_base[ir] = base + ir * row_step;
