@@ -198,7 +198,10 @@ inline void fma_into(V& acc, const V a, const V b) {
 // The vector at base + M * index bytes (M 1, 2, 4 or 8), in x86's scaled-index
 // addressing: GCC otherwise works out M * index into a register of its own,
 // one per distinct M and base, beyond the registers a kernel has. The asm
-// tells GCC of no memory read: only for input that the caller never writes.
+// declares no memory read (a memory operand made GCC form every address
+// again: 46 % on skylake-avx512), so GCC could move it past a store to what
+// it reads: use it only in a kernel called through a function pointer (the
+// RowsShared tables), whose caller's stores all come before the call.
 template <class V, int M>
 inline V load_scaled(const char* base, int64_t index) {
     static_assert(M == 1 || M == 2 || M == 4 || M == 8);
