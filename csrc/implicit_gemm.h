@@ -526,8 +526,8 @@ void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t
     // 2, 4, 8}: the scaled index of x86's addressing, four additions a tap.
     // GCC otherwise kept the 14 row offsets in integer, vector and stack
     // slots, moved them back each tap, and the moves took Intel's FMA ports
-    // (llvm-mca skylake-avx512: 76.8-78.2 % of the FMA peak, 89.9-91.3 %
-    // anchored; in L1 on Zen 4 76-83 -> 90-93 %). AVX2's anchors spilled
+    // (llvm-mca skylake-avx512: 76.8-78.2 % of the FMA peak, 92.3 %
+    // anchored; in L1 on Zen 4 76-83 -> 88-92 %). AVX2's anchors spilled
     // (68 % against 88 % on Zen 4): it keeps the plain form.
     constexpr bool kRowPointers = NR + R - 1 <= 10;
     // Only the instance measured: one vector of 12 rows of a 3-row kernel. The
@@ -539,8 +539,6 @@ void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t
 #pragma GCC unroll 16
     for (int ir = 0; ir < NR + R - 1; ++ir) row_base[ir] = base + ir * row_step;
     const int64_t row_bytes = row_step * static_cast<int64_t>(sizeof(T));
-    const T* anchor_base[3] = {base, base, base};  // rows 3, 4 and 9: where there are 14 rows
-    if constexpr (kAnchors) anchor_base[0] = base + 3 * row_step, anchor_base[1] = base + 4 * row_step, anchor_base[2] = base + 9 * row_step;
     // Vector v of input row ir of the tap at offset `tap` (ir a constant once
     // the loop over rows is unrolled).
     const auto row_vector = [&](int ir, int64_t tap, int v) -> V {
@@ -549,7 +547,7 @@ void rows_shared_micro(const T* __restrict base, int64_t row_step, const int64_t
             // The anchor at or above row ir, 0, 1, 2, 4 or 8 rows up.
             constexpr int anchor_of[14] = {0, 0, 0, 3, 0, 3, 4, 3, 0, 9, 9, 9, 4, 9};
             const int a = anchor_of[ir], m = ir - a;
-            const char* at = reinterpret_cast<const char*>((a ? anchor_base[a == 3 ? 0 : a == 4 ? 1 : 2] : base) + tap + v * L);
+            const char* at = reinterpret_cast<const char*>(row_base[a] + tap + v * L);
             switch (m) {
                 case 1: return load_scaled<V, 1>(at, row_bytes);
                 case 2: return load_scaled<V, 2>(at, row_bytes);
