@@ -1,9 +1,9 @@
 """The workload .ci/valgrind runs under memcheck: forward and every gradient of
 the C++ core on small shapes that reach each kernel path (dense, strided,
 grouped, depthwise, 1x1, dilated, rectangular, padding wider than the kernel,
-channels-last views, wide rows and several column blocks, an empty batch), in
-float32 and float64, on every instruction set the CPU reports, checked against
-the NumPy reference. Small on purpose: memcheck runs it some 50x slower than
+channels-last views, wide rows and several column blocks, an empty batch,
+dL/dX by GEMM and col2im), in float32 and float64, on every instruction set
+the CPU reports, checked against the NumPy reference. Small on purpose: memcheck runs it some 50x slower than
 natively. (Under valgrind 3.19, which cannot run AVX-512, the CPU reports no
 avx512: the kernels that run are avx2 and generic.)"""
 
@@ -39,6 +39,10 @@ CASES = {
     "wide-rows": (1, 8, 5, 150, 8, (3, 3), 1, "same", 1, 1, "NCHW"),
     "larger-layer": (1, 32, 12, 70, 24, (3, 3), 1, "same", 1, 1, "NCHW"),
     "empty-batch": (0, 4, 7, 7, 8, (3, 3), 2, "same", 1, 1, "NCHW"),
+    # dL/dX as a GEMM and a col2im: gathered into rows (stride 1), added in place (stride 2).
+    "one-channel-gemm-col2im": (4, 1, 9, 12, 16, (3, 3), 1, "same", 1, 1, "NCHW"),
+    "six-channel-valid-gemm-col2im": (4, 6, 10, 9, 16, (5, 5), 1, "valid", 1, 1, "NCHW"),
+    "three-channel-stride2-gemm-col2im": (4, 3, 11, 10, 16, (3, 3), 2, "same", 1, 1, "NCHW"),
 }
 TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}
 

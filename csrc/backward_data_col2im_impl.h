@@ -24,6 +24,50 @@
 
 namespace fastconv::FASTCONV_ISA {
 
+// Vectors of pixels per micro-kernel call over an image's `pixels`: the
+// most whose calls leave the lanes past the image's end within 10 % of the
+// fewest (10 x 10 pixels in float32 with AVX-512: 7 calls of one vector, 89 %
+// of the lanes used, not 3 of three vectors, 69 %).
+template <class T>
+int col2im_vectors(int64_t pixels) {
+    double use[kVectorsPerTile + 1] = {}, most = 0;
+    for (int nv = 1; nv <= kVectorsPerTile; ++nv) {
+        const int64_t w = nv * kLanes<T>;
+        use[nv] = static_cast<double>(pixels) / static_cast<double>((pixels + w - 1) / w * w);
+        most = std::max(most, use[nv]);
+    }
+    int nv = kVectorsPerTile;
+    while (use[nv] < 0.9 * most) --nv;
+    return nv;
+}
+
+// A chunk's columns take at most this much (or one call's W pixels of every
+// row, if more): they stay in L2 until the col2im reads them back.
+constexpr int64_t kColumnBytes = 256 * 1024;
+
+// Pixels per chunk of columns: whole calls of W pixels.
+template <class T>
+int64_t column_stride(const ConvShape& p, int64_t W) {
+    return std::max<int64_t>(W, kColumnBytes / (p.c * p.r * p.s * static_cast<int64_t>(sizeof(T))) / W * W);
+}
+
+// Where dL/dx rows are at most kGatherVectors vectors wide, at stride 1,
+// for an image whose columns are all in one chunk, each dL/dx row vector
+// gathers its values from the columns in registers (gather_rows) and is
+// stored once. Added in place column row by column row, LeNet's second
+// layer's 150 columns of 10-value rows cost more than the GEMM: short runs
+// of scalar adds, or masked loads of each dL/dx row right after a masked
+// store to the previous one, whose span they overlapped (the loads waited
+// on the stores).
+constexpr int64_t kGatherVectors = 4;
+
+template <class T>
+bool gathers_rows(const ConvShape& p) {
+    const int64_t pixels = p.out_h * p.out_w;
+    return p.stride_h == 1 && p.stride_w == 1 && (p.w + kLanes<T> - 1) / kLanes<T> <= kGatherVectors &&
+           column_stride<T>(p, col2im_vectors<T>(pixels) * kLanes<T>) >= pixels;
+}
+
 // Dense grad_y planes (read in place) and dL/dx rows; images enough for the
 // threads to share whole ones (the choice depends on the shape alone, so
 // results never depend on the thread count); and filters enough that each
@@ -41,10 +85,26 @@ namespace fastconv::FASTCONV_ISA {
 // 16 filters 3.2-3.6x; three channels, 3x3 s2 with 32 filters 1.5-1.8x, the
 // 7x7 s2 stem (64 filters) 1.3-1.45x in float64, 1.0-1.45x float32 (AVX2
 // the most), but 7x7 s2 with 16 filters 1.3-2.8x slower.
-inline bool col2im_backward_data_suits(const ConvShape& p) {
+//
+// Besides, at stride 1, up to 12 channels where the by-phase forward would
+// spend an eighth or more of its dL/dx rows' taps on the zeros it pads
+// grad_y with ("valid" layers: their dL/dx is a "full" convolution) and
+// the columns of an image gather into dL/dx rows in registers
+// (gathers_rows). Zen 4, dL/dx against the by-phase path, float32 / float64
+// with AVX-512, then with AVX2: LeNet's second layer (6 channels, 5x5 over
+// 14 x 14, 16 filters) 1.5 / 1.13x, 1.19 / 1.39x; 4 channels 5x5 over 12 x
+// 12, 2.5 / 1.6x, 2.0 / 1.5x; 12 channels 5x5 over 14 x 14 with 32 filters
+// 1.6 / 1.1x, 1.6 / 1.2x; 6 channels 3x3 over 14 x 14, 1.5 / 1.2x, 1.2 /
+// 1.2x. Not with 16 channels (3x3 over 16 x 16: 0.97-1.07x), 32 (5x5 over 14
+// x 14: 0.9-1.15x), nor with "same" padding (8 channels 3x3 over 16 x 16:
+// 0.77-1.15x).
+template <class T>
+bool col2im_backward_data_suits(const ConvShape& p) {
     const bool strided = p.stride_h > 1 || p.stride_w > 1;
-    return p.groups == 1 && p.c <= 3 && p.k >= 16 && (strided ? 4 : 2) * p.k >= p.c * p.r * p.s && p.n >= 4 &&
-           p.ys.w == 1 && p.ys.h == p.out_w && p.ys.c == p.out_h * p.out_w && p.xs.w == 1;
+    const bool dense = p.ys.w == 1 && p.ys.h == p.out_w && p.ys.c == p.out_h * p.out_w && p.xs.w == 1;
+    if (p.groups != 1 || p.k < 16 || p.n < 4 || !dense) return false;
+    if (p.c <= 3 && (strided ? 4 : 2) * p.k >= p.c * p.r * p.s) return true;
+    return p.c <= 12 && 8 * p.out_w <= 7 * p.w && gathers_rows<T>(p);
 }
 
 // The first `count` values of `rows` rows `step` apart, into L2.
@@ -97,17 +157,101 @@ inline bool rows_crowd_l1(int64_t rows, int64_t row_bytes, int64_t stride) {
     return sets * kWays < rows * ((row_bytes + 63) / 64);
 }
 
-// A chunk's columns take at most this much (or one call's W pixels of every
-// row, if more): they stay in L2 until the col2im reads them back.
-constexpr int64_t kColumnBytes = 256 * 1024;
+// Where gather_rows reads: vector v of a dL/dx row takes from each column
+// row of tap (kr, ks) the values of lanes mask[ks * vectors + v], at
+// `slack_before` values before the row's first to `slack_after` past its
+// end (the columns need that much room on either side).
+template <class T>
+struct GatherAt {
+    int64_t vectors = 0, slack_before = 0, slack_after = 0;
+    AlignedArray<LaneMask> mask;  // aligned: std::vector drops __m256i's alignment
+    explicit GatherAt(const ConvShape& p)
+        : vectors((p.w + kLanes<T> - 1) / kLanes<T>), mask(aligned_array<LaneMask>(static_cast<size_t>(p.s * vectors))) {
+        constexpr int64_t L = kLanes<T>;
+        // Lane i of vector v is iw = v * L + i, from ow = iw - shift, shift = ks * dil_w - pad_left.
+        for (int64_t ks = 0; ks < p.s; ++ks)
+            for (int64_t v = 0; v < vectors; ++v) {
+                const int64_t shift = ks * p.dil_w - p.pad_left;
+                const int64_t lo = std::clamp<int64_t>(shift - v * L, 0, L);
+                const int64_t hi = std::clamp<int64_t>(std::min(p.w, p.out_w + shift) - v * L, lo, L);
+                mask.get()[ks * vectors + v] = lanes_between<T>(lo, hi);
+            }
+        slack_before = std::max<int64_t>(0, (p.s - 1) * p.dil_w - p.pad_left);
+        slack_after = vectors * L + p.pad_left;
+    }
+};
+
+// dL/dx[c][ih][iw] = sum over (kr, ks) in order of cols[m * ld + oh * out_w
+// + iw - shift], m = (c * R + kr) * S + ks, oh = ih + pad_top - kr * dil_h,
+// over the taps inside both planes: two dL/dx rows of VW vectors at a time.
+// The same additions in the same order as the scalar col2im below (0 added
+// to a sum where a lane is masked off), so the same values.
+template <class T, int VW>
+void gather_rows(const ConvShape& p, const T* __restrict cols, int64_t ld, const GatherAt<T>& at,
+                 T* __restrict gx) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>;
+    const int64_t tail = p.w - (VW - 1) * L;  // values of the last vector in the row
+    const LaneMask* const mask = at.mask.get();
+    for (int64_t c = 0; c < p.c; ++c)
+        for (int64_t ih = 0; ih < p.h; ih += 2) {
+            const int nr = ih + 1 < p.h ? 2 : 1;
+            V acc[2][VW] = {};
+            for (int64_t kr = 0; kr < p.r; ++kr) {
+                // The column rows of (c, kr, ks = 0) for the two rows' output rows, each inside the plane.
+                const int64_t oh = ih + p.pad_top - kr * p.dil_h;
+                const int64_t row = (c * p.r + kr) * p.s * ld + p.pad_left;  // less oh * out_w
+                const bool first = oh >= 0 && oh < p.out_h, second = nr == 2 && oh + 1 >= 0 && oh + 1 < p.out_h;
+                // Branch-free inside: sums indexed by constants stay in registers.
+                const auto add = [&](auto rows, const T* from, int r0) {
+                    for (int64_t ks = 0; ks < p.s; ++ks) {
+                        const T* at_ks = from + ks * (ld - p.dil_w);  // the row of ks, less its shift
+#pragma GCC unroll 2
+                        for (int r = 0; r < decltype(rows)::value; ++r)
+#pragma GCC unroll 4
+                            for (int v = 0; v < VW; ++v)
+                                acc[r0 + r][v] += load_masked<V>(at_ks + r * p.out_w + v * L, mask[ks * VW + v]);
+                    }
+                };
+                if (first && second) add(std::integral_constant<int, 2>{}, cols + row + oh * p.out_w, 0);
+                else if (first) add(std::integral_constant<int, 1>{}, cols + row + oh * p.out_w, 0);
+                else if (second) add(std::integral_constant<int, 1>{}, cols + row + (oh + 1) * p.out_w, 1);
+            }
+            for (int r = 0; r < nr; ++r) {
+                T* d = gx + c * p.xs.c + (ih + r) * p.xs.h;
+#pragma GCC unroll 4
+                for (int v = 0; v + 1 < VW; ++v) store(d + v * L, acc[r][v]);
+                if (tail == L) store(d + (VW - 1) * L, acc[r][VW - 1]);
+                else store_first(d + (VW - 1) * L, acc[r][VW - 1], tail);
+            }
+        }
+}
+
+template <class T>
+using GatherRows = void (*)(const ConvShape&, const T*, int64_t, const GatherAt<T>&, T*);
+
+template <class T, int... VW>
+GatherRows<T> pick_gather_rows(int64_t vectors, std::integer_sequence<int, VW...>) {
+    GatherRows<T> table[] = {&gather_rows<T, VW + 1>...};
+    return table[vectors - 1];
+}
+
+template <class T>
+RowMicro<T> col2im_micro(int nv, int rows) {
+    if (nv == 1) return micro_for_rows<T, 1>(rows);
+    if constexpr (kVectorsPerTile > 2)
+        if (nv == 2) return micro_for_rows<T, 2>(rows);
+    return micro_for_rows<T, kVectorsPerTile>(rows);
+}
 
 template <class T>
 void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
-    constexpr int64_t W = kVectorsPerTile * kLanes<T>;  // pixels per micro-kernel call
     const int64_t taps = p.r * p.s, filters = p.k, pixels = p.out_h * p.out_w;
+    const int nv = col2im_vectors<T>(pixels);
+    const int64_t W = nv * kLanes<T>;  // pixels per micro-kernel call
     const int64_t rows_m = p.c * taps;  // the GEMM's rows: (channel, tap)
     // Pixels per chunk, whole calls of W, and the stride of a row's columns.
-    const int64_t ld = std::max<int64_t>(W, kColumnBytes / (rows_m * static_cast<int64_t>(sizeof(T))) / W * W);
+    const int64_t ld = column_stride<T>(p, W);
 
     // The taps in blocks of rows of the micro-kernel, split evenly (9 as 5 +
     // 4, not 8 + 1, whose one row of sums would wait on the FMA latency);
@@ -126,7 +270,12 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
     // Per thread: 256 KiB of columns (W pixels of each row where that is more:
     // a kernel of thousands of taps, which suits() takes only with half or a
     // quarter as many filters) and a K x W tail panel.
-    PerThread<T> cols_mem(rows_m * ld), tail_mem(filters * W);
+    const GatherAt<T> gather_at(p);
+    const bool gather = gathers_rows<T>(p);
+    const GatherRows<T> gather_rows_of =
+        gather ? pick_gather_rows<T>(gather_at.vectors, std::make_integer_sequence<int, kGatherVectors>{}) : nullptr;
+    const int64_t before = gather ? gather_at.slack_before : 0;
+    PerThread<T> cols_mem(before + rows_m * ld + (gather ? gather_at.slack_after : 0)), tail_mem(filters * W);
     const bool fetch_ahead = filters * pixels * static_cast<int64_t>(sizeof(T)) <= cache_sizes().l2 / 2;
     // AVX2, where three or more blocks of rows read a call's pixels and the
     // planes crowd the L1, they read a packed copy: the stem's planes (112 x
@@ -137,13 +286,13 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
     const bool pack = FASTCONV_VECTOR_BYTES == 32 && blocks >= 3 &&
                       rows_crowd_l1(filters, W * static_cast<int64_t>(sizeof(T)), p.ys.c * static_cast<int64_t>(sizeof(T)));
     parallel_region(worth_parallel(conv_flops(p)), [&] {
-        T* const cols = cols_mem.get();
+        T* const cols = cols_mem.get() + before;
         T* const tail = tail_mem.get();
 #pragma omp for schedule(static)
         for (int64_t n = 0; n < p.n; ++n) {
             const T* gy = grad_y + n * p.ys.n;
             T* gx = grad_x + n * p.xs.n;
-            for (int64_t c = 0; c < p.c; ++c)
+            for (int64_t c = 0; c < p.c && !gather; ++c)  // gather_rows writes every value
                 for (int64_t ih = 0; ih < p.h; ++ih)
                     std::fill(gx + c * p.xs.c + ih * p.xs.h, gx + c * p.xs.c + ih * p.xs.h + p.w, T(0));
             for (int64_t q0 = 0; q0 < pixels; q0 += ld) {
@@ -180,10 +329,13 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
                     for (int64_t blk = 0; blk < blocks; ++blk) {
                         const int64_t m0 = first[static_cast<size_t>(blk)];
                         const int rows = static_cast<int>(first[static_cast<size_t>(blk + 1)] - m0);
-                        micro_for_rows<T, kVectorsPerTile>(rows)(b, step, nullptr, nullptr, filters,
-                                                                 a_packed.data() + filters * m0, cols + m0 * ld + q, ld,
-                                                                 nullptr);
+                        col2im_micro<T>(nv, rows)(b, step, nullptr, nullptr, filters, a_packed.data() + filters * m0,
+                                                  cols + m0 * ld + q, ld, nullptr);
                     }
+                }
+                if (gather) {
+                    gather_rows_of(p, cols, ld, gather_at, gx);
+                    continue;
                 }
                 // dL/dx[c][oh * stride_h - pad_top + kr * dil_h][ow * stride_w - pad_left + ks * dil_w]
                 // += cols[m][oh * out_w + ow - q0] for row m = (c, kr, ks), over the chunk's

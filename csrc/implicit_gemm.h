@@ -133,7 +133,7 @@ inline V splat(T x) {
     return x - V{};
 }
 
-// The mask of a vector's first n lanes of T, 0 < n < L.
+// The mask of a vector's first n lanes of T, 0 <= n <= L.
 #if FASTCONV_VECTOR_BYTES == 64
 inline unsigned first_lanes(int64_t n) { return (1u << n) - 1u; }
 #else
@@ -155,6 +155,35 @@ inline V load_first(const T* p, int64_t n) {
 #else
     if constexpr (sizeof(T) == 4) return (V)_mm256_maskload_ps(p, first_lanes<T>(n));
     else return (V)_mm256_maskload_pd(p, first_lanes<T>(n));
+#endif
+}
+
+// A mask of vector lanes of T: lanes [lo, hi), 0 <= lo <= hi <= L.
+#if FASTCONV_VECTOR_BYTES == 64
+using LaneMask = unsigned;
+template <class T>
+inline LaneMask lanes_between(int64_t lo, int64_t hi) {
+    return (1u << hi) - (1u << lo);
+}
+#else
+using LaneMask = __m256i;
+template <class T>
+inline LaneMask lanes_between(int64_t lo, int64_t hi) {
+    return _mm256_andnot_si256(first_lanes<T>(lo), first_lanes<T>(hi));
+}
+#endif
+
+// The values at p of the lanes in `mask`, the other lanes zero: a masked
+// load, which reads nothing of the other lanes (p may point before the
+// values it needs, as long as it stays within their allocation).
+template <class V, class T>
+inline V load_masked(const T* p, LaneMask mask) {
+#if FASTCONV_VECTOR_BYTES == 64
+    if constexpr (sizeof(T) == 4) return (V)_mm512_maskz_loadu_ps(static_cast<__mmask16>(mask), p);
+    else return (V)_mm512_maskz_loadu_pd(static_cast<__mmask8>(mask), p);
+#else
+    if constexpr (sizeof(T) == 4) return (V)_mm256_maskload_ps(p, mask);
+    else return (V)_mm256_maskload_pd(p, mask);
 #endif
 }
 

@@ -162,7 +162,7 @@ template <class T>
 void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
     // One to three input channels and filters enough: a GEMM and a col2im
     // (backward_data_col2im_impl.h). Else:
-    if (col2im_backward_data_suits(p)) return col2im_backward_data(p, grad_y, weight, grad_x);
+    if (col2im_backward_data_suits<T>(p)) return col2im_backward_data(p, grad_y, weight, grad_x);
     const bool strided = p.stride_h > 1 || p.stride_w > 1, one_channel = p.c_per_group() == 1;
     // By phase, except at stride 1 for 1x1 kernels (the GEMM reads their
     // planes in place), and at a stride for one input channel per group where

@@ -355,3 +355,19 @@ def test_padded_input_read_in_place_reads_only_the_image(rng, dtype, width, kern
             y = np.empty((n, filters, *geom.out_hw), dtype=dtype)
             core.forward(x, weight, bias, y, geom.stride, geom.kernel_padding, geom.dilation, 1)
             assert_close(y, expected, f"cpp-{isa}: output of a NaN-bordered view")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("channels", [6, 12])
+@pytest.mark.parametrize("kernel", [(5, 5), (3, 3), (4, 2), (2, 5)])
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("h,w", [(14, 14), (9, 23), (12, 33)])
+def test_valid_layer_input_gradient_gathered_from_columns(rng, dtype, channels, kernel, dilation, h, w):
+    # Up to 12 input channels, 16 or more filters, 4 or more images and
+    # "valid" padding at stride 1 (the by-phase forward would pad grad_y by
+    # the kernel's span): dL/dX is the GEMM above, then each dL/dX row gathers
+    # its (channel, tap) columns in registers, lanes past the columns' rows
+    # masked off, where a row is at most 4 vectors wide (all but 33 wide in
+    # float64 and AVX2; those go by phase) and two rows at a time (14 and 9
+    # rows: odd and even remainders).
+    run_case(rng, dtype, 4, channels, h, w, 16, kernel, 1, dilation, 1, "valid")
