@@ -1,11 +1,11 @@
-// dL/dx of an input of one to three channels (one group), image by image,
-// as a GEMM and a col2im:
+// dL/dx of an input of few channels (one group; col2im_backward_data_suits),
+// image by image, as a GEMM and a col2im:
 //   cols[c][t][q] = sum over filters k of weight[k][c][t] * grad_y[k][q]
 // for each channel c, kernel tap t = (kr, ks) and output pixel q, with each
 // filter's grad_y plane read in place as one row of the GEMM's B (row_micro,
 // the implicit GEMM's micro-kernel); then every (channel, tap) column is
 // added, shifted (at a stride, every stride-th value), into that channel's
-// dL/dx plane. The by-phase path ran this as a forward of K channels into C
+// dL/dx plane, or gathered into its rows (gather_rows). The by-phase path ran this as a forward of K channels into C
 // filters, whose window copied every grad_y value for only 9 C FMAs (3x3)
 // and, with one channel, took half the time copying (Zen 4: 15 us of a
 // float32 image's 25 us in cache); a strided one-channel layer went to the
