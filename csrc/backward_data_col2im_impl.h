@@ -59,7 +59,7 @@ int64_t column_stride(const ConvShape& p, int64_t W) {
 // of scalar adds, or masked loads of each dL/dx row right after a masked
 // store to the previous one, whose span they overlapped (the loads waited
 // on the stores).
-constexpr int64_t kGatherVectors = 4;
+constexpr int64_t kGatherVectors = 8;
 
 template <class T>
 bool gathers_rows(const ConvShape& p) {
@@ -90,7 +90,8 @@ bool gathers_rows(const ConvShape& p) {
 // spend an eighth or more of its dL/dx rows' taps on the zeros it pads
 // grad_y with ("valid" layers: their dL/dx is a "full" convolution) and
 // the columns of an image gather into dL/dx rows in registers
-// (gathers_rows). Zen 4, dL/dx against the by-phase path, float32 / float64
+// (gathers_rows). With LeNet's first layer's 6 filters, a GEMM over 6
+// filters gained only 3-20 %: 16 or more here too. Zen 4, dL/dx against the by-phase path, float32 / float64
 // with AVX-512, then with AVX2: LeNet's second layer (6 channels, 5x5 over
 // 14 x 14, 16 filters) 1.5 / 1.13x, 1.19 / 1.39x; 4 channels 5x5 over 12 x
 // 12, 2.5 / 1.6x, 2.0 / 1.5x; 12 channels 5x5 over 14 x 14 with 32 filters
@@ -183,20 +184,21 @@ struct GatherAt {
 
 // dL/dx[c][ih][iw] = sum over (kr, ks) in order of cols[m * ld + oh * out_w
 // + iw - shift], m = (c * R + kr) * S + ks, oh = ih + pad_top - kr * dil_h,
-// over the taps inside both planes: two dL/dx rows of VW vectors at a time.
+// over the taps inside both planes: NR dL/dx rows of VW vectors at a time
+// (two where they fit the registers).
 // The same additions in the same order as the scalar col2im below (0 added
 // to a sum where a lane is masked off), so the same values.
 template <class T, int VW>
 void gather_rows(const ConvShape& p, const T* __restrict cols, int64_t ld, const GatherAt<T>& at,
                  T* __restrict gx) {
     using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>;
+    constexpr int L = kLanes<T>, NR = VW <= 4 ? 2 : 1;
     const int64_t tail = p.w - (VW - 1) * L;  // values of the last vector in the row
     const LaneMask* const mask = at.mask.get();
     for (int64_t c = 0; c < p.c; ++c)
-        for (int64_t ih = 0; ih < p.h; ih += 2) {
-            const int nr = ih + 1 < p.h ? 2 : 1;
-            V acc[2][VW] = {};
+        for (int64_t ih = 0; ih < p.h; ih += NR) {
+            const int nr = ih + 1 < p.h ? NR : 1;
+            V acc[NR][VW] = {};
             for (int64_t kr = 0; kr < p.r; ++kr) {
                 // The column rows of (c, kr, ks = 0) for the two rows' output rows, each inside the plane.
                 const int64_t oh = ih + p.pad_top - kr * p.dil_h;
@@ -208,18 +210,22 @@ void gather_rows(const ConvShape& p, const T* __restrict cols, int64_t ld, const
                         const T* at_ks = from + ks * (ld - p.dil_w);  // the row of ks, less its shift
 #pragma GCC unroll 2
                         for (int r = 0; r < decltype(rows)::value; ++r)
-#pragma GCC unroll 4
+#pragma GCC unroll 8
                             for (int v = 0; v < VW; ++v)
                                 acc[r0 + r][v] += load_masked<V>(at_ks + r * p.out_w + v * L, mask[ks * VW + v]);
                     }
                 };
-                if (first && second) add(std::integral_constant<int, 2>{}, cols + row + oh * p.out_w, 0);
-                else if (first) add(std::integral_constant<int, 1>{}, cols + row + oh * p.out_w, 0);
-                else if (second) add(std::integral_constant<int, 1>{}, cols + row + (oh + 1) * p.out_w, 1);
+                if constexpr (NR == 2) {
+                    if (first && second) add(std::integral_constant<int, 2>{}, cols + row + oh * p.out_w, 0);
+                    else if (first) add(std::integral_constant<int, 1>{}, cols + row + oh * p.out_w, 0);
+                    else if (second) add(std::integral_constant<int, 1>{}, cols + row + (oh + 1) * p.out_w, 1);
+                } else if (first) {
+                    add(std::integral_constant<int, 1>{}, cols + row + oh * p.out_w, 0);
+                }
             }
             for (int r = 0; r < nr; ++r) {
                 T* d = gx + c * p.xs.c + (ih + r) * p.xs.h;
-#pragma GCC unroll 4
+#pragma GCC unroll 8
                 for (int v = 0; v + 1 < VW; ++v) store(d + v * L, acc[r][v]);
                 if (tail == L) store(d + (VW - 1) * L, acc[r][VW - 1]);
                 else store_first(d + (VW - 1) * L, acc[r][VW - 1], tail);

@@ -367,7 +367,8 @@ def test_valid_layer_input_gradient_gathered_from_columns(rng, dtype, channels, 
     # "valid" padding at stride 1 (the by-phase forward would pad grad_y by
     # the kernel's span): dL/dX is the GEMM above, then each dL/dX row gathers
     # its (channel, tap) columns in registers, lanes past the columns' rows
-    # masked off, where a row is at most 4 vectors wide (all but 33 wide in
-    # float64 and AVX2; those go by phase) and two rows at a time (14 and 9
-    # rows: odd and even remainders).
+    # masked off, where a row is at most 8 vectors wide (33 wide in float64
+    # with AVX2 is 9: by phase), two rows at a time up to 4 vectors (14 and 9
+    # rows: even and odd remainders), else one (33 wide: AVX-512 float64 and
+    # AVX2 float32).
     run_case(rng, dtype, 4, channels, h, w, 16, kernel, 1, dilation, 1, "valid")
