@@ -15,8 +15,8 @@ that fastconv's own peak loop measures in the same run, for the same instruction
 the kernel's own throughput, without the caches, packing and writes around it in a layer.
 Every instruction set this CPU runs is measured (on an AVX-512 CPU, the AVX2 kernels too).
 
-The depthwise forward's inline loop and the depthwise dL/dx scatter (mca_kernels.py's dw_fwd
-and dw_bwd_data) are parts of whole-plane functions, not kernels one can call alone: not here.
+The depthwise dL/dx scatter (mca_kernels.py's dw_bwd_data) is part of a whole-plane function,
+not a kernel one can call alone: not here.
 
 A measuring tool: no figure is asserted, and the exit status is 0 whatever they are.
 """
@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "kernel_loops"
 # mca_kernels.py's kernels that are not timed here, and why.
 NOT_TIMED = {
-    "dw_fwd": "a loop inside plane_forward, not a kernel of its own",
     "dw_bwd_data": "a loop inside plane_backward_data, not a kernel of its own",
 }
 

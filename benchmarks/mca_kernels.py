@@ -123,8 +123,8 @@ KERNELS: list[Kernel] = [
         hot=lambda a: (a["nr"],),
         where=lambda a: a["r"] == 3 and a["mr"] == 1 and a["nv"] == 1,
     ),
-    # Depthwise forward rows that the shared kernel does not take: inline in plane_forward.
-    Kernel("dw_fwd", "depthwise_impl.h", _NS + r"plane_forward<{T}>\("),
+    # Depthwise forward rows that the shared kernel does not take: RB rows, the most.
+    Kernel("dw_fwd", "depthwise_impl.h", _NS + r"plane_tile<{T}, (?P<rb>\d+)>\(", hot=lambda a: (a["rb"],)),
     # Depthwise dL/dx: a loop GCC vectorises (a row scattered back, weight times grad_y), not register-blocked.
     Kernel("dw_bwd_data", "depthwise_impl.h", _NS + r"plane_backward_data<{T}>\("),
     # Depthwise dL/dF: NT taps at once, and the shared-rows 3x3 version (its

@@ -154,6 +154,57 @@ void store_row(T* __restrict dst, int64_t step, const T* __restrict row, int64_t
 // plane_forward: 16 accumulators with AVX-512, 8 with AVX2.
 constexpr int kSharedPlaneRows = FASTCONV_VECTOR_BYTES == 64 ? 8 : 4;
 
+// Output rows per call of plane_tile where no shared-rows kernel serves
+// (strides, dilation, other kernel heights): with one weight broadcast per
+// RB x NV FMAs, each reading its input from memory, RB x NV + 1 loads make
+// 16 FMAs with AVX-512 (32 registers), 12 with AVX2 (16): at 4 rows, 10
+// loads a tap kept two load ports 5 cycles on 8 FMAs (llvm-mca
+// skylake-avx512: 79.6-79.8 % of the FMA peak).
+constexpr int kPlaneRows = FASTCONV_VECTOR_BYTES == 64 ? 8 : 6;
+
+// out[rb * ldo + v * L + lane] = b + the sum over taps of w[kr * S + ks] *
+// xp[rb * row_step + kr * kr_step + column[ks] + v * L + lane]: RB output
+// rows of kRowBlock columns. Kernel columns outermost, so that a column's
+// place in the plane is read once for its R taps; its own function, so
+// that the rows' offsets stay in registers.
+template <class T, int RB>
+__attribute__((noinline)) void plane_tile(const T* __restrict xp, int64_t row_step, int64_t kr_step,
+                                          const int64_t* __restrict column, int64_t R, int64_t S,
+                                          const T* __restrict w, T b, T* __restrict out, int64_t ldo) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>, NV = kRowBlock<T> / L;
+    V acc[RB][NV];
+#pragma GCC unroll 8
+    for (int rb = 0; rb < RB; ++rb)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) acc[rb][v] = V{} + b;
+    for (int64_t ks = 0; ks < S; ++ks) {
+        // A pointer per row, moved on a kernel row at a time: one add each per
+        // tap, where offsets from one pointer took a register each per row and
+        // vector, and GCC kept some in vector registers and on the stack.
+        const T* row[RB];
+#pragma GCC unroll 8
+        for (int rb = 0; rb < RB; ++rb) row[rb] = xp + column[ks] + rb * row_step;
+        const T* wk = w + ks;
+        for (int64_t kr = 0; kr < R; ++kr, wk += S) {
+            const V wv = splat<V>(*wk);
+#pragma GCC unroll 8
+            for (int rb = 0; rb < RB; ++rb) {
+#pragma GCC unroll 2
+                for (int v = 0; v < NV; ++v) acc[rb][v] += wv * load<V>(row[rb] + v * L);
+                row[rb] += kr_step;
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int rb = 0; rb < RB; ++rb)
+#pragma GCC unroll 2
+        for (int v = 0; v < NV; ++v) store(out + rb * ldo + v * L, acc[rb][v]);
+}
+
+template <class T>
+using PlaneTile = void (*)(const T*, int64_t, int64_t, const int64_t*, int64_t, int64_t, const T*, T, T*, int64_t);
+
 // The rows_shared_micro for one filter on a padded plane, blocks of
 // kRowBlock columns, NR output rows and a kernel r rows tall (3, 5 or 7) at
 // row stride and dilation 1; null for others.
@@ -175,7 +226,7 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
     // once where as many rows are left.
     const RowsShared<T> shared = plane_rows_shared_for<T, kSharedPlaneRows>(p);
     const RowsShared<T> shared_half = plane_rows_shared_for<T, kSharedPlaneRows / 2>(p);
-    PerThread<T> xp_mem(ip.size() + kCopySlack<T>), row_out_mem(std::max(4, kSharedPlaneRows) * width);
+    PerThread<T> xp_mem(ip.size() + kCopySlack<T>), row_out_mem(std::max(kPlaneRows, kSharedPlaneRows) * width);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const xp = xp_mem.get();
         T* const row_out = row_out_mem.get();
@@ -201,45 +252,19 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
                 };
                 shared_calls(shared, kSharedPlaneRows);
                 shared_calls(shared_half, kSharedPlaneRows / 2);
-                // RB output rows at once: RB x NV independent accumulators per tap.
-                constexpr int RB = 4;
-                for (; oh + RB <= p.out_h; oh += RB) {
-                    for (int64_t ow = 0; ow < width; ow += NV * L) {
-                        V acc[RB][NV];
-                        for (int rb = 0; rb < RB; ++rb)
-                            for (int v = 0; v < NV; ++v) acc[rb][v] = V{} + b;
-                        for (int64_t kr = 0; kr < p.r; ++kr)
-                            for (int64_t ks = 0; ks < p.s; ++ks) {
-                                const T wv = w[kr * p.s + ks];
-                                const T* src = xp + (oh * p.stride_h + kr * p.dil_h) * pitch + column[ks] + ow;
-                                for (int rb = 0; rb < RB; ++rb)
-                                    for (int v = 0; v < NV; ++v)
-                                        acc[rb][v] += wv * load<V>(src + rb * p.stride_h * pitch + v * L);
-                            }
-                        for (int rb = 0; rb < RB; ++rb)
-                            for (int v = 0; v < NV; ++v) store(row_out + rb * width + ow + v * L, acc[rb][v]);
+                // The rest kPlaneRows rows at a time, then half as many, then one by one.
+                const auto tile_calls = [&](auto rows) {
+                    constexpr int RB = decltype(rows)::value;
+                    for (; oh + RB <= p.out_h; oh += RB) {
+                        for (int64_t ow = 0; ow < width; ow += kRowBlock<T>)
+                            plane_tile<T, RB>(xp + oh * p.stride_h * pitch + ow, p.stride_h * pitch, p.dil_h * pitch,
+                                              column, p.r, p.s, w, b, row_out + ow, width);
+                        for (int rb = 0; rb < RB; ++rb) store_row(out + (oh + rb) * p.ys.h, p.ys.w, row_out + rb * width, p.out_w);
                     }
-                    for (int rb = 0; rb < RB; ++rb) {
-                        store_row(out + (oh + rb) * p.ys.h, p.ys.w, row_out + rb * width, p.out_w);
-                    }
-                }
-                for (; oh < p.out_h; ++oh) {
-                    const T* rows = xp + oh * p.stride_h * pitch;
-                    T* o = row_out;
-                    for (int64_t ow = 0; ow < width; ow += NV * L) {
-                        V acc[NV];
-                        for (int v = 0; v < NV; ++v) acc[v] = V{} + b;
-                        for (int64_t kr = 0; kr < p.r; ++kr) {
-                            const T* row = rows + kr * p.dil_h * pitch + ow;
-                            for (int64_t ks = 0; ks < p.s; ++ks) {
-                                const T wv = w[kr * p.s + ks];
-                                for (int v = 0; v < NV; ++v) acc[v] += wv * load<V>(row + column[ks] + v * L);
-                            }
-                        }
-                        for (int v = 0; v < NV; ++v) store(o + ow + v * L, acc[v]);
-                    }
-                    store_row(out + oh * p.ys.h, p.ys.w, o, p.out_w);
-                }
+                };
+                tile_calls(std::integral_constant<int, kPlaneRows>{});
+                tile_calls(std::integral_constant<int, kPlaneRows / 2>{});
+                tile_calls(std::integral_constant<int, 1>{});
             }
         }
     });

@@ -165,6 +165,19 @@ def test_plane_kernels_sharing_plane_rows(rng, dtype, channels, groups, kernel, 
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("kernel", [(3, 3), (4, 2), (1, 5)])
+@pytest.mark.parametrize("stride,dilation", [(2, 1), (1, 2), ((2, 1), 1), ((1, 2), 1)])
+@pytest.mark.parametrize("height", [31, 17])
+def test_plane_rows_without_shared_rows(rng, dtype, kernel, stride, dilation, height):
+    # Depthwise at a stride or dilation, or with kernels the shared-rows
+    # kernel has no instance for (4 or 1 rows tall): plane_tile, eight
+    # (AVX-512) or six (AVX2) output rows a call, then four or three, then
+    # one by one; 31 and 17 input rows give 7 to 31 output rows here, which
+    # leave every kind of remainder.
+    run_case(rng, dtype, 2, 4, height, 21, 8, kernel, stride, dilation, 4, "same")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("kernel", [(3, 3), (5, 5), (1, 7), (4, 2), (1, 1)])
 @pytest.mark.parametrize("stride,dilation", [(1, 1), (1, 2), (2, 1), ((2, 1), 1), ((2, 3), 1), (2, 2)])

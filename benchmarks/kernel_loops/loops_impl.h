@@ -147,6 +147,21 @@ loops::LoopResult rows_shared_loop(const char* kernel, double seconds) {
             type_name<T>(), double(channels * S * R * NR * MR * NV), s};
 }
 
+// plane_tile: kPlaneRows output rows of one block of columns, a 3x3 kernel
+// at row stride 2 (a strided depthwise plane): one call per block, as in a layer.
+template <class T>
+loops::LoopResult plane_tile_loop(double seconds) {
+    constexpr int RB = kPlaneRows;
+    constexpr int64_t W = kRowBlock<T>, pitch = W + 16, R = 3, S = 3;
+    Buffer<T> xp((2 * RB + R) * pitch + W), w(R * S), out(RB * W);
+    const int64_t column[S] = {0, 1, 2};
+    PlaneTile<T> volatile fn = &plane_tile<T, RB>;
+    const double s =
+        seconds_per_call([&] { fn(xp.data, 2 * pitch, pitch, column, R, S, w.data, T(0), out.data, W); }, seconds);
+    return {"dw_fwd", "plane_tile<" + std::string(type_name<T>()) + ", " + std::to_string(RB) + ">", type_name<T>(),
+            double(R * S * RB * (W / kLanes<T>)), s};
+}
+
 // plane_dots, NT taps at once, over a 32 x 32 plane with a 5x5 kernel.
 template <class T, int NT>
 loops::LoopResult dots_loop(double seconds) {
@@ -205,6 +220,7 @@ void run_type(std::vector<loops::LoopResult>& out, double seconds) {
     }
     out.push_back(rows_shared_loop<T, 1, kSharedPlaneRows, 2>("dw_fwd_shared", seconds));
     out.push_back(rows_shared_loop<T, 1, shared_rows(1, 1), 1>("one_filter_shared", seconds));
+    out.push_back(plane_tile_loop<T>(seconds));
     out.push_back(dots_loop<T, kTapGroup>(seconds));
     if constexpr (wide) out.push_back(dots_shared_loop<T, 5, 5, 2>(seconds));
     else out.push_back(dots_shared_loop<T, 3, 3, 4>(seconds));
