@@ -5,11 +5,12 @@
 // filter's grad_y plane read in place as one row of the GEMM's B (row_micro,
 // the implicit GEMM's micro-kernel); then every (channel, tap) column is
 // added, shifted (at a stride, every stride-th value), into that channel's
-// dL/dx plane, or gathered into its rows (gather_rows). The by-phase path ran this as a forward of K channels into C
-// filters, whose window copied every grad_y value for only 9 C FMAs (3x3)
-// and, with one channel, took half the time copying (Zen 4: 15 us of a
-// float32 image's 25 us in cache); a strided one-channel layer went to the
-// plane scatter, which loads and stores dL/dx for every FMA.
+// dL/dx plane, or gathered into its rows (gather_rows). The by-phase path
+// ran this as a forward of K channels into C filters, whose window copied
+// every grad_y value for only 9 C FMAs (3x3) and, with one channel, took
+// half the time copying (Zen 4: 15 us of a float32 image's 25 us in cache);
+// a strided one-channel layer went to the plane scatter, which loads and
+// stores dL/dx for every FMA.
 // Included by simd_kernels_impl.h inside the instruction set's namespace.
 #pragma once
 
@@ -90,15 +91,15 @@ bool gathers_rows(const ConvShape& p) {
 // spend an eighth or more of its dL/dx rows' taps on the zeros it pads
 // grad_y with ("valid" layers: their dL/dx is a "full" convolution) and
 // the columns of an image gather into dL/dx rows in registers
-// (gathers_rows). With LeNet's first layer's 6 filters, a GEMM over 6
-// filters gained only 3-20 %: 16 or more here too. Zen 4, dL/dx against the by-phase path, float32 / float64
-// with AVX-512, then with AVX2: LeNet's second layer (6 channels, 5x5 over
-// 14 x 14, 16 filters) 1.5 / 1.13x, 1.19 / 1.39x; 4 channels 5x5 over 12 x
-// 12, 2.5 / 1.6x, 2.0 / 1.5x; 12 channels 5x5 over 14 x 14 with 32 filters
-// 1.6 / 1.1x, 1.6 / 1.2x; 6 channels 3x3 over 14 x 14, 1.5 / 1.2x, 1.2 /
-// 1.2x. Not with 16 channels (3x3 over 16 x 16: 0.97-1.07x), 32 (5x5 over 14
-// x 14: 0.9-1.15x), nor with "same" padding (8 channels 3x3 over 16 x 16:
-// 0.77-1.15x).
+// (gathers_rows). Zen 4, dL/dx against the by-phase path, float32 /
+// float64 with AVX-512, then with AVX2: LeNet's second layer (6 channels,
+// 5x5 over 14 x 14, 16 filters) 1.5 / 1.13x, 1.19 / 1.39x; 4 channels 5x5
+// over 12 x 12, 2.5 / 1.6x, 2.0 / 1.5x; 12 channels 5x5 over 14 x 14 with
+// 32 filters 1.6 / 1.1x, 1.6 / 1.2x; 6 channels 3x3 over 14 x 14, 1.5 /
+// 1.2x, 1.2 / 1.2x. Not with 16 channels (3x3 over 16 x 16: 0.97-1.07x), 32
+// (5x5 over 14 x 14: 0.9-1.15x), nor with "same" padding (8 channels 3x3
+// over 16 x 16: 0.77-1.15x). 16 filters or more here too: a GEMM over
+// LeNet's first layer's 6 gained only 3-20 %.
 template <class T>
 bool col2im_backward_data_suits(const ConvShape& p) {
     const bool strided = p.stride_h > 1 || p.stride_w > 1;

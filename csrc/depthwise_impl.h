@@ -216,8 +216,6 @@ RowsShared<T> plane_rows_shared_for(const ConvShape& p) {
 
 template <class T>
 void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bias, T* y) {
-    using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>, NV = kRowBlock<T> / L;
     const int64_t kg = p.k_per_group(), taps = p.r * p.s, tasks = p.n * p.groups;
     const InputPlane ip(p, x);
     const int64_t width = row_width<T>(p), pitch = ip.pitch;
