@@ -167,6 +167,7 @@ template <class T>
 struct GatherAt {
     int64_t vectors = 0, slack_before = 0, slack_after = 0;
     AlignedArray<LaneMask> mask;  // aligned: std::vector drops __m256i's alignment
+    GatherAt() = default;  // where nothing is gathered
     explicit GatherAt(const ConvShape& p)
         : vectors((p.w + kLanes<T> - 1) / kLanes<T>), mask(aligned_array<LaneMask>(static_cast<size_t>(p.s * vectors))) {
         constexpr int64_t L = kLanes<T>;
@@ -244,14 +245,6 @@ GatherRows<T> pick_gather_rows(int64_t vectors, std::integer_sequence<int, VW...
 }
 
 template <class T>
-RowMicro<T> col2im_micro(int nv, int rows) {
-    if (nv == 1) return micro_for_rows<T, 1>(rows);
-    if constexpr (kVectorsPerTile > 2)
-        if (nv == 2) return micro_for_rows<T, 2>(rows);
-    return micro_for_rows<T, kVectorsPerTile>(rows);
-}
-
-template <class T>
 void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
     const int64_t taps = p.r * p.s, filters = p.k, pixels = p.out_h * p.out_w;
     const int nv = col2im_vectors<T>(pixels);
@@ -277,12 +270,12 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
     // Per thread: 256 KiB of columns (W pixels of each row where that is more:
     // a kernel of thousands of taps, which suits() takes only with half or a
     // quarter as many filters) and a K x W tail panel.
-    const GatherAt<T> gather_at(p);
     const bool gather = gathers_rows<T>(p);
+    const GatherAt<T> gather_at = gather ? GatherAt<T>(p) : GatherAt<T>();
     const GatherRows<T> gather_rows_of =
         gather ? pick_gather_rows<T>(gather_at.vectors, std::make_integer_sequence<int, kGatherVectors>{}) : nullptr;
-    const int64_t before = gather ? gather_at.slack_before : 0;
-    PerThread<T> cols_mem(before + rows_m * ld + (gather ? gather_at.slack_after : 0)), tail_mem(filters * W);
+    const int64_t before = gather_at.slack_before;  // 0 where nothing is gathered, as slack_after
+    PerThread<T> cols_mem(before + rows_m * ld + gather_at.slack_after), tail_mem(filters * W);
     const bool fetch_ahead = filters * pixels * static_cast<int64_t>(sizeof(T)) <= cache_sizes().l2 / 2;
     // AVX2, where three or more blocks of rows read a call's pixels and the
     // planes crowd the L1, they read a packed copy: the stem's planes (112 x
@@ -336,8 +329,8 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
                     for (int64_t blk = 0; blk < blocks; ++blk) {
                         const int64_t m0 = first[static_cast<size_t>(blk)];
                         const int rows = static_cast<int>(first[static_cast<size_t>(blk + 1)] - m0);
-                        col2im_micro<T>(nv, rows)(b, step, nullptr, nullptr, filters, a_packed.data() + filters * m0,
-                                                  cols + m0 * ld + q, ld, nullptr);
+                        micro_for_rows<T>(rows, nv)(b, step, nullptr, nullptr, filters, a_packed.data() + filters * m0,
+                                                    cols + m0 * ld + q, ld, nullptr);
                     }
                 }
                 if (gather) {

@@ -133,40 +133,26 @@ inline V splat(T x) {
     return x - V{};
 }
 
-// The mask of a vector's first n lanes of T, 0 <= n <= L.
+// A mask of vector lanes: first_lanes, lanes [0, n), 0 <= n <= L; and
+// lanes_between, lanes [lo, hi), 0 <= lo <= hi <= L.
 #if FASTCONV_VECTOR_BYTES == 64
-inline unsigned first_lanes(int64_t n) { return (1u << n) - 1u; }
-#else
+using LaneMask = unsigned;
 template <class T>
-inline __m256i first_lanes(int64_t n) {
+inline LaneMask first_lanes(int64_t n) {
+    return (1u << n) - 1u;
+}
+template <class T>
+inline LaneMask lanes_between(int64_t lo, int64_t hi) {
+    return first_lanes<T>(hi) & ~first_lanes<T>(lo);
+}
+#else
+using LaneMask = __m256i;
+template <class T>
+inline LaneMask first_lanes(int64_t n) {
     if constexpr (sizeof(T) == 4)
         return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     else return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
 }
-#endif
-
-// The first n values at p, 0 < n < L, the other lanes zero: a masked load,
-// which leaves the lanes past n unread (no fault past the end of an array).
-template <class V, class T>
-inline V load_first(const T* p, int64_t n) {
-#if FASTCONV_VECTOR_BYTES == 64
-    if constexpr (sizeof(T) == 4) return (V)_mm512_maskz_loadu_ps(static_cast<__mmask16>(first_lanes(n)), p);
-    else return (V)_mm512_maskz_loadu_pd(static_cast<__mmask8>(first_lanes(n)), p);
-#else
-    if constexpr (sizeof(T) == 4) return (V)_mm256_maskload_ps(p, first_lanes<T>(n));
-    else return (V)_mm256_maskload_pd(p, first_lanes<T>(n));
-#endif
-}
-
-// A mask of vector lanes of T: lanes [lo, hi), 0 <= lo <= hi <= L.
-#if FASTCONV_VECTOR_BYTES == 64
-using LaneMask = unsigned;
-template <class T>
-inline LaneMask lanes_between(int64_t lo, int64_t hi) {
-    return (1u << hi) - (1u << lo);
-}
-#else
-using LaneMask = __m256i;
 template <class T>
 inline LaneMask lanes_between(int64_t lo, int64_t hi) {
     return _mm256_andnot_si256(first_lanes<T>(lo), first_lanes<T>(hi));
@@ -174,8 +160,9 @@ inline LaneMask lanes_between(int64_t lo, int64_t hi) {
 #endif
 
 // The values at p of the lanes in `mask`, the other lanes zero: a masked
-// load, which reads nothing of the other lanes (p may point before the
-// values it needs, as long as it stays within their allocation).
+// load, which reads nothing of the other lanes (no fault past the end of an
+// array; p may point before the values it needs, as long as it stays within
+// their allocation).
 template <class V, class T>
 inline V load_masked(const T* p, LaneMask mask) {
 #if FASTCONV_VECTOR_BYTES == 64
@@ -187,13 +174,19 @@ inline V load_masked(const T* p, LaneMask mask) {
 #endif
 }
 
+// The first n values at p, 0 < n < L, the other lanes zero.
+template <class V, class T>
+inline V load_first(const T* p, int64_t n) {
+    return load_masked<V>(p, first_lanes<T>(n));
+}
+
 // Stores the first n values of v at p, 0 < n < L: a masked store, which
 // leaves the memory past p + n untouched.
 template <class V, class T>
 inline void store_first(T* p, const V& v, int64_t n) {
 #if FASTCONV_VECTOR_BYTES == 64
-    if constexpr (sizeof(T) == 4) _mm512_mask_storeu_ps(p, static_cast<__mmask16>(first_lanes(n)), (__m512)v);
-    else _mm512_mask_storeu_pd(p, static_cast<__mmask8>(first_lanes(n)), (__m512d)v);
+    if constexpr (sizeof(T) == 4) _mm512_mask_storeu_ps(p, static_cast<__mmask16>(first_lanes<T>(n)), (__m512)v);
+    else _mm512_mask_storeu_pd(p, static_cast<__mmask8>(first_lanes<T>(n)), (__m512d)v);
 #else
     if constexpr (sizeof(T) == 4) _mm256_maskstore_ps(p, first_lanes<T>(n), (__m256)v);
     else _mm256_maskstore_pd(p, first_lanes<T>(n), (__m256d)v);
@@ -496,6 +489,15 @@ RowMicro<T> pick_row_micro(int rows, std::integer_sequence<int, R...>) {
 template <class T, int NV>
 RowMicro<T> micro_for_rows(int rows) {
     return pick_row_micro<T, NV>(rows, std::make_integer_sequence<int, FASTCONV_MR>{});
+}
+
+// The same for nv (1..kVectorsPerTile) vectors chosen at run time.
+template <class T>
+RowMicro<T> micro_for_rows(int rows, int nv) {
+    if (nv == 1) return micro_for_rows<T, 1>(rows);
+    if constexpr (kVectorsPerTile > 2)
+        if (nv == 2) return micro_for_rows<T, 2>(rows);
+    return micro_for_rows<T, kVectorsPerTile>(rows);
 }
 
 // row_micro for NR output rows at once of a kernel R rows tall, at row

@@ -190,9 +190,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
     const LiveTaps live(p);
     const int64_t row_blocks = (p.out_h + win.out_rows - 1) / win.out_rows;
     static_assert(kVectorsPerTile <= 3, "row_direct_forward picks among 1..3 vectors");
-    const RowMicro<T> micro = nv == 1   ? micro_for_rows<T, 1>(mr)
-                              : nv == 2 ? micro_for_rows<T, 2>(mr)
-                                        : micro_for_rows<T, kVectorsPerTile>(mr);
+    const RowMicro<T> micro = micro_for_rows<T>(mr, nv);
 
     // a_packed[g][j][i] = weight of filter i of group g for tap j.
     std::vector<T> a_packed(static_cast<size_t>(p.groups * ntaps * kg));
