@@ -3,9 +3,10 @@ the C++ core on small shapes that reach each kernel path (dense, strided,
 grouped, depthwise, 1x1, dilated, rectangular, padding wider than the kernel,
 channels-last views, wide rows and several column blocks, an empty batch,
 dL/dX by GEMM and col2im), in float32 and float64, on every instruction set
-the CPU reports, checked against the NumPy reference. Small on purpose: memcheck runs it some 50x slower than
-natively. (Under valgrind 3.19, which cannot run AVX-512, the CPU reports no
-avx512: the kernels that run are avx2 and generic.)"""
+the CPU reports, checked against the NumPy reference. Small on purpose:
+memcheck runs it some 50x slower than natively. (Under valgrind 3.19, which
+cannot run AVX-512, the CPU reports no avx512: the kernels that run are avx2
+and generic.)"""
 
 from __future__ import annotations
 
