@@ -15,9 +15,6 @@ that fastconv's own peak loop measures in the same run, for the same instruction
 the kernel's own throughput, without the caches, packing and writes around it in a layer.
 Every instruction set this CPU runs is measured (on an AVX-512 CPU, the AVX2 kernels too).
 
-The depthwise dL/dx scatter (mca_kernels.py's dw_bwd_data) is part of a whole-plane function,
-not a kernel one can call alone: not here.
-
 A measuring tool: no figure is asserted, and the exit status is 0 whatever they are.
 """
 
@@ -36,10 +33,6 @@ from fastconv.bench.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build" / "kernel_loops"
-# mca_kernels.py's kernels that are not timed here, and why.
-NOT_TIMED = {
-    "dw_bwd_data": "a loop inside plane_backward_data, not a kernel of its own",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"kernel loops on {cpu_model()}, 1 thread; operands in L1; best batch of {args.seconds} s per kernel")
     print("measured FMA peak: " + ", ".join(f"{isa} {t} {g:.1f} GFLOP/s" for isa, t, g in peaks))
     print(table(loops, args.threshold))
-    print("not timed: " + "; ".join(f"{k} ({why})" for k, why in NOT_TIMED.items()))
     if args.json:
         records = [
             {**dataclasses.asdict(lp), "gflops": lp.gflops, "percent_of_peak": lp.percent_of_peak} for lp in loops

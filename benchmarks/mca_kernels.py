@@ -125,8 +125,14 @@ KERNELS: list[Kernel] = [
     ),
     # Depthwise forward rows that the shared kernel does not take: RB rows, the most.
     Kernel("dw_fwd", "depthwise_impl.h", _NS + r"plane_tile<{T}, (?P<rb>\d+)>\(", hot=lambda a: (a["rb"],)),
-    # Depthwise dL/dx: a loop GCC vectorises (a row scattered back, weight times grad_y), not register-blocked.
-    Kernel("dw_bwd_data", "depthwise_impl.h", _NS + r"plane_backward_data<{T}>\("),
+    # Plane dL/dx (one-channel inputs; depthwise past half the L3): RB kernel
+    # rows x NV vectors of sums over the filters, the most.
+    Kernel(
+        "dw_bwd_data",
+        "depthwise_impl.h",
+        _NS + r"plane_scatter<{T}, (?P<rb>\d+), (?P<nv>\d+)>\(",
+        hot=lambda a: (a["rb"] * a["nv"], a["rb"]),
+    ),
     # Depthwise dL/dF: NT taps at once, and the shared-rows 3x3 version (its
     # instance for adjacent kernel columns: no column stride or dilation).
     Kernel("dw_dots", "depthwise_impl.h", _NS + r"plane_dots<{T}, (?P<nt>\d+)>\(", hot=lambda a: (a["nt"],)),

@@ -268,39 +268,190 @@ void plane_forward(const ConvShape& p, const T* x, const T* weight, const T* bia
     });
 }
 
+// Kernel rows and vectors of columns per plane_scatter call: RB x NV sums,
+// the NV grad_y vectors and a weight within the vector registers (AVX-512
+// 4 x 4 + 4 + 1 of 32, AVX2 3 x 3 + 3 + 1 of 16).
+constexpr int kScatterRows = FASTCONV_VECTOR_BYTES == 64 ? 4 : 3;
+constexpr int kScatterVectors = FASTCONV_VECTOR_BYTES == 64 ? 4 : 3;
+
+// Where plane_scatter reads and writes: output row o's grad_y row of
+// filter f at gy + o * gy_row + f * gy_filter, its weight for kernel row r
+// at w + f * w_filter + r, and the dL/dx row of kernel row r at dst + o *
+// dst_row + r * kr_step.
+template <class T>
+struct ScatterRows {
+    T* dst;
+    int64_t dst_row, kr_step;
+    const T* gy;
+    int64_t gy_row, gy_filter;
+    const T* w;
+    int64_t w_filter, filters, rows;
+};
+
+// For each of s.rows output rows, dL/dx rows r < RB, vectors v < NV:
+// dst[r * kr_step + v * L + lane] += the sum over the filters of w[f *
+// w_filter + r] * gy[f * gy_filter + v * L + lane], what RB kernel rows of
+// one kernel column send back. The filter sum runs in registers: a grad_y
+// vector is loaded for RB FMAs, a weight for NV, and dL/dx once per output
+// row, where a plain scatter loaded and stored dL/dx once per FMA (llvm-mca:
+// 25-33 % of the FMA peak). Under 8 sums would wait on the FMA latency:
+// then pairs of filters go to two sets of sums, added before the store.
+// The output rows run inside the call, so that a depthwise layer's one
+// filter pays the call once per column of the plane.
+template <class T, int RB, int NV>
+__attribute__((noinline)) void plane_scatter(const ScatterRows<T>& s) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>, kSets = RB * NV < 8 ? 2 : 1;
+    // Each FMA on registers where they suffice: GCC had read b[v] from
+    // memory in every FMA instead, two loads per FMA where a load port is
+    // busy with broadcasts (llvm-mca skylake-avx512, 3 rows x 2 vectors:
+    // 66.6 % of the FMA peak).
+    constexpr bool kPinned = kSets * (RB + 1) * NV + 1 < kVectorRegisters;
+    const int64_t kr_step = s.kr_step, gy_filter = s.gy_filter, w_filter = s.w_filter, kg = s.filters;
+    T* dst = s.dst;
+    const T* gy_row = s.gy;
+    for (int64_t o = 0; o < s.rows; ++o, dst += s.dst_row, gy_row += s.gy_row) {
+        V acc[kSets][RB][NV];
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) acc[0][r][v] = load<V>(dst + r * kr_step + v * L);
+        // NF filters (f, f + 1, ...) into sets of sums 0, 1, ...
+        const auto filters = [&](auto nf, const T* __restrict g, const T* __restrict wf) {
+            constexpr int NF = decltype(nf)::value;
+            V b[NF][NV];
+#pragma GCC unroll 2
+            for (int i = 0; i < NF; ++i)
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; ++v) {
+                    V x = load<V>(g + i * gy_filter + v * L);
+                    if constexpr (kPinned) asm("" : "+v"(x));  // held, not loaded again per kernel row
+                    b[i][v] = x;
+                }
+#pragma GCC unroll 4
+            for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 2
+                for (int i = 0; i < NF; ++i) {
+                    const V wv = splat<V>(wf[i * w_filter + r]);
+#pragma GCC unroll 4
+                    for (int v = 0; v < NV; ++v) {
+                        if constexpr (kPinned) fma_into(acc[i][r][v], wv, b[i][v]);
+                        else acc[i][r][v] += wv * b[i][v];
+                    }
+                }
+        };
+        const T* gy = gy_row;
+        const T* w = s.w;
+        int64_t f = 0;
+        if (kSets == 2 && kg >= 2) {  // pairs of filters, then the last one alone
+#pragma GCC unroll 4
+            for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; ++v) acc[kSets - 1][r][v] = V{};
+            for (; f + 2 <= kg; f += 2, gy += 2 * gy_filter, w += 2 * w_filter)
+                filters(std::integral_constant<int, kSets>{}, gy, w);
+#pragma GCC unroll 4
+            for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+                for (int v = 0; v < NV; ++v) acc[0][r][v] += acc[kSets - 1][r][v];
+        }
+        for (; f < kg; ++f, gy += gy_filter, w += w_filter) filters(std::integral_constant<int, 1>{}, gy, w);
+#pragma GCC unroll 4
+        for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+            for (int v = 0; v < NV; ++v) store(dst + r * kr_step + v * L, acc[0][r][v]);
+    }
+}
+
+template <class T>
+using PlaneScatter = void (*)(const ScatterRows<T>&);
+
+template <class T, int... I>
+PlaneScatter<T> plane_scatter_for(int rows, int vectors, std::integer_sequence<int, I...>) {
+    constexpr int NV = kScatterVectors;
+    static constexpr PlaneScatter<T> table[] = {&plane_scatter<T, I / NV + 1, I % NV + 1>...};
+    return table[(rows - 1) * NV + vectors - 1];
+}
+
+// count items in the fewest parts of at most `most`, as even as they go:
+// (first item, items) of each.
+inline std::vector<std::pair<int64_t, int>> even_parts(int64_t count, int most) {
+    const int64_t parts = (count + most - 1) / most;
+    std::vector<std::pair<int64_t, int>> out;
+    for (int64_t i = 0, first = 0; i < parts; ++i) {
+        const int64_t size = (count - first) / (parts - i);
+        out.emplace_back(first, static_cast<int>(size));
+        first += size;
+    }
+    return out;
+}
+
+// grad_y values per band of output rows that plane_backward_data copies
+// (the whole band's rows of the group's filters): 32 KiB of float32.
+constexpr int64_t kScatterBand = 8192;
+
 // dL/dx of one input plane: every filter of its group sends w * grad_y back to
-// the padded positions it read (a scatter into a private plane laid out as
-// InputPlane, where consecutive outputs' taps reach consecutive values at any
-// stride; then the padding is cut off).
+// the padded positions it read, into a private plane laid out as
+// InputPlane, where consecutive outputs' taps reach consecutive values at
+// any stride; then the padding is cut off. For each kernel column,
+// plane_scatter sums all the group's filters for up to kScatterRows kernel
+// rows at once, down a band of output rows.
 template <class T>
 void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x) {
-    const int64_t kg = p.k_per_group(), taps = p.r * p.s, tasks = p.n * p.groups;
+    constexpr int64_t L = kLanes<T>;
+    const int64_t kg = p.k_per_group(), tasks = p.n * p.groups, vectors = (p.out_w + L - 1) / L;
     const InputPlane ip(p, grad_x);
-    PerThread<T> dxp_mem(ip.size());
+    // packed[((g * S + ks) * kg + f) * R + kr]: a call's kernel rows side by side, filter after filter.
+    std::vector<T> packed(static_cast<size_t>(p.k * p.r * p.s));
+    for (int64_t k = 0; k < p.k; ++k)
+        for (int64_t kr = 0; kr < p.r; ++kr)
+            for (int64_t ks = 0; ks < p.s; ++ks)
+                packed[static_cast<size_t>((((k / kg) * p.s + ks) * kg + k % kg) * p.r + kr)] = weight[(k * p.r + kr) * p.s + ks];
+    struct Call {
+        int64_t kr0, v0;
+        PlaneScatter<T> kernel;
+    };
+    std::vector<Call> calls;  // for each kernel column: its parts of kernel rows x parts of vectors
+    constexpr auto kTable = std::make_integer_sequence<int, kScatterRows * kScatterVectors>{};
+    for (const auto& [kr0, rows] : even_parts(p.r, kScatterRows))
+        for (const auto& [v0, nv] : even_parts(vectors, kScatterVectors))
+            calls.push_back({kr0, v0, plane_scatter_for<T>(rows, nv, kTable)});
+    // grad_y read in place where its rows are whole vectors, else copied a
+    // band of rows at a time, with zeros past out_w.
+    const bool in_place = p.ys.w == 1 && p.out_w == vectors * L;
+    const int64_t pitch = vectors * L, band = std::clamp<int64_t>(kScatterBand / (kg * pitch), 1, p.out_h);
+    PerThread<T> dxp_mem(ip.size()), band_mem(in_place ? 1 : kg * band * pitch);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const dxp = dxp_mem.get();
+        T* const rows = band_mem.get();
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < tasks; ++t) {
             const int64_t n = t / p.groups, g = t % p.groups;
             std::fill(dxp, dxp + ip.size(), T(0));
-            for (int64_t kk = 0; kk < kg; ++kk) {
-                const int64_t k = g * kg + kk;
-                const T* w = weight + k * taps;
-                const T* gy = grad_y + n * p.ys.n + k * p.ys.c;
-                for (int64_t oh = 0; oh < p.out_h; ++oh) {
-                    const T* src = gy + oh * p.ys.h;
-                    const int64_t sy = p.ys.w;
-                    for (int64_t kr = 0; kr < p.r; ++kr) {
-                        T* row = dxp + (oh * p.stride_h + kr * p.dil_h) * ip.pitch;
-                        for (int64_t ks = 0; ks < p.s; ++ks) {
-                            const T wv = w[kr * p.s + ks];
-                            T* d = row + ip.column[static_cast<size_t>(ks)];
-                            if (sy == 1) {
-                                for (int64_t ow = 0; ow < p.out_w; ++ow) d[ow] += wv * src[ow];
-                            } else {
-                                for (int64_t ow = 0; ow < p.out_w; ++ow) d[ow] += wv * src[ow * sy];
-                            }
+            const T* gy = grad_y + n * p.ys.n + g * kg * p.ys.c;
+            const T* wg = packed.data() + g * p.s * kg * p.r;
+            for (int64_t oh0 = 0; oh0 < p.out_h; oh0 += band) {
+                const int64_t count = std::min(band, p.out_h - oh0);
+                ScatterRows<T> s{nullptr, p.stride_h * ip.pitch, p.dil_h * ip.pitch, gy + oh0 * p.ys.h, p.ys.h, p.ys.c,
+                                 nullptr, p.r, kg, count};
+                if (!in_place) {  // rows[(o * kg + f) * pitch + ow]
+                    for (int64_t o = 0; o < count; ++o)
+                        for (int64_t f = 0; f < kg; ++f) {
+                            T* row = rows + (o * kg + f) * pitch;
+                            const T* from = s.gy + o * p.ys.h + f * p.ys.c;
+                            if (p.ys.w == 1) copy_run(row, from, p.out_w);  // zeros to the end of its last vector
+                            else
+                                for (int64_t ow = 0; ow < pitch; ++ow) row[ow] = ow < p.out_w ? from[ow * p.ys.w] : T(0);
                         }
+                    s.gy = rows, s.gy_row = kg * pitch, s.gy_filter = pitch;
+                }
+                for (int64_t ks = 0; ks < p.s; ++ks) {
+                    T* const d = dxp + oh0 * p.stride_h * ip.pitch + ip.column[static_cast<size_t>(ks)];
+                    for (const Call& c : calls) {
+                        ScatterRows<T> call = s;
+                        call.dst = d + c.kr0 * p.dil_h * ip.pitch + c.v0 * L, call.gy += c.v0 * L;
+                        call.w = wg + ks * kg * p.r + c.kr0;
+                        c.kernel(call);
                     }
                 }
             }

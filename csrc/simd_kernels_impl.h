@@ -167,10 +167,12 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
     // By phase, except at stride 1 for 1x1 kernels (the GEMM reads their
     // planes in place), and at a stride for one input channel per group where
     // the plane scatter does better: a one-channel input (its phases' forward
-    // has one filter: 6 % slower by phase), or a depthwise layer whose dL/dx
-    // outgrows half the L3 cache. A depthwise phase is a register-blocked
-    // plane forward, where the scatter loads and stores every dL/dx value once
-    // per tap; but the phases go over grad_y and dL/dx once each, from memory
+    // has one filter; 3x3 stride 2, 8 filters over 64 x 56 x 56, Zen 4: the
+    // scatter 2.4-2.9x as fast as a plain one that was 6 % ahead of the
+    // phases), or a depthwise layer whose dL/dx outgrows half the L3 cache.
+    // A depthwise phase is a register-blocked plane forward, where the
+    // scatter of one filter loads and stores dL/dx once per tap and kernel
+    // row; but the phases go over grad_y and dL/dx once each, from memory
     // when they do not stay in L3. Zen 5 (32 MiB L3), 3x3 stride 2, 128
     // channels of 56 x 56, backward: float32 8 images (12.8 MB of dL/dx) 4.91
     // -> 3.98 ms by phase, 4 images 2.51 -> 2.06; float64 2 images 1.69 ->
@@ -178,8 +180,14 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
     // 112 x 112 (51 MB) 23.0 -> 27.8 ms.
     const int64_t l3 = cache_sizes().l3 > 0 ? cache_sizes().l3 : kFallbackL3;
     const bool fits = p.n * p.c * p.h * p.w * static_cast<int64_t>(sizeof(T)) <= l3 / 2;
+    // At stride 1, a one-channel input's plane scatter beat its phase forward
+    // (one filter) with AVX2's 16 registers and lost with AVX-512 (Zen 4,
+    // LeNet's first layer: AVX2 float32 0.28 -> 0.23 ms, float64 0.51 -> 0.44,
+    // 8 filters 3x3 over 56 x 56 1.35 -> 1.09 ms; AVX-512 0.27 -> 0.34 ms and
+    // 5 % slower). Depthwise layers lost by 1.3-3x.
     const bool scatter = one_channel && (p.groups == 1 || !fits);
-    const bool by_phase = strided ? !scatter : p.r > 1 || p.s > 1;
+    const bool scatter_at_stride_1 = one_channel && p.groups == 1 && FASTCONV_VECTOR_BYTES == 32;
+    const bool by_phase = strided ? !scatter : (p.r > 1 || p.s > 1) && !scatter_at_stride_1;
     if (by_phase && backward_data_by_phase(p, grad_y, weight, grad_x)) return;
     if (one_channel) return plane_backward_data(p, grad_y, weight, grad_x);
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();

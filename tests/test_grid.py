@@ -270,6 +270,36 @@ def test_strided_plane_kernels_on_column_phases(rng, dtype, channels, groups, ke
     run_case(rng, dtype, 2, channels, 19, width, 2 * channels, kernel, stride, dilation, groups, padding)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("filters", [1, 5, 20])
+@pytest.mark.parametrize(
+    "kernel,stride,dilation",
+    [
+        ((3, 3), 2, 1),
+        ((5, 5), 2, 1),
+        ((7, 7), 2, 1),
+        ((2, 5), (1, 2), 1),
+        ((3, 3), 2, 2),
+        ((3, 3), 1, 1),
+        ((4, 1), 3, 1),
+    ],
+    ids=["3x3-s2", "5x5-s2", "7x7-s2", "2x5-s1x2", "3x3-s2-dil2", "3x3-s1", "4x1-s3"],
+)
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("width", [9, 36, 70, 150])
+def test_one_channel_input_gradient_scattered_filters_at_once(
+    rng, dtype, filters, kernel, stride, dilation, padding, width
+):
+    # dL/dX of a one-channel input with too few images or filters for the
+    # GEMM and col2im: plane_scatter sums every filter for up to 4 (AVX-512)
+    # or 3 (AVX2) kernel rows and 1-4 vectors of columns per call (7 rows
+    # go as 4 + 3 or 3 + 2 + 2; 5 as 3 + 2), one filter alone, an odd count
+    # in pairs and one left (under 8 sums a call), or an even count. The
+    # widths give 1 to 10 vectors of output columns, whole (copied rows) or
+    # not; at stride 1 only the AVX2 kernels scatter (AVX-512 goes by phase).
+    run_case(rng, dtype, 2, 1, 11, width, filters, kernel, stride, dilation, 1, padding)
+
+
 def test_strided_depthwise_layer_whose_input_gradient_outgrows_half_the_l3(rng):
     # dL/dX of a strided depthwise layer goes by phase (a plane forward per
     # phase) while dL/dX fits in half the L3 cache, else through the plane

@@ -162,6 +162,22 @@ loops::LoopResult plane_tile_loop(double seconds) {
             double(R * S * RB * (W / kLanes<T>)), s};
 }
 
+// plane_scatter: kScatterRows kernel rows x kScatterVectors vectors of sums
+// over 16 filters, down 8 output rows at row stride 2 (a strided one-channel
+// input's dL/dx), as one call of a layer.
+template <class T>
+loops::LoopResult scatter_loop(double seconds) {
+    constexpr int RB = kScatterRows, NV = kScatterVectors;
+    constexpr int64_t filters = 16, rows = 8, W = NV * kLanes<T>, pitch = W + 16;
+    Buffer<T> dst((2 * rows + RB) * pitch), gy(rows * filters * W), w(filters * RB);
+    PlaneScatter<T> volatile fn = &plane_scatter<T, RB, NV>;
+    const ScatterRows<T> call{dst.data, 2 * pitch, pitch, gy.data, filters * W, W, w.data, RB, filters, rows};
+    const double s = seconds_per_call([&] { fn(call); }, seconds);
+    return {"dw_bwd_data",
+            "plane_scatter<" + std::string(type_name<T>()) + ", " + std::to_string(RB) + ", " + std::to_string(NV) + ">",
+            type_name<T>(), double(rows * filters * RB * NV), s};
+}
+
 // plane_dots, NT taps at once, over a 32 x 32 plane with a 5x5 kernel.
 template <class T, int NT>
 loops::LoopResult dots_loop(double seconds) {
@@ -221,6 +237,7 @@ void run_type(std::vector<loops::LoopResult>& out, double seconds) {
     out.push_back(rows_shared_loop<T, 1, kSharedPlaneRows, 2>("dw_fwd_shared", seconds));
     out.push_back(rows_shared_loop<T, 1, shared_rows(1, 1), 1>("one_filter_shared", seconds));
     out.push_back(plane_tile_loop<T>(seconds));
+    out.push_back(scatter_loop<T>(seconds));
     out.push_back(dots_loop<T, kTapGroup>(seconds));
     if constexpr (wide) out.push_back(dots_shared_loop<T, 5, 5, 2>(seconds));
     else out.push_back(dots_shared_loop<T, 3, 3, 4>(seconds));
