@@ -98,6 +98,29 @@ def test_strided_views_are_read_in_place_with_the_bits_of_a_copy(rng, dtype, geo
                 assert a.tobytes() == e.tobytes(), f"{isa}, {name}: {part}"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("width", [32, 34])
+def test_one_channel_input_gradient_from_grad_y_views_has_the_bits_of_a_copy(rng, dtype, stride, width):
+    # The plane scatter (dL/dX of a one-channel input with few filters; at
+    # stride 1 with AVX2 only) reads grad_y rows in place where they are
+    # whole vectors (32 columns), else copies them (34, a column step,
+    # channels last): the same sums in the same order, so the same bits.
+    x = rng.standard_normal((2, 1, 13, width)).astype(dtype)
+    w = rng.standard_normal((5, 1, 3, 3)).astype(dtype)
+    g = dict(stride=stride, padding="same")
+    gy = rng.standard_normal(fastconv.conv2d(x, w, **g).shape).astype(dtype)
+    column_step = np.repeat(gy, 2, axis=-1)[..., ::2]
+    for isa in ISAS:
+        with forced_isa(isa):
+            want = fastconv.conv2d_backward(gy, x, w, **g).input
+            from_view = fastconv.conv2d_backward(column_step, x, w, **g).input
+            from_nhwc = fastconv.conv2d_backward(to_nhwc(gy), to_nhwc(x), w, data_format="NHWC", **g).input
+        assert from_view.tobytes() == want.tobytes(), isa
+        assert from_nhwc.tobytes() == to_nhwc(want).tobytes(), isa
+        assert_close(want, fastconv.conv2d_backward(gy, x, w, backend="numpy", **g).input, f"{isa} vs numpy")
+
+
 def test_views_that_cannot_be_read_in_place_are_copied(rng):
     x = rng.standard_normal((2, 3, 9, 9))
     flipped = x[:, :, ::-1]  # a negative stride
