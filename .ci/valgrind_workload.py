@@ -2,7 +2,7 @@
 the C++ core on small shapes that reach each kernel path (dense, strided,
 grouped, depthwise, 1x1, dilated, rectangular, padding wider than the kernel,
 channels-last views, wide rows and several column blocks, an empty batch,
-dL/dX by GEMM and col2im), in float32 and float64, on every instruction set
+dL/dX by GEMM and col2im and by the plane scatter), in float32 and float64, on every instruction set
 the CPU reports, checked against the NumPy reference. Small on purpose:
 memcheck runs it some 50x slower than natively. (Under valgrind 3.19, which
 cannot run AVX-512, the CPU reports no avx512: the kernels that run are avx2
@@ -44,6 +44,11 @@ CASES = {
     "one-channel-gemm-col2im": (4, 1, 9, 12, 16, (3, 3), 1, "same", 1, 1, "NCHW"),
     "six-channel-valid-gemm-col2im": (4, 6, 10, 9, 16, (5, 5), 1, "valid", 1, 1, "NCHW"),
     "three-channel-stride2-gemm-col2im": (4, 3, 11, 10, 16, (3, 3), 2, "same", 1, 1, "NCHW"),
+    # dL/dX of a one-channel input by the plane scatter: grad_y rows copied (17 columns), read
+    # in place (16), channels last; 7 kernel rows in parts, an odd count of filters.
+    "one-channel-scatter-stride2": (2, 1, 13, 34, 5, (7, 7), 2, "same", 1, 1, "NCHW"),
+    "one-channel-scatter-in-place": (2, 1, 9, 32, 6, (3, 3), 2, "same", 1, 1, "NCHW"),
+    "one-channel-scatter-nhwc": (2, 1, 9, 20, 3, (3, 3), 1, "same", 1, 1, "NHWC"),
 }
 TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}
 
