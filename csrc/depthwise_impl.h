@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "implicit_gemm.h"
+#include "input_window.h"
 #include "nonfinite_weights.h"
 #include "parallel.h"
 
@@ -373,19 +374,6 @@ PlaneScatter<T> plane_scatter_for(int rows, int vectors, std::integer_sequence<i
     return table[(rows - 1) * NV + vectors - 1];
 }
 
-// count items in the fewest parts of at most `most`, as even as they go:
-// (first item, items) of each.
-inline std::vector<std::pair<int64_t, int>> even_parts(int64_t count, int most) {
-    const int64_t parts = (count + most - 1) / most;
-    std::vector<std::pair<int64_t, int>> out;
-    for (int64_t i = 0, first = 0; i < parts; ++i) {
-        const int64_t size = (count - first) / (parts - i);
-        out.emplace_back(first, static_cast<int>(size));
-        first += size;
-    }
-    return out;
-}
-
 // grad_y values per band of output rows that plane_backward_data copies
 // (the whole band's rows of the group's filters): 32 KiB of float32.
 constexpr int64_t kScatterBand = 8192;
@@ -413,9 +401,13 @@ void plane_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T
     };
     std::vector<Call> calls;  // for each kernel column: its parts of kernel rows x parts of vectors
     constexpr auto kTable = std::make_integer_sequence<int, kScatterRows * kScatterVectors>{};
-    for (const auto& [kr0, rows] : even_parts(p.r, kScatterRows))
-        for (const auto& [v0, nv] : even_parts(vectors, kScatterVectors))
-            calls.push_back({kr0, v0, plane_scatter_for<T>(rows, nv, kTable)});
+    // Kernel rows and vectors each cut into the fewest parts a call takes, as even as they go.
+    const PixelBlocks row_parts(p.r, kScatterRows), vector_parts(vectors, kScatterVectors);
+    for (int64_t i = 0; i < row_parts.count; ++i)
+        for (int64_t j = 0; j < vector_parts.count; ++j)
+            calls.push_back({row_parts.start(i), vector_parts.start(j),
+                             plane_scatter_for<T>(static_cast<int>(row_parts.pixels(i)),
+                                                  static_cast<int>(vector_parts.pixels(j)), kTable)});
     // grad_y read in place where its rows are whole vectors, else copied a
     // band of rows at a time, with zeros past out_w.
     const bool in_place = p.ys.w == 1 && p.out_w == vectors * L;
