@@ -192,8 +192,15 @@ void parallel_region(bool parallel, Body&& body) {
     body();
 }
 
+// Blocks come from malloc, 64 bytes more than asked, and start at the first
+// 64-byte boundary past the malloc'd address, which is kept in the 8 bytes
+// before it. glibc's aligned_alloc splits off and frees the part before the
+// boundary: a call's dozens of small work arrays then spent a quarter of a
+// small layer's time in malloc and free (a float64 dL/dx of 14 us, Zen 4).
 struct AlignedFree {
-    void operator()(void* p) const { std::free(p); }
+    void operator()(void* p) const {
+        if (p) std::free(static_cast<void**>(p)[-1]);
+    }
 };
 template <class T>
 using AlignedArray = std::unique_ptr<T, AlignedFree>;
@@ -205,9 +212,11 @@ template <class T>
 AlignedArray<T> aligned_array(size_t count) {
     const size_t bytes = (std::max<size_t>(count, 1) * sizeof(T) + 63) / 64 * 64;
     if (bytes / sizeof(T) < count || bytes > physical_memory()) throw std::bad_alloc();
-    AlignedArray<T> data(static_cast<T*>(std::aligned_alloc(64, bytes)));
-    if (!data) throw std::bad_alloc();
-    return data;
+    void* const block = std::malloc(bytes + 64);
+    if (!block) throw std::bad_alloc();
+    void** const start = reinterpret_cast<void**>((reinterpret_cast<uintptr_t>(block) + 64) & ~uintptr_t(63));
+    start[-1] = block;
+    return AlignedArray<T>(reinterpret_cast<T*>(start));
 }
 
 // `count` elements of workspace for each thread of a parallel_region,
