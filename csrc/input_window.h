@@ -199,6 +199,7 @@ struct LiveTaps {
             int64_t lo, hi, start;  // first kernel row, end, start in taps
         };
         std::vector<Range> ranges;
+        int64_t total = 0;  // taps of all the distinct lists: one allocation, not one per doubling
         for (int64_t oh = 0; oh < p.out_h; ++oh) {
             int64_t lo = p.r, hi = 0;
             for (int64_t kr = 0; kr < p.r; ++kr) {
@@ -209,15 +210,18 @@ struct LiveTaps {
             auto found = std::find_if(ranges.begin(), ranges.end(),
                                       [&](const Range& r) { return r.lo == lo && r.hi == hi; });
             if (found == ranges.end()) {
-                ranges.push_back({lo, hi, static_cast<int64_t>(taps.size())});
-                for (int64_t c = 0; c < cg; ++c)
-                    for (int64_t kr = lo; kr < hi; ++kr)
-                        for (int64_t ks = 0; ks < p.s; ++ks) taps.push_back(static_cast<int32_t>((c * p.r + kr) * p.s + ks));
+                ranges.push_back({lo, hi, total});
+                total += cg * (hi - lo) * p.s;
                 found = ranges.end() - 1;
             }
             start[static_cast<size_t>(oh)] = found->start;
             count[static_cast<size_t>(oh)] = cg * (hi - lo) * p.s;
         }
+        taps.reserve(static_cast<size_t>(total));
+        for (const Range& r : ranges)
+            for (int64_t c = 0; c < cg; ++c)
+                for (int64_t kr = r.lo; kr < r.hi; ++kr)
+                    for (int64_t ks = 0; ks < p.s; ++ks) taps.push_back(static_cast<int32_t>((c * p.r + kr) * p.s + ks));
     }
 
     const int32_t* row(int64_t oh) const { return taps.data() + start[static_cast<size_t>(oh)]; }
@@ -302,6 +306,9 @@ class BlockTaps {
             bool marked;
         };
         std::vector<Span> spans;  // [list][signature]
+        size_t most = 0;  // taps of every list under every signature, kNone ones included
+        for (const auto& list : lists) most += static_cast<size_t>(list.second) * signatures.size();
+        taps_.reserve(most), pixels_.reserve(most), at_.reserve(most);
         for (const auto& [list, count] : lists)
             for (const std::vector<int8_t>& cls : signatures) {
                 Span span{taps_.size(), 0, false};
