@@ -142,6 +142,14 @@ KERNELS: list[Kernel] = [
         _NS + r"plane_dots_shared<{T}, (?P<r>\d+), (?P<s>\d+), (?P<rg>\d+), true>\(",
         hot=lambda a: (a["r"] * a["s"],),
     ),
+    # One-channel dL/dF without a shared-rows kernel and with too few filters
+    # for im2col: NK filters x NT taps of plane dots, the full block.
+    Kernel(
+        "filter_dots",
+        "depthwise_impl.h",
+        _NS + r"plane_dots_filters<{T}, (?P<nk>\d+), (?P<nt>\d+)>\(",
+        hot=lambda a: (a["nk"] * a["nt"], a["nk"]),
+    ),
     # One-channel dL/dF: MK filters x NT taps of dots with im2col columns.
     Kernel(
         "im2col_dots",

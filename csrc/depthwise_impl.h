@@ -515,6 +515,87 @@ PlaneDots<T> plane_dots_for(int taps) {
     return pick_plane_dots<T>(taps, std::make_integer_sequence<int, kTapGroup>{});
 }
 
+// plane_dots for NK filters that read the same input plane (a one-channel
+// layer's): part[k * taps + t] += the dot of filter k's grad_y plane (at gyp
+// + k * plane, rows `width` apart) with the input window of tap t0 + t, for
+// NT taps, over the first `span` columns (out_w rounded up to one vector). Each input
+// vector loaded serves NK FMAs and each grad_y vector NT, where plane_dots
+// loads an input vector for every FMA: its loads, most of them across a
+// cache line's end, held it near half the FMA peak (LeNet's first layer,
+// 6 filters of 5x5, AVX2 float64: 50 %).
+template <int NK, int NT>
+struct FilterDots {
+    static constexpr int filters = NK, taps = NT;
+};
+#if FASTCONV_VECTOR_BYTES == 64
+using FilterDotsMost = FilterDots<4, 6>;  // 24 sums, 4 grad_y vectors and the input vector: 29 of 32 registers
+#else
+using FilterDotsMost = FilterDots<2, 5>;  // 10 sums, 2 + 1 vectors: 13 of 16
+#endif
+
+template <class T, int NK, int NT>
+void plane_dots_filters(const ConvShape& p, const InputPlane& ip, const T* __restrict gyp, int64_t plane,
+                        int64_t width, int64_t span, const T* __restrict xp, int64_t t0, int64_t taps,
+                        T* __restrict part) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>;
+    int64_t off[NT];
+#pragma GCC unroll 8
+    for (int t = 0; t < NT; ++t)
+        off[t] = ((t0 + t) / p.s) * p.dil_h * ip.pitch + ip.column[static_cast<size_t>((t0 + t) % p.s)];
+    V acc[NK][NT];
+#pragma GCC unroll 8
+    for (int k = 0; k < NK; ++k)
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t) acc[k][t] = V{};
+    for (int64_t oh = 0; oh < p.out_h; ++oh) {
+        const T* const d = gyp + oh * width;
+        const T* const x = xp + oh * p.stride_h * ip.pitch;
+        for (int64_t ow = 0; ow < span; ow += L) {
+            V g[NK];
+#pragma GCC unroll 8
+            for (int k = 0; k < NK; ++k) g[k] = load<V>(d + k * plane + ow);
+#pragma GCC unroll 8
+            for (int t = 0; t < NT; ++t) {
+                const V xv = load<V>(x + off[t] + ow);
+#pragma GCC unroll 8
+                for (int k = 0; k < NK; ++k) fma_in_place(acc[k][t], g[k], xv);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int k = 0; k < NK; ++k)
+#pragma GCC unroll 8
+        for (int t = 0; t < NT; ++t) {
+            T total = 0;
+            for (int l = 0; l < L; ++l) total += acc[k][t][l];
+            part[k * taps + t0 + t] += total;
+        }
+}
+
+template <class T>
+using PlaneDotsFilters = void (*)(const ConvShape&, const InputPlane&, const T*, int64_t, int64_t, int64_t, const T*,
+                                  int64_t, int64_t, T*);
+
+template <class T, int NK, int... NT>
+PlaneDotsFilters<T> pick_dots_filters_taps(int taps, std::integer_sequence<int, NT...>) {
+    PlaneDotsFilters<T> table[] = {&plane_dots_filters<T, NK, NT + 1>...};
+    return table[taps - 1];
+}
+
+template <class T, int... NK>
+PlaneDotsFilters<T> pick_dots_filters(int filters, int taps, std::integer_sequence<int, NK...>) {
+    PlaneDotsFilters<T> table[] = {
+        pick_dots_filters_taps<T, NK + 1>(taps, std::make_integer_sequence<int, FilterDotsMost::taps>{})...};
+    return table[filters - 1];
+}
+
+// plane_dots_filters for `filters` x `taps` (at most FilterDotsMost's).
+template <class T>
+PlaneDotsFilters<T> plane_dots_filters_for(int filters, int taps) {
+    return pick_dots_filters<T>(filters, taps, std::make_integer_sequence<int, FilterDotsMost::filters>{});
+}
+
 // plane_dots for every tap of an R x S kernel at row stride and dilation
 // 1, over grad_y rows [0, rows), rows a multiple of RG: RG grad_y rows at a
 // time, so each input row vector loaded serves every (kernel row, grad_y
@@ -595,16 +676,22 @@ SharedDots<T> plane_dots_shared_for(int64_t r, int64_t s, bool adjacent) {
 
 template <class T>
 void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
-    using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>, NV = kRowBlock<T> / L;
     const int64_t kg = p.k_per_group(), taps = p.r * p.s;
     const InputPlane ip(p, x);
-    const int64_t width = row_width<T>(p);
+    const int64_t width = row_width<T>(p), plane = p.out_h * width;
+    const int64_t span = (p.out_w + kLanes<T> - 1) / kLanes<T> * kLanes<T>;  // the columns a dot needs
     // grad_y plane with each row zero-extended to `width` columns.
     // Taps per plane_dots call: at most kTapGroup, in groups of even size (25
     // taps as 9 + 8 + 8, not 12 + 12 + 1, whose last call would be latency-bound).
-    const int64_t group = (taps + (taps + kTapGroup - 1) / kTapGroup - 1) / ((taps + kTapGroup - 1) / kTapGroup);
+    const auto even_group = [&](int64_t most) { return (taps + (taps + most - 1) / most - 1) / ((taps + most - 1) / most); };
+    const int64_t group = even_group(kTapGroup);
     const SharedDots<T> shared = p.stride_h == 1 && p.dil_h == 1 ? plane_dots_shared_for<T>(p.r, p.s, ip.adjacent_columns()) : SharedDots<T>{};
+    // Filters that share one input plane (a one-channel layer) go several at
+    // a time (plane_dots_filters), but where a kernel shares each input row
+    // among the kernel's rows instead.
+    const bool by_filters = p.groups == 1 && kg >= 2 && !shared.kernel;
+    const int64_t most_filters = by_filters ? FilterDotsMost::filters : 1;
+    const int64_t filter_group = even_group(FilterDotsMost::taps);
     // A task is a block of one group's filters: the whole group where there
     // are groups enough for the threads, else fewer filters (a one-channel
     // layer has one group). Each filter sums over the images in order
@@ -613,11 +700,12 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     const int64_t want = parallel ? (max_threads() + p.groups - 1) / p.groups : 1;
     const int64_t wanted = std::min(kg, want), per_block = (kg + wanted - 1) / wanted;
     const int64_t blocks = (kg + per_block - 1) / per_block;  // none empty
-    PerThread<T> xp_mem(ip.size() + kCopySlack<T>), gyp_mem(p.out_h * width + kCopySlack<T>), part_mem(taps);
+    PerThread<T> xp_mem(ip.size() + kCopySlack<T>), gyp_mem(most_filters * plane + kCopySlack<T>),
+        part_mem(most_filters * taps);
     parallel_region(parallel, [&] {
         T* const xp = xp_mem.get();
         T* const gyp = gyp_mem.get();
-        T* const part = part_mem.get();  // one image's share of a filter's gradient
+        T* const part = part_mem.get();  // one image's share of the gradient of each filter at hand
         bool padded = false;  // whether xp's padding holds its zeros
         // Images outermost, a thread's run of tasks inside: its planes of an
         // image are then side by side in x and grad_y (NCHW), which the
@@ -635,47 +723,57 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                 const int64_t g = task / blocks, k0 = task % blocks * per_block, k1 = std::min(kg, k0 + per_block);
                 pad_plane(p, ip, x + n * p.xs.n + g * p.xs.c, xp, !padded);
                 padded = true;
-                for (int64_t kk = k0; kk < k1; ++kk) {
-                    const int64_t k = g * kg + kk;
-                    const T* gy = grad_y + n * p.ys.n + k * p.ys.c;
-                    for (int64_t oh = 0; oh < p.out_h; ++oh) {
-                        T* dst = gyp + oh * width;
-                        if (p.ys.w == 1) {
-                            copy_run(dst, gy + oh * p.ys.h, p.out_w);  // any spill is zeroed just below
-                        } else {
-                            for (int64_t i = 0; i < p.out_w; ++i) dst[i] = gy[oh * p.ys.h + i * p.ys.w];
-                        }
-                        std::fill(dst + p.out_w, dst + width, T(0));
-                    }
-                    T* const out = grad_weight + k * taps;
-                    std::fill(part, part + taps, T(0));
-                    int64_t oh0 = 0;  // rows before it done by the shared kernel
-                    if (shared.kernel) {
-                        oh0 = p.out_h / shared.rows * shared.rows;
-                        const int64_t span = (p.out_w + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
-                        shared.kernel(ip, gyp, width, span, xp, oh0, part);
-                    }
-                    for (int64_t t0 = 0; t0 < taps && oh0 < p.out_h; t0 += group)
-                        plane_dots_for<T>(static_cast<int>(std::min<int64_t>(group, taps - t0)))(
-                            p, ip, gyp, width, xp, t0, oh0, part + t0);
-                    // The dots computed whole blocks of columns, multiplying
-                    // grad_y's zero extension by input values: a NaN or Inf
-                    // there leaks into the sums, so a result that is not
-                    // finite is computed again by the exact loop below.
-                    if (all_finite(part, taps)) {
-                        for (int64_t t = 0; t < taps; ++t) out[t] += part[t];
-                        continue;
-                    }
-                    for (int64_t kr = 0; kr < p.r; ++kr)
-                        for (int64_t ks = 0; ks < p.s; ++ks) {
-                            T total = 0;
-                            for (int64_t oh = 0; oh < p.out_h; ++oh) {
-                                const T* d = gyp + oh * width;
-                                const T* src = xp + (oh * p.stride_h + kr * p.dil_h) * ip.pitch + ip.column[static_cast<size_t>(ks)];
-                                for (int64_t ow = 0; ow < p.out_w; ++ow) total += d[ow] * src[ow];
+                for (int64_t kk = k0; kk < k1; kk += most_filters) {
+                    const int64_t nk = std::min(most_filters, k1 - kk);
+                    for (int64_t f = 0; f < nk; ++f) {
+                        const T* gy = grad_y + n * p.ys.n + (g * kg + kk + f) * p.ys.c;
+                        for (int64_t oh = 0; oh < p.out_h; ++oh) {
+                            T* dst = gyp + f * plane + oh * width;
+                            if (p.ys.w == 1) {
+                                copy_run(dst, gy + oh * p.ys.h, p.out_w);  // any spill is zeroed just below
+                            } else {
+                                for (int64_t i = 0; i < p.out_w; ++i) dst[i] = gy[oh * p.ys.h + i * p.ys.w];
                             }
-                            out[kr * p.s + ks] += total;
+                            std::fill(dst + p.out_w, dst + width, T(0));
                         }
+                    }
+                    std::fill(part, part + nk * taps, T(0));
+                    if (by_filters) {
+                        for (int64_t t0 = 0; t0 < taps; t0 += filter_group)
+                            plane_dots_filters_for<T>(static_cast<int>(nk), static_cast<int>(std::min(filter_group, taps - t0)))(
+                                p, ip, gyp, plane, width, span, xp, t0, taps, part);
+                    } else {
+                        int64_t oh0 = 0;  // rows before it done by the shared kernel
+                        if (shared.kernel) {
+                            oh0 = p.out_h / shared.rows * shared.rows;
+                            shared.kernel(ip, gyp, width, span, xp, oh0, part);
+                        }
+                        for (int64_t t0 = 0; t0 < taps && oh0 < p.out_h; t0 += group)
+                            plane_dots_for<T>(static_cast<int>(std::min<int64_t>(group, taps - t0)))(
+                                p, ip, gyp, width, xp, t0, oh0, part + t0);
+                    }
+                    for (int64_t f = 0; f < nk; ++f) {
+                        T* const out = grad_weight + (g * kg + kk + f) * taps;
+                        const T* const sums = part + f * taps;
+                        // The dots computed whole blocks of columns, multiplying
+                        // grad_y's zero extension by input values: a NaN or Inf
+                        // there leaks into the sums, so a result that is not
+                        // finite is computed again by the exact loop below.
+                        if (all_finite(sums, taps)) {
+                            for (int64_t t = 0; t < taps; ++t) out[t] += sums[t];
+                            continue;
+                        }
+                        for (int64_t kr = 0; kr < p.r; ++kr)
+                            for (int64_t ks = 0; ks < p.s; ++ks) {
+                                T total = 0;
+                                for (int64_t oh = 0; oh < p.out_h; ++oh) {
+                                    const T* d = gyp + f * plane + oh * width;
+                                    const T* src = xp + (oh * p.stride_h + kr * p.dil_h) * ip.pitch + ip.column[static_cast<size_t>(ks)];
+                                    for (int64_t ow = 0; ow < p.out_w; ++ow) total += d[ow] * src[ow];
+                                }
+                                out[kr * p.s + ks] += total;
+                            }
+                    }
                 }
             }
     });

@@ -191,6 +191,26 @@ loops::LoopResult dots_loop(double seconds) {
             double(NT * p.out_h * (width / kLanes<T>)), s};
 }
 
+// plane_dots_filters, NK filters x NT taps, over a 24 x 24 plane with a 5x5
+// kernel ("valid": LeNet's first layer).
+template <class T, int NK, int NT>
+loops::LoopResult filter_dots_loop(double seconds) {
+    ConvShape p = plane_shape(28, 28, 5, 5);
+    p.pad_top = p.pad_bottom = p.pad_left = p.pad_right = 0, p.out_h = p.out_w = 24;
+    p.k = NK;
+    p.set_dense_strides();
+    const InputPlane ip(p, static_cast<const T*>(nullptr));
+    const int64_t width = row_width<T>(p), plane = p.out_h * width;
+    const int64_t span = (p.out_w + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
+    Buffer<T> xp(ip.size()), gyp(NK * plane), part(NK * NT);
+    PlaneDotsFilters<T> volatile fn = &plane_dots_filters<T, NK, NT>;
+    const double s =
+        seconds_per_call([&] { fn(p, ip, gyp.data, plane, width, span, xp.data, 0, NT, part.data); }, seconds);
+    return {"filter_dots",
+            "plane_dots_filters<" + std::string(type_name<T>()) + ", " + std::to_string(NK) + ", " + std::to_string(NT) + ">",
+            type_name<T>(), double(NK * NT * p.out_h * (span / kLanes<T>)), s};
+}
+
 // plane_dots_shared, R x S taps, RG grad_y rows a step, over a 32 x 32 plane.
 template <class T, int R, int S, int RG>
 loops::LoopResult dots_shared_loop(double seconds) {
@@ -241,6 +261,7 @@ void run_type(std::vector<loops::LoopResult>& out, double seconds) {
     out.push_back(dots_loop<T, kTapGroup>(seconds));
     if constexpr (wide) out.push_back(dots_shared_loop<T, 5, 5, 2>(seconds));
     else out.push_back(dots_shared_loop<T, 3, 3, 4>(seconds));
+    out.push_back(filter_dots_loop<T, FilterDotsMost::filters, FilterDotsMost::taps>(seconds));
     out.push_back(im2col_dots_loop<T, kDotFilters, kDotTaps>(seconds));
 }
 
