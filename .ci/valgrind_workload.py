@@ -2,7 +2,8 @@
 the C++ core on small shapes that reach each kernel path (dense, strided,
 grouped, depthwise, 1x1, dilated, rectangular, padding wider than the kernel,
 channels-last views, wide rows and several column blocks, an empty batch,
-dL/dX by GEMM and col2im and by the plane scatter), in float32 and float64, on every instruction set
+dL/dX by GEMM and col2im and by the plane scatter, one-channel dL/dF by
+filters sharing the plane), in float32 and float64, on every instruction set
 the CPU reports, checked against the NumPy reference. Small on purpose:
 memcheck runs it some 50x slower than natively. (Under valgrind 3.19, which
 cannot run AVX-512, the CPU reports no avx512: the kernels that run are avx2
@@ -49,6 +50,9 @@ CASES = {
     "one-channel-scatter-stride2": (2, 1, 13, 34, 5, (7, 7), 2, "same", 1, 1, "NCHW"),
     "one-channel-scatter-in-place": (2, 1, 9, 32, 6, (3, 3), 2, "same", 1, 1, "NCHW"),
     "one-channel-scatter-nhwc": (2, 1, 9, 20, 3, (3, 3), 1, "same", 1, 1, "NHWC"),
+    # dL/dF of a one-channel input, filters sharing the plane: 5 filters as 2 + 2 + 1 (AVX2),
+    # 25 taps as 5 x 5 (the scatter cases above take it too, at a stride and with 7x7).
+    "one-channel-filter-dots-5x5": (2, 1, 12, 13, 5, (5, 5), 1, "valid", 1, 1, "NCHW"),
 }
 TOLERANCE = {np.float32: 1e-4, np.float64: 1e-10}
 
