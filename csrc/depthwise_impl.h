@@ -26,6 +26,14 @@ int64_t row_width(const ConvShape& p) {
     return (p.out_w + kRowBlock<T> - 1) / kRowBlock<T> * kRowBlock<T>;
 }
 
+// The lanes of a vector of sums added up in order (T(0) + lane 0 + lane 1 ...).
+template <class T, class V>
+inline T lane_total(const V& v) {
+    T total = 0;
+    for (int l = 0; l < kLanes<T>; ++l) total += v[l];
+    return total;
+}
+
 // The zero-padded input plane (every row and column a tap of the rounded-up
 // output rows can read) with its columns split by phase (column mod
 // stride_w), each phase's rows `pitch` values long: padded column j is
@@ -495,9 +503,7 @@ void plane_dots(const ConvShape& p, const InputPlane& ip, const T* gyp, int64_t 
     }
     for (int t = 0; t < NT; ++t) {
         for (int v = 1; v < NV; ++v) acc[t][0] += acc[t][v];
-        T total = 0;
-        for (int l = 0; l < L; ++l) total += acc[t][0][l];
-        out[t] += total;
+        out[t] += lane_total<T>(acc[t][0]);
     }
 }
 
@@ -566,11 +572,7 @@ void plane_dots_filters(const ConvShape& p, const InputPlane& ip, const T* __res
 #pragma GCC unroll 8
     for (int k = 0; k < NK; ++k)
 #pragma GCC unroll 8
-        for (int t = 0; t < NT; ++t) {
-            T total = 0;
-            for (int l = 0; l < L; ++l) total += acc[k][t][l];
-            part[k * taps + t0 + t] += total;
-        }
+        for (int t = 0; t < NT; ++t) part[k * taps + t0 + t] += lane_total<T>(acc[k][t]);
 }
 
 template <class T>
@@ -648,11 +650,7 @@ void plane_dots_shared(const InputPlane& ip, const T* __restrict gyp, int64_t wi
 #pragma GCC unroll 8
     for (int kr = 0; kr < R; ++kr)
 #pragma GCC unroll 8
-        for (int ks = 0; ks < S; ++ks) {
-            T total = 0;
-            for (int l = 0; l < L; ++l) total += acc[kr][ks][l];
-            out[kr * S + ks] += total;
-        }
+        for (int ks = 0; ks < S; ++ks) out[kr * S + ks] += lane_total<T>(acc[kr][ks]);
 }
 
 template <class T>
