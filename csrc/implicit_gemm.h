@@ -174,10 +174,42 @@ inline V load_masked(const T* p, LaneMask mask) {
 #endif
 }
 
-// The first n values at p, 0 < n < L, the other lanes zero.
+// The first n values at p, 0 < n < L, the other lanes zero; nothing past p
+// + n is read: a masked load. With AVX2, where the vector would cross into
+// the next 4 KiB page, halves, pairs and single values put together in
+// registers instead: vmaskmovps does not touch the lanes it leaves out on a
+// real CPU, but QEMU 7.2's emulation, which the AVX2-only CI job runs on,
+// reads them all, and faulted at the end of an array whose next page was
+// unmapped. (Always in parts, the float32 depthwise backward, whose plane
+// copies end every row with a tail, ran 7 % slower on Zen 4; copied one by
+// one into a vector of zeros in memory, a stalled load each, 1.45x.)
+#if FASTCONV_VECTOR_BYTES == 32
+inline __m128 load_first_4(const float* p, int64_t n) {  // 0 <= n <= 4 floats
+    if (n == 4) return _mm_loadu_ps(p);
+    if (n == 0) return _mm_setzero_ps();
+    if (n == 1) return _mm_load_ss(p);
+    const __m128 pair = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
+    return n == 2 ? pair : _mm_movelh_ps(pair, _mm_load_ss(p + 2));
+}
+inline __m128d load_first_2(const double* p, int64_t n) {  // 0 <= n <= 2 doubles
+    return n == 2 ? _mm_loadu_pd(p) : n == 1 ? _mm_load_sd(p) : _mm_setzero_pd();
+}
+#endif
 template <class V, class T>
 inline V load_first(const T* p, int64_t n) {
+#if FASTCONV_VECTOR_BYTES == 64
     return load_masked<V>(p, first_lanes<T>(n));
+#else
+    constexpr uintptr_t kPage = 4096;  // the smallest x86-64 page: a vector inside one reads mapped memory only
+    if ((reinterpret_cast<uintptr_t>(p) & (kPage - 1)) <= kPage - sizeof(V)) return load_masked<V>(p, first_lanes<T>(n));
+    if constexpr (sizeof(T) == 4) {
+        const __m128 lo = load_first_4(p, std::min<int64_t>(n, 4)), hi = load_first_4(p + 4, std::max<int64_t>(n - 4, 0));
+        return (V)_mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+    } else {
+        const __m128d lo = load_first_2(p, std::min<int64_t>(n, 2)), hi = load_first_2(p + 2, std::max<int64_t>(n - 2, 0));
+        return (V)_mm256_insertf128_pd(_mm256_castpd128_pd256(lo), hi, 1);
+    }
+#endif
 }
 
 // Stores the first n values of v at p, 0 < n < L, leaving the memory past
