@@ -27,13 +27,22 @@ class PageEndArrays:
     def __init__(self):
         self.libc = ctypes.CDLL(None, use_errno=True)
         self.libc.mmap.restype = ctypes.c_void_p
-        self.libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        self.libc.mmap.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_long,
+        ]
         self.libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         self.maps = []
 
     def copy_of(self, a):
         pages = (a.nbytes + PAGE - 1) // PAGE + 1
-        base = self.libc.mmap(None, pages * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        base = self.libc.mmap(
+            None, pages * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0
+        )
         assert base not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
         assert self.libc.munmap(base + (pages - 1) * PAGE, PAGE) == 0  # the guard page
         self.maps.append((base, (pages - 1) * PAGE))
