@@ -188,7 +188,9 @@ inline __m128 load_first_4(const float* p, int64_t n) {  // 0 <= n <= 4 floats
     if (n == 4) return _mm_loadu_ps(p);
     if (n == 0) return _mm_setzero_ps();
     if (n == 1) return _mm_load_ss(p);
-    const __m128 pair = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)));
+    // Two floats as one 64-bit load (_mm_loadl_epi64 reads through an unaligned
+    // type; _mm_load_sd dereferences a double*, undefined at a float's alignment).
+    const __m128 pair = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
     return n == 2 ? pair : _mm_movelh_ps(pair, _mm_load_ss(p + 2));
 }
 inline __m128d load_first_2(const double* p, int64_t n) {  // 0 <= n <= 2 doubles
