@@ -139,7 +139,7 @@ KERNELS: list[Kernel] = [
     Kernel(
         "dw_dots_shared",
         "depthwise_impl.h",
-        _NS + r"plane_dots_shared<{T}, (?P<r>\d+), (?P<s>\d+), (?P<rg>\d+), true>\(",
+        _NS + r"plane_dots_shared<{T}, (?P<r>\d+), (?P<s>\d+), (?P<rg>\d+), true, false>\(",
         hot=lambda a: (a["r"] * a["s"],),
     ),
     # One-channel dL/dF without a shared-rows kernel and with too few filters
@@ -147,7 +147,7 @@ KERNELS: list[Kernel] = [
     Kernel(
         "filter_dots",
         "depthwise_impl.h",
-        _NS + r"plane_dots_filters<{T}, (?P<nk>\d+), (?P<nt>\d+)>\(",
+        _NS + r"plane_dots_filters<{T}, (?P<nk>\d+), (?P<nt>\d+), false>\(",
         hot=lambda a: (a["nk"] * a["nt"], a["nk"]),
     ),
     # One-channel dL/dF: MK filters x NT taps of dots with im2col columns.

@@ -524,7 +524,9 @@ PlaneDots<T> plane_dots_for(int taps) {
 // plane_dots for NK filters that read the same input plane (a one-channel
 // layer's): part[k * taps + t] += the dot of filter k's grad_y plane (at gyp
 // + k * plane, rows `width` apart) with the input window of tap t0 + t, for
-// NT taps, over the first `span` columns (out_w rounded up to one vector). Each input
+// NT taps, over the row's first `cols` columns: its whole vectors, or
+// (Tail) the partial vector after them, whose grad_y lanes past cols are
+// loaded as zeros (load_first), so that grad_y can be read in place. Each input
 // vector loaded serves NK FMAs and each grad_y vector NT, where plane_dots
 // loads an input vector for every FMA: its loads, most of them across a
 // cache line's end, held it near half the FMA peak (LeNet's first layer,
@@ -539,12 +541,13 @@ using FilterDotsMost = FilterDots<4, 6>;  // 24 sums, 4 grad_y vectors and the i
 using FilterDotsMost = FilterDots<2, 5>;  // 10 sums, 2 + 1 vectors: 13 of 16
 #endif
 
-template <class T, int NK, int NT>
+template <class T, int NK, int NT, bool Tail>
 void plane_dots_filters(const ConvShape& p, const InputPlane& ip, const T* __restrict gyp, int64_t plane,
-                        int64_t width, int64_t span, const T* __restrict xp, int64_t t0, int64_t taps,
+                        int64_t width, int64_t cols, const T* __restrict xp, int64_t t0, int64_t taps,
                         T* __restrict part) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
+    const int64_t whole = cols / L * L, from = Tail ? whole : 0, to = Tail ? whole + L : whole;
     int64_t off[NT];
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t)
@@ -557,10 +560,10 @@ void plane_dots_filters(const ConvShape& p, const InputPlane& ip, const T* __res
     for (int64_t oh = 0; oh < p.out_h; ++oh) {
         const T* const d = gyp + oh * width;
         const T* const x = xp + oh * p.stride_h * ip.pitch;
-        for (int64_t ow = 0; ow < span; ow += L) {
+        for (int64_t ow = from; ow < to; ow += L) {
             V g[NK];
 #pragma GCC unroll 8
-            for (int k = 0; k < NK; ++k) g[k] = load<V>(d + k * plane + ow);
+            for (int k = 0; k < NK; ++k) g[k] = Tail ? load_first<V>(d + k * plane + ow, cols - whole) : load<V>(d + k * plane + ow);
 #pragma GCC unroll 8
             for (int t = 0; t < NT; ++t) {
                 const V xv = load<V>(x + off[t] + ow);
@@ -579,40 +582,46 @@ template <class T>
 using PlaneDotsFilters = void (*)(const ConvShape&, const InputPlane&, const T*, int64_t, int64_t, int64_t, const T*,
                                   int64_t, int64_t, T*);
 
-template <class T, int NK, int... NT>
+template <class T, bool Tail, int NK, int... NT>
 PlaneDotsFilters<T> pick_dots_filters_taps(int taps, std::integer_sequence<int, NT...>) {
-    PlaneDotsFilters<T> table[] = {&plane_dots_filters<T, NK, NT + 1>...};
+    PlaneDotsFilters<T> table[] = {&plane_dots_filters<T, NK, NT + 1, Tail>...};
     return table[taps - 1];
 }
 
-template <class T, int... NK>
+template <class T, bool Tail, int... NK>
 PlaneDotsFilters<T> pick_dots_filters(int filters, int taps, std::integer_sequence<int, NK...>) {
     PlaneDotsFilters<T> table[] = {
-        pick_dots_filters_taps<T, NK + 1>(taps, std::make_integer_sequence<int, FilterDotsMost::taps>{})...};
+        pick_dots_filters_taps<T, Tail, NK + 1>(taps, std::make_integer_sequence<int, FilterDotsMost::taps>{})...};
     return table[filters - 1];
 }
 
-// plane_dots_filters for `filters` x `taps` (at most FilterDotsMost's).
+// plane_dots_filters for `filters` x `taps` (at most FilterDotsMost's), over
+// the whole vectors of a row or (tail) its last partial one.
 template <class T>
-PlaneDotsFilters<T> plane_dots_filters_for(int filters, int taps) {
-    return pick_dots_filters<T>(filters, taps, std::make_integer_sequence<int, FilterDotsMost::filters>{});
+PlaneDotsFilters<T> plane_dots_filters_for(int filters, int taps, bool tail) {
+    constexpr auto kFilters = std::make_integer_sequence<int, FilterDotsMost::filters>{};
+    return tail ? pick_dots_filters<T, true>(filters, taps, kFilters) : pick_dots_filters<T, false>(filters, taps, kFilters);
 }
 
 // plane_dots for every tap of an R x S kernel at row stride and dilation
 // 1, over grad_y rows [0, rows), rows a multiple of RG: RG grad_y rows at a
 // time, so each input row vector loaded serves every (kernel row, grad_y
 // row) pair that reads it. R x S accumulators of one vector each, over the
-// first `span` columns of each row (out_w rounded up to one vector, not two:
-// 24 float64 columns, not 32). Adjacent: kernel column ks reads column ks
+// first `cols` columns of each row as plane_dots_filters (whole vectors, or
+// the partial one after them; not whole blocks of two vectors: 24 float64
+// columns, not 32). The partial vector goes in a call of its own: as a branch
+// in the loop it took registers that AVX2 has not to spare (LeNet's first
+// layer's dL/dF 2.3x slower). Adjacent: kernel column ks reads column ks
 // of the plane (no column stride or dilation), a constant offset from its
 // row's address; otherwise each of the (RG + R - 1) x S row and column pairs
 // took a general register of its own, more than there are (AVX2 3x3: 14
 // values on the stack per step).
-template <class T, int R, int S, int RG, bool Adjacent>
-void plane_dots_shared(const InputPlane& ip, const T* __restrict gyp, int64_t width, int64_t span,
+template <class T, int R, int S, int RG, bool Adjacent, bool Tail>
+void plane_dots_shared(const InputPlane& ip, const T* __restrict gyp, int64_t width, int64_t cols,
                        const T* __restrict xp, int64_t rows, T* __restrict out) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
+    const int64_t whole = cols / L * L, from = Tail ? whole : 0, to = Tail ? whole + L : whole;
     const int64_t pitch = ip.pitch;
     int64_t column[S];
     for (int ks = 0; ks < S; ++ks) column[ks] = Adjacent ? ks : ip.column[static_cast<size_t>(ks)];
@@ -622,10 +631,11 @@ void plane_dots_shared(const InputPlane& ip, const T* __restrict gyp, int64_t wi
 #pragma GCC unroll 8
         for (int ks = 0; ks < S; ++ks) acc[kr][ks] = V{};
     for (int64_t oh = 0; oh < rows; oh += RG)
-        for (int64_t ow = 0; ow < span; ow += L) {
+        for (int64_t ow = from; ow < to; ow += L) {
             V gv[RG];
 #pragma GCC unroll 4
-            for (int r = 0; r < RG; ++r) gv[r] = load<V>(gyp + (oh + r) * width + ow);
+            for (int r = 0; r < RG; ++r)
+                gv[r] = Tail ? load_first<V>(gyp + (oh + r) * width + ow, cols - whole) : load<V>(gyp + (oh + r) * width + ow);
 #pragma GCC unroll 16
             for (int ir = 0; ir < RG + R - 1; ++ir) {
                 const T* x_row = xp + (oh + ir) * pitch + ow;
@@ -661,14 +671,18 @@ using PlaneDotsShared = void (*)(const InputPlane&, const T*, int64_t, int64_t, 
 // registers beside the rows (25 only AVX-512's 32).
 template <class T>
 struct SharedDots {
-    PlaneDotsShared<T> kernel = nullptr;
+    PlaneDotsShared<T> kernel = nullptr, tail = nullptr;  // a row's whole vectors; its last partial one
     int rows = 1;
 };
+template <class T, int R, int S, int RG, bool Adjacent>
+SharedDots<T> shared_dots() {
+    return {&plane_dots_shared<T, R, S, RG, Adjacent, false>, &plane_dots_shared<T, R, S, RG, Adjacent, true>, RG};
+}
 template <class T>
 SharedDots<T> plane_dots_shared_for(int64_t r, int64_t s, bool adjacent) {
-    if (r == 3 && s == 3) return {adjacent ? &plane_dots_shared<T, 3, 3, 4, true> : &plane_dots_shared<T, 3, 3, 4, false>, 4};
+    if (r == 3 && s == 3) return adjacent ? shared_dots<T, 3, 3, 4, true>() : shared_dots<T, 3, 3, 4, false>();
     if (r == 5 && s == 5 && FASTCONV_VECTOR_BYTES == 64)
-        return {adjacent ? &plane_dots_shared<T, 5, 5, 2, true> : &plane_dots_shared<T, 5, 5, 2, false>, 2};
+        return adjacent ? shared_dots<T, 5, 5, 2, true>() : shared_dots<T, 5, 5, 2, false>();
     return {};
 }
 
@@ -677,8 +691,6 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     const int64_t kg = p.k_per_group(), taps = p.r * p.s;
     const InputPlane ip(p, x);
     const int64_t width = row_width<T>(p), plane = p.out_h * width;
-    const int64_t span = (p.out_w + kLanes<T> - 1) / kLanes<T> * kLanes<T>;  // the columns a dot needs
-    // grad_y plane with each row zero-extended to `width` columns.
     // Taps per plane_dots call: at most kTapGroup, in groups of even size (25
     // taps as 9 + 8 + 8, not 12 + 12 + 1, whose last call would be latency-bound).
     const auto even_group = [&](int64_t most) { return (taps + (taps + most - 1) / most - 1) / ((taps + most - 1) / most); };
@@ -691,6 +703,18 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     // float64 5x5 0.27 against 0.29).
     const bool by_filters = p.groups == 1 && kg >= 2 && !shared.kernel;
     const int64_t most_filters = by_filters ? FilterDotsMost::filters : 1;
+    // Output rows the shared-rows kernel takes; plane_dots takes the rest.
+    const int64_t shared_rows = shared.kernel ? p.out_h / shared.rows * shared.rows : 0;
+    // grad_y is read where it lies, rows p.ys.h apart, by the kernels that
+    // stop at out_w (a masked last vector): plane_dots_filters and the
+    // shared-rows kernels. Copying it, a row at a time, into rows
+    // zero-extended to `width` took as long as the dots (Zen 4, one_channel's
+    // AVX2 float64 dL/dF 4.7 -> 2.9 ms). plane_dots reads whole blocks of
+    // `width` columns: its rows are copied so, and all rows where grad_y's
+    // columns are not side by side (channels last).
+    const bool in_place = p.ys.w == 1, tail_columns = p.out_w % kLanes<T> != 0;
+    const int64_t copied_from = !in_place ? 0 : by_filters ? p.out_h : shared_rows;
+    const int64_t gy_row = in_place ? p.ys.h : width, gy_plane = in_place ? p.ys.c : plane;
     const int64_t filter_group = even_group(FilterDotsMost::taps);
     // A task is a block of one group's filters: the whole group where there
     // are groups enough for the threads, else fewer filters (a one-channel
@@ -725,9 +749,10 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                 padded = true;
                 for (int64_t kk = k0; kk < k1; kk += most_filters) {
                     const int64_t nk = std::min(most_filters, k1 - kk);
+                    const T* const gyb = in_place ? grad_y + n * p.ys.n + (g * kg + kk) * p.ys.c : gyp;
                     for (int64_t f = 0; f < nk; ++f) {
                         const T* gy = grad_y + n * p.ys.n + (g * kg + kk + f) * p.ys.c;
-                        for (int64_t oh = 0; oh < p.out_h; ++oh) {
+                        for (int64_t oh = copied_from; oh < p.out_h; ++oh) {
                             T* dst = gyp + f * plane + oh * width;
                             if (p.ys.w == 1) {
                                 copy_run(dst, gy + oh * p.ys.h, p.out_w);  // any spill is zeroed just below
@@ -740,17 +765,16 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                     std::fill(part, part + nk * taps, T(0));
                     if (by_filters) {
                         for (int64_t t0 = 0; t0 < taps; t0 += filter_group)
-                            plane_dots_filters_for<T>(static_cast<int>(nk), static_cast<int>(std::min(filter_group, taps - t0)))(
-                                p, ip, gyp, plane, width, span, xp, t0, taps, part);
+                            for (const bool tail : {false, true})
+                                if (!tail || tail_columns)
+                                    plane_dots_filters_for<T>(static_cast<int>(nk), static_cast<int>(std::min(filter_group, taps - t0)), tail)(
+                                        p, ip, gyb, gy_plane, gy_row, p.out_w, xp, t0, taps, part);
                     } else {
-                        int64_t oh0 = 0;  // rows before it done by the shared kernel
-                        if (shared.kernel) {
-                            oh0 = p.out_h / shared.rows * shared.rows;
-                            shared.kernel(ip, gyp, width, span, xp, oh0, part);
-                        }
-                        for (int64_t t0 = 0; t0 < taps && oh0 < p.out_h; t0 += group)
+                        if (shared.kernel) shared.kernel(ip, gyb, gy_row, p.out_w, xp, shared_rows, part);
+                        if (shared.kernel && tail_columns) shared.tail(ip, gyb, gy_row, p.out_w, xp, shared_rows, part);
+                        for (int64_t t0 = 0; t0 < taps && shared_rows < p.out_h; t0 += group)
                             plane_dots_for<T>(static_cast<int>(std::min<int64_t>(group, taps - t0)))(
-                                p, ip, gyp, width, xp, t0, oh0, part + t0);
+                                p, ip, gyp, width, xp, t0, shared_rows, part + t0);
                     }
                     for (int64_t f = 0; f < nk; ++f) {
                         T* const out = grad_weight + (g * kg + kk + f) * taps;
@@ -767,7 +791,7 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                             for (int64_t ks = 0; ks < p.s; ++ks) {
                                 T total = 0;
                                 for (int64_t oh = 0; oh < p.out_h; ++oh) {
-                                    const T* d = gyp + f * plane + oh * width;
+                                    const T* d = gyb + f * gy_plane + oh * gy_row;
                                     const T* src = xp + (oh * p.stride_h + kr * p.dil_h) * ip.pitch + ip.column[static_cast<size_t>(ks)];
                                     for (int64_t ow = 0; ow < p.out_w; ++ow) total += d[ow] * src[ow];
                                 }

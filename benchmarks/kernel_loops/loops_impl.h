@@ -201,9 +201,9 @@ loops::LoopResult filter_dots_loop(double seconds) {
     p.set_dense_strides();
     const InputPlane ip(p, static_cast<const T*>(nullptr));
     const int64_t width = row_width<T>(p), plane = p.out_h * width;
-    const int64_t span = (p.out_w + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
+    const int64_t span = p.out_w / kLanes<T> * kLanes<T>;  // whole vectors: the instance without a tail
     Buffer<T> xp(ip.size()), gyp(NK * plane), part(NK * NT);
-    PlaneDotsFilters<T> volatile fn = &plane_dots_filters<T, NK, NT>;
+    PlaneDotsFilters<T> volatile fn = &plane_dots_filters<T, NK, NT, false>;
     const double s =
         seconds_per_call([&] { fn(p, ip, gyp.data, plane, width, span, xp.data, 0, NT, part.data); }, seconds);
     return {"filter_dots",
@@ -216,9 +216,9 @@ template <class T, int R, int S, int RG>
 loops::LoopResult dots_shared_loop(double seconds) {
     const ConvShape p = plane_shape(32, 32, R, S);
     const InputPlane ip(p, static_cast<const T*>(nullptr));
-    const int64_t width = row_width<T>(p), span = (p.out_w + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
+    const int64_t width = row_width<T>(p), span = p.out_w / kLanes<T> * kLanes<T>;  // whole vectors
     Buffer<T> xp(ip.size()), gyp(p.out_h * width), out(R * S);
-    PlaneDotsShared<T> volatile fn = &plane_dots_shared<T, R, S, RG, true>;
+    PlaneDotsShared<T> volatile fn = &plane_dots_shared<T, R, S, RG, true, false>;
     const double s = seconds_per_call([&] { fn(ip, gyp.data, width, span, xp.data, p.out_h, out.data); }, seconds);
     return {"dw_dots_shared",
             "plane_dots_shared<" + std::string(type_name<T>()) + ", " + std::to_string(R) + ", " + std::to_string(S) + ", " + std::to_string(RG) + ", true>",
