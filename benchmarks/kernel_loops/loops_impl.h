@@ -207,7 +207,7 @@ loops::LoopResult filter_dots_loop(double seconds) {
     const double s =
         seconds_per_call([&] { fn(p, ip, gyp.data, plane, width, span, xp.data, 0, NT, part.data); }, seconds);
     return {"filter_dots",
-            "plane_dots_filters<" + std::string(type_name<T>()) + ", " + std::to_string(NK) + ", " + std::to_string(NT) + ">",
+            "plane_dots_filters<" + std::string(type_name<T>()) + ", " + std::to_string(NK) + ", " + std::to_string(NT) + ", false>",
             type_name<T>(), double(NK * NT * p.out_h * (span / kLanes<T>)), s};
 }
 
@@ -221,7 +221,7 @@ loops::LoopResult dots_shared_loop(double seconds) {
     PlaneDotsShared<T> volatile fn = &plane_dots_shared<T, R, S, RG, true, false>;
     const double s = seconds_per_call([&] { fn(ip, gyp.data, width, span, xp.data, p.out_h, out.data); }, seconds);
     return {"dw_dots_shared",
-            "plane_dots_shared<" + std::string(type_name<T>()) + ", " + std::to_string(R) + ", " + std::to_string(S) + ", " + std::to_string(RG) + ", true>",
+            "plane_dots_shared<" + std::string(type_name<T>()) + ", " + std::to_string(R) + ", " + std::to_string(S) + ", " + std::to_string(RG) + ", true, false>",
             type_name<T>(), double(R * S * p.out_h * (span / kLanes<T>)), s};
 }
 
