@@ -54,6 +54,7 @@ class Kernel:
     # template arguments) go to the function whose hot loop holds the most FMAs.
     hot: Callable[[Args], tuple[int, ...]] = lambda a: ()
     where: Callable[[Args], bool] = lambda a: True
+    isas: tuple[str, ...] = ("avx2", "avx512")  # the instruction sets that build it
 
 
 _NS = r"fastconv::{isa}::"
@@ -150,12 +151,13 @@ KERNELS: list[Kernel] = [
         _NS + r"plane_dots_filters<{T}, (?P<nk>\d+), (?P<nt>\d+), false>\(",
         hot=lambda a: (a["nk"] * a["nt"], a["nk"]),
     ),
-    # One-channel dL/dF: MK filters x NT taps of dots with im2col columns.
+    # One-channel dL/dF: MK filters x NT taps of dots with im2col columns (AVX-512 only).
     Kernel(
         "im2col_dots",
         "backward_weights_im2col_impl.h",
         _NS + r"im2col_dots_micro<{T}, (?P<mk>\d+), (?P<nt>\d+)>\(",
         hot=lambda a: (a["mk"] * a["nt"], a["mk"]),
+        isas=("avx512",),
     ),
 ]
 ISAS = ("avx2", "avx512")
@@ -996,6 +998,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     for kernel in kernels:
         for isa in args.isa.split(","):
+            if isa not in kernel.isas:
+                continue
             for dtype in args.dtype.split(","):
                 new = model_kernel(tools, readable, syms, kernel, isa, dtype, models, args.threshold, cal)
                 rows.extend(new)

@@ -26,10 +26,10 @@
 namespace fastconv::FASTCONV_ISA {
 
 // Filters and taps per micro-kernel call: MK x NT sums, MK grad_y vectors and
-// a column vector in the registers (AVX-512: 27 + 3 + 1 of 32; AVX2: 12 + 2
-// + 1 of 16), MK + NT loads for MK x NT FMAs.
-constexpr int kDotFilters = FASTCONV_VECTOR_BYTES == 64 ? 3 : 2;
-constexpr int kDotTaps = FASTCONV_VECTOR_BYTES == 64 ? 9 : 6;
+// a column vector in AVX-512's registers (27 + 3 + 1 of 32), MK + NT loads
+// for MK x NT FMAs. Only AVX-512 takes this path (im2col_backward_weights_suits).
+constexpr int kDotFilters = 3;
+constexpr int kDotTaps = 9;
 
 // Pixels per chunk at most, and the distance between the columns' rows: a
 // constant, so that every column load is one pointer and a displacement (a
@@ -133,24 +133,24 @@ DotsMicro<T> pick_dots(int filters, int taps, std::integer_sequence<int, I...>) 
 // beyond 9 taps, whose several tap groups each read grad_y again. The sums
 // take K x taps vectors, shared by the threads: at most 4 MiB; the columns
 // a thread's taps x kDotRow values: at most 1 MiB (taps up to 126 in
-// float64, 11x11 kernels). Zen 4, dL/dF
-// against the plane path, 64 images of 28 x 28 (one_channel: 256), float32
-// / float64: 3x3 with 32 filters 0.66 / 0.80 of the time, 16 filters 0.74 /
-// 0.79; 1x1 with 64 filters 0.31 / 0.46; 3x3 at stride 2 0.54 / 0.48 and
-// dilation 2 0.42 / 0.51; 5x5 with 32 filters 0.68 / 1.0 (valid), but with
-// 16 filters 1.04 / 1.12 and 7x7 s2 with 16 filters 1.11 / 1.0 slower; 8
-// filters no faster. AVX2 float64 3x3 at stride 1 stays with the plane path,
-// whose kernel sharing each row's loads over the kernel's rows ran faster
-// there (one_channel 1.1-1.2x, 16 filters 1.2x); AVX2's other cases gained
-// as AVX-512's did (one_channel float32 0.79, 5x5 with 32 filters 0.56 /
-// 0.68, 1x1 0.29 / 0.37).
+// float64, 11x11 kernels). Only with AVX-512, and there for float32 and 1x1
+// kernels: since the plane path reads grad_y in place (plane_dots_filters,
+// plane_dots_shared), it is the faster one elsewhere. Zen 4, dL/dF, 64
+// images of 28 x 28 (one_channel: 256), fastest of 3 x 0.4 s, im2col / plane
+// in ms. AVX-512 float32: one_channel 1.84 / 2.15, 5x5 "valid" with 32
+// filters 0.83 / 1.23, 1x1 with 64 filters 0.21 / 0.30, 3x3 stride 2 with
+// 16 filters 0.146 / 0.156, at dilation 2 0.26 / 0.245, 3x3 with 16 filters
+// 0.265 / 0.26. AVX-512 float64: one_channel 3.78 / 3.46, 5x5 1.50 / 1.17,
+// 1x1 0.49 / 0.80, stride 2 0.184 / 0.152, dilation 2 0.43 / 0.365, 16
+// filters 0.43 / 0.365. AVX2 (2 filters x 6 taps a call) lost every one of
+// them: float32 3.67 / 1.93, 1.73 / 0.73, 0.73 / 0.52, 0.207 / 0.168, 0.51 /
+// 0.30, 0.51 / 0.24; float64 5x5 3.3 / 1.34, 1x1 1.52 / 0.92, stride 2 0.30
+// / 0.195, dilation 2 0.94 / 0.315.
 template <class T>
 bool im2col_backward_weights_suits(const ConvShape& p) {
     const int64_t taps = p.r * p.s;
-    const bool avx2_double_3x3 = FASTCONV_VECTOR_BYTES == 32 && sizeof(T) == 8 && p.r == 3 && p.s == 3 &&
-                                 p.stride_h == 1 && p.stride_w == 1 && p.dil_h == 1 && p.dil_w == 1;
-    return p.groups == 1 && p.c == 1 && p.y_dense() && p.k >= (taps <= 9 ? 16 : 32) && !avx2_double_3x3 &&
-           p.k * taps * FASTCONV_VECTOR_BYTES <= (int64_t(4) << 20) &&
+    return FASTCONV_VECTOR_BYTES == 64 && (sizeof(T) == 4 || taps == 1) && p.groups == 1 && p.c == 1 &&
+           p.y_dense() && p.k >= (taps <= 9 ? 16 : 32) && p.k * taps * FASTCONV_VECTOR_BYTES <= (int64_t(4) << 20) &&
            taps * kDotRow<T> * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 20);
 }
 
@@ -172,8 +172,8 @@ template <class T>
 void im2col_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
     constexpr int L = kLanes<T>;
     const int64_t taps = p.r * p.s, pixels = p.out_h * p.out_w;
-    // The taps in groups of at most kDotTaps, split evenly (9 as 5 + 4 with
-    // AVX2, not 6 + 3); the filters in blocks of kDotFilters, the last one
+    // The taps in groups of at most kDotTaps, split evenly (25 as 9 + 8 + 8,
+    // not 9 + 9 + 7); the filters in blocks of kDotFilters, the last one
     // with the rest. Both depend on the shape alone.
     const int64_t tap_groups = (taps + kDotTaps - 1) / kDotTaps;
     const int64_t blocks = (p.k + kDotFilters - 1) / kDotFilters;

@@ -221,11 +221,14 @@ def test_few_channel_input_gradient_with_planes_crowding_the_l1(rng, dtype):
 @pytest.mark.parametrize("padding", ["valid", "same"])
 @pytest.mark.parametrize("h,w", [(9, 15), (20, 24)])
 def test_one_channel_weight_gradient_as_im2col_dots(rng, dtype, kernel, filters, stride, dilation, padding, h, w):
-    # One input channel, 16 or more filters (32 beyond 9 taps): dL/dF is dots
-    # of each grad_y plane, read in place, with an im2col of the image's
-    # plane, 3 filters x 9 taps a call (AVX2 2 x 6): 35 and 17 filters leave
-    # a block of fewer, 25 taps go in groups (9 + 8 + 8; AVX2 5 x 5), and the
-    # output sizes leave a partial last vector (masked grad_y loads).
+    # One input channel, 16 or more filters (32 beyond 9 taps): with AVX-512
+    # (float32, and 1x1 kernels in float64) dL/dF is dots of each grad_y
+    # plane, read in place, with an im2col of the image's plane, 3 filters x
+    # 9 taps a call: 35 and 17 filters leave a block of fewer, 25 taps go in
+    # groups (9 + 8 + 8), and the output sizes leave a partial last vector
+    # (masked grad_y loads). The other cases take the plane dots, reading
+    # grad_y in place as well: several filters a call (plane_dots_filters),
+    # or the 3x3 (and AVX-512 5x5) kernel sharing each input row's loads.
     run_case(rng, dtype, 3, 1, h, w, filters, kernel, stride, dilation, 1, padding)
 
 
