@@ -724,7 +724,8 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
     const int64_t want = parallel ? (max_threads() + p.groups - 1) / p.groups : 1;
     const int64_t wanted = std::min(kg, want), per_block = (kg + wanted - 1) / wanted;
     const int64_t blocks = (kg + per_block - 1) / per_block;  // none empty
-    PerThread<T> xp_mem(ip.size() + kCopySlack<T>), gyp_mem(most_filters * plane + kCopySlack<T>),
+    const bool copies = copied_from < p.out_h;  // whether any grad_y rows are copied
+    PerThread<T> xp_mem(ip.size() + kCopySlack<T>), gyp_mem(copies ? most_filters * plane + kCopySlack<T> : 0),
         part_mem(most_filters * taps);
     parallel_region(parallel, [&] {
         T* const xp = xp_mem.get();

@@ -221,8 +221,9 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
     }
 }
 
-// dL/dweight: for a one-channel input and filters enough, dots of grad_y
-// planes with im2col columns (backward_weights_im2col_impl.h); plane by
+// dL/dweight: for a one-channel input and filters enough, with AVX-512 in
+// float32 or for 1x1 kernels, dots of grad_y planes with im2col columns
+// (backward_weights_im2col_impl.h); plane by
 // plane where each filter reads one input channel; else the direct kernel
 // vectorised over filters (direct_backward_weights_impl.h).
 template <class T>
