@@ -56,8 +56,8 @@ def test_table_marks_rows_below_the_threshold():
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="no cmake")
 def test_every_modelled_kernel_is_timed(tmp_path):
     """The program builds from the kernels' sources and times, for every instruction set this
-    CPU runs and both types, each kernel of mca_kernels.py's table, with a positive, finite
-    figure."""
+    CPU runs and both types, each kernel of mca_kernels.py's table that the instruction set
+    builds, with a positive, finite figure."""
     mca = load("mca_kernels")
     out_json = tmp_path / "loops.json"
     assert loops.main(["--seconds", "0.01", "--build-dir", str(tmp_path / "build"), "--json", str(out_json)]) == 0
@@ -67,8 +67,8 @@ def test_every_modelled_kernel_is_timed(tmp_path):
 
     timed = json.loads(out_json.read_text())["loops"]
     isas = [isa for isa in ("avx2", "avx512") if isa in _core.supported_isas()]
-    expected = {k.name for k in mca.KERNELS}
     for isa in isas:
+        expected = {k.name for k in mca.KERNELS if isa in k.isas}
         for type_ in ("float", "double"):
             got = {r["kernel"] for r in timed if r["isa"] == isa and r["type"] == type_}
             assert got == expected, (isa, type_)
