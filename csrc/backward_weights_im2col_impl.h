@@ -27,9 +27,12 @@ namespace fastconv::FASTCONV_ISA {
 
 // Filters and taps per micro-kernel call: MK x NT sums, MK grad_y vectors and
 // a column vector in AVX-512's registers (27 + 3 + 1 of 32), MK + NT loads
-// for MK x NT FMAs. Only AVX-512 takes this path (im2col_backward_weights_suits).
+// for MK x NT FMAs.
 constexpr int kDotFilters = 3;
 constexpr int kDotTaps = 9;
+
+// Only AVX-512 builds the im2col dots (im2col_backward_weights_suits says why).
+constexpr bool kIm2colDots = FASTCONV_VECTOR_BYTES == 64;
 
 // Pixels per chunk at most, and the distance between the columns' rows: a
 // constant, so that every column load is one pointer and a displacement (a
@@ -149,7 +152,7 @@ DotsMicro<T> pick_dots(int filters, int taps, std::integer_sequence<int, I...>) 
 template <class T>
 bool im2col_backward_weights_suits(const ConvShape& p) {
     const int64_t taps = p.r * p.s;
-    return FASTCONV_VECTOR_BYTES == 64 && (sizeof(T) == 4 || taps == 1) && p.groups == 1 && p.c == 1 &&
+    return kIm2colDots && (sizeof(T) == 4 || taps == 1) && p.groups == 1 && p.c == 1 &&
            p.y_dense() && p.k >= (taps <= 9 ? 16 : 32) && p.k * taps * FASTCONV_VECTOR_BYTES <= (int64_t(4) << 20) &&
            taps * kDotRow<T> * static_cast<int64_t>(sizeof(T)) <= (int64_t(1) << 20);
 }

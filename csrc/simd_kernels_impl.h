@@ -228,7 +228,7 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
 // vectorised over filters (direct_backward_weights_impl.h).
 template <class T>
 void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
-    if constexpr (FASTCONV_VECTOR_BYTES == 64)  // AVX2 builds no im2col dL/dF (im2col_backward_weights_suits)
+    if constexpr (kIm2colDots)  // not instantiated where never taken
         if (im2col_backward_weights_suits<T>(p)) return im2col_backward_weights(p, grad_y, x, grad_weight);
     if (p.c_per_group() == 1) return plane_backward_weights(p, grad_y, x, grad_weight);
     direct_backward_weights(p, grad_y, x, grad_weight);

@@ -262,7 +262,7 @@ void run_type(std::vector<loops::LoopResult>& out, double seconds) {
     if constexpr (wide) out.push_back(dots_shared_loop<T, 5, 5, 2>(seconds));
     else out.push_back(dots_shared_loop<T, 3, 3, 4>(seconds));
     out.push_back(filter_dots_loop<T, FilterDotsMost::filters, FilterDotsMost::taps>(seconds));
-    if constexpr (wide) out.push_back(im2col_dots_loop<T, kDotFilters, kDotTaps>(seconds));  // AVX-512 only
+    if constexpr (kIm2colDots) out.push_back(im2col_dots_loop<T, kDotFilters, kDotTaps>(seconds));
 }
 
 }  // namespace loops_detail
