@@ -200,11 +200,16 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     // Output rows [oh0, oh1) of image n for the filters k0... (nk of them)
     // whose packed weights are wb, from the window at base: every pixel block
     // over one chunk of taps, then over the next, the sums carried in result.
+    // The rows of `next` (the next window's input) are fetched a share per
+    // output row and chunk.
     const auto run_block = [&](const T* base, const T* wb, T* result, T* line, int64_t n, int64_t k0, int64_t nk,
-                               int64_t oh0, int64_t oh1) {
+                               int64_t oh0, int64_t oh1, const RowFetch& next) {
+        const int64_t steps = chunks.count * (oh1 - oh0);
         for (int64_t chunk = 0; chunk < chunks.count; ++chunk) {
             const bool last_chunk = chunk == chunks.count - 1;
             for (int64_t oh = oh0; oh < oh1; ++oh) {
+                const int64_t step = chunk * (oh1 - oh0) + (oh - oh0);
+                next.template fetch<true>(next.end * step / steps, next.end * (step + 1) / steps);
                 const T* row = base + (oh - oh0) * p.stride_h * win.pitch;
                 T* const row_result = result + (slot_rows > 1 ? (oh - oh0) * row_slot : 0);
                 T* const out = y + n * p.ys.n + k0 * p.ys.c + oh * p.ys.h;
@@ -328,6 +333,17 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                     base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window);
                     window_of = g * windows + at.item;
                 }
+                // The next window, which this thread most likely copies next (a
+                // range's units go window by window), is fetched into L2 while
+                // the first block runs: the copy waited on its input rows (7.5 %
+                // of rect_1x7's forward, 64 channels of 28 x 28; 3 % faster
+                // now, Zen 4). Fetched into L1, they evicted this window and
+                // the weights, and the micro-kernel waited instead.
+                RowFetch next_window{};
+                if (!win.in_place && at.item + 1 < windows) {
+                    const int64_t next_n = (at.item + 1) / row_blocks, next_rb = (at.item + 1) % row_blocks;
+                    next_window = win.source(p, x + next_n * p.xs.n + g * cg * p.xs.c, next_rb * win.out_rows);
+                }
                 // Filter blocks outermost: one block's weights stay in cache for all the rows.
                 for (int64_t kb = at.block; kb < at.block + (u_end - u); ++kb) {
                     if (block_range[kb - at.first] != at.range) {  // packed when first used: it is in cache for its first window
@@ -336,7 +352,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                     }
                     const T* wb = packed + (kb - at.first) * ntaps * F;
                     const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
-                    run_block(base, wb, result, line, n, k0, nk, oh0, oh1);
+                    run_block(base, wb, result, line, n, k0, nk, oh0, oh1, kb == at.block ? next_window : RowFetch{});
                 }
             }
             if (by_range) team_barrier();  // the round's units all done before the next round packs over them
