@@ -336,9 +336,9 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                 // The next window, which this thread most likely copies next (a
                 // range's units go window by window), is fetched into L2 while
                 // the first block runs: the copy waited on its input rows (7.5 %
-                // of rect_1x7's forward, 64 channels of 28 x 28; 3 % faster
-                // now, Zen 4). Fetched into L1, they evicted this window and
-                // the weights, and the micro-kernel waited instead.
+                // of rect_1x7's AVX-512 float32 forward, 64 channels of 28 x
+                // 28; 3 % faster now, Zen 4). Fetched into L1, they evicted
+                // this window and the weights, and the micro-kernel waited.
                 RowFetch next_window{};
                 if (!win.in_place && at.item + 1 < windows) {
                     const int64_t next_n = (at.item + 1) / row_blocks, next_rb = (at.item + 1) % row_blocks;

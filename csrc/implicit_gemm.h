@@ -100,6 +100,7 @@ struct RowFetch {
         for (uintptr_t a = reinterpret_cast<uintptr_t>(p) & ~uintptr_t(63); a <= last; a += 64)
             line<kToL2>(reinterpret_cast<const char*>(a));
     }
+    // Rows [from, to), into L1 (or, with kToL2, into L2 only).
     template <bool kToL2 = false>
     void fetch(int64_t from, int64_t to) const {
         if (from >= to || !x) return;
@@ -315,7 +316,8 @@ inline void transpose_tile(const T* __restrict in, int64_t ldi, T* __restrict ou
     using V = typename Simd<T>::vec;
     V r[L];
     // Unrolled, or GCC keeps r on the stack for AVX2's 8 x 8 floats and
-    // copies it out 16 bytes at a time (4 % of a cifar forward).
+    // copies it out 16 bytes at a time (this function: 3.9 % of an AVX2
+    // cifar forward's time, 2.8 % unrolled; Zen 4).
 #pragma GCC unroll 16
     for (int i = 0; i < L; ++i) r[i] = load<V>(in + i * ldi);
     transpose_round<V, L, L / 2>(r, std::make_index_sequence<L>{});
