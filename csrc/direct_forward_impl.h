@@ -209,7 +209,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
             const bool last_chunk = chunk == chunks.count - 1;
             for (int64_t oh = oh0; oh < oh1; ++oh) {
                 const int64_t step = chunk * (oh1 - oh0) + (oh - oh0);
-                next.template fetch<true>(next.end * step / steps, next.end * (step + 1) / steps);
+                next.fetch<true>(next.end * step / steps, next.end * (step + 1) / steps);
                 const T* row = base + (oh - oh0) * p.stride_h * win.pitch;
                 T* const row_result = result + (slot_rows > 1 ? (oh - oh0) * row_slot : 0);
                 T* const out = y + n * p.ys.n + k0 * p.ys.c + oh * p.ys.h;
@@ -339,8 +339,9 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                 // of rect_1x7's AVX-512 float32 forward, 64 channels of 28 x
                 // 28; 3 % faster now, Zen 4). Fetched into L1, they evicted
                 // this window and the weights, and the micro-kernel waited.
+                // (A window read in place has no rows to fetch: source says so.)
                 RowFetch next_window{};
-                if (!win.in_place && at.item + 1 < windows) {
+                if (at.item + 1 < windows) {
                     const int64_t next_n = (at.item + 1) / row_blocks, next_rb = (at.item + 1) % row_blocks;
                     next_window = win.source(p, x + next_n * p.xs.n + g * cg * p.xs.c, next_rb * win.out_rows);
                 }
