@@ -98,6 +98,14 @@ KERNELS: list[Kernel] = [
         _NS + r"rows_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+)>\(",
         hot=lambda a: (a["mr"] * a["nr"] * a["nv"], a["mr"]),
     ),
+    # The same for one filter: one input vector loaded per FMA, the most loads.
+    Kernel(
+        "rows_one_filter",
+        "row_direct_impl.h",
+        _NS + r"rows_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+)>\(",
+        hot=lambda a: (a["nr"] * a["nv"], a["nv"]),
+        where=lambda a: a["mr"] == 1,
+    ),
     # Shared-rows kernel of a 3x3 layer with 2-3 filters (row direct).
     Kernel(
         "rows_shared",

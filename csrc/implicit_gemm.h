@@ -272,12 +272,31 @@ inline void fma_into(V& acc, const V a, const V b) {
 // again: 46 % on skylake-avx512), so GCC could move it past a store to what
 // it reads: use it only in a kernel called through a function pointer (the
 // RowsShared tables), whose caller's stores all come before the call.
-template <class V, int M>
+// D: a constant displacement in bytes, in the instruction rather than in a
+// register of its own.
+template <class V, int M, int D = 0>
 inline V load_scaled(const char* base, int64_t index) {
     static_assert(M == 1 || M == 2 || M == 4 || M == 8);
     V v;
-    asm("vmovups (%1,%2,%c3), %0" : "=v"(v) : "r"(base), "r"(index), "i"(M) : );
+    if constexpr (D == 0) asm("vmovups (%1,%2,%c3), %0" : "=v"(v) : "r"(base), "r"(index), "i"(M) : );
+    else asm("vmovups %c4(%1,%2,%c3), %0" : "=v"(v) : "r"(base), "r"(index), "i"(M), "i"(D) : );
     return v;
+}
+
+// acc += w * the vector at base + M * index + D bytes (M 0: base + D), the
+// load folded into the FMA, for a kernel that uses each vector it loads
+// once: separate 512-bit loads count two micro-ops each, one on an FMA port,
+// in llvm-mca's Skylake-server model. The caveat of load_scaled holds.
+template <class T, int M, int D, class V>
+inline void fma_scaled(V& acc, const V w, const char* base, int64_t index) {
+    static_assert(M == 0 || M == 1 || M == 2 || M == 4 || M == 8);
+    if constexpr (std::is_same_v<T, float>) {
+        if constexpr (M == 0) asm("vfmadd231ps %c3(%2), %1, %0" : "+v"(acc) : "v"(w), "r"(base), "i"(D));
+        else asm("vfmadd231ps %c5(%2,%3,%c4), %1, %0" : "+v"(acc) : "v"(w), "r"(base), "r"(index), "i"(M), "i"(D));
+    } else {
+        if constexpr (M == 0) asm("vfmadd231pd %c3(%2), %1, %0" : "+v"(acc) : "v"(w), "r"(base), "i"(D));
+        else asm("vfmadd231pd %c5(%2,%3,%c4), %1, %0" : "+v"(acc) : "v"(w), "r"(base), "r"(index), "i"(M), "i"(D));
+    }
 }
 
 // out[i * ldo + j] = in[j * ldi + i], i, j < L = kLanes<T>: an L x L tile

@@ -53,54 +53,179 @@ bool row_direct_suits(const ConvShape& p) {
 // = sum over taps j of a[j * MR + i] * base[offset[j] + r * row_step + pixel].
 // A few filters give the GEMM micro-kernel too few rows of accumulators to
 // hide the FMA latency; rows of output multiply them.
+// The taps go kernel row by kernel row, S of them dil_w apart
+// (InputWindow::offset): one offset load per kernel row, then a pointer
+// stepped along it. One filter does one FMA per input vector loaded, so an
+// offset load and a broadcast beside them per tap had an Intel core's two
+// load ports as the limit (llvm-mca skylake-avx512: 79.8 % of the FMA peak
+// for one filter of 4 rows x 2 vectors; see rows_per_call for the sums).
+// Output rows addressed from anchor rows: row r is read as anchor_row(r) +
+// m rows, m in {0, 1, 2, 4, 8} (x86's scaled index), so that NR rows take a
+// few address registers rather than one each. Anchors: the rows that no
+// earlier anchor reaches (0, 3, 6, 9 of 12).
+constexpr bool scaled_step(int m) { return m == 0 || m == 1 || m == 2 || m == 4 || m == 8; }
+constexpr bool is_anchor_row(int r) {
+    for (int a = 0; a < r; ++a)
+        if (is_anchor_row(a) && scaled_step(r - a)) return false;
+    return true;
+}
+constexpr int anchor_row(int r) {
+    for (int a = 0; a < r; ++a)
+        if (is_anchor_row(a) && scaled_step(r - a)) return a;
+    return r;
+}
+// anchor_row of rows 0 .. 15, worked out at compile time (GCC called the
+// functions at run time from the unrolled loops).
+struct AnchorRows {
+    int of[16];
+    constexpr AnchorRows() : of{} {
+        for (int r = 0; r < 16; ++r) of[r] = anchor_row(r);
+    }
+};
+
 template <class T, int MR, int NR, int NV>
-void rows_micro(const T* __restrict base, int64_t row_step, const int64_t* __restrict offset, int64_t ntaps,
-                const T* __restrict a, T* __restrict c) {
+void rows_micro(const T* __restrict base, int64_t row_step, const int64_t* __restrict offset, int64_t ntaps, int64_t S,
+                int64_t dil_w, const T* __restrict a, T* __restrict c) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>, W = NV * kLanes<T>;
     V acc[MR][NR][NV];
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 16
         for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) acc[i][r][v] = V{};
-    // Where registers are left over, as in rows_shared_micro: each FMA into
-    // its sum's own register (llvm-mca skylake-avx512, 3 filters x 2 rows x 3
-    // vectors: 89.9 % with GCC's moves).
-    constexpr bool kPinned = MR * NR * NV + NR * NV + MR < kVectorRegisters;
-    const T* row_base[NR];  // output row r's input row at row_base[r] + offset[j]: no address arithmetic per tap
-#pragma GCC unroll 4
-    for (int r = 0; r < NR; ++r) row_base[r] = base + r * row_step;
-    for (int64_t j = 0; j < ntaps; ++j) {
-        V bv[NR][NV];
-#pragma GCC unroll 4
+    // Where registers are left over, each FMA into its sum's own register
+    // (llvm-mca skylake-avx512, 3 filters x 2 rows x 3 vectors: 89.9 % with
+    // GCC's moves).
+    constexpr bool kPinned = MR * NR * NV + MR + 1 < kVectorRegisters;
+    // Where the registers hold them, a tap's input vectors are all loaded
+    // first, then each filter's weight broadcast for its FMAs (AVX-512, 3
+    // filters x 2 rows x 3 vectors: 96.3 % on skylake-avx512, 81.7 % in the
+    // order below, where GCC moved sums about); else, as AVX2's 3 filters x 4
+    // rows must (17 registers), each vector serves its MR FMAs as it comes.
+    // One filter takes the second order whatever the registers.
+    constexpr bool kLoadFirst = MR > 1 && MR * NR * NV + NR * NV + 1 <= kVectorRegisters;
+    // With 6 or 12 rows GCC kept an address register per row, and the
+    // weights' pointer and the step went to the stack (one filter of 6 rows
+    // x 2 vectors, AVX2: two stack loads a tap, 79.9 % on skylake-avx512).
+    const int64_t row_bytes = row_step * static_cast<int64_t>(sizeof(T));
+    static_assert(NR <= 16);
+    constexpr AnchorRows rows{};
+    const T* anchor[NR];
+    // Vector v of output row r's input at the current tap (r, v constants
+    // once the loops are unrolled; v's offset a displacement in the load).
+    const auto vector_at = [&](int r, auto vc) -> V {
+        constexpr int D = decltype(vc)::value * L * static_cast<int>(sizeof(T));
+        const char* at = reinterpret_cast<const char*>(anchor[rows.of[r]]);
+        switch (r - rows.of[r]) {
+            case 1: return load_scaled<V, 1, D>(at, row_bytes);
+            case 2: return load_scaled<V, 2, D>(at, row_bytes);
+            case 4: return load_scaled<V, 4, D>(at, row_bytes);
+            case 8: return load_scaled<V, 8, D>(at, row_bytes);
+            default: return load<V>(reinterpret_cast<const T*>(at + D));
+        }
+    };
+    static_assert(NV <= 3);
+    const auto row_vector = [&](int r, int v) -> V {
+        switch (v) {
+            case 0: return vector_at(r, std::integral_constant<int, 0>{});
+            case 1: return vector_at(r, std::integral_constant<int, 1>{});
+            default: return vector_at(r, std::integral_constant<int, 2>{});
+        }
+    };
+    // acc += w * row_vector(r, v), the load folded into the FMA.
+    const auto fma_vector_at = [&](V& sum, const V w, int r, auto vc) {
+        constexpr int D = decltype(vc)::value * L * static_cast<int>(sizeof(T));
+        const char* at = reinterpret_cast<const char*>(anchor[rows.of[r]]);
+        switch (r - rows.of[r]) {
+            case 1: return fma_scaled<T, 1, D>(sum, w, at, row_bytes);
+            case 2: return fma_scaled<T, 2, D>(sum, w, at, row_bytes);
+            case 4: return fma_scaled<T, 4, D>(sum, w, at, row_bytes);
+            case 8: return fma_scaled<T, 8, D>(sum, w, at, row_bytes);
+            default: return fma_scaled<T, 0, D>(sum, w, at, 0);
+        }
+    };
+    const auto fma_row_vector = [&](V& sum, const V w, int r, int v) {
+        switch (v) {
+            case 0: return fma_vector_at(sum, w, r, std::integral_constant<int, 0>{});
+            case 1: return fma_vector_at(sum, w, r, std::integral_constant<int, 1>{});
+            default: return fma_vector_at(sum, w, r, std::integral_constant<int, 2>{});
+        }
+    };
+    for (int64_t j0 = 0; j0 < ntaps; j0 += S) {
+#pragma GCC unroll 16
         for (int r = 0; r < NR; ++r)
+            if (rows.of[r] == r) anchor[r] = base + offset[j0] + r * row_step;
+        const T* w_at = a + j0 * MR;
+        for (int64_t ks = 0; ks < S; ++ks, w_at += MR) {
+            if constexpr (kLoadFirst) {
+                V bv[NR][NV];
+#pragma GCC unroll 16
+                for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 4
-            for (int v = 0; v < NV; ++v) bv[r][v] = load<V>(row_base[r] + offset[j] + v * L);
+                    for (int v = 0; v < NV; ++v) {
+                        bv[r][v] = row_vector(r, v);
+                        // Held in a register: GCC loaded row 0 (a plain load)
+                        // again for every filter (AVX-512, 3 filters x 2 rows
+                        // x 2 vectors: 8 loads per 12 FMAs, 25 % slower on Zen 4).
+                        if constexpr (kPinned) asm("" : "+v"(bv[r][v]));
+                    }
 #pragma GCC unroll 4
-        for (int i = 0; i < MR; ++i) {
-            const V w = splat<V>(a[j * MR + i]);
+                for (int i = 0; i < MR; ++i) {
+                    const V w = splat<V>(w_at[i]);
+#pragma GCC unroll 16
+                    for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 4
-            for (int r = 0; r < NR; ++r)
-#pragma GCC unroll 4
-                for (int v = 0; v < NV; ++v) {
-                    if constexpr (kPinned) fma_into(acc[i][r][v], w, bv[r][v]);
-                    else acc[i][r][v] += w * bv[r][v];
+                        for (int v = 0; v < NV; ++v) {
+                            if constexpr (kPinned) fma_into(acc[i][r][v], w, bv[r][v]);
+                            else acc[i][r][v] += w * bv[r][v];
+                        }
                 }
+            } else {
+                V w[MR];
+#pragma GCC unroll 4
+                for (int i = 0; i < MR; ++i) w[i] = splat<V>(w_at[i]);
+                // Each input vector loaded once, for its MR FMAs.
+#pragma GCC unroll 16
+                for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 4
+                    for (int v = 0; v < NV; ++v) {
+                        if constexpr (MR == 1) {  // one FMA per vector: the load folded into it
+                            fma_row_vector(acc[0][r][v], w[0], r, v);
+                            continue;
+                        }
+                        const V b = row_vector(r, v);
+#pragma GCC unroll 4
+                        for (int i = 0; i < MR; ++i) {
+                            if constexpr (kPinned) fma_into(acc[i][r][v], w[i], b);
+                            else acc[i][r][v] += w[i] * b;
+                        }
+                    }
+            }
+#pragma GCC unroll 16
+            for (int r = 0; r < NR; ++r)
+                if (rows.of[r] == r) anchor[r] += dil_w;
         }
     }
 #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
+#pragma GCC unroll 16
         for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 4
             for (int v = 0; v < NV; ++v) store(c + (i * NR + r) * W + v * L, acc[i][r][v]);
 }
 
-// Output rows per call: 4 for one filter, 2 for two or three.
+// Output rows per call of rows_micro with `filters` filters (at most 3) of
+// `vectors` vectors: 12 sums (at least 2 rows), so that the two FMA ports,
+// of latency 4, always have 8 independent FMAs at hand, and so that one
+// filter loads 13 vectors per 12 FMAs (12 rows and a weight, within AVX2's
+// 16 registers). With 4 rows of 1 or 2 vectors, 2 rows of 2 or 3 filters,
+// the sums were 4-8: latency-bound.
 constexpr int kRowsFilters = 3;
-constexpr int rows_per_call(int filters) { return filters == 1 ? 4 : 2; }
+constexpr int rows_per_call(int filters, int vectors) {
+    return 12 / (filters * vectors) > 2 ? 12 / (filters * vectors) : 2;
+}
 
 // Whether tiles of `filters` filters take one vector of pixels, whatever the
 // row width: on AVX2 for two or three, whose sums over two vectors with the
@@ -112,7 +237,7 @@ constexpr bool one_vector(int filters) {
 }
 
 template <class T>
-using RowsMicro = void (*)(const T*, int64_t, const int64_t*, int64_t, const T*, T*);
+using RowsMicro = void (*)(const T*, int64_t, const int64_t*, int64_t, int64_t, int64_t, const T*, T*);
 
 template <class T, int MR, int NV, int... R>
 RowsMicro<T> pick_rows_micro(int rows, std::integer_sequence<int, R...>) {
@@ -120,12 +245,16 @@ RowsMicro<T> pick_rows_micro(int rows, std::integer_sequence<int, R...>) {
     return table[rows - 1];
 }
 
+template <class T, int MR, int NV>
+RowsMicro<T> rows_micro_for_vectors(int rows) {
+    return pick_rows_micro<T, MR, NV>(rows, std::make_integer_sequence<int, rows_per_call(MR, NV)>{});
+}
+
 template <class T, int MR>
 RowsMicro<T> rows_micro_for_filters(int rows, int nv) {
-    constexpr auto R = std::make_integer_sequence<int, rows_per_call(MR)>{};
-    if constexpr (one_vector(MR)) return pick_rows_micro<T, MR, 1>(rows, R);
-    else return nv == 1 ? pick_rows_micro<T, MR, 1>(rows, R) : nv == 2 ? pick_rows_micro<T, MR, 2>(rows, R)
-                                                                  : pick_rows_micro<T, MR, kVectorsPerTile>(rows, R);
+    if constexpr (one_vector(MR)) return rows_micro_for_vectors<T, MR, 1>(rows);
+    else return nv == 1 ? rows_micro_for_vectors<T, MR, 1>(rows) : nv == 2 ? rows_micro_for_vectors<T, MR, 2>(rows)
+                                                                  : rows_micro_for_vectors<T, MR, kVectorsPerTile>(rows);
 }
 
 template <class T>
@@ -180,12 +309,13 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
     // Few filters at row stride and dilation 1: window rows shared among kernel rows.
     const RowsShared<T> shared = kg <= kRowsFilters && p.stride_h == 1 && p.dil_h == 1 ? shared_micro_for<T>(mr, nv, p.r) : nullptr;
     const int shared_nr = kg <= kRowsFilters ? (nv == 1 ? shared_rows(mr, 1) : nv == 2 ? shared_rows(mr, 2) : shared_rows(mr, kVectorsPerTile)) : 0;
+    const int nr = kg <= kRowsFilters ? rows_per_call(mr, nv) : 1;  // rows per rows_micro call
     // Few filters: taller windows, as the rows copied twice cost more beside
     // their arithmetic (a 5x5 kernel's dL/dx over 28-row images: 5% faster),
-    // and a whole number of shared-rows calls each.
+    // and a whole number of calls each (of the shared-rows kernel if any).
+    const int rows_unit = shared ? shared_nr : nr;
     const int64_t most_rows = kg > kRowsFilters ? InputWindow::kRows
-                              : shared          ? std::max<int64_t>(shared_nr, InputWindow::kMaxRows / shared_nr * shared_nr)
-                                                : InputWindow::kMaxRows;
+                                                : std::max<int64_t>(rows_unit, InputWindow::kMaxRows / rows_unit * rows_unit);
     const InputWindow win(p, tiles_per_row * W, most_rows);
     const LiveTaps live(p);
     const int64_t row_blocks = (p.out_h + win.out_rows - 1) / win.out_rows;
@@ -200,7 +330,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
     const int64_t tasks = p.n * p.groups * row_blocks;
 
     PerThread<T> window_mem(win.size()),
-        result_mem((mr <= kRowsFilters ? mr * std::max(rows_per_call(mr), shared_nr) : mr) * W);
+        result_mem((mr <= kRowsFilters ? mr * std::max(nr, shared_nr) : mr) * W);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const window = window_mem.get();
         T* const result = result_mem.get();
@@ -212,7 +342,6 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
             const T* a = a_packed.data() + g * ntaps * kg;
             if (kg <= kRowsFilters) {  // rows of output per call, every tap (those in the padding read the window's zeros)
                 const int64_t row_step = p.stride_h * win.pitch;
-                const int nr = rows_per_call(mr);
                 // The next task's window, which this thread most likely copies
                 // next (a static schedule), is fetched a share per call: few
                 // filters do little arithmetic per input value, and the copy
@@ -238,7 +367,7 @@ void row_direct_forward(const ConvShape& p, const T* x, WeightOf weight_of, cons
                         // filled the queue and the core waited on them: a float64
                         // one-channel backward took 13.9 ms, 10.4 ms now (Zen 5).
                         if (whole) shared(first, row_step, win.offset.data(), cg, p.s, a, nullptr, result, W, &share);
-                        else share.fetch(share.first, share.end), rows_call(first, row_step, win.offset.data(), ntaps, a, result);
+                        else share.fetch(share.first, share.end), rows_call(first, row_step, win.offset.data(), ntaps, p.s, p.dil_w, a, result);
                         for (int64_t i = 0; i < kg; ++i) {
                             const T b = bias ? bias[g * kg + i] : T(0);
                             for (int r = 0; r < rows; ++r) {

@@ -117,16 +117,16 @@ loops::LoopResult backward_weights_loop(double seconds) {
             type_name<T>(), double(NJ * NK * rows * width), s};
 }
 
-// rows_micro: MR filters x NR rows x NV vectors over 96 taps.
+// rows_micro: MR filters x NR rows x NV vectors over 96 taps of 3-wide kernel rows.
 template <class T, int MR, int NR, int NV>
-loops::LoopResult rows_loop(double seconds) {
+loops::LoopResult rows_loop(const char* kernel, double seconds) {
     constexpr int64_t W = NV * kLanes<T>, row_step = W + 16, ntaps = 96;
     Buffer<T> base(12 * row_step + NR * row_step + W), a(ntaps * MR), c(MR * NR * W);
     std::vector<int64_t> offset(ntaps);  // taps (channel, kr, ks) of a 3x3 kernel, 4 channels' rows in turn
     for (int64_t j = 0; j < ntaps; ++j) offset[static_cast<size_t>(j)] = (j / 3 % 12) * row_step + j % 3;
     RowsMicro<T> volatile fn = &rows_micro<T, MR, NR, NV>;
-    const double s = seconds_per_call([&] { fn(base.data, row_step, offset.data(), ntaps, a.data, c.data); }, seconds);
-    return {"rows", "rows_micro<" + std::string(type_name<T>()) + ", " + std::to_string(MR) + ", " + std::to_string(NR) + ", " + std::to_string(NV) + ">",
+    const double s = seconds_per_call([&] { fn(base.data, row_step, offset.data(), ntaps, 3, 1, a.data, c.data); }, seconds);
+    return {kernel, "rows_micro<" + std::string(type_name<T>()) + ", " + std::to_string(MR) + ", " + std::to_string(NR) + ", " + std::to_string(NV) + ">",
             type_name<T>(), double(ntaps * MR * NR * NV), s};
 }
 
@@ -248,10 +248,12 @@ void run_type(std::vector<loops::LoopResult>& out, double seconds) {
     out.push_back(gemm_loop<T, FASTCONV_MR, FASTCONV_NV>(seconds));
     out.push_back(backward_weights_loop<T, FASTCONV_BW_NJ, FASTCONV_BW_NK>(seconds));
     if constexpr (wide) {
-        out.push_back(rows_loop<T, 3, 2, 3>(seconds));
+        out.push_back(rows_loop<T, 3, 2, 3>("rows", seconds));
+        out.push_back(rows_loop<T, 1, rows_per_call(1, 3), 3>("rows_one_filter", seconds));
         out.push_back(rows_shared_loop<T, 3, 2, 3>("rows_shared", seconds));
     } else {
-        out.push_back(rows_loop<T, 1, 4, 2>(seconds));
+        out.push_back(rows_loop<T, 3, rows_per_call(3, 1), 1>("rows", seconds));
+        out.push_back(rows_loop<T, 1, rows_per_call(1, 2), 2>("rows_one_filter", seconds));
         out.push_back(rows_shared_loop<T, 3, shared_rows(3, 1), 1>("rows_shared", seconds));
     }
     out.push_back(rows_shared_loop<T, 1, kSharedPlaneRows, 2>("dw_fwd_shared", seconds));
