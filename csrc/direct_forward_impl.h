@@ -132,7 +132,7 @@ void write_row(const T* __restrict result, int64_t out_w, int64_t nk, const T* _
             T b[L];
             for (int i = 0; i < L; ++i) b[i] = bias ? bias[f0 + i] : T(0);
             int64_t t = 0;
-            for (; t + L <= out_w; t += L) transpose_tile_add(result + t * F + f0, F, b, y + f0 * ys.c + t, ys.c);
+            for (; t + L <= out_w; t += L) transpose_tile<T, true>(result + t * F + f0, F, y + f0 * ys.c + t, ys.c, b);
             for (; t < out_w; ++t)
                 for (int i = 0; i < L; ++i) y[(f0 + i) * ys.c + t] = result[t * F + f0 + i] + b[i];
             continue;

@@ -328,8 +328,11 @@ inline void transpose_round(V (&r)[L], std::index_sequence<K...> lanes) {
 }
 #endif
 
-template <class T>
-inline void transpose_tile(const T* __restrict in, int64_t ldi, T* __restrict out, int64_t ldo) {
+// kAdd: out[i * ldo + j] = in[j * ldi + i] + add[i], a value added to each
+// output row (a filter's bias).
+template <class T, bool kAdd = false>
+inline void transpose_tile(const T* __restrict in, int64_t ldi, T* __restrict out, int64_t ldo,
+                           const T* __restrict add = nullptr) {
     constexpr int L = kLanes<T>;
 #ifdef FASTCONV_HAS_SHUFFLEVECTOR
     using V = typename Simd<T>::vec;
@@ -341,30 +344,16 @@ inline void transpose_tile(const T* __restrict in, int64_t ldi, T* __restrict ou
     for (int i = 0; i < L; ++i) r[i] = load<V>(in + i * ldi);
     transpose_round<V, L, L / 2>(r, std::make_index_sequence<L>{});
 #pragma GCC unroll 16
-    for (int i = 0; i < L; ++i) store(out + i * ldo, r[i]);
+    for (int i = 0; i < L; ++i) {
+        if constexpr (kAdd) store(out + i * ldo, r[i] + add[i]);
+        else store(out + i * ldo, r[i]);
+    }
 #else
     for (int i = 0; i < L; ++i)
-        for (int j = 0; j < L; ++j) out[i * ldo + j] = in[j * ldi + i];
-#endif
-}
-
-// out[i * ldo + j] = in[j * ldi + i] + add[i]: transpose_tile with a value
-// added to each output row (a filter's bias).
-template <class T>
-inline void transpose_tile_add(const T* __restrict in, int64_t ldi, const T* __restrict add, T* __restrict out,
-                               int64_t ldo) {
-    constexpr int L = kLanes<T>;
-#ifdef FASTCONV_HAS_SHUFFLEVECTOR
-    using V = typename Simd<T>::vec;
-    V r[L];
-#pragma GCC unroll 16
-    for (int i = 0; i < L; ++i) r[i] = load<V>(in + i * ldi);
-    transpose_round<V, L, L / 2>(r, std::make_index_sequence<L>{});
-#pragma GCC unroll 16
-    for (int i = 0; i < L; ++i) store(out + i * ldo, r[i] + add[i]);
-#else
-    for (int i = 0; i < L; ++i)
-        for (int j = 0; j < L; ++j) out[i * ldo + j] = in[j * ldi + i] + add[i];
+        for (int j = 0; j < L; ++j) {
+            if constexpr (kAdd) out[i * ldo + j] = in[j * ldi + i] + add[i];
+            else out[i * ldo + j] = in[j * ldi + i];
+        }
 #endif
 }
 
