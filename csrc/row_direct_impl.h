@@ -62,7 +62,9 @@ bool row_direct_suits(const ConvShape& p) {
 // Output rows addressed from anchor rows: row r is read as anchor_row(r) +
 // m rows, m in {0, 1, 2, 4, 8} (x86's scaled index), so that NR rows take a
 // few address registers rather than one each. Anchors: the rows that no
-// earlier anchor reaches (0, 3, 6, 9 of 12).
+// earlier anchor reaches (0, 3, 6, 9 of 12). load_scaled and fma_scaled
+// declare no memory read: rows_micro is called only through RowsMicro
+// pointers, after its caller's stores to the window.
 constexpr bool scaled_step(int m) { return m == 0 || m == 1 || m == 2 || m == 4 || m == 8; }
 constexpr bool is_anchor_row(int r) {
     for (int a = 0; a < r; ++a)
