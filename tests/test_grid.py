@@ -154,13 +154,14 @@ def test_few_filters_sharing_window_rows(rng, dtype, filters, kernel, padding, w
 @pytest.mark.parametrize(
     "kernel,dilation", [((2, 3), 1), ((6, 2), 1), ((1, 7), 1), ((3, 3), 2)], ids=["2x3", "6x2", "1x7", "3x3-dil2"]
 )
-@pytest.mark.parametrize("width", [7, 17, 40])
+@pytest.mark.parametrize("width", [7, 14, 17, 40])
 def test_few_filters_rows_at_once_without_shared_rows(rng, dtype, filters, kernel, dilation, width):
     # One to three filters (and three input channels for dL/dX) where no
     # shared-rows kernel fits (kernel heights 1, 2, 6; dilation 2): the
     # pixel-vectorised kernel of 12 sums per call (12, 6 or 4 rows of one
     # filter, 6 or 4 of two or three), taps kernel row by kernel row. 37 rows
-    # leave rows over after windows of 12; widths of 1, 2 and 3 vectors.
+    # leave rows over after windows of 12 or 16; the widths take 1 vector
+    # (7), 2 (14 with AVX2, 17 with AVX-512) and 3 (40 with AVX-512).
     run_case(rng, dtype, 2, 3, 37, width, filters, kernel, 1, dilation, 1, "same")
 
 
