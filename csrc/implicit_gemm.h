@@ -273,12 +273,14 @@ inline void fma_into(V& acc, const V a, const V b) {
 // it reads: use it only in a kernel called through a function pointer (the
 // RowsShared tables), whose caller's stores all come before the call.
 // D: a constant displacement in bytes, in the instruction rather than in a
-// register of its own.
+// register of its own. M 0: base + D, no index (a load GCC cannot repeat
+// in place of keeping its value in a register).
 template <class V, int M, int D = 0>
 inline V load_scaled(const char* base, int64_t index) {
-    static_assert(M == 1 || M == 2 || M == 4 || M == 8);
+    static_assert(M == 0 || M == 1 || M == 2 || M == 4 || M == 8);
     V v;
-    if constexpr (D == 0) asm("vmovups (%1,%2,%c3), %0" : "=v"(v) : "r"(base), "r"(index), "i"(M) : );
+    if constexpr (M == 0) asm("vmovups %c2(%1), %0" : "=v"(v) : "r"(base), "i"(D) : );
+    else if constexpr (D == 0) asm("vmovups (%1,%2,%c3), %0" : "=v"(v) : "r"(base), "r"(index), "i"(M) : );
     else asm("vmovups %c4(%1,%2,%c3), %0" : "=v"(v) : "r"(base), "r"(index), "i"(M), "i"(D) : );
     return v;
 }

@@ -117,6 +117,11 @@ void rows_micro(const T* __restrict base, int64_t row_step, const int64_t* __res
     const T* anchor[NR];
     // Vector v of output row r's input at the current tap (r, v constants
     // once the loops are unrolled; v's offset a displacement in the load).
+    // Row 0 too through asm: a plain load GCC repeated for every filter
+    // rather than hold it (AVX-512, 3 filters x 2 rows x 2 vectors: 8 loads
+    // per 12 FMAs, 25 % slower on Zen 4); pinning the vectors in registers
+    // instead (an empty asm) made it move the third filter's sums about
+    // (3 filters x 2 rows x 3 vectors: 64.3 % on skylake-avx512).
     const auto vector_at = [&](int r, auto vc) -> V {
         constexpr int D = decltype(vc)::value * L * static_cast<int>(sizeof(T));
         const char* at = reinterpret_cast<const char*>(anchor[rows.of[r]]);
@@ -125,7 +130,7 @@ void rows_micro(const T* __restrict base, int64_t row_step, const int64_t* __res
             case 2: return load_scaled<V, 2, D>(at, row_bytes);
             case 4: return load_scaled<V, 4, D>(at, row_bytes);
             case 8: return load_scaled<V, 8, D>(at, row_bytes);
-            default: return load<V>(reinterpret_cast<const T*>(at + D));
+            default: return load_scaled<V, 0, D>(at, 0);
         }
     };
     static_assert(NV <= 3);
@@ -166,13 +171,7 @@ void rows_micro(const T* __restrict base, int64_t row_step, const int64_t* __res
 #pragma GCC unroll 16
                 for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 4
-                    for (int v = 0; v < NV; ++v) {
-                        bv[r][v] = row_vector(r, v);
-                        // Held in a register: GCC loaded row 0 (a plain load)
-                        // again for every filter (AVX-512, 3 filters x 2 rows
-                        // x 2 vectors: 8 loads per 12 FMAs, 25 % slower on Zen 4).
-                        if constexpr (kPinned) asm("" : "+v"(bv[r][v]));
-                    }
+                    for (int v = 0; v < NV; ++v) bv[r][v] = row_vector(r, v);
 #pragma GCC unroll 4
                 for (int i = 0; i < MR; ++i) {
                     const V w = splat<V>(w_at[i]);
