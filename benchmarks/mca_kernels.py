@@ -58,6 +58,8 @@ class Kernel:
 
 
 _NS = r"fastconv::{isa}::"
+# rows_micro<T, MR filters, NR rows, NV vectors>: two kernels below pick among its instances.
+_ROWS_MICRO = _NS + r"rows_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+)>\("
 # rows_shared_micro<T, MR filters, NR rows, NV vectors, R kernel rows>: three kernels below pick among its instances.
 _ROWS_SHARED = _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\("
 KERNELS: list[Kernel] = [
@@ -95,14 +97,14 @@ KERNELS: list[Kernel] = [
     Kernel(
         "rows",
         "row_direct_impl.h",
-        _NS + r"rows_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+)>\(",
+        _ROWS_MICRO,
         hot=lambda a: (a["mr"] * a["nr"] * a["nv"], a["mr"]),
     ),
     # The same for one filter: one input vector loaded per FMA, the most loads.
     Kernel(
         "rows_one_filter",
         "row_direct_impl.h",
-        _NS + r"rows_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+)>\(",
+        _ROWS_MICRO,
         hot=lambda a: (a["nr"] * a["nv"], a["nv"]),
         where=lambda a: a["mr"] == 1,
     ),
