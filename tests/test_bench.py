@@ -168,7 +168,6 @@ def test_fixed_cost_samples_are_spread_over_the_run(monkeypatch):
     time_all(
         dataclasses.replace(cfg, shapes=shapes),
         None,
-        {"float32": 1.0},
         Progress(1),
         HostCheck(enabled=False),
         fixed,
@@ -286,6 +285,26 @@ def test_a_cpu_without_vector_fma_gets_no_peak_share(tmp_path, capsys, monkeypat
     results = json.loads(path.read_text())["results"]
     assert results and all(r["timings"]["fastconv"]["pct_peak"] is None for r in results)
     assert "tiny" in capsys.readouterr().out
+
+
+def test_the_peak_is_the_higher_reading_before_and_after_the_timing(tmp_path, monkeypatch):
+    """A busy host only makes the FMA loop read low: a low first reading must
+    not raise every share of the peak."""
+    readings = iter([50.0, 100.0])  # float32 before the timing, then after it
+    monkeypatch.setattr("fastconv.bench.runner.measure_peak", lambda float64: next(readings))
+    path = tmp_path / "bench.json"
+    args = list(TINY)
+    args[args.index("--threads") + 1] = "1,2"
+    assert main(["bench", *args, "--dtype", "float32", "--no-host-check", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["peak_readings"] == {"before": {"float32": 50.0}, "after": {"float32": 100.0}}
+    assert report["peak_gflops_per_thread"] == {"float32": 100.0}
+    results = report["results"]
+    assert {r["threads"] for r in results} == {1, 2}
+    for r in results:
+        assert r["peak_gflops"] == 100.0 * r["threads"]
+        for timing in r["timings"].values():
+            assert timing["pct_peak"] == pytest.approx(100 * timing["gflops"] / (100.0 * r["threads"]))
 
 
 def test_two_thread_records_carry_their_scaling_over_one_thread(tmp_path):

@@ -18,11 +18,10 @@ from .suite import Shape
 from .timing import time_interleaved
 
 
-def time_all(
-    cfg: Config, torch: Any, peak: dict[str, float], progress: Progress, host: HostCheck, fixed: FixedCost
-) -> list[dict[str, Any]]:
+def time_all(cfg: Config, torch: Any, progress: Progress, host: HostCheck, fixed: FixedCost) -> list[dict[str, Any]]:
     """One record per thread count, dtype, shape and pass: every library's
-    timing. Before each case, a share of the fixed-cost samples."""
+    timing. Before each case, a share of the fixed-cost samples. Shares of
+    the peak come later (add_peak_shares), once the peak is known."""
     records = []
     for dtype in cfg.dtypes:
         for shape in cfg.shapes:
@@ -32,7 +31,7 @@ def time_all(
             for threads in cfg.threads:
                 for p in cfg.passes:
                     by_lib = {lib: t for (n, lib, q), t in timings.items() if (n, q) == (threads, p)}
-                    records.append(make_record(shape, dtype, threads, p, by_lib, peak[dtype] * threads))
+                    records.append(make_record(shape, dtype, threads, p, by_lib))
     add_thread_scaling(records)
     # Tables by thread count, then dtype, as the run is configured.
     order = {(t, d): i for i, (t, d) in enumerate((t, d) for t in cfg.threads for d in cfg.dtypes)}
@@ -53,14 +52,12 @@ def add_thread_scaling(records: list[dict[str, Any]]) -> None:
 
 
 def make_record(
-    shape: Shape, dtype: str, threads: int, pass_name: str, timings: dict[str, dict[str, Any]], peak: float
+    shape: Shape, dtype: str, threads: int, pass_name: str, timings: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:
-    """Timings plus GFLOP/s, % of peak and the speed-up over PyTorch."""
+    """Timings plus GFLOP/s and the speed-up over PyTorch."""
     flops = shape.flops(pass_name)
     for timing in timings.values():
         timing["gflops"] = flops / (timing["median_ms"] * 1e6)
-        # No vector FMA (a CPU with neither AVX2 nor AVX-512) measures no peak.
-        timing["pct_peak"] = 100 * timing["gflops"] / peak if peak > 0 else None
     torch_ms = timings.get("torch", {}).get("median_ms")
     return {
         "shape": shape.name,
@@ -69,10 +66,20 @@ def make_record(
         "threads": threads,
         "pass": pass_name,
         "flops": flops,
-        "peak_gflops": peak,
         "timings": timings,
         "speedup_vs_torch": torch_ms / timings["fastconv"]["median_ms"] if torch_ms else None,
     }
+
+
+def add_peak_shares(records: list[dict[str, Any]], peak_per_thread: dict[str, float]) -> None:
+    """Each record's peak (the dtype's 1-thread peak times its threads) and
+    every library's % of it; none where no peak was measured (a CPU with
+    neither AVX2 nor AVX-512 has no vector FMA loop)."""
+    for r in records:
+        peak = peak_per_thread[r["dtype"]] * r["threads"]
+        r["peak_gflops"] = peak
+        for timing in r["timings"].values():
+            timing["pct_peak"] = 100 * timing["gflops"] / peak if peak > 0 else None
 
 
 def geomean_speedups(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
