@@ -63,13 +63,13 @@ def run_bench(cfg: Config, isa: str | None, json_path: str | None, plot_path: st
         finally:
             progress.close()
         # Measured again after the timing: another process taking the core only
-        # ever makes the loop read low, so the higher reading of the two (and
-        # of the host check's) is the peak. One low reading had put every share
-        # 9 % high (94.5 GFLOP/s against 103.6 on a busy Zen 3).
+        # ever makes the loop read low, so the highest reading -- before, after,
+        # and the host check's own float32 one -- is the peak. One low reading
+        # had put every share 9 % high (94.5 GFLOP/s against 103.6, busy Zen 3).
         peak_after = {d: measure_peak(d == "float64") for d in cfg.dtypes}
-        if "float32" in peak_after:
-            peak_after["float32"] = max(peak_after["float32"], host.peak)
         peak = {d: max(peak_before[d], peak_after[d]) for d in cfg.dtypes}
+        if "float32" in peak:
+            peak["float32"] = max(peak["float32"], host.peak)  # 0 without the host check
         report.update(peak_gflops_per_thread=peak, peak_readings={"before": peak_before, "after": peak_after})
         add_peak_shares(report["results"], peak)
     report["geomean"] = geomean_speedups(report["results"])
