@@ -24,12 +24,12 @@
 
 namespace fastconv::FASTCONV_ISA {
 
-// acc[p][f] += w[f] * in[p * sw] for the pixels p in [P0, P1) of one tap and
-// NK vectors of filters f. SW > 0 is sw known at compile time: each pixel's
+// acc[p][f] += w[f] * in[p * sw] for the NP pixels p of one tap and NK
+// vectors of filters f. SW > 0 is sw known at compile time: each pixel's
 // input is then a constant offset from the tap's, where a run-time stride
 // costs a chain of address adds per tap, which on a core with two 512-bit FMA
 // ports competes with the FMAs for the ports.
-template <int P0, int P1, int SW, class T, class V, int NP, int NK>
+template <int SW, class T, class V, int NP, int NK>
 __attribute__((always_inline)) inline void direct_tap(V (&acc)[NP][NK], const T* __restrict in, int64_t sw,
                                                       const T* __restrict w) {
     constexpr int L = kLanes<T>;
@@ -38,7 +38,7 @@ __attribute__((always_inline)) inline void direct_tap(V (&acc)[NP][NK], const T*
 #pragma GCC unroll 4
     for (int v = 0; v < NK; ++v) wv[v] = load<V>(w + v * L);
 #pragma GCC unroll 32
-    for (int p = P0; p < P1; ++p) {
+    for (int p = 0; p < NP; ++p) {
         const T xv = in[p * sw];
 #pragma GCC unroll 4
         for (int v = 0; v < NK; ++v) acc[p][v] += xv * wv[v];
@@ -46,12 +46,12 @@ __attribute__((always_inline)) inline void direct_tap(V (&acc)[NP][NK], const T*
 }
 
 // out[p][f] = sum over taps t of w[at[t].w + f] * in[at[t].in + p * sw], for
-// NP pixels p and NK vectors of filters f, leaving out the first or the last
-// pixel where pixels[t] says so (BlockTaps); added to out's own values where
-// `accumulate` (the sum goes on over the next chunk of taps).
+// NP pixels p and NK vectors of filters f; added to out's own values where
+// `accumulate` (the sum goes on over the next chunk of taps, or over a run
+// of taps that leaves out an edge pixel: BlockTaps).
 template <class T, int NP, int NK, int SW>
 void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, const TapAt* __restrict at,
-                  const int8_t* __restrict pixels, int64_t ntaps, T* __restrict out, bool accumulate) {
+                  int64_t ntaps, T* __restrict out, bool accumulate) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
     V acc[NP][NK];
@@ -59,17 +59,7 @@ void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, con
     for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 4
         for (int v = 0; v < NK; ++v) acc[p][v] = accumulate ? load<V>(out + (p * NK + v) * L) : V{};
-    if (!pixels) {
-        for (int64_t t = 0; t < ntaps; ++t) direct_tap<0, NP, SW>(acc, in + at[t].in, sw, w + at[t].w);
-    } else {
-        for (int64_t t = 0; t < ntaps; ++t) {
-            const T* src = in + at[t].in;
-            const T* wt = w + at[t].w;
-            if (pixels[t] == BlockTaps::kAll) direct_tap<0, NP, SW>(acc, src, sw, wt);
-            else if (pixels[t] == BlockTaps::kSkipFirst) direct_tap<1, NP, SW>(acc, src, sw, wt);
-            else direct_tap<0, NP - 1, SW>(acc, src, sw, wt);
-        }
-    }
+    for (int64_t t = 0; t < ntaps; ++t) direct_tap<SW>(acc, in + at[t].in, sw, w + at[t].w);
 #pragma GCC unroll 32
     for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 4
@@ -77,7 +67,7 @@ void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, con
 }
 
 template <class T>
-using DirectMicro = void (*)(const T*, int64_t, const T*, const TapAt*, const int8_t*, int64_t, T*, bool);
+using DirectMicro = void (*)(const T*, int64_t, const T*, const TapAt*, int64_t, T*, bool);
 
 template <class T, int NK, int SW, int... P>
 DirectMicro<T> pick_direct(int pixels, std::integer_sequence<int, P...>) {
@@ -192,9 +182,9 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const PackRanges pack(kblocks, ntaps * F * static_cast<int64_t>(sizeof(T)));
     const int64_t windows = p.n * row_blocks;
     const int64_t pixel_blocks = blocks.count;
-    const DirectMicro<T> big = DirectKernels<T, NK>::for_pixels(static_cast<int>(blocks.size), p.stride_w);
-    const DirectMicro<T> small =
-        blocks.size > 1 ? DirectKernels<T, NK>::for_pixels(static_cast<int>(blocks.size - 1), p.stride_w) : big;
+    DirectMicro<T> micro_for[NP + 1] = {};  // by pixels: a block's, and one less for its runs that skip an edge pixel
+    for (int np = 1; np <= std::min<int64_t>(NP, blocks.size); ++np)
+        micro_for[np] = DirectKernels<T, NK>::for_pixels(np, p.stride_w);
 
     // The taps go in chunks of whole input channels whose packed weights fill
     // at most half the L1 data cache, so that they stay there while every
@@ -238,8 +228,13 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                             __builtin_prefetch(out + f * p.ys.c + (ow0 + np - 1) * p.ys.w, 1);
                         }
                     }
-                    (b < blocks.big ? big : small)(row + ow0 * p.stride_w, p.stride_w, wb, list.at, list.pixels,
-                                                   list.count, row_result + ow0 * F, chunk > 0);
+                    const T* in = row + ow0 * p.stride_w;
+                    T* const sums = row_result + ow0 * F;
+                    micro_for[np](in, p.stride_w, wb, list.at, list.all, sums, chunk > 0);
+                    if (list.skip_first > 0)  // pixels 1.. of the block
+                        micro_for[np - 1](in + p.stride_w, p.stride_w, wb, list.at + list.all, list.skip_first, sums + F, true);
+                    if (list.skip_last > 0)
+                        micro_for[np - 1](in, p.stride_w, wb, list.at + list.all + list.skip_first, list.skip_last, sums, true);
                 }
                 if (last_chunk)
                     write_row<T, F>(row_result, p.out_w, nk, bias ? bias + k0 : nullptr, out, p.ys, line, line_w);

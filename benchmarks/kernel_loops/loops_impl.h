@@ -87,7 +87,7 @@ loops::LoopResult direct_forward_loop(const char* kernel, double seconds) {
     std::vector<TapAt> at(ntaps);
     for (int64_t t = 0; t < ntaps; ++t) at[static_cast<size_t>(t)] = TapAt{(t * 53) % 2048, t * F};
     DirectMicro<T> volatile fn = &direct_micro<T, NP, NK, 1>;
-    const double s = seconds_per_call([&] { fn(in.data, 1, w.data, at.data(), nullptr, ntaps, out.data, false); },
+    const double s = seconds_per_call([&] { fn(in.data, 1, w.data, at.data(), ntaps, out.data, false); },
                                       seconds);
     return {kernel, "direct_micro<" + std::string(type_name<T>()) + ", " + std::to_string(NP) + ", " + std::to_string(NK) + ", 1>",
             type_name<T>(), double(ntaps * NP * NK), s};
