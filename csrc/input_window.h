@@ -359,9 +359,9 @@ class BlockTaps {
     }
 
   private:
-    // The taps [first, last) of at_ in runs by their mark, each run in the
-    // taps' order (a span's chunks are disjoint, and no two blocks of a
-    // signature see different orders, so each range is ordered once).
+    // The taps [first, last) of at_ put in runs by their mark, each run in
+    // the taps' order. The blocks of one signature share a span, so a range
+    // can come here again, already in runs: then it is left as it is.
     List runs(size_t first, size_t last) {
         int64_t count[3] = {0, 0, 0};
         for (size_t i = first; i < last; ++i) ++count[pixels_[i]];
