@@ -314,43 +314,47 @@ class BlockTaps {
             list_of_row_[static_cast<size_t>(oh)] = found - lists.begin();
             if (found == lists.end()) lists.push_back(list);
         }
-        struct Span {
+        // Each (row list, signature)'s taps chunk by chunk, and each chunk's
+        // taps in runs by their class: kAll, kSkipFirst, kSkipLast (kNone
+        // ones left out), each run in the taps' order.
+        struct Runs {
             size_t start;
-            int64_t count;
+            int64_t count[3];  // by class
         };
-        std::vector<Span> spans;  // [list][signature]
-        size_t most = 0;  // taps of every list under every signature, kNone ones included
+        std::vector<Runs> runs;  // [list][signature][chunk]
+        size_t most = 0;  // taps of every list under every signature
         for (const auto& list : lists) most += static_cast<size_t>(list.second) * signatures.size();
-        taps_.reserve(most), pixels_.reserve(most), at_.reserve(most);
+        at_.reserve(most);
         for (const auto& [list, count] : lists)
             for (const std::vector<int8_t>& cls : signatures) {
-                Span span{taps_.size(), 0};
-                for (int64_t t = 0; t < count; ++t) {
-                    const int8_t c = cls[static_cast<size_t>(list[t] % p.s)];
-                    if (c == kNone) continue;
-                    taps_.push_back(list[t]), pixels_.push_back(c);
-                    at_.push_back(TapAt{offset[static_cast<size_t>(list[t])], list[t] * weights_per_tap});
-                    ++span.count;
+                int64_t t0 = 0;
+                for (int64_t c = 0; c < chunks_; ++c) {
+                    // The list's taps ascend: chunk c holds those in [c * chunks.taps, (c + 1) * chunks.taps).
+                    int64_t t1 = t0;
+                    while (t1 < count && list[t1] < (c + 1) * chunks.taps) ++t1;
+                    Runs r{at_.size(), {0, 0, 0}};
+                    for (const int8_t run : {kAll, kSkipFirst, kSkipLast})
+                        for (int64_t t = t0; t < t1; ++t)
+                            if (cls[static_cast<size_t>(list[t] % p.s)] == run) {
+                                at_.push_back(TapAt{offset[static_cast<size_t>(list[t])], list[t] * weights_per_tap});
+                                ++r.count[run];
+                            }
+                    runs.push_back(r);
+                    t0 = t1;
                 }
-                spans.push_back(span);
             }
         lists_.resize(lists.size() * static_cast<size_t>(blocks_ * chunks_));
         for (size_t l = 0; l < lists.size(); ++l)
-            for (int64_t b = 0; b < blocks_; ++b) {
-                const Span& s = spans[l * signatures.size() + static_cast<size_t>(signature_of_block[static_cast<size_t>(b)])];
-                // The span's taps ascend: chunk c holds those in [c * chunks.taps, (c + 1) * chunks.taps).
-                size_t first = s.start;
-                const size_t end = s.start + static_cast<size_t>(s.count);
+            for (int64_t b = 0; b < blocks_; ++b)
                 for (int64_t c = 0; c < chunks_; ++c) {
-                    size_t last = first;
-                    while (last < end && taps_[last] < (c + 1) * chunks.taps) ++last;
+                    const size_t span = l * signatures.size() + static_cast<size_t>(signature_of_block[static_cast<size_t>(b)]);
+                    const Runs& r = runs[span * static_cast<size_t>(chunks_) + static_cast<size_t>(c)];
                     lists_[(l * static_cast<size_t>(blocks_) + static_cast<size_t>(b)) * static_cast<size_t>(chunks_) +
-                           static_cast<size_t>(c)] = runs(first, last);
-                    first = last;
+                           static_cast<size_t>(c)] = List{at_.data() + r.start, r.count[kAll], r.count[kSkipFirst],
+                                                          r.count[kSkipLast]};
                 }
-            }
     }
-    BlockTaps(const BlockTaps&) = delete;  // lists_ points into at_ and pixels_
+    BlockTaps(const BlockTaps&) = delete;  // lists_ points into at_
     BlockTaps& operator=(const BlockTaps&) = delete;
 
     // The taps of pixel block b of output row oh in chunk `chunk`.
@@ -359,31 +363,9 @@ class BlockTaps {
     }
 
   private:
-    // The taps [first, last) of at_ put in runs by their mark, each run in
-    // the taps' order. The blocks of one signature share a span, so a range
-    // can come here again, already in runs: then it is left as it is.
-    List runs(size_t first, size_t last) {
-        int64_t count[3] = {0, 0, 0};
-        for (size_t i = first; i < last; ++i) ++count[pixels_[i]];
-        if (count[kSkipFirst] + count[kSkipLast] > 0 && !std::is_sorted(pixels_.begin() + static_cast<std::ptrdiff_t>(first),
-                                                                         pixels_.begin() + static_cast<std::ptrdiff_t>(last))) {
-            std::vector<size_t> order(last - first);
-            for (size_t i = 0; i < order.size(); ++i) order[i] = first + i;
-            std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return pixels_[a] < pixels_[b]; });
-            std::vector<TapAt> at(order.size());
-            std::vector<int8_t> pixels(order.size());
-            for (size_t i = 0; i < order.size(); ++i) at[i] = at_[order[i]], pixels[i] = pixels_[order[i]];
-            std::copy(at.begin(), at.end(), at_.begin() + static_cast<std::ptrdiff_t>(first));
-            std::copy(pixels.begin(), pixels.end(), pixels_.begin() + static_cast<std::ptrdiff_t>(first));
-        }
-        return List{at_.data() + first, count[kAll], count[kSkipFirst], count[kSkipLast]};
-    }
-
     int64_t blocks_, chunks_;
     std::vector<int64_t> list_of_row_;
-    std::vector<int32_t> taps_;
     std::vector<TapAt> at_;
-    std::vector<int8_t> pixels_;
     std::vector<List> lists_;  // [row list][block][chunk]
 };
 
