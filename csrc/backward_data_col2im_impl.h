@@ -19,7 +19,6 @@
 #include <numeric>
 #include <vector>
 
-#include "cpu_facts.h"
 #include "implicit_gemm.h"
 #include "parallel.h"
 
@@ -41,6 +40,9 @@ int col2im_vectors(int64_t pixels) {
     while (use[nv] < 0.9 * most) --nv;
     return nv;
 }
+
+// Calls of the micro-kernel between a fetch of grad_y into L2 and its use.
+constexpr int64_t kFetchCalls = 4;
 
 // A chunk's columns take at most this much (or one call's W pixels of every
 // row, if more): they stay in L2 until the col2im reads them back.
@@ -276,7 +278,6 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
         gather ? pick_gather_rows<T>(gather_at.vectors, std::make_integer_sequence<int, kGatherVectors>{}) : nullptr;
     const int64_t before = gather_at.slack_before;  // 0 where nothing is gathered, as slack_after
     PerThread<T> cols_mem(before + rows_m * ld + gather_at.slack_after), tail_mem(filters * W);
-    const bool fetch_ahead = filters * pixels * static_cast<int64_t>(sizeof(T)) <= cache_sizes().l2 / 2;
     // AVX2, where three or more blocks of rows read a call's pixels and the
     // planes crowd the L1, they read a packed copy: the stem's planes (112 x
     // 112 float64, a multiple of 2 KiB apart) fall in two of its sets, 16 of
@@ -303,20 +304,23 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
                     // copy of the plane's last pixels instead.
                     const T* b = gy + q0 + q;
                     int64_t step = p.ys.c;
-                    // What the GEMM reads next, fetched into L2 a call ahead of
-                    // the micro-kernel's own fetch (8 planes ahead, too late
-                    // from memory): where one image's grad_y fits in half
-                    // the L2, the same pixels of the next image (one_channel
-                    // dL/dx float64 5.5 -> 3.7 ms, float32 2.7 -> 2.0 ms, Zen
-                    // 4); else this image's next W pixels, a line or a few of
-                    // each of K planes, more streams than the hardware follows
-                    // (one channel of 224 x 224, 32 filters, 4 images: float64
-                    // 6.6 -> 5.4 ms, float32 3.1 -> 2.6 ms; the stem's within
-                    // 3 %).
-                    if (fetch_ahead) {
-                        if (n + 1 < p.n) fetch_rows_to_l2(b + p.ys.n, filters, p.ys.c, std::min(W, pixels - (q0 + q)));
-                    } else if (q0 + q + W < pixels) {
-                        fetch_rows_to_l2(b + W, filters, p.ys.c, std::min(W, pixels - (q0 + q + W)));
+                    // What the GEMM reads kFetchCalls calls on (in the next image
+                    // near this one's end), fetched into L2: the micro-kernel's own
+                    // fetch, 8 planes ahead, comes too late from memory, and a
+                    // call's W pixels of K planes are more streams than the
+                    // hardware follows. Zen 3, dL/dx per image, one channel of 28
+                    // x 28, 32 filters, 256 images (51 MB of grad_y): float64 24-31
+                    // -> 16.5-17.3 us (17.7 with grad_y in L3), float32 within
+                    // noise; 3 channels of 32 x 32, 32 filters, float64 82-116 ->
+                    // 73 us, float32 40-41 -> 37-40. One image ahead, as before,
+                    // the float64 one-channel image and the next one's filled 400
+                    // of the L2's 512 KiB besides the columns. One channel of 224 x
+                    // 224 and the stem: within 3 % of a fetch one call ahead.
+                    {
+                        const int64_t ahead = q0 + q + kFetchCalls * W;
+                        const int64_t ahead_n = n + ahead / pixels, at = ahead % pixels;
+                        if (ahead_n < p.n)
+                            fetch_rows_to_l2(gy + (ahead_n - n) * p.ys.n + at, filters, p.ys.c, std::min(W, pixels - at));
                     }
                     if (pack || q0 + q + W > pixels) {
                         const int64_t left = std::min(W, pixels - (q0 + q));
