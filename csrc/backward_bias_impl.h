@@ -25,10 +25,36 @@ constexpr int64_t kBiasParts = 16;
 // 400 K values (16 x 512 x 7 x 7) one thread took 51 us, PyTorch on two 28.
 constexpr int64_t kBiasParallelValues = int64_t{1} << 16;
 
+// Adds a dense plane of `pixels` values of one filter to its kBiasParts
+// partial sums `part`: pixel i to part i % kBiasParts.
+template <class T>
+inline void add_to_bias_parts(const T* __restrict plane, int64_t pixels, double* __restrict part) {
+    double sums[kBiasParts];  // in registers
+    for (int64_t l = 0; l < kBiasParts; ++l) sums[l] = part[l];
+    int64_t i = 0;
+    for (; i + kBiasParts <= pixels; i += kBiasParts)
+        for (int64_t l = 0; l < kBiasParts; ++l) sums[l] += static_cast<double>(plane[i + l]);
+    for (; i < pixels; ++i) sums[i % kBiasParts] += static_cast<double>(plane[i]);
+    for (int64_t l = 0; l < kBiasParts; ++l) part[l] = sums[l];
+}
+
+// A filter's dL/db from its kBiasParts partial sums, added pairwise in a fixed order.
+template <class T>
+inline T bias_total(const double* parts) {
+    double part[kBiasParts];
+    std::copy_n(parts, kBiasParts, part);
+    for (int64_t half = kBiasParts / 2; half >= 1; half /= 2)
+        for (int64_t l = 0; l < half; ++l) part[l] = part[l] + part[l + half];
+    return static_cast<T>(part[0]);
+}
+
+// Whether grad_y's planes are dense, as add_to_bias_parts reads them.
+inline bool dense_planes(const ConvShape& p) { return p.ys.w == 1 && p.ys.h == p.out_w; }
+
 template <class T>
 void conv_backward_bias(const ConvShape& p, const T* grad_y, T* grad_bias) {
     const int64_t pixels = p.out_h * p.out_w;
-    const bool dense = p.ys.w == 1 && p.ys.h == p.out_w;
+    const bool dense = dense_planes(p);
     std::vector<double> parts(static_cast<size_t>(kBiasParts * p.k), 0.0);  // filter k's partial sums at kBiasParts * k
     parallel_region(p.k > 1 && p.n * p.k * pixels >= kBiasParallelValues, [&] {
         // Each thread sums its range of filters image by image: in NCHW its
@@ -39,17 +65,8 @@ void conv_backward_bias(const ConvShape& p, const T* grad_y, T* grad_bias) {
         const auto [k0, k1] = thread_share(p.k);
         for (int64_t n = 0; n < p.n; ++n) {
             if (dense) {
-                for (int64_t k = k0; k < k1; ++k) {
-                    const T* plane = grad_y + n * p.ys.n + k * p.ys.c;
-                    double sums[kBiasParts];  // in registers
-                    double* part = parts.data() + kBiasParts * k;
-                    for (int64_t l = 0; l < kBiasParts; ++l) sums[l] = part[l];
-                    int64_t i = 0;
-                    for (; i + kBiasParts <= pixels; i += kBiasParts)
-                        for (int64_t l = 0; l < kBiasParts; ++l) sums[l] += static_cast<double>(plane[i + l]);
-                    for (; i < pixels; ++i) sums[i % kBiasParts] += static_cast<double>(plane[i]);
-                    for (int64_t l = 0; l < kBiasParts; ++l) part[l] = sums[l];
-                }
+                for (int64_t k = k0; k < k1; ++k)
+                    add_to_bias_parts(grad_y + n * p.ys.n + k * p.ys.c, pixels, parts.data() + kBiasParts * k);
             } else {  // channels last, say: pixel by pixel, its filters side by side
                 for (int64_t i = 0; i < pixels; ++i) {
                     const T* at = grad_y + n * p.ys.n + (i / p.out_w) * p.ys.h + (i % p.out_w) * p.ys.w;
@@ -57,13 +74,7 @@ void conv_backward_bias(const ConvShape& p, const T* grad_y, T* grad_bias) {
                 }
             }
         }
-        for (int64_t k = k0; k < k1; ++k) {
-            double part[kBiasParts];  // pairwise, in a fixed order
-            std::copy_n(parts.data() + kBiasParts * k, kBiasParts, part);
-            for (int64_t half = kBiasParts / 2; half >= 1; half /= 2)
-                for (int64_t l = 0; l < half; ++l) part[l] = part[l] + part[l + half];
-            grad_bias[k] = static_cast<T>(part[0]);
-        }
+        for (int64_t k = k0; k < k1; ++k) grad_bias[k] = bias_total<T>(parts.data() + kBiasParts * k);
     });
 }
 

@@ -11,7 +11,7 @@
 namespace fastconv::generic {
 
 template <class T>
-void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
+void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight, T* grad_bias) {
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
     const int64_t taps = cg * p.r * p.s;
     const int64_t block = 4;  // filters per task; a shape-only choice keeps results thread-independent
@@ -52,9 +52,10 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
             }
         }
     });
+    if (grad_bias) conv_backward_bias(p, grad_y, grad_bias);
 }
 
-template void conv_backward_weights<float>(const ConvShape&, const float*, const float*, float*);
-template void conv_backward_weights<double>(const ConvShape&, const double*, const double*, double*);
+template void conv_backward_weights<float>(const ConvShape&, const float*, const float*, float*, float*);
+template void conv_backward_weights<double>(const ConvShape&, const double*, const double*, double*, double*);
 
 }  // namespace fastconv::generic

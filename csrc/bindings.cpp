@@ -145,7 +145,7 @@ void backward_weights(const py::array& grad_y, const py::array& x, py::array gra
         const T* xp = in_ptr<T>(x, "x", 4, true);
         T* gw = out_ptr<T>(grad_w, "grad_weight");
         py::gil_scoped_release release;
-        fastconv::conv_backward_weights<T>(p, gy, xp, gw);
+        fastconv::conv_backward_weights<T>(p, gy, xp, gw, nullptr);
     };
     if (is_float32(grad_y)) run(float{});
     else run(double{});
@@ -179,8 +179,7 @@ void backward(const py::array& grad_y, const py::array& x, const py::array& w, c
         T* gb = grad_b.is_none() ? nullptr : out_ptr<T>(gb_arr, "grad_bias", 1);
         py::gil_scoped_release release;
         if (gx) fastconv::conv_backward_data<T>(p_data, gy, wp, gx);
-        fastconv::conv_backward_weights<T>(p, gy, xp, gw);
-        if (gb) fastconv::conv_backward_bias<T>(p, gy, gb);
+        fastconv::conv_backward_weights<T>(p, gy, xp, gw, gb);
     };
     if (is_float32(grad_y)) run(float{});
     else run(double{});

@@ -46,11 +46,11 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
 }
 
 template <class T>
-void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
+void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight, T* grad_bias) {
     switch (active_isa()) {
-        case Isa::avx512: return avx512::conv_backward_weights(p, grad_y, x, grad_weight);
-        case Isa::avx2: return avx2::conv_backward_weights(p, grad_y, x, grad_weight);
-        default: return generic::conv_backward_weights(p, grad_y, x, grad_weight);
+        case Isa::avx512: return avx512::conv_backward_weights(p, grad_y, x, grad_weight, grad_bias);
+        case Isa::avx2: return avx2::conv_backward_weights(p, grad_y, x, grad_weight, grad_bias);
+        default: return generic::conv_backward_weights(p, grad_y, x, grad_weight, grad_bias);
     }
 }
 
@@ -66,7 +66,7 @@ void conv_backward_bias(const ConvShape& p, const T* grad_y, T* grad_bias) {
 #define FASTCONV_INSTANTIATE(T)                                                              \
     template void conv_forward<T>(const ConvShape&, const T*, const T*, const T*, T*);      \
     template void conv_backward_data<T>(const ConvShape&, const T*, const T*, T*);          \
-    template void conv_backward_weights<T>(const ConvShape&, const T*, const T*, T*);      \
+    template void conv_backward_weights<T>(const ConvShape&, const T*, const T*, T*, T*);  \
     template void conv_backward_bias<T>(const ConvShape&, const T*, T*);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)

@@ -20,9 +20,11 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
 template <class T>
 void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x);
 
-// grad_weight = dL/dweight.
+// grad_weight = dL/dweight; and grad_bias = dL/dbias where it is not null,
+// in the same pass over grad_y where the kernel can (the same bits as
+// conv_backward_bias either way).
 template <class T>
-void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight);
+void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight, T* grad_bias);
 
 // grad_bias = dL/dbias: grad_y summed over batch and pixels.
 template <class T>

@@ -12,7 +12,8 @@
     template <class T>                                                                              \
     void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T* grad_x);      \
     template <class T>                                                                              \
-    void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight);   \
+    void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight,    \
+                               T* grad_bias);                                                     \
     template <class T>                                                                              \
     void conv_backward_bias(const ConvShape& p, const T* grad_y, T* grad_bias);                    \
     }

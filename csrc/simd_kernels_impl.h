@@ -223,21 +223,28 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
 
 // dL/dweight: for a one-channel input and filters enough, with AVX-512 in
 // float32 or for 1x1 kernels, dots of grad_y planes with im2col columns
-// (backward_weights_im2col_impl.h); plane by
-// plane where each filter reads one input channel; else the direct kernel
-// vectorised over filters (direct_backward_weights_impl.h).
+// (backward_weights_im2col_impl.h); plane by plane where each filter reads
+// one input channel, summing dL/db from each grad_y plane the dots have just
+// read; else the direct kernel vectorised over filters
+// (direct_backward_weights_impl.h). dL/db, where wanted, in a pass of its
+// own but for the plane kernel.
 template <class T>
-void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
+void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight, T* grad_bias) {
     if constexpr (kIm2colDots)  // not instantiated where never taken
-        if (im2col_backward_weights_suits<T>(p)) return im2col_backward_weights(p, grad_y, x, grad_weight);
-    if (p.c_per_group() == 1) return plane_backward_weights(p, grad_y, x, grad_weight);
+        if (im2col_backward_weights_suits<T>(p)) {
+            im2col_backward_weights(p, grad_y, x, grad_weight);
+            if (grad_bias) conv_backward_bias(p, grad_y, grad_bias);
+            return;
+        }
+    if (p.c_per_group() == 1) return plane_backward_weights(p, grad_y, x, grad_weight, grad_bias);
     direct_backward_weights(p, grad_y, x, grad_weight);
+    if (grad_bias) conv_backward_bias(p, grad_y, grad_bias);
 }
 
 #define FASTCONV_INSTANTIATE(T)                                                                 \
     template void conv_forward<T>(const ConvShape&, const T*, const T*, const T*, T*);         \
     template void conv_backward_data<T>(const ConvShape&, const T*, const T*, T*);             \
-    template void conv_backward_weights<T>(const ConvShape&, const T*, const T*, T*);          \
+    template void conv_backward_weights<T>(const ConvShape&, const T*, const T*, T*, T*);      \
     template void conv_backward_bias<T>(const ConvShape&, const T*, T*);
 FASTCONV_INSTANTIATE(float)
 FASTCONV_INSTANTIATE(double)

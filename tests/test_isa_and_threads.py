@@ -110,3 +110,28 @@ def test_bias_gradient_is_the_same_sum_on_every_instruction_set(dtype, data_form
     for isa, got in sums.items():
         assert got.tobytes() == sums["generic"].tobytes(), f"{isa} and generic sum dL/db differently"
         np.testing.assert_allclose(got, exact.astype(dtype), rtol=np.finfo(dtype).eps * 4, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("data_format", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("layer", ["one_channel", "depthwise"])
+def test_bias_gradient_summed_beside_the_plane_kernels_is_the_same_sum(layer, dtype, data_format):
+    """Layers whose filters each read one input channel sum dL/db as their
+    dL/dW kernel reads each grad_y plane (NCHW), or in a pass of its own
+    (NHWC): either way the bits of the bias pass alone, on every ISA and
+    thread count. 20 x 21 = 420 pixels: 26 full runs of 16 and a tail; 40
+    filters, enough for a team."""
+    rng = np.random.default_rng(5)
+    c, groups = (1, 1) if layer == "one_channel" else (40, 40)
+    x = rng.standard_normal((3, c, 22, 23)).astype(dtype)
+    w = rng.standard_normal((40, 1, 3, 3)).astype(dtype)
+    gy = (rng.standard_normal((3, 40, 20, 21)) * 10.0 ** rng.integers(-3, 3, (3, 40, 20, 21))).astype(dtype)
+    alone = np.empty(40, dtype)
+    core.backward_bias(gy, alone)
+    if data_format == "NHWC":
+        x, gy = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (x, gy))
+    for isa in ISAS:
+        for threads in (1, 2, 3):
+            with forced_isa(isa), fastconv.threads(threads):
+                got = fastconv.conv2d_backward(gy, x, w, groups=groups, data_format=data_format).bias
+            assert got.tobytes() == alone.tobytes(), f"{isa}, {threads} threads: dL/db differs from the bias pass alone"
