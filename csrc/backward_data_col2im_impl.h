@@ -19,6 +19,7 @@
 #include <numeric>
 #include <vector>
 
+#include "cpu_facts.h"
 #include "implicit_gemm.h"
 #include "parallel.h"
 
@@ -278,6 +279,15 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
         gather ? pick_gather_rows<T>(gather_at.vectors, std::make_integer_sequence<int, kGatherVectors>{}) : nullptr;
     const int64_t before = gather_at.slack_before;  // 0 where nothing is gathered, as slack_after
     PerThread<T> cols_mem(before + rows_m * ld + gather_at.slack_after), tail_mem(filters * W);
+    // grad_y is fetched ahead (below) only where it outgrows a quarter of
+    // the L3, which other cores share: from L3 the fetches cost more than
+    // they saved (Zen 3, one channel of 28 x 28 with 32 filters, 32 images,
+    // 6.4 MB of float64 grad_y: dL/dx 16.0 -> 13.1-15 us per image without
+    // them, float32 8.3-10 -> 7.3-7.6; 3 channels of 32 x 32, 8 images,
+    // float32 38-40 -> 35.5-36); 16 MiB of it (64 such 3-channel images)
+    // ran 74-84 us with them, 88-112 without.
+    const int64_t l3 = cache_sizes().l3 > 0 ? cache_sizes().l3 : kFallbackL3;
+    const bool fetch_ahead = p.n * filters * pixels * static_cast<int64_t>(sizeof(T)) > l3 / 4;
     // AVX2, where three or more blocks of rows read a call's pixels and the
     // planes crowd the L1, they read a packed copy: the stem's planes (112 x
     // 112 float64, a multiple of 2 KiB apart) fall in two of its sets, 16 of
@@ -305,18 +315,16 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
                     const T* b = gy + q0 + q;
                     int64_t step = p.ys.c;
                     // What the GEMM reads kFetchCalls calls on (in the next image
-                    // near this one's end), fetched into L2: the micro-kernel's own
-                    // fetch, 8 planes ahead, comes too late from memory, and a
-                    // call's W pixels of K planes are more streams than the
-                    // hardware follows. Zen 3, dL/dx per image, one channel of 28
-                    // x 28, 32 filters, 256 images (51 MB of grad_y): float64 24-31
-                    // -> 16.5-17.3 us (17.7 with grad_y in L3), float32 within
-                    // noise; 3 channels of 32 x 32, 32 filters, float64 82-116 ->
-                    // 73 us, float32 40-41 -> 37-40. One image ahead, as before,
-                    // the float64 one-channel image and the next one's filled 400
-                    // of the L2's 512 KiB besides the columns. One channel of 224 x
-                    // 224 and the stem: within 3 % of a fetch one call ahead.
-                    {
+                    // near this one's end), fetched into L2: from memory the
+                    // micro-kernel's own fetch, 8 planes ahead, comes too late,
+                    // and a call's W pixels of K planes are more streams than
+                    // the hardware follows. Zen 3, one channel of 28 x 28, 32
+                    // filters, 256 images (51 MB of float64 grad_y): dL/dx 24-31
+                    // us per image with the next image's same pixels fetched,
+                    // as before, 16.5-17.3 now, 30 with no fetch. (The
+                    // float64 image and the next one had filled 400 of the L2's
+                    // 512 KiB besides the columns.)
+                    if (fetch_ahead) {
                         const int64_t ahead = q0 + q + kFetchCalls * W;
                         const int64_t ahead_n = n + ahead / pixels, at = ahead % pixels;
                         if (ahead_n < p.n)
