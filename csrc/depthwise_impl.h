@@ -786,8 +786,9 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                             plane_dots_for<T>(static_cast<int>(std::min<int64_t>(group, taps - t0)))(
                                 p, ip, gyp, width, xp, t0, shared_rows, part + t0);
                     }
-                    for (int64_t k = g * kg + kk; k < g * kg + kk + nk && bias_here; ++k)
-                        add_to_bias_parts(grad_y + n * p.ys.n + k * p.ys.c, p.out_h * p.out_w, bias_parts.data() + kBiasParts * k);
+                    if (bias_here)
+                        for (int64_t k = g * kg + kk; k < g * kg + kk + nk; ++k)
+                            add_to_bias_parts(grad_y + n * p.ys.n + k * p.ys.c, p.out_h * p.out_w, bias_parts.data() + kBiasParts * k);
                     for (int64_t f = 0; f < nk; ++f) {
                         T* const out = grad_weight + (g * kg + kk + f) * taps;
                         const T* const sums = part + f * taps;
@@ -812,10 +813,11 @@ void plane_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* 
                     }
                 }
             }
-        for (int64_t task = first; task < end && bias_here; ++task) {
-            const int64_t g = task / blocks, k0 = task % blocks * per_block, k1 = std::min(kg, k0 + per_block);
-            for (int64_t k = g * kg + k0; k < g * kg + k1; ++k) grad_bias[k] = bias_total<T>(bias_parts.data() + kBiasParts * k);
-        }
+        if (bias_here)
+            for (int64_t task = first; task < end; ++task) {
+                const int64_t g = task / blocks, k0 = task % blocks * per_block, k1 = std::min(kg, k0 + per_block);
+                for (int64_t k = g * kg + k0; k < g * kg + k1; ++k) grad_bias[k] = bias_total<T>(bias_parts.data() + kBiasParts * k);
+            }
     });
     if (grad_bias && !bias_here) conv_backward_bias(p, grad_y, grad_bias);
 }
