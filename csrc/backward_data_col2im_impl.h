@@ -286,8 +286,7 @@ void col2im_backward_data(const ConvShape& p, const T* grad_y, const T* weight, 
     // them, float32 8.3-10 -> 7.3-7.6; 3 channels of 32 x 32, 8 images,
     // float32 38-40 -> 35.5-36); 16 MiB of it (64 such 3-channel images)
     // ran 74-84 us with them, 88-112 without.
-    const int64_t l3 = cache_sizes().l3 > 0 ? cache_sizes().l3 : kFallbackL3;
-    const bool fetch_ahead = p.n * filters * pixels * static_cast<int64_t>(sizeof(T)) > l3 / 4;
+    const bool fetch_ahead = p.n * filters * pixels * static_cast<int64_t>(sizeof(T)) > l3_or_fallback() / 4;
     // AVX2, where three or more blocks of rows read a call's pixels and the
     // planes crowd the L1, they read a packed copy: the stem's planes (112 x
     // 112 float64, a multiple of 2 KiB apart) fall in two of its sets, 16 of

@@ -23,4 +23,7 @@ constexpr int64_t kFallbackL3 = 8 * 1024 * 1024;
 // Read once, on first use; thread-safe.
 const CacheSizes& cache_sizes();
 
+// The L3's bytes, for a kernel that sizes its work to it: kFallbackL3 where none is reported.
+inline int64_t l3_or_fallback() { return cache_sizes().l3 > 0 ? cache_sizes().l3 : kFallbackL3; }
+
 }  // namespace fastconv

@@ -178,8 +178,7 @@ void conv_backward_data(const ConvShape& p, const T* grad_y, const T* weight, T*
     // -> 3.98 ms by phase, 4 images 2.51 -> 2.06; float64 2 images 1.69 ->
     // 1.38; but float64 8 images (25.7 MB) 7.1 -> 10.5 ms and float32 8 of
     // 112 x 112 (51 MB) 23.0 -> 27.8 ms.
-    const int64_t l3 = cache_sizes().l3 > 0 ? cache_sizes().l3 : kFallbackL3;
-    const bool fits = p.n * p.c * p.h * p.w * static_cast<int64_t>(sizeof(T)) <= l3 / 2;
+    const bool fits = p.n * p.c * p.h * p.w * static_cast<int64_t>(sizeof(T)) <= l3_or_fallback() / 2;
     // At stride 1, a one-channel input's plane scatter beat its phase forward
     // (one filter) with AVX2's 16 registers and lost with AVX-512 (Zen 4,
     // LeNet's first layer: AVX2 float32 0.28 -> 0.23 ms, float64 0.51 -> 0.44,
