@@ -131,7 +131,7 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
     const int64_t image_bytes = (window_size + max_rows * p.out_w * F) * static_cast<int64_t>(sizeof(T));
     const int64_t images_per_call =
         std::max<int64_t>(1, std::min({cache_sizes().l2 / 2 / image_bytes, p.n, kMaxImagesPerCall}));
-    PerThread<T> gyt_mem(kper * images_per_call * max_rows * p.out_w * F), acc_mem(jper * kper * F),
+    PerThread<T> gyt_mem(images_per_call * max_rows * p.out_w * F), acc_mem(jper * kper * F),
         window_mem(images_per_call * window_size);
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const gyt = gyt_mem.get();
@@ -153,7 +153,6 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
             // window after another: a micro-kernel call then runs over all of them.
             const int64_t batch = win.out_rows >= p.out_h ? images_per_call : 1;
             const int64_t image_step = win.in_place ? p.xs.n : win.size();
-            const int64_t block = batch * win.out_rows * p.out_w * F;  // one filter block of transposed grad_y
             for (int64_t n = 0; n < p.n; n += batch) {
                 const int64_t nb = std::min(batch, p.n - n);
                 const T* xc = x + n * p.xs.n + (g * cg + c0) * p.xs.c;
@@ -164,12 +163,18 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                     for (int64_t b = 0; b < nb; ++b) {
                         const T* image = win.prepare(q, xc + b * p.xs.n, oh0, window + b * image_step);
                         if (b == 0) base = image;
-                        // gyt[kb][b * pix + (oh - oh0) * out_w + ow][f] = grad_y[n + b, g*kg + kb*F + f, oh, ow],
-                        // 0 past the group's filters.
-                        const int64_t nn = n + b;
-                        for (int64_t kb = 0; kb < kbn; ++kb) {
-                            T* dst = gyt + kb * block + b * pix * F;
-                            const int64_t m0 = (kb0 + kb) * F;
+                    }
+                    // gyt[b * pix + (oh - oh0) * out_w + ow][f] = grad_y[n + b, g*kg + kb*F + f, oh, ow]
+                    // for filter block kb, 0 past the group's filters: done just before
+                    // the block's micro-kernel calls, so that the buffer holds one block.
+                    // Every block up front took 176 KB per thread on deep_7x7 in float32
+                    // (7 blocks of 8 images), not 25, and was no faster (Zen 3: deep_7x7,
+                    // pointwise, resnet_s2 and cifar within 2 %, float32 and float64).
+                    const auto transpose_block = [&](int64_t kb) {
+                        const int64_t m0 = (kb0 + kb) * F;
+                        for (int64_t b = 0; b < nb; ++b) {
+                            T* dst = gyt + b * pix * F;
+                            const int64_t nn = n + b;
                             if (p.y_dense() && m0 + F <= kg) {  // whole L x L tiles in registers, the last pixels one by one
                                 const T* gy = grad_y + nn * p.ys.n + (g * kg + m0) * p.ys.c + oh0 * p.ys.h;
                                 const int64_t tiled = pix / L * L;
@@ -182,7 +187,7 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                                 continue;
                             }
                             for (int64_t f = 0; f < F; ++f) {
-                                const int64_t m = (kb0 + kb) * F + f;  // filter of the group
+                                const int64_t m = m0 + f;  // filter of the group
                                 if (m < kg) {
                                     const T* gy = grad_y + nn * p.ys.n + (g * kg + m) * p.ys.c + oh0 * p.ys.h;
                                     if (p.y_dense()) {
@@ -196,7 +201,7 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                                 }
                             }
                         }
-                    }
+                    };
                     // The input rows of the task's next window(s), fetched a share per
                     // micro-kernel call (per_call rows each, worked out once).
                     const bool last_rows = oh1 == p.out_h;
@@ -208,6 +213,7 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                     const T* next_x = xc + (next_n - n) * p.xs.n;
                     int64_t fetched = 0;
                     for (int64_t kb = 0; kb < kbn; ++kb) {
+                        transpose_block(kb);
                         for (int64_t j = 0; j < jn; j += NJ) {
                             for (const int64_t upto = std::min(fetch, fetched + per_call); fetched < upto;) {
                                 const int64_t image = fetched / image_rows, row = fetched - image * image_rows;
@@ -221,9 +227,9 @@ void direct_backward_weights_nk(const ConvShape& p, const T* grad_y, const T* x,
                             for (int64_t jj = 0; jj < nj; ++jj) src[jj] = base + win.offset[static_cast<size_t>(first + j + jj)];
                             T* acc_j = acc + (kb * jn + j) * F;
                             if (row_step == p.out_w) {  // rows follow each other in the window: one long row
-                                micro(src, 1, 0, image_step, gyt + kb * block, nb, 1, pix, acc_j);
+                                micro(src, 1, 0, image_step, gyt, nb, 1, pix, acc_j);
                             } else {
-                                micro(src, p.stride_w, row_step, image_step, gyt + kb * block, nb, oh1 - oh0, p.out_w, acc_j);
+                                micro(src, p.stride_w, row_step, image_step, gyt, nb, oh1 - oh0, p.out_w, acc_j);
                             }
                         }
                     }
