@@ -79,6 +79,21 @@ KERNELS: list[Kernel] = [
         hot=lambda a: (a["np"],),
         where=lambda a: a["nk"] == 3 and a["sw"] == 1,
     ),
+    # The same at stride 2 (built in too): the forward of strided layers (resnet_s2, deep_s2, the stem).
+    Kernel(
+        "direct_fwd_s2",
+        "direct_forward_impl.h",
+        _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
+        hot=lambda a: (a["np"],),
+        where=lambda a: a["nk"] == 2 and a["sw"] == 2,
+    ),
+    Kernel(
+        "direct_fwd3_s2",
+        "direct_forward_impl.h",
+        _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
+        hot=lambda a: (a["np"],),
+        where=lambda a: a["nk"] == 3 and a["sw"] == 2,
+    ),
     # The GEMM micro-kernel: MR filters x NV pixel vectors, the full tile.
     Kernel(
         "gemm",

@@ -119,6 +119,9 @@ def test_hot_instance_and_filters():
         "void fastconv::avx512::direct_micro<float, 12, 2, 1>(float const*)",
         "void fastconv::avx2::direct_micro<float, 4, 3, 1>(float const*)",
         "void fastconv::avx2::direct_micro<float, 2, 3, 1>(float const*)",
+        "void fastconv::avx2::direct_micro<float, 6, 2, 2>(float const*)",
+        "void fastconv::avx2::direct_micro<float, 4, 3, 2>(float const*)",
+        "void fastconv::avx2::direct_micro<float, 3, 3, 2>(float const*)",
     ]
     syms = [mca.Symbol(i, 1, n) for i, n in enumerate(names)]
     kernels = {k.name: k for k in mca.KERNELS}
@@ -126,6 +129,10 @@ def test_hot_instance_and_filters():
     assert [s.name for s in picked] == [names[1]]  # 2 filter vectors, the most pixels
     picked = mca.select_function(kernels["direct_fwd3"], "avx2", "float", syms)
     assert [s.name for s in picked] == [names[5]]  # 3 filter vectors, the most pixels
+    picked = mca.select_function(kernels["direct_fwd_s2"], "avx2", "float", syms)
+    assert [s.name for s in picked] == [names[7]]  # the same at stride 2
+    picked = mca.select_function(kernels["direct_fwd3_s2"], "avx2", "float", syms)
+    assert [s.name for s in picked] == [names[8]]
     shared = [
         mca.Symbol(0, 1, f"void fastconv::avx2::rows_shared_micro<float, {mr}, {nr}, 2, {r}>(float const*)")
         for mr, nr, r in [(1, 4, 3), (3, 2, 3), (2, 3, 3), (3, 2, 5)]

@@ -78,18 +78,18 @@ inline ConvShape plane_shape(int64_t h, int64_t w, int64_t r, int64_t s) {
     return p;
 }
 
-// direct_micro, NP pixels x NK filter vectors at stride 1, over `ntaps` taps
-// whose packed weights fill 8-16 KiB, as the forward's chunks of taps do.
-template <class T, int NP, int NK>
+// direct_micro, NP pixels x NK filter vectors at stride SW, over `ntaps`
+// taps whose packed weights fill 8-16 KiB, as the forward's chunks of taps do.
+template <class T, int NP, int NK, int SW = 1>
 loops::LoopResult direct_forward_loop(const char* kernel, double seconds) {
     constexpr int64_t F = NK * kLanes<T>, ntaps = 128;
     Buffer<T> in(4096), w(ntaps * F), out(NP * F);
     std::vector<TapAt> at(ntaps);
     for (int64_t t = 0; t < ntaps; ++t) at[static_cast<size_t>(t)] = TapAt{(t * 53) % 2048, t * F};
-    DirectMicro<T> volatile fn = &direct_micro<T, NP, NK, 1>;
-    const double s = seconds_per_call([&] { fn(in.data, 1, w.data, at.data(), ntaps, out.data, false); },
+    DirectMicro<T> volatile fn = &direct_micro<T, NP, NK, SW>;
+    const double s = seconds_per_call([&] { fn(in.data, SW, w.data, at.data(), ntaps, out.data, false); },
                                       seconds);
-    return {kernel, "direct_micro<" + std::string(type_name<T>()) + ", " + std::to_string(NP) + ", " + std::to_string(NK) + ", 1>",
+    return {kernel, "direct_micro<" + std::string(type_name<T>()) + ", " + std::to_string(NP) + ", " + std::to_string(NK) + ", " + std::to_string(SW) + ">",
             type_name<T>(), double(ntaps * NP * NK), s};
 }
 
@@ -245,6 +245,8 @@ void run_type(std::vector<loops::LoopResult>& out, double seconds) {
     constexpr bool wide = FASTCONV_VECTOR_BYTES == 64;
     out.push_back(direct_forward_loop<T, FASTCONV_DIRECT_NP, 2>("direct_fwd", seconds));
     out.push_back(direct_forward_loop<T, DirectKernels<T, 3>::max_pixels, 3>("direct_fwd3", seconds));
+    out.push_back(direct_forward_loop<T, FASTCONV_DIRECT_NP, 2, 2>("direct_fwd_s2", seconds));
+    out.push_back(direct_forward_loop<T, DirectKernels<T, 3>::max_pixels, 3, 2>("direct_fwd3_s2", seconds));
     out.push_back(gemm_loop<T, FASTCONV_MR, FASTCONV_NV>(seconds));
     out.push_back(backward_weights_loop<T, FASTCONV_BW_NJ, FASTCONV_BW_NK>(seconds));
     if constexpr (wide) {
