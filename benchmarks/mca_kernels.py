@@ -62,38 +62,28 @@ _NS = r"fastconv::{isa}::"
 _ROWS_MICRO = _NS + r"rows_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+)>\("
 # rows_shared_micro<T, MR filters, NR rows, NV vectors, R kernel rows>: three kernels below pick among its instances.
 _ROWS_SHARED = _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\("
+
+
+def _direct_forward(name: str, nk: int, sw: int) -> Kernel:
+    """direct_micro<T, NP, NK, SW> with NK filter vectors at stride SW (1 and 2 are built in;
+    other strides are a run-time argument): the instance with the most pixels."""
+    return Kernel(
+        name,
+        "direct_forward_impl.h",
+        _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
+        hot=lambda a: (a["np"],),
+        where=lambda a: a["nk"] == nk and a["sw"] == sw,
+    )
+
+
 KERNELS: list[Kernel] = [
-    # 2 filter vectors x the most pixels: 14 with AVX-512, 6 with AVX2; stride 1 (built in).
-    Kernel(
-        "direct_fwd",
-        "direct_forward_impl.h",
-        _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
-        hot=lambda a: (a["np"],),
-        where=lambda a: a["nk"] == 2 and a["sw"] == 1,
-    ),
+    # 2 filter vectors x the most pixels: 14 with AVX-512, 6 with AVX2.
+    _direct_forward("direct_fwd", 2, 1),
     # 3 filter vectors x the most pixels (narrow rows): 9 with AVX-512, 4 with AVX2.
-    Kernel(
-        "direct_fwd3",
-        "direct_forward_impl.h",
-        _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
-        hot=lambda a: (a["np"],),
-        where=lambda a: a["nk"] == 3 and a["sw"] == 1,
-    ),
-    # The same at stride 2 (built in too): the forward of strided layers (resnet_s2, deep_s2, the stem).
-    Kernel(
-        "direct_fwd_s2",
-        "direct_forward_impl.h",
-        _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
-        hot=lambda a: (a["np"],),
-        where=lambda a: a["nk"] == 2 and a["sw"] == 2,
-    ),
-    Kernel(
-        "direct_fwd3_s2",
-        "direct_forward_impl.h",
-        _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
-        hot=lambda a: (a["np"],),
-        where=lambda a: a["nk"] == 3 and a["sw"] == 2,
-    ),
+    _direct_forward("direct_fwd3", 3, 1),
+    # The same at stride 2: the forward of strided layers (resnet_s2, deep_s2, the stem).
+    _direct_forward("direct_fwd_s2", 2, 2),
+    _direct_forward("direct_fwd3_s2", 3, 2),
     # The GEMM micro-kernel: MR filters x NV pixel vectors, the full tile.
     Kernel(
         "gemm",
