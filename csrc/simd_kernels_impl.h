@@ -18,6 +18,7 @@
 #include "implicit_gemm.h"
 #include "row_direct_impl.h"
 #include "simd_kernels.h"
+#include "winograd_forward_impl.h"
 
 namespace fastconv::FASTCONV_ISA {
 
@@ -31,6 +32,14 @@ inline std::vector<Tap> forward_taps(const ConvShape& p) {
             for (int64_t ks = 0; ks < p.s; ++ks)
                 taps.push_back(Tap{c * p.xs.c, kr * p.dil_h - p.pad_top, ks * p.dil_w - p.pad_left});
     return taps;
+}
+
+// A forward convolution of R x S > 1 kernels: by Winograd's F(2x2, 3x3)
+// where it suits and every output comes out finite, else directly.
+template <class T, class WeightOf>
+void spatial_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
+    if (winograd_suits<T>(p) && winograd_forward(p, x, weight_of, bias, y)) return;
+    any_direct_forward(p, x, weight_of, bias, y);
 }
 
 inline SourceGrid forward_grid(const ConvShape& p) {
@@ -50,7 +59,7 @@ void conv_forward(const ConvShape& p, const T* x, const T* weight, const T* bias
     const int64_t cg = p.c_per_group(), kg = p.k_per_group();
     const WeightRows<T> weights{weight, kg, cg * p.r * p.s};
     // 1x1 kernels pack plain copies of the input: the GEMM is faster there.
-    if (p.r > 1 || p.s > 1) return any_direct_forward(p, x, weights, bias, y);
+    if (p.r > 1 || p.s > 1) return spatial_forward(p, x, weights, bias, y);
     const Destination out{p.ys.n, p.ys.c, p.ys.h, 1, p.ys.w, 0, 0};
     gather_gemm<T>(p.groups, kg, forward_taps(p), forward_grid(p), p.n, x, cg * p.xs.c, y, out, kg * p.ys.c,
                    bias, weights);
@@ -90,7 +99,7 @@ void forward_with(const ConvShape& q, const T* x, WeightOf weight_of, T* y) {
                 for (int64_t j = 0; j < taps; ++j) w[static_cast<size_t>((g * kg + m) * taps + j)] = weight_of(g, m, j);
         return plane_forward(q, x, w.data(), static_cast<const T*>(nullptr), y);
     }
-    any_direct_forward(q, x, weight_of, static_cast<const T*>(nullptr), y);
+    spatial_forward(q, x, weight_of, static_cast<const T*>(nullptr), y);
 }
 
 // Each phase (ih mod stride_h, iw mod stride_w) of dL/dx is a stride-1

@@ -1,0 +1,249 @@
+// Forward convolution of 3x3 kernels at stride 1 by Winograd's minimal
+// filtering F(2x2, 3x3). Each 2 x 2 block of outputs (a tile) is computed
+// from the 4 x 4 input pixels d under it: V = B^T d B for each input channel,
+// U = G g G^T for each 3 x 3 kernel g, M = sum over channels of U * V
+// element by element (16 sums over channels per tile and filter, where the
+// direct sum takes 36), then the tile's outputs A^T M A. The 16 sums over
+// channels are small matrix products, run by the direct forward's
+// micro-kernel with tiles as its pixels and channels as its taps; the
+// transforms, adds and halves, are paid once per tile and channel or filter,
+// so they pay off where channels and filters are many (winograd_suits).
+// The coefficients are 0, +-1 and +-1/2: results differ from a direct sum by
+// rounding only (float32: about 1e-6 of the output's scale).
+//
+// A NaN or Inf in the input spreads over every output of its tiles here, not
+// only to the outputs that read it; so where any output comes out non-finite
+// the caller computes the call again directly, which puts them where PyTorch
+// does (winograd_forward returns false).
+// Included by simd_kernels_impl.h inside the instruction set's namespace.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "direct_forward_impl.h"
+#include "parallel.h"
+
+namespace fastconv::FASTCONV_ISA {
+
+// The transformed values per tile (4 x 4) and the filters per block (two vectors).
+constexpr int64_t kWinogradPoints = 16;
+template <class T>
+constexpr int64_t kWinogradFilters = 2 * kLanes<T>;
+
+// Bytes of transformed weights for p (16 values per kernel, filters rounded
+// up to whole blocks): one copy, shared by the threads.
+template <class T>
+int64_t winograd_weight_bytes(const ConvShape& p) {
+    constexpr int64_t F = kWinogradFilters<T>;
+    const int64_t kblocks = (p.k_per_group() + F - 1) / F;
+    return p.groups * kWinogradPoints * kblocks * F * p.c_per_group() * static_cast<int64_t>(sizeof(T));
+}
+
+// Whether F(2x2, 3x3) suits p: 3x3 kernels at stride 1 and dilation 1 with
+// 48 or more channels and filters per group (Zen 3, AVX2, float32: 1.45-1.64x
+// as fast as the direct kernel with 64-128 of each, 1.02x with 32), rows of
+// at least one micro-kernel's tiles, and transformed weights of 4 MiB at most.
+template <class T>
+bool winograd_suits(const ConvShape& p) {
+    if (p.r != 3 || p.s != 3 || p.stride_h != 1 || p.stride_w != 1 || p.dil_h != 1 || p.dil_w != 1) return false;
+    constexpr int64_t np = DirectKernels<T, 2>::max_pixels;
+    return p.c_per_group() >= 48 && p.k_per_group() >= 48 && (p.out_w + 1) / 2 >= np && p.out_h >= 2 &&
+           winograd_weight_bytes<T>(p) <= (int64_t(4) << 20);
+}
+
+// B^T along an input row d (n + 2 values): diff[q] = d[q] - d[q + 2],
+// sum[q] = d[q] + d[q + 1], rise[q] = d[q + 1] - d[q] for q < n. Apart so
+// that __restrict lets the compiler vectorise it.
+template <class T>
+void winograd_row_transform(const T* __restrict d, int64_t n, T* __restrict diff, T* __restrict sum, T* __restrict rise) {
+    for (int64_t q = 0; q < n; ++q) {
+        diff[q] = d[q] - d[q + 2];
+        sum[q] = d[q] + d[q + 1];
+        rise[q] = d[q + 1] - d[q];
+    }
+}
+
+// B^T down the columns of four rows' arrays: r0 - r2, r1 + r2, r2 - r1, r1 - r3.
+template <class T>
+void winograd_column_transform(const T* __restrict r0, const T* __restrict r1, const T* __restrict r2,
+                               const T* __restrict r3, int64_t n, T* __restrict v0, T* __restrict v1,
+                               T* __restrict v2, T* __restrict v3) {
+    for (int64_t q = 0; q < n; ++q) {
+        v0[q] = r0[q] - r2[q];
+        v1[q] = r1[q] + r2[q];
+        v2[q] = r2[q] - r1[q];
+        v3[q] = r1[q] - r3[q];
+    }
+}
+
+// y = the forward convolution of x (3x3 kernels, stride 1, dilation 1) with
+// weights weight_of(g, m, j), j = (c, kr, ks), plus bias (may be null).
+// False where some output is NaN or Inf: then y holds no result.
+template <class T, class WeightOf>
+bool winograd_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>;
+    constexpr int64_t F = kWinogradFilters<T>, P = kWinogradPoints;
+    constexpr int64_t NP = DirectKernels<T, 2>::max_pixels;
+    const int64_t cg = p.c_per_group(), kg = p.k_per_group(), kblocks = (kg + F - 1) / F;
+    const int64_t tile_rows = (p.out_h + 1) / 2, tiles_per_row = (p.out_w + 1) / 2;
+
+    // A unit of work: one group, image and row of tiles, and one run of the
+    // row's tiles, as long as keeps its transformed input (24 x cg values a
+    // tile, below) and sums (16 x kblocks x F) within 3/4 of the L2 cache.
+    const int64_t tile_bytes = (24 * cg + P * kblocks * F) * static_cast<int64_t>(sizeof(T));
+    const int64_t most_tiles = std::max<int64_t>(NP, cache_sizes().l2 * 3 / 4 / tile_bytes);
+    const int64_t runs = (tiles_per_row + most_tiles - 1) / most_tiles;
+    const int64_t run_tiles = (tiles_per_row + runs - 1) / runs;  // the last run may be shorter
+    const int64_t units = p.groups * p.n * tile_rows * runs;
+
+    // u[g][point][kb][c][f] = (G g G^T)[point] of filter kb * F + f's kernel
+    // for channel c, 0 past the group's filters.
+    const int64_t per_group = P * kblocks * cg * F;
+    const AlignedArray<T> u_mem = aligned_array<T>(static_cast<size_t>(p.groups * per_group));
+    T* const u = u_mem.get();
+
+    // The input transform B^T d B, vectorised along the row: with d[q] the
+    // run's input columns (q = 0, 1, ...; tile t reads q = 2t .. 2t + 3), B^T
+    // along a row gives tile t the values diff[2t], sum[2t + 1], rise[2t + 1]
+    // and diff[2t + 1] of the whole-row arrays diff[q] = d[q] - d[q + 2],
+    // sum[q] = d[q] + d[q + 1] and rise[q] = d[q + 1] - d[q]; B^T down the
+    // columns then combines the four input rows' arrays. The micro-kernel
+    // reads every other element (its stride-2 form): v[i][a][c][q], array a
+    // of diff, sum and rise, point (i, j) at array kArray[j] from kFirst[j].
+    constexpr int64_t kArray[4] = {0, 1, 2, 0}, kFirst[4] = {0, 1, 1, 1};
+    const int64_t pitch = 2 * run_tiles;  // elements per array
+    std::vector<TapAt> at(static_cast<size_t>(cg));  // channel c: its transformed input and weights
+    for (int64_t c = 0; c < cg; ++c) at[static_cast<size_t>(c)] = TapAt{c * pitch, c * F};
+    DirectMicro<T> micro_for[NP + 1] = {};
+    for (int np = 1; np <= NP; ++np) micro_for[np] = DirectKernels<T, 2>::for_pixels(np, 2);
+
+    // Output rows of the run's tiles, as write_row takes them: pixels of F
+    // filters, whole L x L tiles.
+    const int64_t line_w = (pitch + L - 1) / L * L;
+    PerThread<T> v_mem(4 * 3 * cg * pitch), m_mem(P * kblocks * run_tiles * F), rows_mem(4 * 3 * pitch);
+    PerThread<T> input_mem(pitch + 2), result_mem(2 * line_w * F), line_mem(L * line_w);
+    std::atomic<bool> any_nonfinite{false};
+    const double unit_flops = 2.0 * static_cast<double>(P * cg * kblocks * F * run_tiles);
+    SharedUnits shared(units, true, SharedUnits::units_per_take(unit_flops));
+    parallel_region(worth_parallel(conv_flops(p)), [&] {
+        // The weights' transform, a share of the kernels each.
+        const auto [k0, k1] = thread_share(p.groups * kblocks * F);
+        for (int64_t gk = k0; gk < k1; ++gk) {
+            const int64_t g = gk / (kblocks * F), m = gk % (kblocks * F), kb = m / F, f = m % F;
+            T* dst = u + g * per_group + kb * cg * F + f;  // + point * kblocks * cg * F + c * F
+            for (int64_t c = 0; c < cg; ++c) {
+                T t[4][3] = {};  // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2
+                if (m < kg) {
+                    for (int64_t j = 0; j < 3; ++j) {
+                        const T g0 = weight_of(g, m, c * 9 + j), g1 = weight_of(g, m, c * 9 + 3 + j),
+                                g2 = weight_of(g, m, c * 9 + 6 + j);
+                        t[0][j] = g0, t[1][j] = T(0.5) * (g0 + g1 + g2), t[2][j] = T(0.5) * (g0 - g1 + g2), t[3][j] = g2;
+                    }
+                }
+                for (int64_t i = 0; i < 4; ++i) {
+                    const T row[4] = {t[i][0], T(0.5) * (t[i][0] + t[i][1] + t[i][2]),
+                                      T(0.5) * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};
+                    for (int64_t j = 0; j < 4; ++j) dst[((i * 4 + j) * kblocks * cg + c) * F] = row[j];
+                }
+            }
+        }
+        team_barrier();
+
+        T* const v = v_mem.get();        // v[i][a][c][q]
+        T* const sums = m_mem.get();     // sums[point][kb][tile][f]
+        T* const rows = rows_mem.get();  // rows[i][a][q]: B^T along input row i
+        T* const d = input_mem.get();
+        T* const result = result_mem.get();  // the top output row's pixels, then the bottom one's
+        T* const line = line_mem.get();
+        std::fill(result, result + 2 * line_w * F, T(0));  // write_row reads whole tiles past the row's pixels
+        V nonfinite{};  // stays 0 while every output is finite (o - o is NaN for NaN and Inf)
+        shared.start();
+        for (;;) {
+            const auto [unit, unit_end] = shared.next([](int64_t first) { return first + 1; });
+            if (unit == unit_end) break;
+            const int64_t run = unit % runs, tr = unit / runs % tile_rows, n = unit / (runs * tile_rows) % p.n;
+            const int64_t g = unit / (runs * tile_rows * p.n);
+            const int64_t t0 = run * run_tiles, tiles = std::min(run_tiles, tiles_per_row - t0), width = 2 * tiles;
+            // d[q] = input column col0 + q of a row; tile t reads rows 2 * tr - pad_top + i, i < 4.
+            const int64_t col0 = 2 * t0 - p.pad_left;
+            const int64_t q_lo = std::clamp<int64_t>(-col0, 0, width + 2), q_hi = std::clamp<int64_t>(p.w - col0, q_lo, width + 2);
+            for (int64_t c = 0; c < cg; ++c) {
+                const T* plane = x + n * p.xs.n + (g * cg + c) * p.xs.c;
+                for (int64_t i = 0; i < 4; ++i) {
+                    T* const diff = rows + i * 3 * pitch;
+                    T *const sum = diff + pitch, *const rise = sum + pitch;
+                    const int64_t ih = 2 * tr - p.pad_top + i;
+                    if (ih < 0 || ih >= p.h) {
+                        std::fill(diff, diff + 3 * pitch, T(0));
+                        continue;
+                    }
+                    const T* in = plane + ih * p.xs.h;
+                    std::fill(d, d + q_lo, T(0));
+                    if (p.xs.w == 1) std::copy(in + col0 + q_lo, in + col0 + q_hi, d + q_lo);
+                    else for (int64_t q = q_lo; q < q_hi; ++q) d[q] = in[(col0 + q) * p.xs.w];
+                    std::fill(d + q_hi, d + width + 2, T(0));
+                    winograd_row_transform(d, width, diff, sum, rise);
+                }
+                for (int64_t a = 0; a < 3; ++a) {  // down the columns: r0 - r2, r1 + r2, r2 - r1, r1 - r3
+                    const T* r0 = rows + a * pitch;
+                    const T *r1 = r0 + 3 * pitch, *r2 = r1 + 3 * pitch, *r3 = r2 + 3 * pitch;
+                    T* const v0 = v + (a * cg + c) * pitch;
+                    T *const v1 = v0 + 3 * cg * pitch, *const v2 = v1 + 3 * cg * pitch, *const v3 = v2 + 3 * cg * pitch;
+                    winograd_column_transform(r0, r1, r2, r3, width, v0, v1, v2, v3);
+                }
+            }
+            // The 16 sums over channels, each a product of (tiles x cg) and (cg x F) per filter block.
+            const PixelBlocks blocks(tiles, NP);
+            for (int64_t point = 0; point < P; ++point) {
+                const int64_t i = point / 4, j = point % 4;
+                const T* in = v + (i * 3 + kArray[j]) * cg * pitch + kFirst[j];
+                for (int64_t kb = 0; kb < kblocks; ++kb) {
+                    const T* w = u + g * per_group + (point * kblocks + kb) * cg * F;
+                    for (int64_t b = 0; b < blocks.count; ++b) {
+                        const int64_t ts = blocks.start(b), np = blocks.pixels(b);
+                        micro_for[np](in + 2 * ts, 2, w, at.data(), cg, sums + ((point * kblocks + kb) * run_tiles + ts) * F,
+                                      false);
+                    }
+                }
+            }
+            // The outputs A^T M A: rows m0 + m1 + m2 and m1 - m2 - m3, then the
+            // same along them; written a row of the run at a time.
+            const int64_t oh = 2 * tr, ow0 = 2 * t0, out_w = std::min(width, p.out_w - ow0);
+            for (int64_t kb = 0; kb < kblocks; ++kb) {
+                for (int64_t t = 0; t < tiles; ++t)
+                    for (int64_t half = 0; half < F; half += L) {
+                        V m[P];
+                        for (int64_t point = 0; point < P; ++point)
+                            m[point] = load<V>(sums + ((point * kblocks + kb) * run_tiles + t) * F + half);
+                        V top[4], bottom[4];
+                        for (int j = 0; j < 4; ++j) {
+                            top[j] = m[j] + m[4 + j] + m[8 + j];
+                            bottom[j] = m[4 + j] - m[8 + j] - m[12 + j];
+                        }
+                        const V o[4] = {top[0] + top[1] + top[2], top[1] - top[2] - top[3],
+                                        bottom[0] + bottom[1] + bottom[2], bottom[1] - bottom[2] - bottom[3]};
+                        for (const V& value : o) nonfinite += value - value;
+                        store(result + (2 * t) * F + half, o[0]);
+                        store(result + (2 * t + 1) * F + half, o[1]);
+                        store(result + (line_w + 2 * t) * F + half, o[2]);
+                        store(result + (line_w + 2 * t + 1) * F + half, o[3]);
+                    }
+                const int64_t k0 = g * kg + kb * F, nk = std::min(F, kg - kb * F);
+                for (int64_t r = 0; r < 2 && oh + r < p.out_h; ++r)
+                    write_row<T, F>(result + r * line_w * F, out_w, nk, bias ? bias + k0 : nullptr,
+                                    y + n * p.ys.n + k0 * p.ys.c + (oh + r) * p.ys.h + ow0 * p.ys.w, p.ys, line, line_w);
+            }
+        }
+        alignas(64) T lanes[L];
+        store(lanes, nonfinite);
+        for (int i = 0; i < L; ++i)
+            if (lanes[i] != T(0)) any_nonfinite.store(true, std::memory_order_relaxed);
+    });
+    return !any_nonfinite.load();
+}
+
+}  // namespace fastconv::FASTCONV_ISA

@@ -1,0 +1,115 @@
+"""The Winograd F(2x2, 3x3) forward (csrc/winograd_forward_impl.h), which
+3x3 layers at stride 1 with 48 or more channels and filters per group take,
+forward and in dL/dx (a stride-1 forward of grad_y): against the NumPy
+reference, on every instruction set, with the geometry's edges (odd sizes,
+asymmetric padding, groups, channels-last), thread counts and NaN/Inf.
+
+Every shape here meets the path's conditions: 3x3, stride 1, dilation 1, at
+least 48 channels and filters per group, output rows of 28 or more pixels (14
+tiles: one AVX-512 micro-kernel's, two AVX2 ones'), transformed weights of at
+most 4 MiB."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import ISAS, assert_close, forced_isa
+
+import fastconv
+
+SIMD_ISAS = [isa for isa in ISAS if isa != "generic"]
+DTYPES = [np.float32, np.float64]
+
+# (x shape, filters, padding, groups, data format)
+CASES = [
+    pytest.param((2, 64, 6, 28), 64, "same", 1, "NCHW", id="same"),
+    pytest.param((1, 48, 7, 31), 50, "same", 1, "NCHW", id="odd-sizes-partial-filter-block"),
+    pytest.param((2, 64, 9, 32), 48, "valid", 1, "NCHW", id="valid"),
+    pytest.param((1, 96, 5, 29), 96, (2, 0, 1, 3), 2, "NCHW", id="asymmetric-groups"),
+    pytest.param((1, 64, 4, 30), 64, (0, 3, 3, 0), 1, "NCHW", id="one-sided"),
+    pytest.param((2, 6, 30, 64), 64, "same", 1, "NHWC", id="channels-last"),
+    pytest.param((1, 48, 3, 200), 48, "same", 1, "NCHW", id="rows-in-several-runs"),
+]
+
+
+def layer(rng, dtype, x_shape, filters, groups, data_format):
+    x = rng.standard_normal(x_shape).astype(dtype)
+    channels = x_shape[1] if data_format == "NCHW" else x_shape[3]
+    weight = rng.standard_normal((filters, channels // groups, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(filters).astype(dtype)
+    return x, weight, bias
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("x_shape", "filters", "padding", "groups", "data_format"), CASES)
+def test_forward_and_input_gradient_match_the_reference(x_shape, filters, padding, groups, data_format, dtype, isa):
+    rng = np.random.default_rng(sum(x_shape) * filters)
+    x, weight, bias = layer(rng, dtype, x_shape, filters, groups, data_format)
+    kwargs = dict(padding=padding, groups=groups, data_format=data_format)
+    want = fastconv.conv2d(x, weight, bias, backend="numpy", **kwargs)
+    grad_y = rng.standard_normal(want.shape).astype(dtype)
+    want_dx = fastconv.conv2d_backward(grad_y, x, weight, backend="numpy", **kwargs).input
+    with forced_isa(isa):
+        got = fastconv.conv2d(x, weight, bias, backend="cpp", **kwargs)
+        got_dx = fastconv.conv2d_backward(grad_y, x, weight, backend="cpp", **kwargs).input
+    assert_close(got, want, "forward")
+    assert_close(got_dx, want_dx, "dL/dx")
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_float_error_stays_near_the_direct_sums(dtype, isa):
+    # The transforms' coefficients are 0, +-1 and +-1/2: the error against a
+    # float64 (or exact) sum grows by a small factor, not with the channels.
+    rng = np.random.default_rng(7)
+    x, weight, bias = layer(rng, dtype, (2, 128, 8, 56), 64, 1, "NCHW")
+    exact = fastconv.conv2d(
+        x.astype(np.float64), weight.astype(np.float64), bias.astype(np.float64), padding="same", backend="numpy"
+    )
+    with forced_isa(isa):
+        got = fastconv.conv2d(x, weight, bias, padding="same", backend="cpp")
+    relative = np.abs(got - exact).max() / np.abs(exact).max()
+    assert relative < (2e-6 if dtype == np.float32 else 1e-14), relative
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+def test_results_do_not_depend_on_the_thread_count(isa):
+    rng = np.random.default_rng(3)
+    x, weight, bias = layer(rng, np.float32, (3, 64, 10, 30), 64, 1, "NCHW")
+    before = fastconv.get_num_threads()
+    results = []
+    try:
+        with forced_isa(isa):
+            for threads in (1, 2, 3):
+                fastconv.set_num_threads(threads)
+                results.append(fastconv.conv2d(x, weight, bias, padding="same", backend="cpp"))
+    finally:
+        fastconv.set_num_threads(before)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("planted", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf_reach_only_the_outputs_that_read_them(planted, isa):
+    # The transforms would spread a NaN or Inf over whole tiles (and Inf - Inf
+    # makes NaN): such a call is computed again directly.
+    rng = np.random.default_rng(11)
+    x, weight, bias = layer(rng, np.float64, (1, 64, 6, 30), 64, 1, "NCHW")
+    x[0, 5, 2, 7] = planted
+    want = fastconv.conv2d(x, weight, bias, padding="same", backend="numpy")
+    grad_y = rng.standard_normal(want.shape)
+    grad_y[0, 9, 3, 11] = planted
+    want_dx = fastconv.conv2d_backward(grad_y, x, weight, padding="same", backend="numpy").input
+    with forced_isa(isa):
+        got = fastconv.conv2d(x, weight, bias, padding="same", backend="cpp")
+        got_dx = fastconv.conv2d_backward(grad_y, x, weight, padding="same", backend="cpp").input
+    for g, w, what in ((got, want, "forward"), (got_dx, want_dx, "dL/dx")):
+        assert np.isnan(w).any() or np.isinf(w).any()
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=what)
+        np.testing.assert_array_equal(np.isposinf(g), np.isposinf(w), err_msg=what)
+        np.testing.assert_array_equal(np.isneginf(g), np.isneginf(w), err_msg=what)
+        finite = np.isfinite(w)
+        assert_close(g[finite], w[finite], what)
