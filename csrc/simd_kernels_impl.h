@@ -18,6 +18,7 @@
 #include "implicit_gemm.h"
 #include "row_direct_impl.h"
 #include "simd_kernels.h"
+#include "winograd_backward_weights_impl.h"
 #include "winograd_forward_impl.h"
 
 namespace fastconv::FASTCONV_ISA {
@@ -245,7 +246,9 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
             return;
         }
     if (p.c_per_group() == 1) return plane_backward_weights(p, grad_y, x, grad_weight, grad_bias);
-    direct_backward_weights(p, grad_y, x, grad_weight);
+    // Winograd's F(3x3, 2x2) where the forward's F(2x2, 3x3) suits, unless some gradient came out non-finite.
+    if (!(winograd_suits<T>(p) && winograd_backward_weights(p, grad_y, x, grad_weight)))
+        direct_backward_weights(p, grad_y, x, grad_weight);
     if (grad_bias) conv_backward_bias(p, grad_y, grad_bias);
 }
 

@@ -25,13 +25,9 @@
 
 #include "direct_forward_impl.h"
 #include "parallel.h"
+#include "winograd_input.h"
 
 namespace fastconv::FASTCONV_ISA {
-
-// The transformed values per tile (4 x 4) and the filters per block (two vectors).
-constexpr int64_t kWinogradPoints = 16;
-template <class T>
-constexpr int64_t kWinogradFilters = 2 * kLanes<T>;
 
 // Bytes of transformed weights for p (16 values per kernel, filters rounded
 // up to whole blocks): one copy, shared by the threads.
@@ -46,37 +42,13 @@ int64_t winograd_weight_bytes(const ConvShape& p) {
 // 48 or more channels and filters per group (Zen 3, AVX2, float32: 1.45-1.64x
 // as fast as the direct kernel with 64-128 of each, 1.02x with 32), rows of
 // at least one micro-kernel's tiles, and transformed weights of 4 MiB at most.
+// dL/dweight's F(3x3, 2x2) (winograd_backward_weights_impl.h) takes the same layers.
 template <class T>
 bool winograd_suits(const ConvShape& p) {
     if (p.r != 3 || p.s != 3 || p.stride_h != 1 || p.stride_w != 1 || p.dil_h != 1 || p.dil_w != 1) return false;
     constexpr int64_t np = DirectKernels<T, 2>::max_pixels;
     return p.c_per_group() >= 48 && p.k_per_group() >= 48 && (p.out_w + 1) / 2 >= np && p.out_h >= 2 &&
            winograd_weight_bytes<T>(p) <= (int64_t(4) << 20);
-}
-
-// B^T along an input row d (n + 2 values): diff[q] = d[q] - d[q + 2],
-// sum[q] = d[q] + d[q + 1], rise[q] = d[q + 1] - d[q] for q < n. Apart so
-// that __restrict lets the compiler vectorise it.
-template <class T>
-void winograd_row_transform(const T* __restrict d, int64_t n, T* __restrict diff, T* __restrict sum, T* __restrict rise) {
-    for (int64_t q = 0; q < n; ++q) {
-        diff[q] = d[q] - d[q + 2];
-        sum[q] = d[q] + d[q + 1];
-        rise[q] = d[q + 1] - d[q];
-    }
-}
-
-// B^T down the columns of four rows' arrays: r0 - r2, r1 + r2, r2 - r1, r1 - r3.
-template <class T>
-void winograd_column_transform(const T* __restrict r0, const T* __restrict r1, const T* __restrict r2,
-                               const T* __restrict r3, int64_t n, T* __restrict v0, T* __restrict v1,
-                               T* __restrict v2, T* __restrict v3) {
-    for (int64_t q = 0; q < n; ++q) {
-        v0[q] = r0[q] - r2[q];
-        v1[q] = r1[q] + r2[q];
-        v2[q] = r2[q] - r1[q];
-        v3[q] = r1[q] - r3[q];
-    }
 }
 
 // y = the forward convolution of x (3x3 kernels, stride 1, dilation 1) with
@@ -106,15 +78,8 @@ bool winograd_forward(const ConvShape& p, const T* x, WeightOf weight_of, const 
     const AlignedArray<T> u_mem = aligned_array<T>(static_cast<size_t>(p.groups * per_group));
     T* const u = u_mem.get();
 
-    // The input transform B^T d B, vectorised along the row: with d[q] the
-    // run's input columns (q = 0, 1, ...; tile t reads q = 2t .. 2t + 3), B^T
-    // along a row gives tile t the values diff[2t], sum[2t + 1], rise[2t + 1]
-    // and diff[2t + 1] of the whole-row arrays diff[q] = d[q] - d[q + 2],
-    // sum[q] = d[q] + d[q + 1] and rise[q] = d[q + 1] - d[q]; B^T down the
-    // columns then combines the four input rows' arrays. The micro-kernel
-    // reads every other element (its stride-2 form): v[i][a][c][q], array a
-    // of diff, sum and rise, point (i, j) at array kArray[j] from kFirst[j].
-    constexpr int64_t kArray[4] = {0, 1, 2, 0}, kFirst[4] = {0, 1, 1, 1};
+    // The transformed input, v[i][a][c][q] (winograd_input.h): the micro-kernel
+    // reads every other element, in its stride-2 form.
     const int64_t pitch = 2 * run_tiles;  // elements per array
     std::vector<TapAt> at(static_cast<size_t>(cg));  // channel c: its transformed input and weights
     for (int64_t c = 0; c < cg; ++c) at[static_cast<size_t>(c)] = TapAt{c * pitch, c * F};
@@ -155,7 +120,7 @@ bool winograd_forward(const ConvShape& p, const T* x, WeightOf weight_of, const 
 
         T* const v = v_mem.get();        // v[i][a][c][q]
         T* const sums = m_mem.get();     // sums[point][kb][tile][f]
-        T* const rows = rows_mem.get();  // rows[i][a][q]: B^T along input row i
+        T* const rows = rows_mem.get();
         T* const d = input_mem.get();
         T* const result = result_mem.get();  // the top output row's pixels, then the bottom one's
         T* const line = line_mem.get();
@@ -168,39 +133,11 @@ bool winograd_forward(const ConvShape& p, const T* x, WeightOf weight_of, const 
             const int64_t run = unit % runs, tr = unit / runs % tile_rows, n = unit / (runs * tile_rows) % p.n;
             const int64_t g = unit / (runs * tile_rows * p.n);
             const int64_t t0 = run * run_tiles, tiles = std::min(run_tiles, tiles_per_row - t0), width = 2 * tiles;
-            // d[q] = input column col0 + q of a row; tile t reads rows 2 * tr - pad_top + i, i < 4.
-            const int64_t col0 = 2 * t0 - p.pad_left;
-            const int64_t q_lo = std::clamp<int64_t>(-col0, 0, width + 2), q_hi = std::clamp<int64_t>(p.w - col0, q_lo, width + 2);
-            for (int64_t c = 0; c < cg; ++c) {
-                const T* plane = x + n * p.xs.n + (g * cg + c) * p.xs.c;
-                for (int64_t i = 0; i < 4; ++i) {
-                    T* const diff = rows + i * 3 * pitch;
-                    T *const sum = diff + pitch, *const rise = sum + pitch;
-                    const int64_t ih = 2 * tr - p.pad_top + i;
-                    if (ih < 0 || ih >= p.h) {
-                        std::fill(diff, diff + 3 * pitch, T(0));
-                        continue;
-                    }
-                    const T* in = plane + ih * p.xs.h;
-                    std::fill(d, d + q_lo, T(0));
-                    if (p.xs.w == 1) std::copy(in + col0 + q_lo, in + col0 + q_hi, d + q_lo);
-                    else for (int64_t q = q_lo; q < q_hi; ++q) d[q] = in[(col0 + q) * p.xs.w];
-                    std::fill(d + q_hi, d + width + 2, T(0));
-                    winograd_row_transform(d, width, diff, sum, rise);
-                }
-                for (int64_t a = 0; a < 3; ++a) {  // down the columns: r0 - r2, r1 + r2, r2 - r1, r1 - r3
-                    const T* r0 = rows + a * pitch;
-                    const T *r1 = r0 + 3 * pitch, *r2 = r1 + 3 * pitch, *r3 = r2 + 3 * pitch;
-                    T* const v0 = v + (a * cg + c) * pitch;
-                    T *const v1 = v0 + 3 * cg * pitch, *const v2 = v1 + 3 * cg * pitch, *const v3 = v2 + 3 * cg * pitch;
-                    winograd_column_transform(r0, r1, r2, r3, width, v0, v1, v2, v3);
-                }
-            }
+            winograd_input(p, x + n * p.xs.n + g * cg * p.xs.c, cg, tr, t0, tiles, pitch, v, rows, d);
             // The 16 sums over channels, each a product of (tiles x cg) and (cg x F) per filter block.
             const PixelBlocks blocks(tiles, NP);
             for (int64_t point = 0; point < P; ++point) {
-                const int64_t i = point / 4, j = point % 4;
-                const T* in = v + (i * 3 + kArray[j]) * cg * pitch + kFirst[j];
+                const T* in = winograd_point(v, point, cg, pitch);
                 for (int64_t kb = 0; kb < kblocks; ++kb) {
                     const T* w = u + g * per_group + (point * kblocks + kb) * cg * F;
                     for (int64_t b = 0; b < blocks.count; ++b) {
@@ -238,10 +175,7 @@ bool winograd_forward(const ConvShape& p, const T* x, WeightOf weight_of, const 
                                     y + n * p.ys.n + k0 * p.ys.c + (oh + r) * p.ys.h + ow0 * p.ys.w, p.ys, line, line_w);
             }
         }
-        alignas(64) T lanes[L];
-        store(lanes, nonfinite);
-        for (int i = 0; i < L; ++i)
-            if (lanes[i] != T(0)) any_nonfinite.store(true, std::memory_order_relaxed);
+        note_nonfinite<T>(nonfinite, any_nonfinite);
     });
     return !any_nonfinite.load();
 }

@@ -1,8 +1,8 @@
-"""The Winograd F(2x2, 3x3) forward (csrc/winograd_forward_impl.h), which
-3x3 layers at stride 1 with 48 or more channels and filters per group take,
-forward and in dL/dx (a stride-1 forward of grad_y): against the NumPy
-reference, on every instruction set, with the geometry's edges (odd sizes,
-asymmetric padding, groups, channels-last), thread counts and NaN/Inf.
+"""The Winograd kernels (csrc/winograd_*), which 3x3 layers at stride 1 with
+48 or more channels and filters per group take: F(2x2, 3x3) forward and in
+dL/dx (a stride-1 forward of grad_y), F(3x3, 2x2) for dL/dweight. Against the
+NumPy reference, on every instruction set, with the geometry's edges (odd
+sizes, asymmetric padding, groups, channels-last), thread counts and NaN/Inf.
 
 Every shape here meets the path's conditions: 3x3, stride 1, dilation 1, at
 least 48 channels and filters per group, output rows of 28 or more pixels (14
@@ -43,18 +43,19 @@ def layer(rng, dtype, x_shape, filters, groups, data_format):
 @pytest.mark.parametrize("isa", SIMD_ISAS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("x_shape", "filters", "padding", "groups", "data_format"), CASES)
-def test_forward_and_input_gradient_match_the_reference(x_shape, filters, padding, groups, data_format, dtype, isa):
+def test_forward_and_gradients_match_the_reference(x_shape, filters, padding, groups, data_format, dtype, isa):
     rng = np.random.default_rng(sum(x_shape) * filters)
     x, weight, bias = layer(rng, dtype, x_shape, filters, groups, data_format)
     kwargs = dict(padding=padding, groups=groups, data_format=data_format)
     want = fastconv.conv2d(x, weight, bias, backend="numpy", **kwargs)
     grad_y = rng.standard_normal(want.shape).astype(dtype)
-    want_dx = fastconv.conv2d_backward(grad_y, x, weight, backend="numpy", **kwargs).input
+    want_grads = fastconv.conv2d_backward(grad_y, x, weight, backend="numpy", **kwargs)
     with forced_isa(isa):
         got = fastconv.conv2d(x, weight, bias, backend="cpp", **kwargs)
-        got_dx = fastconv.conv2d_backward(grad_y, x, weight, backend="cpp", **kwargs).input
+        got_grads = fastconv.conv2d_backward(grad_y, x, weight, backend="cpp", **kwargs)
     assert_close(got, want, "forward")
-    assert_close(got_dx, want_dx, "dL/dx")
+    assert_close(got_grads.input, want_grads.input, "dL/dx")
+    assert_close(got_grads.weight, want_grads.weight, "dL/dweight")
 
 
 @pytest.mark.parametrize("isa", SIMD_ISAS)
@@ -67,27 +68,38 @@ def test_float_error_stays_near_the_direct_sums(dtype, isa):
     exact = fastconv.conv2d(
         x.astype(np.float64), weight.astype(np.float64), bias.astype(np.float64), padding="same", backend="numpy"
     )
+    grad_y = rng.standard_normal(exact.shape).astype(dtype)
+    exact_dw = fastconv.conv2d_backward(
+        grad_y.astype(np.float64), x.astype(np.float64), weight.astype(np.float64), padding="same", backend="numpy"
+    ).weight
     with forced_isa(isa):
         got = fastconv.conv2d(x, weight, bias, padding="same", backend="cpp")
-    relative = np.abs(got - exact).max() / np.abs(exact).max()
-    assert relative < (2e-6 if dtype == np.float32 else 1e-14), relative
+        got_dw = fastconv.conv2d_backward(grad_y, x, weight, padding="same", backend="cpp").weight
+    for g, e in ((got, exact), (got_dw, exact_dw)):
+        relative = np.abs(g - e).max() / np.abs(e).max()
+        assert relative < (2e-6 if dtype == np.float32 else 1e-14), relative
 
 
 @pytest.mark.parametrize("isa", SIMD_ISAS)
 def test_results_do_not_depend_on_the_thread_count(isa):
     rng = np.random.default_rng(3)
     x, weight, bias = layer(rng, np.float32, (3, 64, 10, 30), 64, 1, "NCHW")
+    grad_y = rng.standard_normal((3, 64, 10, 30)).astype(np.float32)
     before = fastconv.get_num_threads()
     results = []
     try:
         with forced_isa(isa):
             for threads in (1, 2, 3):
                 fastconv.set_num_threads(threads)
-                results.append(fastconv.conv2d(x, weight, bias, padding="same", backend="cpp"))
+                grads = fastconv.conv2d_backward(grad_y, x, weight, padding="same", backend="cpp")
+                results.append(
+                    (fastconv.conv2d(x, weight, bias, padding="same", backend="cpp"), grads.input, grads.weight)
+                )
     finally:
         fastconv.set_num_threads(before)
     for other in results[1:]:
-        np.testing.assert_array_equal(other, results[0])
+        for a, b in zip(other, results[0]):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -102,11 +114,16 @@ def test_nan_and_inf_reach_only_the_outputs_that_read_them(planted, isa):
     want = fastconv.conv2d(x, weight, bias, padding="same", backend="numpy")
     grad_y = rng.standard_normal(want.shape)
     grad_y[0, 9, 3, 11] = planted
-    want_dx = fastconv.conv2d_backward(grad_y, x, weight, padding="same", backend="numpy").input
+    want_grads = fastconv.conv2d_backward(grad_y, x, weight, padding="same", backend="numpy")
     with forced_isa(isa):
         got = fastconv.conv2d(x, weight, bias, padding="same", backend="cpp")
-        got_dx = fastconv.conv2d_backward(grad_y, x, weight, padding="same", backend="cpp").input
-    for g, w, what in ((got, want, "forward"), (got_dx, want_dx, "dL/dx")):
+        got_grads = fastconv.conv2d_backward(grad_y, x, weight, padding="same", backend="cpp")
+    pairs = (
+        (got, want, "forward"),
+        (got_grads.input, want_grads.input, "dL/dx"),
+        (got_grads.weight, want_grads.weight, "dL/dweight"),
+    )
+    for g, w, what in pairs:
         assert np.isnan(w).any() or np.isinf(w).any()
         np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=what)
         np.testing.assert_array_equal(np.isposinf(g), np.isposinf(w), err_msg=what)
