@@ -27,20 +27,19 @@
 namespace fastconv::FASTCONV_ISA {
 
 // gy_t[point][t][f] = (A gy A^T)[point] of the 2 x 2 grad_y values of tile t
-// (tiles [t0, t0 + tiles) of tile row tr) for filter f of the F from gy_k
-// (filter planes p.ys.c apart), 0 past nk filters and the outputs' edges.
+// of tile row tr (`tiles` of them: the whole row) for filter f of the F from
+// gy_k (filter planes p.ys.c apart), 0 past nk filters and the outputs' edges.
 // rows: scratch of 2 x (2 * tiles rounded up to L) x F.
 template <class T, int64_t F>
-void winograd_grad_output(const ConvShape& p, const T* gy_k, int64_t nk, int64_t tr, int64_t t0, int64_t tiles, T* gy_t,
-                          T* rows) {
+void winograd_grad_output(const ConvShape& p, const T* gy_k, int64_t nk, int64_t tr, int64_t tiles, T* gy_t, T* rows) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
-    const int64_t width = 2 * tiles, ow0 = 2 * t0, line = (width + L - 1) / L * L;
+    const int64_t width = 2 * tiles, line = (width + L - 1) / L * L;
     // rows[r][ow][f]: the two grad_y rows transposed, filters side by side.
     for (int64_t r = 0; r < 2; ++r) {
         T* const dst = rows + r * line * F;
-        const int64_t oh = 2 * tr + r, valid = oh < p.out_h ? std::min(width, p.out_w - ow0) : 0;
-        const T* src = gy_k + oh * p.ys.h + ow0 * p.ys.w;
+        const int64_t oh = 2 * tr + r, valid = oh < p.out_h ? p.out_w : 0;
+        const T* src = gy_k + oh * p.ys.h;
         int64_t ow = 0;
         if (p.ys.w == 1 && nk == F)
             for (; ow + L <= valid; ow += L)
@@ -78,10 +77,16 @@ bool winograd_backward_weights(const ConvShape& p, const T* grad_y, const T* x, 
 
     // A task owns a range of filter blocks and one of channels (a multiple of
     // NJ): splitting the filters transforms the input again, splitting the
-    // channels grad_y. Filters first, then channels, until every thread has
-    // a task and a task's sums (16 x filters x channels) fit in 1 MiB.
+    // channels grad_y. Filters first, until every thread has a task and a
+    // task's transformed grad_y for a row of tiles (16 x filters x tiles: wide
+    // images) fits in 2 MiB, then channels, until its sums (16 x filters x
+    // channels) fit in 1 MiB.
     const int64_t threads = max_threads(), per_group = (threads + p.groups - 1) / p.groups;
-    const int64_t ksplits = std::min(kblocks, per_group), kper = (kblocks + ksplits - 1) / ksplits;
+    int64_t ksplits = std::min(kblocks, per_group);
+    while (ksplits < kblocks &&
+           P * ((kblocks + ksplits - 1) / ksplits) * F * tiles_per_row * static_cast<int64_t>(sizeof(T)) > (int64_t(2) << 20))
+        ++ksplits;
+    const int64_t kper = (kblocks + ksplits - 1) / ksplits;
     int64_t csplits = (per_group + ksplits - 1) / ksplits;
     while (P * kper * F * ((cg + csplits - 1) / csplits) * static_cast<int64_t>(sizeof(T)) > (int64_t(1) << 20) &&
            (cg + csplits - 1) / csplits > NJ)
@@ -114,27 +119,26 @@ bool winograd_backward_weights(const ConvShape& p, const T* grad_y, const T* x, 
             const int64_t c0 = cr * cper, nc = std::min(cper, cg - c0);
             const int64_t kb0 = kr * kper, nkb = std::min(kper, kblocks - kb0);
             std::fill(sums, sums + P * nkb * nc * F, T(0));
-            const int64_t tiles = tiles_per_row;
             for (int64_t n = 0; n < p.n; ++n)
                 for (int64_t tr = 0; tr < tile_rows; ++tr) {
                     for (int64_t kb = 0; kb < nkb; ++kb) {
                         const int64_t k0 = g * kg + (kb0 + kb) * F, nk = std::min(F, kg - (kb0 + kb) * F);
-                        winograd_grad_output<T, F>(p, grad_y + n * p.ys.n + k0 * p.ys.c, nk, tr, 0, tiles,
-                                                   gy_t + kb * P * tiles * F, rows);
+                        winograd_grad_output<T, F>(p, grad_y + n * p.ys.n + k0 * p.ys.c, nk, tr, tiles_per_row,
+                                                   gy_t + kb * P * tiles_per_row * F, rows);
                     }
                     for (int64_t cc = 0; cc < nc; cc += chunk) {
                         const int64_t ncc = std::min(chunk, nc - cc);
-                        winograd_input(p, x + n * p.xs.n + (g * cg + c0 + cc) * p.xs.c, ncc, tr, 0, tiles, pitch, v, rows, d);
+                        winograd_input(p, x + n * p.xs.n + (g * cg + c0 + cc) * p.xs.c, ncc, tr, 0, tiles_per_row, pitch, v, rows, d);
                         for (int64_t point = 0; point < P; ++point) {
                             const T* vp = winograd_point(v, point, ncc, pitch);
                             for (int64_t kb = 0; kb < nkb; ++kb) {
-                                const T* gp = gy_t + (kb * P + point) * tiles * F;
+                                const T* gp = gy_t + (kb * P + point) * tiles_per_row * F;
                                 for (int64_t c = 0; c < ncc; c += NJ) {
                                     const int64_t nj = std::min<int64_t>(NJ, ncc - c);
                                     const T* src[NJ];
                                     for (int64_t jj = 0; jj < nj; ++jj) src[jj] = vp + (c + jj) * pitch;
                                     pick_direct_bw<T, 2>(static_cast<int>(nj), std::make_integer_sequence<int, NJ>{})(
-                                        src, 2, 0, 0, gp, 1, 1, tiles, sums + ((point * nkb + kb) * nc + cc + c) * F);
+                                        src, 2, 0, 0, gp, 1, 1, tiles_per_row, sums + ((point * nkb + kb) * nc + cc + c) * F);
                                 }
                             }
                         }
