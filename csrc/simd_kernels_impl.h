@@ -36,10 +36,12 @@ inline std::vector<Tap> forward_taps(const ConvShape& p) {
 }
 
 // A forward convolution of R x S > 1 kernels: by Winograd's F(2x2, 3x3)
-// where it suits and every output comes out finite, else directly.
+// (dilated ones phase by phase) where it suits and every output comes out
+// finite, else directly.
 template <class T, class WeightOf>
 void spatial_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
     if (winograd_suits<T>(p) && winograd_forward(p, x, weight_of, bias, y)) return;
+    if (winograd_forward_dilated(p, x, weight_of, bias, y)) return;
     any_direct_forward(p, x, weight_of, bias, y);
 }
 
@@ -247,7 +249,7 @@ void conv_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* g
         }
     if (p.c_per_group() == 1) return plane_backward_weights(p, grad_y, x, grad_weight, grad_bias);
     // Winograd's F(3x3, 2x2) where the forward's F(2x2, 3x3) suits, unless some gradient came out non-finite.
-    if (!(winograd_suits<T>(p) && winograd_backward_weights(p, grad_y, x, grad_weight)))
+    if (!(winograd_backward_weights_suits<T>(p) && winograd_backward_weights(p, grad_y, x, grad_weight)))
         direct_backward_weights(p, grad_y, x, grad_weight);
     if (grad_bias) conv_backward_bias(p, grad_y, grad_bias);
 }

@@ -34,7 +34,7 @@ template <class T, int64_t F>
 void winograd_grad_output(const ConvShape& p, const T* gy_k, int64_t nk, int64_t tr, int64_t tiles, T* gy_t, T* rows) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
-    const int64_t width = 2 * tiles, line = (width + L - 1) / L * L;
+    const int64_t width = 2 * tiles, line = winograd_span<T>(tiles);
     // rows[r][ow][f]: the two grad_y rows transposed, filters side by side.
     for (int64_t r = 0; r < 2; ++r) {
         T* const dst = rows + r * line * F;
@@ -65,7 +65,15 @@ void winograd_grad_output(const ConvShape& p, const T* gy_k, int64_t nk, int64_t
         }
 }
 
-// grad_weight = dL/dweight of p (3x3 kernels, stride 1, dilation 1: winograd_suits).
+// Whether F(3x3, 2x2) suits p's dL/dweight: where the forward's F(2x2, 3x3)
+// does, with rows of at least one forward micro-kernel's tiles (the sums run
+// a row of tiles at a time; shorter rows were not measured).
+template <class T>
+bool winograd_backward_weights_suits(const ConvShape& p) {
+    return winograd_suits<T>(p) && (p.out_w + 1) / 2 >= DirectKernels<T, 2>::max_pixels;
+}
+
+// grad_weight = dL/dweight of p (winograd_backward_weights_suits).
 // False where some value is NaN or Inf: then grad_weight holds no result.
 template <class T>
 bool winograd_backward_weights(const ConvShape& p, const T* grad_y, const T* x, T* grad_weight) {
@@ -99,12 +107,12 @@ bool winograd_backward_weights(const ConvShape& p, const T* grad_y, const T* x, 
     // stores of its sums are shared by the row's tiles): grad_y transformed
     // for the task's filters, then the input for a chunk of its channels at a
     // time, a quarter of the L2 cache each.
-    const int64_t pitch = 2 * tiles_per_row, line = (pitch + L - 1) / L * L;
+    const int64_t pitch = winograd_span<T>(tiles_per_row);  // also grad_y's rows' (winograd_grad_output)
     const int64_t chunk = std::clamp<int64_t>(cache_sizes().l2 / 4 / (12 * pitch * static_cast<int64_t>(sizeof(T))) / NJ * NJ,
                                               NJ, cper);
 
     PerThread<T> v_mem(12 * chunk * pitch), gy_mem(kper * P * tiles_per_row * F), sums_mem(P * kper * cper * F);
-    PerThread<T> rows_mem(std::max<int64_t>(12 * pitch, 2 * line * F)), input_mem(pitch + 2);
+    PerThread<T> rows_mem(std::max<int64_t>(12 * pitch, 2 * pitch * F)), input_mem(pitch + 2);
     std::atomic<bool> any_nonfinite{false};
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const v = v_mem.get();        // v[i][a][c][q], the task's channels

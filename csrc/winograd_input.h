@@ -58,13 +58,22 @@ T* winograd_point(T* v, int64_t point, int64_t channels, int64_t pitch) {
     return v + ((point / 4) * 3 + kArray[point % 4]) * channels * pitch + kFirst[point % 4];
 }
 
+// Elements winograd_input computes per array for `tiles` tiles: 2 x tiles
+// rounded up to whole vectors, so that no scalar remainder loop runs (short
+// rows, as in small images and dilated layers' phases, are mostly remainder).
+template <class T>
+int64_t winograd_span(int64_t tiles) {
+    return (2 * tiles + kLanes<T> - 1) / kLanes<T> * kLanes<T>;
+}
+
 // v[i][a][c][q] for `channels` input planes from x_c (p.xs.c apart), tile
-// row tr and tiles [t0, t0 + tiles) of it, q < 2 * tiles; pitch >= 2 * tiles
-// elements per array. rows (12 x pitch) and d (2 * tiles + 2) are scratch.
+// row tr and tiles [t0, t0 + tiles) of it, q < 2 * tiles; pitch >=
+// span = winograd_span(tiles) elements per array, q from 2 * tiles to span
+// meaningless. rows (12 x pitch) and d (span + 2) are scratch.
 template <class T>
 void winograd_input(const ConvShape& p, const T* x_c, int64_t channels, int64_t tr, int64_t t0, int64_t tiles,
                     int64_t pitch, T* v, T* rows, T* d) {
-    const int64_t width = 2 * tiles;
+    const int64_t width = winograd_span<T>(tiles);
     // d[q] = input column col0 + q of a row; tile row tr reads rows 2 * tr - pad_top + i, i < 4.
     const int64_t col0 = 2 * t0 - p.pad_left;
     const int64_t q_lo = std::clamp<int64_t>(-col0, 0, width + 2), q_hi = std::clamp<int64_t>(p.w - col0, q_lo, width + 2);

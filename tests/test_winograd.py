@@ -4,10 +4,10 @@ dL/dx (a stride-1 forward of grad_y), F(3x3, 2x2) for dL/dweight. Against the
 NumPy reference, on every instruction set, with the geometry's edges (odd
 sizes, asymmetric padding, groups, channels-last), thread counts and NaN/Inf.
 
-Every shape here meets the path's conditions: 3x3, stride 1, dilation 1, at
-least 48 channels and filters per group, output rows of 28 or more pixels (14
-tiles: one AVX-512 micro-kernel's, two AVX2 ones'), transformed weights of at
-most 4 MiB."""
+Every shape here meets the path's conditions: 3x3, stride 1, at least 48
+channels and filters per group, output rows of 14 or more pixels (7 tiles; 28
+for dL/dweight with AVX-512), transformed weights of at most 4 MiB. Dilated
+layers take it phase by phase, each phase an undilated layer."""
 
 from __future__ import annotations
 
@@ -31,6 +31,19 @@ CASES = [
     pytest.param((1, 48, 3, 200), 48, "same", 1, "NCHW", id="rows-in-several-runs"),
     # dL/dweight splits the filters to bound its transformed grad_y per row of tiles
     pytest.param((1, 48, 2, 1500), 48, "same", 1, "NCHW", id="wide-rows"),
+    # 7 tiles a row, the fewest the forward takes with AVX-512 (dL/dweight goes directly there)
+    pytest.param((2, 64, 5, 14), 64, "same", 1, "NCHW", id="narrow-rows"),
+]
+
+# Dilated layers go phase by phase (csrc/dilation_phases.h), each phase an
+# undilated layer of every d-th row and column: (x shape, padding, dilation,
+# data format); every phase has rows of at least 7 tiles.
+DILATED = [
+    pytest.param((2, 64, 9, 30), "same", 2, "NCHW", id="same-2"),
+    pytest.param((1, 64, 7, 47), "valid", 3, "NCHW", id="valid-3"),
+    pytest.param((1, 64, 8, 31), (3, 0, 1, 2), 2, "NCHW", id="asymmetric-2"),
+    pytest.param((1, 64, 6, 30), "same", (2, 1), "NCHW", id="rows-only"),
+    pytest.param((2, 8, 28, 64), "same", 2, "NHWC", id="channels-last"),
 ]
 
 
@@ -49,6 +62,24 @@ def test_forward_and_gradients_match_the_reference(x_shape, filters, padding, gr
     rng = np.random.default_rng(sum(x_shape) * filters)
     x, weight, bias = layer(rng, dtype, x_shape, filters, groups, data_format)
     kwargs = dict(padding=padding, groups=groups, data_format=data_format)
+    want = fastconv.conv2d(x, weight, bias, backend="numpy", **kwargs)
+    grad_y = rng.standard_normal(want.shape).astype(dtype)
+    want_grads = fastconv.conv2d_backward(grad_y, x, weight, backend="numpy", **kwargs)
+    with forced_isa(isa):
+        got = fastconv.conv2d(x, weight, bias, backend="cpp", **kwargs)
+        got_grads = fastconv.conv2d_backward(grad_y, x, weight, backend="cpp", **kwargs)
+    assert_close(got, want, "forward")
+    assert_close(got_grads.input, want_grads.input, "dL/dx")
+    assert_close(got_grads.weight, want_grads.weight, "dL/dweight")
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("x_shape", "padding", "dilation", "data_format"), DILATED)
+def test_dilated_layers_match_the_reference(x_shape, padding, dilation, data_format, dtype, isa):
+    rng = np.random.default_rng(sum(x_shape))
+    x, weight, bias = layer(rng, dtype, x_shape, 64, 1, data_format)
+    kwargs = dict(padding=padding, dilation=dilation, data_format=data_format)
     want = fastconv.conv2d(x, weight, bias, backend="numpy", **kwargs)
     grad_y = rng.standard_normal(want.shape).astype(dtype)
     want_grads = fastconv.conv2d_backward(grad_y, x, weight, backend="numpy", **kwargs)
@@ -106,20 +137,22 @@ def test_results_do_not_depend_on_the_thread_count(isa):
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 @pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("planted", [np.nan, np.inf, -np.inf])
-def test_nan_and_inf_reach_only_the_outputs_that_read_them(planted, isa):
+def test_nan_and_inf_reach_only_the_outputs_that_read_them(planted, dilation, isa):
     # The transforms would spread a NaN or Inf over whole tiles (and Inf - Inf
     # makes NaN): such a call is computed again directly.
     rng = np.random.default_rng(11)
     x, weight, bias = layer(rng, np.float64, (1, 64, 6, 30), 64, 1, "NCHW")
     x[0, 5, 2, 7] = planted
-    want = fastconv.conv2d(x, weight, bias, padding="same", backend="numpy")
+    kwargs = dict(padding="same", dilation=dilation)
+    want = fastconv.conv2d(x, weight, bias, backend="numpy", **kwargs)
     grad_y = rng.standard_normal(want.shape)
     grad_y[0, 9, 3, 11] = planted
-    want_grads = fastconv.conv2d_backward(grad_y, x, weight, padding="same", backend="numpy")
+    want_grads = fastconv.conv2d_backward(grad_y, x, weight, backend="numpy", **kwargs)
     with forced_isa(isa):
-        got = fastconv.conv2d(x, weight, bias, padding="same", backend="cpp")
-        got_grads = fastconv.conv2d_backward(grad_y, x, weight, padding="same", backend="cpp")
+        got = fastconv.conv2d(x, weight, bias, backend="cpp", **kwargs)
+        got_grads = fastconv.conv2d_backward(grad_y, x, weight, backend="cpp", **kwargs)
     pairs = (
         (got, want, "forward"),
         (got_grads.input, want_grads.input, "dL/dx"),
