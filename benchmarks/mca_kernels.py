@@ -98,6 +98,15 @@ KERNELS: list[Kernel] = [
         _NS + r"direct_bw_micro<{T}, (?P<nj>\d+), (?P<nk>\d+)>\(",
         hot=lambda a: (a["nj"] * a["nk"], a["nk"]),
     ),
+    # The same with 2 filter vectors: Winograd's dL/dweight sums (channels as
+    # taps, tiles as pixels); with AVX2 the instance bw_weights models.
+    Kernel(
+        "winograd_bw",
+        "winograd_backward_weights_impl.h",
+        _NS + r"direct_bw_micro<{T}, (?P<nj>\d+), (?P<nk>\d+)>\(",
+        hot=lambda a: (a["nj"],),
+        where=lambda a: a["nk"] == 2,
+    ),
     # Row direct kernel for few filters: MR filters x NR rows x NV vectors.
     Kernel(
         "rows",
