@@ -89,8 +89,8 @@ bool winograd_forward(const ConvShape& p, const T* x, WeightOf weight_of, const 
     for (int np = 1; np <= NP; ++np) micro_for[np] = DirectKernels<T, 2>::for_pixels(np, 2);
 
     // Output rows of the run's tiles, as write_row takes them: pixels of F
-    // filters, whole L x L tiles.
-    const int64_t line_w = pitch;
+    // filters, whole L x L tiles (pitch may end in half a vector).
+    const int64_t line_w = (pitch + L - 1) / L * L;
     PerThread<T> v_mem(4 * 3 * cg * pitch), m_mem(P * kblocks * run_tiles * F), rows_mem(4 * 3 * pitch);
     PerThread<T> input_mem(pitch + 2), result_mem(2 * line_w * F), line_mem(L * line_w);
     std::atomic<bool> any_nonfinite{false};
