@@ -114,20 +114,20 @@ def test_float_error_stays_near_the_direct_sums(dtype, isa):
 
 
 @pytest.mark.parametrize("isa", SIMD_ISAS)
-def test_results_do_not_depend_on_the_thread_count(isa):
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_results_do_not_depend_on_the_thread_count(dilation, isa):
     rng = np.random.default_rng(3)
     x, weight, bias = layer(rng, np.float32, (3, 64, 10, 30), 64, 1, "NCHW")
     grad_y = rng.standard_normal((3, 64, 10, 30)).astype(np.float32)
+    kwargs = dict(padding="same", dilation=dilation, backend="cpp")
     before = fastconv.get_num_threads()
     results = []
     try:
         with forced_isa(isa):
             for threads in (1, 2, 3):
                 fastconv.set_num_threads(threads)
-                grads = fastconv.conv2d_backward(grad_y, x, weight, padding="same", backend="cpp")
-                results.append(
-                    (fastconv.conv2d(x, weight, bias, padding="same", backend="cpp"), grads.input, grads.weight)
-                )
+                grads = fastconv.conv2d_backward(grad_y, x, weight, **kwargs)
+                results.append((fastconv.conv2d(x, weight, bias, **kwargs), grads.input, grads.weight))
     finally:
         fastconv.set_num_threads(before)
     for other in results[1:]:
