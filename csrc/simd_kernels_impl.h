@@ -40,7 +40,7 @@ inline std::vector<Tap> forward_taps(const ConvShape& p) {
 // finite, else directly.
 template <class T, class WeightOf>
 void spatial_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
-    if (winograd_suits<T>(p) && winograd_forward(p, x, weight_of, bias, y)) return;
+    if (winograd_suits<T>(p) && winograd_forward({DilationPhase{p, 0, 0}}, x, weight_of, bias, y)) return;
     if (winograd_forward_dilated(p, x, weight_of, bias, y)) return;
     any_direct_forward(p, x, weight_of, bias, y);
 }

@@ -54,30 +54,48 @@ bool winograd_suits(const ConvShape& p) {
 }
 
 // y = the forward convolution of x (3x3 kernels, stride 1, dilation 1) with
-// weights weight_of(g, m, j), j = (c, kr, ks), plus bias (may be null).
-// False where some output is NaN or Inf: then y holds no result.
+// weights weight_of(g, m, j), j = (c, kr, ks), plus bias (may be null), over
+// `phases`: undilated layers of x and y at offsets, alike but for their sizes
+// and padding (one: the layer itself; several: a dilated layer's, from
+// dilation_phases.h), all in one parallel region with one transform of the
+// weights. False where some output is NaN or Inf: then y holds no result.
 template <class T, class WeightOf>
-bool winograd_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
+bool winograd_forward(const std::vector<DilationPhase>& phases, const T* x, WeightOf weight_of, const T* bias, T* y) {
     using V = typename Simd<T>::vec;
     constexpr int L = kLanes<T>;
     constexpr int64_t F = kWinogradFilters<T>, P = kWinogradPoints;
     constexpr int64_t NP = DirectKernels<T, 2>::max_pixels;
-    const int64_t cg = p.c_per_group(), kg = p.k_per_group(), kblocks = (kg + F - 1) / F;
-    const int64_t tile_rows = (p.out_h + 1) / 2, tiles_per_row = (p.out_w + 1) / 2;
+    const ConvShape& p0 = phases.front().q;
+    const int64_t cg = p0.c_per_group(), kg = p0.k_per_group(), kblocks = (kg + F - 1) / F, groups = p0.groups;
 
-    // A unit of work: one group, image and row of tiles, and one run of the
-    // row's tiles, as long as keeps its transformed input (24 x cg values a
-    // tile, below) and sums (16 x kblocks x F) within 3/4 of the L2 cache.
+    // A unit of work: one image, phase, group and row of tiles, and one run
+    // of the row's tiles, as long as keeps its transformed input (24 x cg
+    // values a tile, below) and sums (16 x kblocks x F) within 3/4 of the L2
+    // cache. Image by image, so that a thread's share of the units writes
+    // whole images of y, all phases of them: phase by phase, 2 threads had
+    // shared the cache lines where rows of different phases meet.
     const int64_t tile_bytes = (24 * cg + P * kblocks * F) * static_cast<int64_t>(sizeof(T));
     const int64_t most_tiles = std::max<int64_t>(NP, cache_sizes().l2 * 3 / 4 / tile_bytes);
-    const int64_t runs = (tiles_per_row + most_tiles - 1) / most_tiles;
-    const int64_t run_tiles = (tiles_per_row + runs - 1) / runs;  // the last run may be shorter
-    const int64_t units = p.groups * p.n * tile_rows * runs;
+    struct Geometry {
+        int64_t tile_rows, tiles_per_row, runs, run_tiles, first_unit;
+    };
+    std::vector<Geometry> geometry;  // first_unit: among an image's units
+    int64_t image_units = 0, run_tiles = 0;  // run_tiles: the most of any phase
+    double flops = 0;
+    for (const DilationPhase& ph : phases) {
+        const int64_t tile_rows = (ph.q.out_h + 1) / 2, tiles_per_row = (ph.q.out_w + 1) / 2;
+        const int64_t runs = (tiles_per_row + most_tiles - 1) / most_tiles;
+        geometry.push_back({tile_rows, tiles_per_row, runs, (tiles_per_row + runs - 1) / runs, image_units});  // the last run may be shorter
+        image_units += groups * tile_rows * runs;
+        run_tiles = std::max(run_tiles, geometry.back().run_tiles);
+        flops += conv_flops(ph.q);
+    }
+    const int64_t units = p0.n * image_units;
 
     // u[g][point][kb][c][f] = (G g G^T)[point] of filter kb * F + f's kernel
     // for channel c, 0 past the group's filters.
     const int64_t per_group = P * kblocks * cg * F;
-    const AlignedArray<T> u_mem = aligned_array<T>(static_cast<size_t>(p.groups * per_group));
+    const AlignedArray<T> u_mem = aligned_array<T>(static_cast<size_t>(groups * per_group));
     T* const u = u_mem.get();
 
     // The transformed input, v[i][a][c][q] (winograd_input.h): the micro-kernel
@@ -96,9 +114,9 @@ bool winograd_forward(const ConvShape& p, const T* x, WeightOf weight_of, const 
     std::atomic<bool> any_nonfinite{false};
     const double unit_flops = 2.0 * static_cast<double>(P * cg * kblocks * F * run_tiles);
     SharedUnits shared(units, true, SharedUnits::units_per_take(unit_flops));
-    parallel_region(worth_parallel(conv_flops(p)), [&] {
+    parallel_region(worth_parallel(flops), [&] {
         // The weights' transform, a share of the kernels each.
-        const auto [k0, k1] = thread_share(p.groups * kblocks * F);
+        const auto [k0, k1] = thread_share(groups * kblocks * F);
         for (int64_t gk = k0; gk < k1; ++gk) {
             const int64_t g = gk / (kblocks * F), m = gk % (kblocks * F), kb = m / F, f = m % F;
             T* dst = u + g * per_group + kb * cg * F + f;  // + point * kblocks * cg * F + c * F
@@ -132,10 +150,16 @@ bool winograd_forward(const ConvShape& p, const T* x, WeightOf weight_of, const 
         for (;;) {
             const auto [unit, unit_end] = shared.next([](int64_t first) { return first + 1; });
             if (unit == unit_end) break;
-            const int64_t run = unit % runs, tr = unit / runs % tile_rows, n = unit / (runs * tile_rows) % p.n;
-            const int64_t g = unit / (runs * tile_rows * p.n);
-            const int64_t t0 = run * run_tiles, tiles = std::min(run_tiles, tiles_per_row - t0), width = 2 * tiles;
-            winograd_input(p, x + n * p.xs.n + g * cg * p.xs.c, cg, tr, t0, tiles, pitch, v, rows, d);
+            const int64_t n = unit / image_units, in_image = unit % image_units;
+            size_t i = 0;  // the unit's phase
+            while (i + 1 < phases.size() && geometry[i + 1].first_unit <= in_image) ++i;
+            const ConvShape& p = phases[i].q;
+            const Geometry& at_phase = geometry[i];
+            const int64_t runs = at_phase.runs, tile_rows = at_phase.tile_rows, u_in = in_image - at_phase.first_unit;
+            const int64_t run = u_in % runs, tr = u_in / runs % tile_rows, g = u_in / (runs * tile_rows);
+            const int64_t t0 = run * at_phase.run_tiles, tiles = std::min(at_phase.run_tiles, at_phase.tiles_per_row - t0);
+            const int64_t width = 2 * tiles;
+            winograd_input(p, x + phases[i].x_offset + n * p.xs.n + g * cg * p.xs.c, cg, tr, t0, tiles, pitch, v, rows, d);
             // The 16 sums over channels, each a product of (tiles x cg) and (cg x F) per filter block.
             const PixelBlocks blocks(tiles, NP);
             for (int64_t point = 0; point < P; ++point) {
@@ -174,7 +198,8 @@ bool winograd_forward(const ConvShape& p, const T* x, WeightOf weight_of, const 
                 const int64_t k0 = g * kg + kb * F, nk = std::min(F, kg - kb * F);
                 for (int64_t r = 0; r < 2 && oh + r < p.out_h; ++r)
                     write_row<T, F>(result + r * line_w * F, out_w, nk, bias ? bias + k0 : nullptr,
-                                    y + n * p.ys.n + k0 * p.ys.c + (oh + r) * p.ys.h + ow0 * p.ys.w, p.ys, line, line_w);
+                                    y + phases[i].y_offset + n * p.ys.n + k0 * p.ys.c + (oh + r) * p.ys.h + ow0 * p.ys.w,
+                                    p.ys, line, line_w);
             }
         }
         note_nonfinite<T>(nonfinite, any_nonfinite);
@@ -182,8 +207,10 @@ bool winograd_forward(const ConvShape& p, const T* x, WeightOf weight_of, const 
     return !any_nonfinite.load();
 }
 
-// A dilated 3x3 layer at stride 1 by F(2x2, 3x3), one undilated phase at a
-// time (dilation_phases.h), where every phase suits. False where it does not
+// A dilated 3x3 layer at stride 1 by F(2x2, 3x3), as its undilated phases
+// (dilation_phases.h), where every phase suits. One parallel region for all:
+// with a region per phase, 2 threads ran dilated_3x3's forward in a median
+// 2.68 ms, 1.45x as fast as 1 (Zen 4). False where it does not
 // or some output is NaN or Inf: then y holds no result.
 template <class T, class WeightOf>
 bool winograd_forward_dilated(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
@@ -191,9 +218,7 @@ bool winograd_forward_dilated(const ConvShape& p, const T* x, WeightOf weight_of
     const std::vector<DilationPhase> phases = dilation_phases(p);
     const auto suits = [](const DilationPhase& ph) { return winograd_suits<T>(ph.q); };
     if (phases.empty() || !std::all_of(phases.begin(), phases.end(), suits)) return false;
-    for (const DilationPhase& ph : phases)
-        if (!winograd_forward(ph.q, x + ph.x_offset, weight_of, bias, y + ph.y_offset)) return false;
-    return true;
+    return winograd_forward(phases, x, weight_of, bias, y);
 }
 
 }  // namespace fastconv::FASTCONV_ISA
