@@ -55,15 +55,10 @@ def layer(rng, dtype, x_shape, filters, groups, data_format):
     return x, weight, bias
 
 
-@pytest.mark.parametrize("isa", SIMD_ISAS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("x_shape", "filters", "padding", "groups", "data_format"), CASES)
-def test_forward_and_gradients_match_the_reference(x_shape, filters, padding, groups, data_format, dtype, isa):
-    rng = np.random.default_rng(sum(x_shape) * filters)
-    x, weight, bias = layer(rng, dtype, x_shape, filters, groups, data_format)
-    kwargs = dict(padding=padding, groups=groups, data_format=data_format)
+def assert_matches_reference(rng, x, weight, bias, isa, **kwargs):
+    """The forward, dL/dx and dL/dweight of the C++ core on `isa` against the NumPy reference."""
     want = fastconv.conv2d(x, weight, bias, backend="numpy", **kwargs)
-    grad_y = rng.standard_normal(want.shape).astype(dtype)
+    grad_y = rng.standard_normal(want.shape).astype(x.dtype)
     want_grads = fastconv.conv2d_backward(grad_y, x, weight, backend="numpy", **kwargs)
     with forced_isa(isa):
         got = fastconv.conv2d(x, weight, bias, backend="cpp", **kwargs)
@@ -71,6 +66,15 @@ def test_forward_and_gradients_match_the_reference(x_shape, filters, padding, gr
     assert_close(got, want, "forward")
     assert_close(got_grads.input, want_grads.input, "dL/dx")
     assert_close(got_grads.weight, want_grads.weight, "dL/dweight")
+
+
+@pytest.mark.parametrize("isa", SIMD_ISAS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("x_shape", "filters", "padding", "groups", "data_format"), CASES)
+def test_forward_and_gradients_match_the_reference(x_shape, filters, padding, groups, data_format, dtype, isa):
+    rng = np.random.default_rng(sum(x_shape) * filters)
+    x, weight, bias = layer(rng, dtype, x_shape, filters, groups, data_format)
+    assert_matches_reference(rng, x, weight, bias, isa, padding=padding, groups=groups, data_format=data_format)
 
 
 @pytest.mark.parametrize("isa", SIMD_ISAS)
@@ -79,16 +83,7 @@ def test_forward_and_gradients_match_the_reference(x_shape, filters, padding, gr
 def test_dilated_layers_match_the_reference(x_shape, padding, dilation, data_format, dtype, isa):
     rng = np.random.default_rng(sum(x_shape))
     x, weight, bias = layer(rng, dtype, x_shape, 64, 1, data_format)
-    kwargs = dict(padding=padding, dilation=dilation, data_format=data_format)
-    want = fastconv.conv2d(x, weight, bias, backend="numpy", **kwargs)
-    grad_y = rng.standard_normal(want.shape).astype(dtype)
-    want_grads = fastconv.conv2d_backward(grad_y, x, weight, backend="numpy", **kwargs)
-    with forced_isa(isa):
-        got = fastconv.conv2d(x, weight, bias, backend="cpp", **kwargs)
-        got_grads = fastconv.conv2d_backward(grad_y, x, weight, backend="cpp", **kwargs)
-    assert_close(got, want, "forward")
-    assert_close(got_grads.input, want_grads.input, "dL/dx")
-    assert_close(got_grads.weight, want_grads.weight, "dL/dweight")
+    assert_matches_reference(rng, x, weight, bias, isa, padding=padding, dilation=dilation, data_format=data_format)
 
 
 @pytest.mark.parametrize("isa", SIMD_ISAS)
