@@ -36,8 +36,8 @@ inline std::vector<Tap> forward_taps(const ConvShape& p) {
 }
 
 // A forward convolution of R x S > 1 kernels: by Winograd's F(2x2, 3x3)
-// (dilated ones phase by phase) where it suits and every output comes out
-// finite, else directly.
+// (a dilated layer as its undilated phases) where it suits and every output
+// comes out finite, else directly.
 template <class T, class WeightOf>
 void spatial_forward(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
     if (winograd_suits<T>(p) && winograd_forward({DilationPhase{p, 0, 0}}, x, weight_of, bias, y)) return;
