@@ -29,7 +29,7 @@ namespace fastconv::FASTCONV_ISA {
 // gy_t[point][t][f] = (A gy A^T)[point] of the 2 x 2 grad_y values of tile t
 // of tile row tr (`tiles` of them: the whole row) for filter f of the F from
 // gy_k (filter planes p.ys.c apart), 0 past nk filters and the outputs' edges.
-// rows: scratch of 2 x (2 * tiles rounded up to L) x F.
+// rows: scratch of 2 x winograd_span(tiles) x F.
 template <class T, int64_t F>
 void winograd_grad_output(const ConvShape& p, const T* gy_k, int64_t nk, int64_t tr, int64_t tiles, T* gy_t, T* rows) {
     using V = typename Simd<T>::vec;
