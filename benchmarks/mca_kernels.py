@@ -98,14 +98,13 @@ KERNELS: list[Kernel] = [
         _NS + r"direct_bw_micro<{T}, (?P<nj>\d+), (?P<nk>\d+)>\(",
         hot=lambda a: (a["nj"] * a["nk"], a["nk"]),
     ),
-    # The same with 2 filter vectors: Winograd's dL/dweight sums (channels as
-    # taps, tiles as pixels); with AVX2 the instance bw_weights models.
+    # Winograd's dL/dweight sums: NJ channels x KB blocks of 2 filter
+    # vectors, tiles as pixels (KB 2 with AVX-512).
     Kernel(
         "winograd_bw",
         "winograd_backward_weights_impl.h",
-        _NS + r"direct_bw_micro<{T}, (?P<nj>\d+), (?P<nk>\d+)>\(",
-        hot=lambda a: (a["nj"],),
-        where=lambda a: a["nk"] == 2,
+        _NS + r"winograd_bw_micro<{T}, (?P<nj>\d+), (?P<kb>\d+)>\(",
+        hot=lambda a: (a["nj"] * a["kb"], a["kb"]),
     ),
     # Row direct kernel for few filters: MR filters x NR rows x NV vectors.
     Kernel(

@@ -27,6 +27,8 @@ CASES = [
     pytest.param((2, 64, 9, 32), 48, "valid", 1, "NCHW", id="valid"),
     pytest.param((1, 96, 5, 29), 96, (2, 0, 1, 3), 2, "NCHW", id="asymmetric-groups"),
     pytest.param((1, 64, 4, 30), 64, (0, 3, 3, 0), 1, "NCHW", id="one-sided"),
+    # dL/dweight takes two filter blocks a call with AVX-512: 3 blocks of float32, 5 of float64
+    pytest.param((1, 50, 5, 28), 80, "same", 1, "NCHW", id="odd-filter-blocks"),
     pytest.param((2, 6, 30, 64), 64, "same", 1, "NHWC", id="channels-last"),
     pytest.param((1, 48, 3, 200), 48, "same", 1, "NCHW", id="rows-in-several-runs"),
     # dL/dweight splits the filters to bound its transformed grad_y per row of tiles

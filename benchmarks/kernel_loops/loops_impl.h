@@ -104,20 +104,32 @@ loops::LoopResult gemm_loop(double seconds) {
             type_name<T>(), double(ntaps * MR * NV), s};
 }
 
-// direct_bw_micro: NJ taps x NK filter vectors over `rows` rows of `width`
-// pixels sw apart (the direct dL/dweight: 4 rows of 14 at stride 1; the
-// Winograd one: a row of 28 tiles, every other element of its arrays).
+// direct_bw_micro: NJ taps x NK filter vectors over 4 rows of 14 pixels at
+// stride 1 (the direct dL/dweight's).
 template <class T, int NJ, int NK>
-loops::LoopResult backward_weights_loop(const char* kernel, int64_t sw, int64_t rows, int64_t width, double seconds) {
-    constexpr int64_t F = NK * kLanes<T>;
-    const int64_t row_step = sw * width + 2;
+loops::LoopResult backward_weights_loop(double seconds) {
+    constexpr int64_t F = NK * kLanes<T>, rows = 4, width = 14, row_step = width + 2;
     Buffer<T> x(rows * row_step + NJ + 16), gyt(rows * width * F), acc(NJ * F);
     const T* src[NJ];
     for (int j = 0; j < NJ; ++j) src[j] = x.data + j;
     DirectBwMicro<T> volatile fn = &direct_bw_micro<T, NJ, NK>;
-    const double s = seconds_per_call([&] { fn(src, sw, row_step, 0, gyt.data, 1, rows, width, acc.data); }, seconds);
-    return {kernel, "direct_bw_micro<" + std::string(type_name<T>()) + ", " + std::to_string(NJ) + ", " + std::to_string(NK) + ">",
+    const double s = seconds_per_call([&] { fn(src, 1, row_step, 0, gyt.data, 1, rows, width, acc.data); }, seconds);
+    return {"bw_weights", "direct_bw_micro<" + std::string(type_name<T>()) + ", " + std::to_string(NJ) + ", " + std::to_string(NK) + ">",
             type_name<T>(), double(NJ * NK * rows * width), s};
+}
+
+// winograd_bw_micro: NJ channels x KB filter blocks over a row of 28 tiles,
+// every other element of the transformed input's arrays.
+template <class T, int NJ, int KB>
+loops::LoopResult winograd_bw_loop(double seconds) {
+    constexpr int64_t F = 2 * kLanes<T>, tiles = 28, pitch = 2 * tiles + 16;
+    Buffer<T> v(NJ * pitch), gyt(KB * tiles * F), acc(KB * NJ * F);
+    const T* src[NJ];
+    for (int j = 0; j < NJ; ++j) src[j] = v.data + j * pitch;
+    WinogradBwMicro<T> volatile fn = &winograd_bw_micro<T, NJ, KB>;
+    const double s = seconds_per_call([&] { fn(src, gyt.data, tiles * F, tiles, acc.data, NJ * F); }, seconds);
+    return {"winograd_bw", "winograd_bw_micro<" + std::string(type_name<T>()) + ", " + std::to_string(NJ) + ", " + std::to_string(KB) + ">",
+            type_name<T>(), double(NJ * 2 * KB * tiles), s};
 }
 
 // rows_micro: MR filters x NR rows x NV vectors over 96 taps of 3-wide kernel rows.
@@ -251,8 +263,8 @@ void run_type(std::vector<loops::LoopResult>& out, double seconds) {
     out.push_back(direct_forward_loop<T, FASTCONV_DIRECT_NP, 2, 2>("direct_fwd_s2", seconds));
     out.push_back(direct_forward_loop<T, DirectKernels<T, 3>::max_pixels, 3, 2>("direct_fwd3_s2", seconds));
     out.push_back(gemm_loop<T, FASTCONV_MR, FASTCONV_NV>(seconds));
-    out.push_back(backward_weights_loop<T, FASTCONV_BW_NJ, FASTCONV_BW_NK>("bw_weights", 1, 4, 14, seconds));
-    out.push_back(backward_weights_loop<T, FASTCONV_BW_NJ, 2>("winograd_bw", 2, 1, 28, seconds));
+    out.push_back(backward_weights_loop<T, FASTCONV_BW_NJ, FASTCONV_BW_NK>(seconds));
+    out.push_back(winograd_bw_loop<T, FASTCONV_BW_NJ, FASTCONV_WINOGRAD_BW_BLOCKS>(seconds));
     if constexpr (wide) {
         out.push_back(rows_loop<T, 3, 2, 3>("rows", seconds));
         out.push_back(rows_loop<T, 1, rows_per_call(1, 3), 3>("rows_one_filter", seconds));
