@@ -64,13 +64,14 @@ _ROWS_MICRO = _NS + r"rows_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+)>\("
 _ROWS_SHARED = _NS + r"rows_shared_micro<{T}, (?P<mr>\d+), (?P<nr>\d+), (?P<nv>\d+), (?P<r>\d+)>\("
 
 
-def _direct_forward(name: str, nk: int, sw: int) -> Kernel:
-    """direct_micro<T, NP, NK, SW> with NK filter vectors at stride SW (1 and 2 are built in;
-    other strides are a run-time argument): the instance with the most pixels."""
+def _direct_forward(name: str, nk: int, sw: int, function: str = "direct_micro") -> Kernel:
+    """direct_micro<T, NP, NK, SW> (or direct_micro_edges) with NK filter vectors at stride SW
+    (1 and 2 are built in; other strides are a run-time argument): the instance with the most
+    pixels."""
     return Kernel(
         name,
         "direct_forward_impl.h",
-        _NS + r"direct_micro<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
+        _NS + function + r"<{T}, (?P<np>\d+), (?P<nk>\d+), (?P<sw>\d+)>\(",
         hot=lambda a: (a["np"],),
         where=lambda a: a["nk"] == nk and a["sw"] == sw,
     )
@@ -84,6 +85,10 @@ KERNELS: list[Kernel] = [
     # The same at stride 2: the forward of strided layers (resnet_s2, deep_s2, the stem).
     _direct_forward("direct_fwd_s2", 2, 2),
     _direct_forward("direct_fwd3_s2", 3, 2),
+    # Blocks at the input's edges (direct_micro_edges): its hot loop is the block's
+    # taps over all its pixels; two more loops take the taps that skip an edge pixel.
+    _direct_forward("direct_fwd_edges", 2, 1, "direct_micro_edges"),
+    _direct_forward("direct_fwd3_edges", 3, 1, "direct_micro_edges"),
     # The GEMM micro-kernel: MR filters x NV pixel vectors, the full tile.
     Kernel(
         "gemm",

@@ -29,16 +29,17 @@ namespace fastconv::FASTCONV_ISA {
 // input is then a constant offset from the tap's, where a run-time stride
 // costs a chain of address adds per tap, which on a core with two 512-bit FMA
 // ports competes with the FMAs for the ports.
-template <int SW, class T, class V, int NP, int NK>
+// Pixels [P0, P1) only where given (a block's runs that skip an edge pixel).
+template <int SW, int P0 = 0, int P1 = 0, class T, class V, int NP, int NK>
 __attribute__((always_inline)) inline void direct_tap(V (&acc)[NP][NK], const T* __restrict in, int64_t sw,
                                                       const T* __restrict w) {
-    constexpr int L = kLanes<T>;
+    constexpr int L = kLanes<T>, end = P1 > 0 ? P1 : NP;
     if constexpr (SW > 0) sw = SW;
     V wv[NK];
 #pragma GCC unroll 4
     for (int v = 0; v < NK; ++v) wv[v] = load<V>(w + v * L);
 #pragma GCC unroll 32
-    for (int p = 0; p < NP; ++p) {
+    for (int p = P0; p < end; ++p) {
         const T xv = in[p * sw];
 #pragma GCC unroll 4
         for (int v = 0; v < NK; ++v) acc[p][v] += xv * wv[v];
@@ -47,8 +48,7 @@ __attribute__((always_inline)) inline void direct_tap(V (&acc)[NP][NK], const T*
 
 // out[p][f] = sum over taps t of w[at[t].w + f] * in[at[t].in + p * sw], for
 // NP pixels p and NK vectors of filters f; added to out's own values where
-// `accumulate` (the sum goes on over the next chunk of taps, or over a run
-// of taps that leaves out an edge pixel: BlockTaps).
+// `accumulate` (the sum goes on over the next chunk of taps).
 template <class T, int NP, int NK, int SW>
 void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, const TapAt* __restrict at,
                   int64_t ntaps, T* __restrict out, bool accumulate) {
@@ -66,13 +66,49 @@ void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, con
         for (int v = 0; v < NK; ++v) store(out + (p * NK + v) * L, acc[p][v]);
 }
 
+// direct_micro for a block at an edge of the input, read in place: after
+// the `all` taps at[0..all), the skip_first taps that follow leave out pixel
+// 0 and the skip_last ones pixel NP - 1 (BlockTaps), all in one call. As
+// three calls (the second and third on NP - 1 pixels), each stored and loaded
+// the sums again: deep_7x7 (7-wide rows, each a block with both edges) spent
+// two thirds of its taps in such calls.
+template <class T, int NP, int NK, int SW>
+void direct_micro_edges(const T* __restrict in, int64_t sw, const T* __restrict w, const TapAt* __restrict at,
+                        int64_t all, int64_t skip_first, int64_t skip_last, T* __restrict out, bool accumulate) {
+    using V = typename Simd<T>::vec;
+    constexpr int L = kLanes<T>;
+    static_assert(NP > 1);
+    V acc[NP][NK];
+#pragma GCC unroll 32
+    for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 4
+        for (int v = 0; v < NK; ++v) acc[p][v] = accumulate ? load<V>(out + (p * NK + v) * L) : V{};
+    for (int64_t t = 0; t < all; ++t) direct_tap<SW>(acc, in + at[t].in, sw, w + at[t].w);
+    at += all;
+    for (int64_t t = 0; t < skip_first; ++t) direct_tap<SW, 1, NP>(acc, in + at[t].in, sw, w + at[t].w);
+    at += skip_first;
+    for (int64_t t = 0; t < skip_last; ++t) direct_tap<SW, 0, NP - 1>(acc, in + at[t].in, sw, w + at[t].w);
+#pragma GCC unroll 32
+    for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 4
+        for (int v = 0; v < NK; ++v) store(out + (p * NK + v) * L, acc[p][v]);
+}
+
 template <class T>
 using DirectMicro = void (*)(const T*, int64_t, const T*, const TapAt*, int64_t, T*, bool);
+template <class T>
+using DirectMicroEdges = void (*)(const T*, int64_t, const T*, const TapAt*, int64_t, int64_t, int64_t, T*, bool);
 
 template <class T, int NK, int SW, int... P>
 DirectMicro<T> pick_direct(int pixels, std::integer_sequence<int, P...>) {
     DirectMicro<T> table[] = {&direct_micro<T, P + 1, NK, SW>...};
     return table[pixels - 1];
+}
+
+template <class T, int NK, int SW, int... P>
+DirectMicroEdges<T> pick_direct_edges(int pixels, std::integer_sequence<int, P...>) {
+    DirectMicroEdges<T> table[] = {&direct_micro_edges<T, P + 2, NK, SW>...};
+    return table[pixels - 2];
 }
 
 // Micro-kernels for 1..max pixels with NK filter vectors, for input pixels
@@ -85,6 +121,13 @@ struct DirectKernels {
         if (stride == 1) return pick_direct<T, NK, 1>(pixels, all);
         if (stride == 2) return pick_direct<T, NK, 2>(pixels, all);
         return pick_direct<T, NK, 0>(pixels, all);
+    }
+    // direct_micro_edges, 2..max pixels.
+    static DirectMicroEdges<T> edges_for_pixels(int pixels, int64_t stride) {
+        constexpr auto all = std::make_integer_sequence<int, max_pixels - 1>{};
+        if (stride == 1) return pick_direct_edges<T, NK, 1>(pixels, all);
+        if (stride == 2) return pick_direct_edges<T, NK, 2>(pixels, all);
+        return pick_direct_edges<T, NK, 0>(pixels, all);
     }
 };
 
@@ -182,9 +225,12 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const PackRanges pack(kblocks, ntaps * F * static_cast<int64_t>(sizeof(T)));
     const int64_t windows = p.n * row_blocks;
     const int64_t pixel_blocks = blocks.count;
-    DirectMicro<T> micro_for[NP + 1] = {};  // by pixels: a block's, and one less for its runs that skip an edge pixel
-    for (int np = 1; np <= std::min<int64_t>(NP, blocks.size); ++np)
+    DirectMicro<T> micro_for[NP + 1] = {};  // by a block's pixels
+    DirectMicroEdges<T> edges_for[NP + 1] = {};  // the same for blocks with runs that skip an edge pixel
+    for (int np = 1; np <= std::min<int64_t>(NP, blocks.size); ++np) {
         micro_for[np] = DirectKernels<T, NK>::for_pixels(np, p.stride_w);
+        if (np > 1) edges_for[np] = DirectKernels<T, NK>::edges_for_pixels(np, p.stride_w);
+    }
 
     // The taps go in chunks of whole input channels whose packed weights fill
     // at most half the L1 data cache, so that they stay there while every
@@ -230,11 +276,10 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                     }
                     const T* in = row + ow0 * p.stride_w;
                     T* const sums = row_result + ow0 * F;
-                    micro_for[np](in, p.stride_w, wb, list.at, list.all, sums, chunk > 0);
-                    if (list.skip_first > 0)  // pixels 1.. of the block
-                        micro_for[np - 1](in + p.stride_w, p.stride_w, wb, list.at + list.all, list.skip_first, sums + F, true);
-                    if (list.skip_last > 0)
-                        micro_for[np - 1](in, p.stride_w, wb, list.at + list.all + list.skip_first, list.skip_last, sums, true);
+                    if (list.skip_first == 0 && list.skip_last == 0)
+                        micro_for[np](in, p.stride_w, wb, list.at, list.all, sums, chunk > 0);
+                    else
+                        edges_for[np](in, p.stride_w, wb, list.at, list.all, list.skip_first, list.skip_last, sums, chunk > 0);
                 }
                 if (last_chunk)
                     write_row<T, F>(row_result, p.out_w, nk, bias ? bias + k0 : nullptr, out, p.ys, line, line_w);

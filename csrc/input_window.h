@@ -266,8 +266,9 @@ struct TapAt {
 // For each output row and block of a row's pixels: the row's live taps
 // without those that read only padding, in up to three runs by the pixels of
 // the block that read inside the input -- all of them, all but the first, or
-// all but the last. The micro-kernel takes the first run over the block and
-// the others over its pixels but one, so it leaves out the padded pixel: a
+// all but the last. The micro-kernel (direct_micro_edges) takes the first
+// run over the block and the others over its pixels but one, so it leaves out
+// the padded pixel: a
 // 3x3 kernel on a 7x7 image reads padding in 18% of its products. Runs
 // rather than a mark per tap: a branch per tap on the mark cost an edge
 // block 5-10 % of its FMA rate (in L1, AVX2 6 pixels x 2 vectors: 87-90 %
