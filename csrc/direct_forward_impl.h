@@ -46,6 +46,25 @@ __attribute__((always_inline)) inline void direct_tap(V (&acc)[NP][NK], const T*
     }
 }
 
+// The micro-kernels' sums out[p][f], NP pixels x NK vectors of filters:
+// read (or zeros where the sum starts), and written back.
+template <class T, class V, int NP, int NK>
+__attribute__((always_inline)) inline void load_sums(V (&acc)[NP][NK], const T* __restrict out, bool accumulate) {
+    constexpr int L = kLanes<T>;
+#pragma GCC unroll 32
+    for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 4
+        for (int v = 0; v < NK; ++v) acc[p][v] = accumulate ? load<V>(out + (p * NK + v) * L) : V{};
+}
+template <class T, class V, int NP, int NK>
+__attribute__((always_inline)) inline void store_sums(const V (&acc)[NP][NK], T* __restrict out) {
+    constexpr int L = kLanes<T>;
+#pragma GCC unroll 32
+    for (int p = 0; p < NP; ++p)
+#pragma GCC unroll 4
+        for (int v = 0; v < NK; ++v) store(out + (p * NK + v) * L, acc[p][v]);
+}
+
 // out[p][f] = sum over taps t of w[at[t].w + f] * in[at[t].in + p * sw], for
 // NP pixels p and NK vectors of filters f; added to out's own values where
 // `accumulate` (the sum goes on over the next chunk of taps).
@@ -53,17 +72,10 @@ template <class T, int NP, int NK, int SW>
 void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, const TapAt* __restrict at,
                   int64_t ntaps, T* __restrict out, bool accumulate) {
     using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>;
     V acc[NP][NK];
-#pragma GCC unroll 32
-    for (int p = 0; p < NP; ++p)
-#pragma GCC unroll 4
-        for (int v = 0; v < NK; ++v) acc[p][v] = accumulate ? load<V>(out + (p * NK + v) * L) : V{};
+    load_sums(acc, out, accumulate);
     for (int64_t t = 0; t < ntaps; ++t) direct_tap<SW>(acc, in + at[t].in, sw, w + at[t].w);
-#pragma GCC unroll 32
-    for (int p = 0; p < NP; ++p)
-#pragma GCC unroll 4
-        for (int v = 0; v < NK; ++v) store(out + (p * NK + v) * L, acc[p][v]);
+    store_sums(acc, out);
 }
 
 // direct_micro for a block at an edge of the input, read in place: after
@@ -76,22 +88,15 @@ template <class T, int NP, int NK, int SW>
 void direct_micro_edges(const T* __restrict in, int64_t sw, const T* __restrict w, const TapAt* __restrict at,
                         int64_t all, int64_t skip_first, int64_t skip_last, T* __restrict out, bool accumulate) {
     using V = typename Simd<T>::vec;
-    constexpr int L = kLanes<T>;
     static_assert(NP > 1);
     V acc[NP][NK];
-#pragma GCC unroll 32
-    for (int p = 0; p < NP; ++p)
-#pragma GCC unroll 4
-        for (int v = 0; v < NK; ++v) acc[p][v] = accumulate ? load<V>(out + (p * NK + v) * L) : V{};
+    load_sums(acc, out, accumulate);
     for (int64_t t = 0; t < all; ++t) direct_tap<SW>(acc, in + at[t].in, sw, w + at[t].w);
     at += all;
     for (int64_t t = 0; t < skip_first; ++t) direct_tap<SW, 1, NP>(acc, in + at[t].in, sw, w + at[t].w);
     at += skip_first;
     for (int64_t t = 0; t < skip_last; ++t) direct_tap<SW, 0, NP - 1>(acc, in + at[t].in, sw, w + at[t].w);
-#pragma GCC unroll 32
-    for (int p = 0; p < NP; ++p)
-#pragma GCC unroll 4
-        for (int v = 0; v < NK; ++v) store(out + (p * NK + v) * L, acc[p][v]);
+    store_sums(acc, out);
 }
 
 template <class T>
