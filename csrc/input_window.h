@@ -263,19 +263,18 @@ struct TapAt {
     int64_t in, w;
 };
 
-// For each output row and block of a row's pixels: the row's live taps
-// without those that read only padding, in up to three runs by the pixels of
-// the block that read inside the input -- all of them, all but the first, or
-// all but the last. The micro-kernel (direct_micro_edges) takes the first
-// run over the block and the others over its pixels but one, so it leaves out
-// the padded pixel: a
-// 3x3 kernel on a 7x7 image reads padding in 18% of its products. Runs
-// rather than a mark per tap: a branch per tap on the mark cost an edge
-// block 5-10 % of its FMA rate (in L1, AVX2 6 pixels x 2 vectors: 87-90 %
-// marked, 94-98 % in runs; each edge pixel's sum now takes the taps of its
-// run after the others). Taps padded for more pixels of a block go with
-// "all" and read the window's zeros. Blocks away from the edges use the
-// row's list unchanged.
+// For each output row and block of a row's pixels: the row's live taps without
+// those that read only padding, in up to three runs by the pixels of the block
+// that read inside the input -- all of them, all but the first, or all but the
+// last. The micro-kernel (direct_micro_edges) takes the first run over the
+// block and the others over its pixels but one, in one call, so it leaves out
+// the padded pixel: a 3x3 kernel on a 7x7 image reads padding in 18% of its
+// products. Runs rather than a mark per tap: a branch per tap on the mark cost
+// an edge block 5-10 % of its FMA rate (in L1, AVX2 6 pixels x 2 vectors:
+// 87-90 % marked, 94-98 % in runs; each edge pixel's sum now takes the taps of
+// its run after the others). Taps padded for more pixels of a block go with
+// "all" and read the window's zeros. Blocks away from the edges use the row's
+// list unchanged.
 class BlockTaps {
   public:
     enum Pixels : int8_t { kAll, kSkipFirst, kSkipLast, kNone };  // as ColumnPixels
