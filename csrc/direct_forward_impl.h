@@ -46,36 +46,44 @@ __attribute__((always_inline)) inline void direct_tap(V (&acc)[NP][NK], const T*
     }
 }
 
-// The micro-kernels' sums out[p][f], NP pixels x NK vectors of filters:
-// read (or zeros where the sum starts), and written back.
-template <class T, class V, int NP, int NK>
+// The micro-kernels' sums out[p][f], NP pixels x NK vectors of filters,
+// NKS vectors a pixel apart in out: read (or zeros where the sum starts),
+// and written back.
+template <int NKS, class T, class V, int NP, int NK>
 __attribute__((always_inline)) inline void load_sums(V (&acc)[NP][NK], const T* __restrict out, bool accumulate) {
     constexpr int L = kLanes<T>;
 #pragma GCC unroll 32
     for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 4
-        for (int v = 0; v < NK; ++v) acc[p][v] = accumulate ? load<V>(out + (p * NK + v) * L) : V{};
+        for (int v = 0; v < NK; ++v) acc[p][v] = accumulate ? load<V>(out + (p * NKS + v) * L) : V{};
 }
-template <class T, class V, int NP, int NK>
+template <int NKS, class T, class V, int NP, int NK>
 __attribute__((always_inline)) inline void store_sums(const V (&acc)[NP][NK], T* __restrict out) {
     constexpr int L = kLanes<T>;
 #pragma GCC unroll 32
     for (int p = 0; p < NP; ++p)
 #pragma GCC unroll 4
-        for (int v = 0; v < NK; ++v) store(out + (p * NK + v) * L, acc[p][v]);
+        for (int v = 0; v < NK; ++v) store(out + (p * NKS + v) * L, acc[p][v]);
 }
 
 // out[p][f] = sum over taps t of w[at[t].w + f] * in[at[t].in + p * sw], for
-// NP pixels p and NK vectors of filters f; added to out's own values where
-// `accumulate` (the sum goes on over the next chunk of taps).
+// NP pixels p and NK vectors of filters f (NKS vectors a pixel apart in
+// out); added to out's own values where `accumulate` (the sum goes on over
+// the next chunk of taps).
+template <class T, int NP, int NK, int SW, int NKS>
+__attribute__((always_inline)) inline void micro_taps(const T* __restrict in, int64_t sw, const T* __restrict w,
+                                                      const TapAt* __restrict at, int64_t ntaps, T* __restrict out,
+                                                      bool accumulate) {
+    using V = typename Simd<T>::vec;
+    V acc[NP][NK];
+    load_sums<NKS>(acc, out, accumulate);
+    for (int64_t t = 0; t < ntaps; ++t) direct_tap<SW>(acc, in + at[t].in, sw, w + at[t].w);
+    store_sums<NKS>(acc, out);
+}
 template <class T, int NP, int NK, int SW>
 void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, const TapAt* __restrict at,
                   int64_t ntaps, T* __restrict out, bool accumulate) {
-    using V = typename Simd<T>::vec;
-    V acc[NP][NK];
-    load_sums(acc, out, accumulate);
-    for (int64_t t = 0; t < ntaps; ++t) direct_tap<SW>(acc, in + at[t].in, sw, w + at[t].w);
-    store_sums(acc, out);
+    micro_taps<T, NP, NK, SW, NK>(in, sw, w, at, ntaps, out, accumulate);
 }
 
 // direct_micro for a block at an edge of the input, read in place: after
@@ -84,19 +92,40 @@ void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, con
 // three calls (the second and third on NP - 1 pixels), each stored and loaded
 // the sums again: deep_7x7 (7-wide rows, each a block with both edges) spent
 // two thirds of its taps in such calls.
-template <class T, int NP, int NK, int SW>
-void direct_micro_edges(const T* __restrict in, int64_t sw, const T* __restrict w, const TapAt* __restrict at,
-                        int64_t all, int64_t skip_first, int64_t skip_last, T* __restrict out, bool accumulate) {
+template <class T, int NP, int NK, int SW, int NKS>
+__attribute__((always_inline)) inline void micro_edge_taps(const T* __restrict in, int64_t sw, const T* __restrict w,
+                                                           const TapAt* __restrict at, int64_t all, int64_t skip_first,
+                                                           int64_t skip_last, T* __restrict out, bool accumulate) {
     using V = typename Simd<T>::vec;
     static_assert(NP > 1);
     V acc[NP][NK];
-    load_sums(acc, out, accumulate);
+    load_sums<NKS>(acc, out, accumulate);
     for (int64_t t = 0; t < all; ++t) direct_tap<SW>(acc, in + at[t].in, sw, w + at[t].w);
     at += all;
     for (int64_t t = 0; t < skip_first; ++t) direct_tap<SW, 1, NP>(acc, in + at[t].in, sw, w + at[t].w);
     at += skip_first;
     for (int64_t t = 0; t < skip_last; ++t) direct_tap<SW, 0, NP - 1>(acc, in + at[t].in, sw, w + at[t].w);
-    store_sums(acc, out);
+    store_sums<NKS>(acc, out);
+}
+template <class T, int NP, int NK, int SW>
+void direct_micro_edges(const T* __restrict in, int64_t sw, const T* __restrict w, const TapAt* __restrict at,
+                        int64_t all, int64_t skip_first, int64_t skip_last, T* __restrict out, bool accumulate) {
+    micro_edge_taps<T, NP, NK, SW, NK>(in, sw, w, at, all, skip_first, skip_last, out, accumulate);
+}
+
+// Both for a group's last block of filters where they fill only NK of the
+// NKS vectors of its others (sums NKS vectors a pixel apart, as theirs):
+// 512 filters in blocks of 48 leave 32 for the last, which computed a third
+// of its products for nothing (deep_7x7: 3 % of its forward).
+template <class T, int NP, int NK, int NKS, int SW>
+void direct_micro_tail(const T* __restrict in, int64_t sw, const T* __restrict w, const TapAt* __restrict at,
+                       int64_t ntaps, T* __restrict out, bool accumulate) {
+    micro_taps<T, NP, NK, SW, NKS>(in, sw, w, at, ntaps, out, accumulate);
+}
+template <class T, int NP, int NK, int NKS, int SW>
+void direct_micro_tail_edges(const T* __restrict in, int64_t sw, const T* __restrict w, const TapAt* __restrict at,
+                             int64_t all, int64_t skip_first, int64_t skip_last, T* __restrict out, bool accumulate) {
+    micro_edge_taps<T, NP, NK, SW, NKS>(in, sw, w, at, all, skip_first, skip_last, out, accumulate);
 }
 
 template <class T>
@@ -104,35 +133,58 @@ using DirectMicro = void (*)(const T*, int64_t, const T*, const TapAt*, int64_t,
 template <class T>
 using DirectMicroEdges = void (*)(const T*, int64_t, const T*, const TapAt*, int64_t, int64_t, int64_t, T*, bool);
 
-template <class T, int NK, int SW, int... P>
+// NK of NKS filter vectors computed (fewer in a group's last block).
+template <class T, int NK, int NKS, int SW, int... P>
 DirectMicro<T> pick_direct(int pixels, std::integer_sequence<int, P...>) {
-    DirectMicro<T> table[] = {&direct_micro<T, P + 1, NK, SW>...};
-    return table[pixels - 1];
+    if constexpr (NK == NKS) {
+        DirectMicro<T> table[] = {&direct_micro<T, P + 1, NK, SW>...};
+        return table[pixels - 1];
+    } else {
+        DirectMicro<T> table[] = {&direct_micro_tail<T, P + 1, NK, NKS, SW>...};
+        return table[pixels - 1];
+    }
 }
 
-template <class T, int NK, int SW, int... P>
+template <class T, int NK, int NKS, int SW, int... P>
 DirectMicroEdges<T> pick_direct_edges(int pixels, std::integer_sequence<int, P...>) {
-    DirectMicroEdges<T> table[] = {&direct_micro_edges<T, P + 2, NK, SW>...};
-    return table[pixels - 2];
+    if constexpr (NK == NKS) {
+        DirectMicroEdges<T> table[] = {&direct_micro_edges<T, P + 2, NK, SW>...};
+        return table[pixels - 2];
+    } else {
+        DirectMicroEdges<T> table[] = {&direct_micro_tail_edges<T, P + 2, NK, NKS, SW>...};
+        return table[pixels - 2];
+    }
 }
 
 // Micro-kernels for 1..max pixels with NK filter vectors, for input pixels
 // `stride` apart: strides 1 and 2 built for them, others at run time.
+// `vectors` < NK: for a group's last block, whose filters fill only that
+// many (direct_micro_tail; strides 1 and 2 only, others compute all NK).
 template <class T, int NK>
 struct DirectKernels {
     static constexpr int max_pixels = FASTCONV_DIRECT_NP * 2 / NK;
-    static DirectMicro<T> for_pixels(int pixels, int64_t stride) {
+    // The vectors a block of `filters` computes.
+    static int vectors_for(int64_t filters, int64_t stride) {
+        return stride <= 2 ? static_cast<int>(std::min<int64_t>(NK, (filters + kLanes<T> - 1) / kLanes<T>)) : NK;
+    }
+    template <int V = NK>
+    static DirectMicro<T> for_pixels(int pixels, int64_t stride, int vectors = NK) {
+        if constexpr (V > 1)
+            if (vectors < V) return for_pixels<V - 1>(pixels, stride, vectors);
         constexpr auto all = std::make_integer_sequence<int, max_pixels>{};
-        if (stride == 1) return pick_direct<T, NK, 1>(pixels, all);
-        if (stride == 2) return pick_direct<T, NK, 2>(pixels, all);
-        return pick_direct<T, NK, 0>(pixels, all);
+        if (stride == 1) return pick_direct<T, V, NK, 1>(pixels, all);
+        if (stride == 2) return pick_direct<T, V, NK, 2>(pixels, all);
+        return pick_direct<T, NK, NK, 0>(pixels, all);
     }
     // direct_micro_edges, 2..max pixels.
-    static DirectMicroEdges<T> edges_for_pixels(int pixels, int64_t stride) {
+    template <int V = NK>
+    static DirectMicroEdges<T> edges_for_pixels(int pixels, int64_t stride, int vectors = NK) {
+        if constexpr (V > 1)
+            if (vectors < V) return edges_for_pixels<V - 1>(pixels, stride, vectors);
         constexpr auto all = std::make_integer_sequence<int, max_pixels - 1>{};
-        if (stride == 1) return pick_direct_edges<T, NK, 1>(pixels, all);
-        if (stride == 2) return pick_direct_edges<T, NK, 2>(pixels, all);
-        return pick_direct_edges<T, NK, 0>(pixels, all);
+        if (stride == 1) return pick_direct_edges<T, V, NK, 1>(pixels, all);
+        if (stride == 2) return pick_direct_edges<T, V, NK, 2>(pixels, all);
+        return pick_direct_edges<T, NK, NK, 0>(pixels, all);
     }
 };
 
@@ -192,7 +244,10 @@ void write_row(const T* __restrict result, int64_t out_w, int64_t nk, const T* _
 
 // The share of the micro-kernel's accumulators that hold real outputs with
 // NK vectors of filters: the pixels of a row's calls times the filters of a
-// group's blocks.
+// group's blocks. (Counting only the vectors the last block computes chose
+// three vectors of 4 pixels for AVX2 cifar, 32 filters as 24 + 8: 20 %
+// slower than two of 6, the last block's 4 sums too few to hide the FMAs'
+// latency.)
 template <class T, int NK>
 double accumulator_use(const ConvShape& p) {
     constexpr int64_t np = DirectKernels<T, NK>::max_pixels, filters = NK * kLanes<T>;
@@ -230,12 +285,18 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const PackRanges pack(kblocks, ntaps * F * static_cast<int64_t>(sizeof(T)));
     const int64_t windows = p.n * row_blocks;
     const int64_t pixel_blocks = blocks.count;
-    DirectMicro<T> micro_for[NP + 1] = {};  // by a block's pixels
-    DirectMicroEdges<T> edges_for[NP + 1] = {};  // the same for blocks with runs that skip an edge pixel
-    for (int np = 1; np <= std::min<int64_t>(NP, blocks.size); ++np) {
-        micro_for[np] = DirectKernels<T, NK>::for_pixels(np, p.stride_w);
-        if (np > 1) edges_for[np] = DirectKernels<T, NK>::edges_for_pixels(np, p.stride_w);
-    }
+    // By a block's pixels, for full blocks of filters [0] and the group's
+    // last [1] (its vectors only); edges_for for blocks with runs that skip
+    // an edge pixel.
+    DirectMicro<T> micro_for[2][NP + 1] = {};
+    DirectMicroEdges<T> edges_for[2][NP + 1] = {};
+    const int tail_vectors = DirectKernels<T, NK>::vectors_for(kg - (kblocks - 1) * F, p.stride_w);
+    for (int np = 1; np <= std::min<int64_t>(NP, blocks.size); ++np)
+        for (int last = 0; last < 2; ++last) {
+            const int vectors = last ? tail_vectors : NK;
+            micro_for[last][np] = DirectKernels<T, NK>::for_pixels(np, p.stride_w, vectors);
+            if (np > 1) edges_for[last][np] = DirectKernels<T, NK>::edges_for_pixels(np, p.stride_w, vectors);
+        }
 
     // The taps go in chunks of whole input channels whose packed weights fill
     // at most half the L1 data cache, so that they stay there while every
@@ -260,6 +321,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const auto run_block = [&](const T* base, const T* wb, T* result, T* line, int64_t n, int64_t k0, int64_t nk,
                                int64_t oh0, int64_t oh1, const RowFetch& next) {
         const int64_t steps = chunks.count * (oh1 - oh0);
+        const bool last_block = k0 + nk == (k0 / kg + 1) * kg;
         for (int64_t chunk = 0; chunk < chunks.count; ++chunk) {
             const bool last_chunk = chunk == chunks.count - 1;
             for (int64_t oh = oh0; oh < oh1; ++oh) {
@@ -282,9 +344,10 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                     const T* in = row + ow0 * p.stride_w;
                     T* const sums = row_result + ow0 * F;
                     if (list.skip_first == 0 && list.skip_last == 0)
-                        micro_for[np](in, p.stride_w, wb, list.at, list.all, sums, chunk > 0);
+                        micro_for[last_block][np](in, p.stride_w, wb, list.at, list.all, sums, chunk > 0);
                     else
-                        edges_for[np](in, p.stride_w, wb, list.at, list.all, list.skip_first, list.skip_last, sums, chunk > 0);
+                        edges_for[last_block][np](in, p.stride_w, wb, list.at, list.all, list.skip_first, list.skip_last,
+                                                  sums, chunk > 0);
                 }
                 if (last_chunk)
                     write_row<T, F>(row_result, p.out_w, nk, bias ? bias + k0 : nullptr, out, p.ys, line, line_w);

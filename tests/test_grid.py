@@ -365,6 +365,22 @@ def test_deep_narrow_layer_in_tap_chunks_with_three_filter_vectors(rng, dtype, w
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("filters", [32, 40, 44, 64, 80])
+@pytest.mark.parametrize("stride", [1, 2, 3])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_last_filter_block_computing_only_its_vectors(rng, dtype, filters, stride, padding):
+    # 7-wide rows take blocks of three filter vectors (48 float32 filters
+    # with AVX-512, 24 float64 or AVX2 float32, 12 AVX2 float64); the last
+    # block computes only the vectors its filters fill: 80 = 48 + 32 and 64 =
+    # 48 + 16 leave it 2 and 1 of 3 with AVX-512 float32, 40 and 32 with 24
+    # a block, 44 and 40 with 12. Stride 3 computes all three (no kernels
+    # built for it). "same" rows are blocks at both edges (the runs that skip
+    # an edge pixel), "valid" rows not.
+    width = 7 * stride + (2 if padding == "valid" else 0)  # 7 outputs a row
+    run_case(rng, dtype, 2, 24, 7, width, filters, (3, 3), stride, 1, 1, padding)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_wide_rows_copied_into_padded_windows(rng, dtype, stride):
     # Input rows of 1024 values or more, from 8 channels on: the
