@@ -80,32 +80,27 @@ inline ConvShape plane_shape(int64_t h, int64_t w, int64_t r, int64_t s) {
 
 // direct_micro, NP pixels x NK filter vectors at stride SW, over `ntaps`
 // taps whose packed weights fill 8-16 KiB, as the forward's chunks of taps do.
-template <class T, int NP, int NK, int SW = 1>
+// With kEdges, direct_micro_edges (stride 1) over the same taps as a block
+// at both edges of the input runs them: a third over all NP pixels, a third
+// over all but the first, a third over all but the last.
+template <class T, int NP, int NK, int SW = 1, bool kEdges = false>
 loops::LoopResult direct_forward_loop(const char* kernel, double seconds) {
-    constexpr int64_t F = NK * kLanes<T>, ntaps = 128;
+    static_assert(!kEdges || SW == 1);
+    constexpr int64_t F = NK * kLanes<T>, ntaps = kEdges ? 129 : 128, run = ntaps / 3;
     Buffer<T> in(4096), w(ntaps * F), out(NP * F);
     std::vector<TapAt> at(ntaps);
     for (int64_t t = 0; t < ntaps; ++t) at[static_cast<size_t>(t)] = TapAt{(t * 53) % 2048, t * F};
-    DirectMicro<T> volatile fn = &direct_micro<T, NP, NK, SW>;
-    const double s = seconds_per_call([&] { fn(in.data, SW, w.data, at.data(), ntaps, out.data, false); },
-                                      seconds);
-    return {kernel, "direct_micro<" + std::string(type_name<T>()) + ", " + std::to_string(NP) + ", " + std::to_string(NK) + ", " + std::to_string(SW) + ">",
-            type_name<T>(), double(ntaps * NP * NK), s};
-}
-
-// direct_micro_edges: the same taps as a block at both edges of the input
-// runs them, a third over all NP pixels, a third over all but the first, a
-// third over all but the last.
-template <class T, int NP, int NK>
-loops::LoopResult direct_forward_edges_loop(const char* kernel, double seconds) {
-    constexpr int64_t F = NK * kLanes<T>, ntaps = 129, run = ntaps / 3;
-    Buffer<T> in(4096), w(ntaps * F), out(NP * F);
-    std::vector<TapAt> at(ntaps);
-    for (int64_t t = 0; t < ntaps; ++t) at[static_cast<size_t>(t)] = TapAt{(t * 53) % 2048, t * F};
-    DirectMicroEdges<T> volatile fn = &direct_micro_edges<T, NP, NK, 1>;
-    const double s = seconds_per_call([&] { fn(in.data, 1, w.data, at.data(), run, run, run, out.data, false); }, seconds);
-    return {kernel, "direct_micro_edges<" + std::string(type_name<T>()) + ", " + std::to_string(NP) + ", " + std::to_string(NK) + ", 1>",
-            type_name<T>(), double(run * NK * (3 * NP - 2)), s};
+    const std::string args =
+        std::string(type_name<T>()) + ", " + std::to_string(NP) + ", " + std::to_string(NK) + ", " + std::to_string(SW) + ">";
+    if constexpr (kEdges) {
+        DirectMicroEdges<T> volatile fn = &direct_micro_edges<T, NP, NK, SW>;
+        const double s = seconds_per_call([&] { fn(in.data, SW, w.data, at.data(), run, run, run, out.data, false); }, seconds);
+        return {kernel, "direct_micro_edges<" + args, type_name<T>(), double(run * NK * (3 * NP - 2)), s};
+    } else {
+        DirectMicro<T> volatile fn = &direct_micro<T, NP, NK, SW>;
+        const double s = seconds_per_call([&] { fn(in.data, SW, w.data, at.data(), ntaps, out.data, false); }, seconds);
+        return {kernel, "direct_micro<" + args, type_name<T>(), double(ntaps * NP * NK), s};
+    }
 }
 
 // row_micro on a packed panel: ntaps rows of NV vectors, MR weights a tap.
@@ -277,8 +272,8 @@ void run_type(std::vector<loops::LoopResult>& out, double seconds) {
     out.push_back(direct_forward_loop<T, DirectKernels<T, 3>::max_pixels, 3>("direct_fwd3", seconds));
     out.push_back(direct_forward_loop<T, FASTCONV_DIRECT_NP, 2, 2>("direct_fwd_s2", seconds));
     out.push_back(direct_forward_loop<T, DirectKernels<T, 3>::max_pixels, 3, 2>("direct_fwd3_s2", seconds));
-    out.push_back(direct_forward_edges_loop<T, FASTCONV_DIRECT_NP, 2>("direct_fwd_edges", seconds));
-    out.push_back(direct_forward_edges_loop<T, DirectKernels<T, 3>::max_pixels, 3>("direct_fwd3_edges", seconds));
+    out.push_back(direct_forward_loop<T, FASTCONV_DIRECT_NP, 2, 1, true>("direct_fwd_edges", seconds));
+    out.push_back(direct_forward_loop<T, DirectKernels<T, 3>::max_pixels, 3, 1, true>("direct_fwd3_edges", seconds));
     out.push_back(gemm_loop<T, FASTCONV_MR, FASTCONV_NV>(seconds));
     out.push_back(backward_weights_loop<T, FASTCONV_BW_NJ, FASTCONV_BW_NK>(seconds));
     out.push_back(winograd_bw_loop<T, FASTCONV_BW_NJ, FASTCONV_WINOGRAD_BW_BLOCKS>(seconds));
