@@ -330,7 +330,8 @@ class BlockTaps {
             for (const std::vector<int8_t>& cls : signatures) {
                 // A list holds whole kernel rows (LiveTaps), so its taps' columns go
                 // 0..S-1 in turn: counted, where list[t] % S took a division per tap
-                // and run (rect_1x7: 28 us a call, 1.6 % of its 2-thread forward).
+                // and run (rect_1x7: 28 us a call on the calling thread, the others
+                // waiting: 0.82 % of its 2-thread forward's samples, 0.30 % now).
                 tap_class.resize(static_cast<size_t>(count));
                 for (int64_t t = 0, ks = 0; t < count; ++t, ks = ks + 1 == p.s ? 0 : ks + 1)
                     tap_class[static_cast<size_t>(t)] = cls[static_cast<size_t>(ks)];
