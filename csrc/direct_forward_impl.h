@@ -256,6 +256,28 @@ double accumulator_use(const ConvShape& p) {
     return double(p.out_w) / double(calls * np) * double(kg) / double(kblocks * filters);
 }
 
+// How many windows one unit takes. A unit reads its filter block's packed
+// weights once, a chunk of taps at a time; with one window per unit, a
+// range of blocks larger than L2 streams them from L3 for every window
+// (deep_7x7: 885 KB a block of 48 filters, 16 windows). A unit then takes
+// a few windows, whose partial sums (and copies, where not read in place)
+// stay in L2 while each chunk's weights run over all of them from L1 (Zen 4,
+// deep_7x7's 2-thread forward before the block-major order of
+// direct_forward_nk: 0.96-0.98 of the time, on a host whose L3 other tenants
+// fill; 1 thread: as fast). The sums of each output go chunk by
+// chunk as before, so results do not change; units stay many enough
+// (kUnitsPerThread) for the threads to share them out evenly.
+constexpr int64_t kMaxWindowGroup = 8, kUnitsPerThread = 8;
+inline int64_t window_group(int64_t range_bytes, int64_t window_bytes, int64_t windows, int64_t blocks,
+                            int64_t chunks) {
+    const int64_t l2 = cache_sizes().l2;
+    if (chunks == 1 || range_bytes <= l2 / 2) return 1;
+    const int64_t most = std::clamp<int64_t>(l2 / 4 / std::max<int64_t>(window_bytes, 1), 1, kMaxWindowGroup);
+    int64_t items = (windows + most - 1) / most;  // then windows spread evenly over the items
+    while (items < windows && items * blocks < kUnitsPerThread * max_threads()) ++items;
+    return (windows + items - 1) / items;
+}
+
 // weight_of(g, m, j): weight of filter m of group g for tap j = (c, kr, ks).
 template <class T, int NK, class WeightOf>
 void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const T* bias, T* y) {
@@ -268,22 +290,11 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const InputWindow win(p, 0, InputWindow::kRows, &blocks);  // BlockTaps skips the padded pixels
     const int64_t row_blocks = (p.out_h + win.out_rows - 1) / win.out_rows;
 
-    // The work goes in units of one filter block for one window (image,
-    // group, block of output rows), range by range (PackRanges::Unit); each
-    // thread takes an even run of them, and a thread done early takes units
-    // from the back of another's (SharedUnits).
-    // - Weights of a group that fit in one range: each thread packs a filter
-    //   block when it first uses it (so at most once, and while the block is
-    //   still in cache for that first window).
-    // - Larger weights: the team takes the ranges one at a time, packing each
-    //   into one shared buffer together (a share of its blocks each), so that
-    //   every thread can take any unit of the range. Splitting the ranges
-    //   between threads instead left a thread the machine slowed 1-2 ms
-    //   behind the other (deep_7x7 forward, 17 ms on 2 threads).
-    // A thread copies a window once per range it meets it in. More ranges
-    // would copy the windows more often.
-    const PackRanges pack(kblocks, ntaps * F * static_cast<int64_t>(sizeof(T)));
-    const int64_t windows = p.n * row_blocks;
+    // The work goes in units of one filter block for a group of windows
+    // (each an image, group and block of output rows; window_group says how
+    // many); each thread takes an even run of them, and a thread done early
+    // takes units from the back of another's (SharedUnits). How the units
+    // are ordered, and who packs the weights, is said where they are made.
     const int64_t pixel_blocks = blocks.count;
     // By a block's pixels, for full blocks of filters [0] and the group's
     // last [1] (its vectors only); edges_for for blocks with runs that skip
@@ -313,22 +324,40 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const int64_t slot_rows = chunks.count > 1 ? win.out_rows : 1;
     const int64_t line_w = (p.out_w + L - 1) / L * L;
 
-    // Output rows [oh0, oh1) of image n for the filters k0... (nk of them)
-    // whose packed weights are wb, from the window at base: every pixel block
-    // over one chunk of taps, then over the next, the sums carried in result.
-    // The rows of `next` (the next window's input) are fetched a share per
-    // output row and chunk.
-    const auto run_block = [&](const T* base, const T* wb, T* result, T* line, int64_t n, int64_t k0, int64_t nk,
-                               int64_t oh0, int64_t oh1, const RowFetch& next) {
-        const int64_t steps = chunks.count * (oh1 - oh0);
+    const int64_t windows = p.n * row_blocks;
+    const int64_t window_slot = slot_rows * row_slot;  // partial results of one window
+    const PackRanges pack(kblocks, ntaps * F * static_cast<int64_t>(sizeof(T)));
+    constexpr int64_t size = sizeof(T);
+    const int64_t group = window_group(pack.per_range * ntaps * F * size,
+                                       (window_slot + (win.in_place ? 0 : win.size())) * size, windows, kblocks,
+                                       chunks.count);
+    const int64_t items = (windows + group - 1) / group;  // a unit's windows: item * group...
+
+    // Output rows of windows [w0, w1) for the filters k0... (nk of them) whose
+    // packed weights are wb, window w0 + i at bases[i]: every pixel block
+    // of every window over one chunk of taps, then over the next, the sums
+    // carried in result (window_slot values per window). The rows of `next`
+    // (the next window's input) are fetched a share per output row and chunk.
+    const auto run_block = [&](const T* const* bases, int64_t w0, int64_t w1, const T* wb, T* result, T* line,
+                               int64_t k0, int64_t nk, const RowFetch& next) {
+        const auto rows_of = [&](int64_t w) {  // output rows [oh0, oh1) of window w
+            const int64_t oh0 = w % row_blocks * win.out_rows;
+            return std::pair<int64_t, int64_t>{oh0, std::min(p.out_h, oh0 + win.out_rows)};
+        };
+        int64_t rows = 0;
+        for (int64_t w = w0; w < w1; ++w) rows += rows_of(w).second - rows_of(w).first;
+        const int64_t steps = chunks.count * rows;
         const bool last_block = k0 + nk == (k0 / kg + 1) * kg;
-        for (int64_t chunk = 0; chunk < chunks.count; ++chunk) {
+        int64_t step = 0;
+        for (int64_t at = 0; at < chunks.count * (w1 - w0); ++at) {  // chunk by chunk, each over all the windows
+            const int64_t chunk = at / (w1 - w0), w = w0 + at % (w1 - w0), n = w / row_blocks;
             const bool last_chunk = chunk == chunks.count - 1;
-            for (int64_t oh = oh0; oh < oh1; ++oh) {
-                const int64_t step = chunk * (oh1 - oh0) + (oh - oh0);
+            const auto [oh0, oh1] = rows_of(w);
+            const T* const base = bases[w - w0];
+            for (int64_t oh = oh0; oh < oh1; ++oh, ++step) {
                 next.fetch<true>(next.end * step / steps, next.end * (step + 1) / steps);
                 const T* row = base + (oh - oh0) * p.stride_h * win.pitch;
-                T* const row_result = result + (slot_rows > 1 ? (oh - oh0) * row_slot : 0);
+                T* const row_result = result + (w - w0) * window_slot + (slot_rows > 1 ? (oh - oh0) * row_slot : 0);
                 T* const out = y + n * p.ys.n + k0 * p.ys.c + oh * p.ys.h;
                 for (int64_t b = 0; b < pixel_blocks; ++b) {
                     const int64_t ow0 = blocks.start(b), np = blocks.pixels(b);
@@ -355,15 +384,30 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
         }
     };
 
-    const bool by_range = pack.count > 1;
-    PerThread<T> window_mem(win.size()), result_mem(slot_rows * row_slot), line_mem(L * line_w);
-    PerThread<T> own_packed_mem(by_range ? 0 : pack.per_range * ntaps * F);
-    PerThread<int64_t> block_range_mem(pack.per_range);  // the range whose block each slot of `packed` holds, or -1
-    const AlignedArray<T> team_packed = aligned_array<T>(by_range ? static_cast<size_t>(pack.per_range * ntaps * F) : 0);
-    // dst[j][f] = weight of filter kb * F + f of group g for tap j in [j0, j1),
-    // zero past the group's filters; j0 a multiple of L.
-    const auto pack_block = [&](int64_t g, int64_t kb, T* dst, int64_t j0, int64_t j1) {
+    // - Weights of a group larger than a range (PackRanges::kBytes): units in
+    //   block-major order, each thread packing the block it runs into its
+    //   own buffer (again where it takes a unit of another thread's block),
+    //   so that no thread reads what another wrote. The team had packed each
+    //   range into one shared buffer together: where the host ran the two
+    //   threads on different core complexes (a cloud VM's vCPUs, for spells
+    //   of seconds to minutes), half of every range came from the other
+    //   complex's cache (Zen 4, deep_7x7's 2-thread forward in such spells:
+    //   20.5 ms that way, 17.0 this way; outside them 0.96-0.98 the time).
+    // - Smaller weights: units window group by window group, each thread
+    //   packing a block when it first uses it (so at most once, and while it
+    //   is still in cache for that first window); a window is copied once.
+    const bool block_major = pack.count > 1;
+    const int64_t slots = block_major ? 1 : pack.per_range;  // packed blocks a thread holds
+    PerThread<T> window_mem(win.in_place ? 1 : group * win.size()), result_mem(group * window_slot);
+    PerThread<T> line_mem(L * line_w);
+    PerThread<T> packed_mem(slots * ntaps * F);
+    PerThread<int64_t> slot_mem(slots);  // the block (g * kblocks + kb) each slot of packed holds, or -1
+    // dst[j][f] = weight of filter kb * F + f of group g for tap j, zero past
+    // the group's filters.
+    const auto pack_block = [&](int64_t g, int64_t kb, T* dst) {
         const int64_t m0 = kb * F, nk = std::min<int64_t>(F, kg - m0);
+        int64_t j0 = 0;
+        const int64_t j1 = ntaps;
         if constexpr (std::is_same_v<WeightOf, WeightRows<T>>) {
             // A full block's weight rows go over in L x L tiles transposed in
             // registers, each row's line kAhead taps on asked for meanwhile: F
@@ -408,77 +452,70 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
             for (int64_t j = j0; j < j_end; ++j) std::fill(dst + j * F + nk, dst + (j + 1) * F, T(0));
         }
     };
-    // The team packs a range in pieces of kPieceTaps taps of a block, an even
-    // run of them each, so that no thread waits on another's extra block.
-    constexpr int64_t kPieceTaps = 256;
-    const int64_t pieces_per_block = (ntaps + kPieceTaps - 1) / kPieceTaps;
-    const double unit_flops = 2.0 * F * static_cast<double>(ntaps) * static_cast<double>(p.out_w * win.out_rows);
-    SharedUnits shared(pack.units(p.groups, windows), true, SharedUnits::units_per_take(unit_flops));
-    const int64_t rounds = by_range ? p.groups * pack.count : 1;
+    const double unit_flops = 2.0 * F * double(ntaps) * double(p.out_w * win.out_rows * group);
+    const int64_t units = p.groups * kblocks * items;
+    SharedUnits shared(units, true, SharedUnits::units_per_take(unit_flops));
+    // A take runs over consecutive units of one window group (item-major) or one block (block-major).
+    const auto run_end = [&](int64_t v) {
+        return block_major ? (v / items + 1) * items : pack.item_end(v, items);
+    };
     parallel_region(worth_parallel(conv_flops(p)), [&] {
         T* const window = window_mem.get();
         T* const result = result_mem.get();
         T* const line = line_mem.get();
-        std::fill(result, result + slot_rows * row_slot, T(0));  // write_row reads whole tiles past the row's pixels
-        T* const packed = by_range ? team_packed.get() : own_packed_mem.get();
-        int64_t* const block_range = block_range_mem.get();
-        int64_t packed_range = -1;  // the (group, filter range) whose blocks `packed` holds or will
-        int64_t window_of = -1;     // the (group, window) in `window`
-        const T* base = window;
-        for (int64_t round = 0; round < rounds; ++round) {
-            int64_t u_first = 0, u_last = pack.units(p.groups, windows);
-            if (by_range) {  // the round's range, packed by the team
-                u_first = pack.first_unit(round, windows);
-                const PackRanges::Unit at = pack.unit(u_first, windows);
-                u_last = u_first + (at.end - at.first) * windows;
-                const auto [i0, i1] = thread_share((at.end - at.first) * pieces_per_block);
-                for (int64_t i = i0; i < i1; ++i) {
-                    const int64_t kb = at.first + i / pieces_per_block, j0 = i % pieces_per_block * kPieceTaps;
-                    pack_block(at.group, kb, packed + (kb - at.first) * ntaps * F, j0, std::min(ntaps, j0 + kPieceTaps));
+        std::fill(result, result + group * window_slot, T(0));  // write_row reads whole tiles past the row's pixels
+        T* const packed = packed_mem.get();
+        int64_t* const slot_holds = slot_mem.get();
+        std::fill(slot_holds, slot_holds + slots, int64_t(-1));
+        int64_t windows_of = -1;  // the (group, item) whose windows are in `window`
+        const T* bases[kMaxWindowGroup] = {};
+        shared.start();
+        for (;;) {
+            const auto [u, u_end] = shared.next(run_end);
+            if (u == u_end) break;
+            for (int64_t v = u; v < u_end;) {
+                // One window group (item) of group g over filter blocks [kb0, kb1).
+                int64_t g, item, kb0, kb1;
+                if (block_major) {
+                    g = v / (kblocks * items), kb0 = v / items % kblocks, kb1 = kb0 + 1, item = v % items;
+                    ++v;
+                } else {
+                    const PackRanges::Unit at = pack.unit(v, items);
+                    g = at.group, item = at.item, kb0 = at.block, kb1 = at.block + (u_end - v);
+                    v = u_end;
                 }
-                std::fill(block_range, block_range + pack.per_range, at.range);
-                packed_range = at.range;
-            }
-            shared.start(u_first, u_last);  // after its barrier, the range is packed
-            for (;;) {
-                const auto [u, u_end] = shared.next([&](int64_t v) { return pack.item_end(v, windows); });
-                if (u == u_end) break;
-                const PackRanges::Unit at = pack.unit(u, windows);
-                const int64_t g = at.group, rb = at.item % row_blocks, n = at.item / row_blocks;
-                if (at.range != packed_range) {
-                    std::fill(block_range, block_range + pack.per_range, int64_t(-1));
-                    packed_range = at.range;
-                }
-                const int64_t oh0 = rb * win.out_rows, oh1 = std::min(p.out_h, oh0 + win.out_rows);
-                // A copied window is copied again only for units of another window.
-                if (win.in_place || window_of != g * windows + at.item) {
-                    base = win.prepare(p, x + n * p.xs.n + g * cg * p.xs.c, oh0, window);
-                    window_of = g * windows + at.item;
+                const int64_t w0 = item * group, w1 = std::min(windows, w0 + group);
+                // Copied windows are copied again only for units of other windows.
+                if (win.in_place || windows_of != g * items + item) {
+                    for (int64_t w = w0; w < w1; ++w)
+                        bases[w - w0] = win.prepare(p, x + w / row_blocks * p.xs.n + g * cg * p.xs.c,
+                                                    w % row_blocks * win.out_rows, window + (w - w0) * win.size());
+                    windows_of = g * items + item;
                 }
                 // The next window, which this thread most likely copies next (a
-                // range's units go window by window), is fetched into L2 while
+                // take's units go window by window), is fetched into L2 while
                 // the first block runs: the copy waited on its input rows (7.5 %
                 // of rect_1x7's AVX-512 float32 forward, 64 channels of 28 x
                 // 28; 3 % faster now, Zen 4). Fetched into L1, they evicted
                 // this window and the weights, and the micro-kernel waited.
                 // (A window read in place has no rows to fetch: source says so.)
                 RowFetch next_window{};
-                if (at.item + 1 < windows) {
-                    const int64_t next_n = (at.item + 1) / row_blocks, next_rb = (at.item + 1) % row_blocks;
-                    next_window = win.source(p, x + next_n * p.xs.n + g * cg * p.xs.c, next_rb * win.out_rows);
-                }
+                if (w1 < windows)
+                    next_window =
+                        win.source(p, x + w1 / row_blocks * p.xs.n + g * cg * p.xs.c, w1 % row_blocks * win.out_rows);
                 // Filter blocks outermost: one block's weights stay in cache for all the rows.
-                for (int64_t kb = at.block; kb < at.block + (u_end - u); ++kb) {
-                    if (block_range[kb - at.first] != at.range) {  // packed when first used: it is in cache for its first window
-                        pack_block(g, kb, packed + (kb - at.first) * ntaps * F, 0, ntaps);
-                        block_range[kb - at.first] = at.range;
+                for (int64_t kb = kb0; kb < kb1; ++kb) {
+                    const int64_t slot = block_major ? 0 : kb;  // item-major: one range, all the blocks
+                    T* const wb = packed + slot * ntaps * F;
+                    // Packed when first used: it is in cache for its first window.
+                    if (slot_holds[slot] != g * kblocks + kb) {
+                        pack_block(g, kb, wb);
+                        slot_holds[slot] = g * kblocks + kb;
                     }
-                    const T* wb = packed + (kb - at.first) * ntaps * F;
                     const int64_t k0 = g * kg + kb * F, nk = std::min<int64_t>(F, kg - kb * F);
-                    run_block(base, wb, result, line, n, k0, nk, oh0, oh1, kb == at.block ? next_window : RowFetch{});
+                    run_block(bases, w0, w1, wb, result, line, k0, nk, kb == kb0 ? next_window : RowFetch{});
                 }
             }
-            if (by_range) team_barrier();  // the round's units all done before the next round packs over them
         }
     });
 }

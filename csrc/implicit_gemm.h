@@ -772,10 +772,6 @@ struct PackRanges {
         int64_t block, first, end;  // the unit's block, and its range's [first, end)
     };
     int64_t units(int64_t groups, int64_t items) const { return groups * blocks * items; }
-    // The first unit of range r (counted over all groups); its units are the next items * (blocks in r).
-    int64_t first_unit(int64_t r, int64_t items) const {
-        return r / count * blocks * items + items * (r % count) * per_range;
-    }
     // The end of the units of u's item in u's range: its run of blocks.
     int64_t item_end(int64_t u, int64_t items) const {
         const Unit at = unit(u, items);

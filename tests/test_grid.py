@@ -335,11 +335,32 @@ def test_strided_depthwise_layer_whose_input_gradient_outgrows_half_the_l3(rng):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_3x3_layer_whose_weights_take_uneven_packing_ranges(rng, dtype, stride):
-    # 224 filters of 910 x 3 x 3 taps: blocks of filters of 1 MiB, packed per
-    # thread in ranges of at most 3 MiB -- 3 + 3 + 1 blocks in float32,
-    # 3 + 3 + 3 + 3 + 2 in float64 -- and split between the threads in
-    # equal runs of (window, block) units, so a run starts inside a range.
+    # 224 filters of 910 x 3 x 3 taps: blocks of filters of 1 MiB, more than
+    # a range of 3 MiB, so the filter-vectorised forward (and dL/dX) takes
+    # its units block by block, each thread packing the blocks it runs, and
+    # a unit takes all three images (windows) at once.
     run_case(rng, dtype, 3, 910, 5, 5, 224, (3, 3), stride, 1, 1, "same")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize(
+    "n,c,hw,filters,kernel,stride,groups",
+    [
+        (5, 420, 7, 200, (3, 3), 1, 1),  # 5 windows in groups of 2 + 2 + 1 on 2 threads
+        (5, 420, 14, 200, (3, 3), 2, 1),  # stride 2: dL/dX by phase too
+        (2, 420, 20, 200, (3, 3), 1, 1),  # 3 windows of rows an image
+        (2, 150, 18, 200, (5, 5), 1, 1),  # 5x5 "same": windows copied, not read in place
+        (3, 840, 7, 400, (3, 3), 1, 2),  # two groups, each past a range
+    ],
+    ids=["7x7", "14x14-s2", "rows", "copied", "groups"],
+)
+def test_weights_past_a_range_in_window_groups(rng, dtype, n, c, hw, filters, kernel, stride, groups):
+    # Weights of a group over 3 MiB: block-major
+    # units, each thread packing the block it runs, a unit taking a group
+    # of windows -- several images, or blocks of output rows of one -- whose
+    # sums go on chunk by chunk of input channels; filter counts that leave
+    # the last block part-filled.
+    run_case(rng, dtype, n, c, hw, hw, filters, kernel, stride, 1, groups, "same")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])

@@ -84,8 +84,8 @@ def test_results_do_not_depend_on_which_thread_takes_which_units(dtype):
     layers = [  # a 3x3 direct forward and dL/dx, a 1x1 GEMM
         (rng.standard_normal((4, 24, 30, 30)), rng.standard_normal((48, 24, 3, 3))),
         (rng.standard_normal((4, 96, 14, 14)), rng.standard_normal((96, 96, 1, 1))),
-        # weights of 7 MiB in float32: the team packs them range by range,
-        # with a barrier between ranges, and shares out each range's units
+        # weights of 7 MiB in float32: units block by block, each thread
+        # packing the blocks it runs, and again where it takes another's
         (rng.standard_normal((3, 910, 5, 5)), rng.standard_normal((224, 910, 3, 3))),
     ]
     for x, w in layers:
