@@ -223,8 +223,15 @@ void write_row(const T* __restrict result, int64_t out_w, int64_t nk, const T* _
             for (int i = 0; i < L; ++i) b[i] = bias ? bias[f0 + i] : T(0);
             int64_t t = 0;
             for (; t + L <= out_w; t += L) transpose_tile<T, true>(result + t * F + f0, F, y + f0 * ys.c + t, ys.c, b);
-            for (; t < out_w; ++t)
-                for (int i = 0; i < L; ++i) y[(f0 + i) * ys.c + t] = result[t * F + f0 + i] + b[i];
+            // A part tile goes to line, then its first pixels of each filter's
+            // row to y: value by value, the 12 pixels left of a row of 28
+            // took 192 scalar stores per 16 filters (AVX-512 float32 rect_1x7
+            // forward 2 % faster, Zen 4).
+            if (t < out_w) {
+                transpose_tile(result + t * F + f0, F, line, line_w);
+                for (int i = 0; i < L; ++i)
+                    store_first(y + (f0 + i) * ys.c + t, load<V>(line + i * line_w) + b[i], out_w - t);
+            }
             continue;
         }
         // line[i][ow] = filter f0 + i at pixel ow
