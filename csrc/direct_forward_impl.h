@@ -269,11 +269,14 @@ double accumulator_use(const ConvShape& p) {
 // (deep_7x7: 885 KB a block of 48 filters, 16 windows). A unit then takes
 // a few windows, whose partial sums (and copies, where not read in place)
 // stay in L2 while each chunk's weights run over all of them from L1 (Zen 4,
-// deep_7x7's 2-thread forward before the block-major order of
-// direct_forward_nk: 0.96-0.98 of the time, on a host whose L3 other tenants
-// fill; 1 thread: as fast). The sums of each output go chunk by
-// chunk as before, so results do not change; units stay many enough
-// (kUnitsPerThread) for the threads to share them out evenly.
+// float32, before the block-major order of direct_forward_nk, alternate
+// calls: deep_7x7's 2-thread forward 0.96-0.98 of the time on a host whose
+// L3 other tenants fill; on 1 thread deep_s2 0.98, deep_7x7 1.02). The
+// sums of each output go chunk by chunk as before, so results do not
+// change; units stay many enough (kUnitsPerThread) for the threads to share
+// them out evenly (against 8 a thread: 4 took deep_s2's 2-thread forward
+// 0.96 of the time but its backward 1.04; 32 took deep_s2's 2-thread
+// forward 1.03, deep_7x7's 1.06 where the vCPUs sat apart).
 constexpr int64_t kMaxWindowGroup = 8, kUnitsPerThread = 8;
 inline int64_t window_group(int64_t range_bytes, int64_t window_bytes, int64_t windows, int64_t blocks,
                             int64_t chunks) {
