@@ -281,7 +281,7 @@ constexpr int64_t kMaxWindowGroup = 8, kUnitsPerThread = 8;
 inline int64_t window_group(int64_t range_bytes, int64_t window_bytes, int64_t windows, int64_t blocks,
                             int64_t chunks) {
     const int64_t l2 = cache_sizes().l2;
-    if (chunks == 1 || range_bytes <= l2 / 2) return 1;
+    if (chunks == 1 || range_bytes <= l2 / 2 || windows <= 1) return 1;  // no windows: an empty batch
     const int64_t most = std::clamp<int64_t>(l2 / 4 / std::max<int64_t>(window_bytes, 1), 1, kMaxWindowGroup);
     int64_t items = (windows + most - 1) / most;  // then windows spread evenly over the items
     while (items < windows && items * blocks < kUnitsPerThread * max_threads()) ++items;

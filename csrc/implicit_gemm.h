@@ -803,7 +803,7 @@ struct Destination {
 constexpr int64_t kMaxTileGroup = 8;
 inline int64_t tile_group(int64_t range_bytes, int64_t tile_bytes, int64_t tiles) {
     const int64_t l2 = cache_sizes().l2;
-    if (range_bytes <= l2 / 2) return 1;
+    if (range_bytes <= l2 / 2 || tiles <= 1) return 1;  // no tiles: an empty batch
     return std::clamp<int64_t>(l2 / 4 / std::max<int64_t>(tile_bytes, 1), 1, std::min(kMaxTileGroup, tiles));
 }
 

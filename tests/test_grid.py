@@ -351,8 +351,10 @@ def test_3x3_layer_whose_weights_take_uneven_packing_ranges(rng, dtype, stride):
         (2, 420, 20, 200, (3, 3), 1, 1),  # 3 windows of rows an image
         (2, 150, 18, 200, (5, 5), 1, 1),  # 5x5 "same": windows copied, not read in place
         (3, 840, 7, 400, (3, 3), 1, 2),  # two groups, each past a range
+        (0, 420, 7, 200, (3, 3), 1, 1),  # an empty batch: no windows
+        (0, 1536, 5, 1536, (1, 1), 1, 1),  # nor pixel tiles for the 1x1 GEMM (9 MiB of weights)
     ],
-    ids=["7x7", "14x14-s2", "rows", "copied", "groups"],
+    ids=["7x7", "14x14-s2", "rows", "copied", "groups", "empty-batch", "empty-batch-1x1"],
 )
 def test_weights_past_a_range_in_window_groups(rng, dtype, n, c, hw, filters, kernel, stride, groups):
     # Weights of a group over 3 MiB: block-major
