@@ -66,3 +66,19 @@ def test_the_threads_buffers_count_once_the_check_runs(monkeypatch):
     monkeypatch.setattr(_memory, "available_bytes", lambda: 700 * 2**20)
     with pytest.raises(MemoryError, match=r"this forward needs 0\.76 GiB"):
         fastconv.conv2d(np.zeros((1, 1, 100, 100), np.float32), np.zeros((7000, 1, 1, 1), np.float32))
+
+
+def test_each_threads_packed_block_counts_where_a_block_outgrows_a_range(monkeypatch):
+    # 16384 channels of 3x3: the direct kernels' blocks of filters take 192
+    # bytes a tap, 27 MiB, and each thread packs its own (weights over a
+    # range go block by block). 64 threads: 64 x (8 + 24) MiB = 2 GiB on top
+    # of 0.33 GiB of packed weights, against 1.5 GiB available.
+    core = fastconv._backend.core
+    if core is None:
+        pytest.skip("the C++ core is not built")
+    monkeypatch.setattr(core, "max_threads", lambda: 64)
+    monkeypatch.setattr(_memory, "available_bytes", lambda: 1536 * 2**20)
+    x = np.zeros((1, 16384, 3, 3), np.float32)
+    w = np.zeros((300, 16384, 3, 3), np.float32)
+    with pytest.raises(MemoryError, match=r"this forward needs 2\.33 GiB"):
+        fastconv.conv2d(x, w)

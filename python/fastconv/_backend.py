@@ -83,11 +83,13 @@ def resolve(backend: str) -> str:
 Gradients = tuple[np.ndarray | None, np.ndarray, np.ndarray | None]  # dL/dx (or None), dL/dw, dL/db (or None)
 
 
-def _check_memory(nbytes: int, what: str, numpy_backend: bool) -> None:
+def _check_memory(spec: ConvSpec, nbytes: int, what: str, numpy_backend: bool) -> None:
     """MemoryError if a pass of `nbytes` working memory cannot fit in the
     machine's memory (_memory.check_fits, with the C++ kernels' buffers)."""
     threads = 0 if numpy_backend or core is None else core.max_threads()
-    _memory.check_fits(nbytes, what, threads)
+    k, c_per_group, kh, kw = spec.weight_shape
+    taps = max(c_per_group, k // spec.groups) * kh * kw  # a filter's taps, forward or in dL/dx
+    _memory.check_fits(nbytes, what, threads, _memory.packed_block_extra_bytes(taps))
 
 
 def pad_input(spec: ConvSpec, x: np.ndarray) -> np.ndarray:
@@ -100,7 +102,7 @@ def forward(spec: ConvSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None, 
     """The forward pass of `spec` on checked arrays, `x` from pad_input: the
     (N, K, Ho, Wo) result, a view of channels-last storage for NHWC."""
     numpy_backend = resolve(backend) == "numpy"
-    _check_memory(spec.forward_bytes(numpy_backend), "this forward", numpy_backend)
+    _check_memory(spec, spec.forward_bytes(numpy_backend), "this forward", numpy_backend)
     if numpy_backend:
         return reference.conv2d(x, w, b, spec.stride, spec.kernel_padding, spec.dilation, spec.groups)
     return run_forward(spec, x, w, b)
@@ -132,7 +134,7 @@ def backward(
     `grad_y` (N, K, Ho, Wo): dL/dx ((N, C, H, W), folded back from the padded
     input's; None without need_input_grad), dL/dw and dL/db (None without bias)."""
     numpy_backend = resolve(backend) == "numpy"
-    _check_memory(spec.backward_bytes(numpy_backend, need_input_grad), "this backward", numpy_backend)
+    _check_memory(spec, spec.backward_bytes(numpy_backend, need_input_grad), "this backward", numpy_backend)
     if numpy_backend:
         args = (spec.stride, spec.kernel_padding, spec.dilation, spec.groups)
         grads: Gradients = (

@@ -32,7 +32,7 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def check_fits(nbytes: int, what: str, threads: int = 0) -> None:
+def check_fits(nbytes: int, what: str, threads: int = 0, per_thread: int = 0) -> None:
     """MemoryError if `nbytes` of working memory for `what`, plus the C++
     kernels' buffers for `threads` threads, exceeds what the machine has
     available. Only `nbytes`, which grows with the call, decides whether to
@@ -40,7 +40,7 @@ def check_fits(nbytes: int, what: str, threads: int = 0) -> None:
     call on a machine of 32 threads would read the system's figure."""
     if nbytes < CHECK_ABOVE:
         return
-    nbytes += threads * THREAD_BUFFER_BYTES
+    nbytes += threads * (THREAD_BUFFER_BYTES + per_thread)
     available = available_bytes()
     if available is not None and nbytes > available:
         raise MemoryError(
@@ -49,8 +49,20 @@ def check_fits(nbytes: int, what: str, threads: int = 0) -> None:
         )
 
 
-# The C++ kernels' windows, panels and partial sums: at most this per thread.
+# The C++ kernels' windows, panels, partial sums and packed weights of up to
+# a range (PACK_RANGE_BYTES, csrc/implicit_gemm.h's PackRanges::kBytes): at
+# most this per thread.
 THREAD_BUFFER_BYTES = 8 * 2**20
+PACK_RANGE_BYTES = 3 * 2**20
+
+
+def packed_block_extra_bytes(taps_per_filter: int) -> int:
+    """What a thread's own packed block of filters needs past a range, where
+    a group's weights go block by block (direct kernels, weights over a
+    range): a block is at most 48 float32 or 24 float64 filters, 192 bytes a
+    tap, so past 3 MiB only from 16384 taps a filter (0.87 MiB for 512
+    channels of 3x3; 27 MiB for 16384 channels of 3x3)."""
+    return max(0, 192 * taps_per_filter - PACK_RANGE_BYTES)
 
 
 def packed_weights_bytes(itemsize: int, weight_size: int) -> int:
