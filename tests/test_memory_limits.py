@@ -57,28 +57,24 @@ def test_small_calls_skip_the_check_whatever_the_thread_count(monkeypatch):
     assert len(fastconv._call_cache._checked) == 2
 
 
-def test_the_threads_buffers_count_once_the_check_runs(monkeypatch):
+@pytest.mark.parametrize(
+    "x_shape,w_shape,available_mib,needs",
+    [
+        # 280 MB of output and 64 x 8 MiB of thread buffers against 700 MiB.
+        ((1, 1, 100, 100), (7000, 1, 1, 1), 700, r"0\.76"),
+        # 16384 channels of 3x3: the direct kernels' blocks of filters take
+        # 192 bytes a tap, 27 MiB, and each thread packs its own (weights over
+        # a range go block by block): 64 x (8 + 24) MiB on top of 0.33 GiB of
+        # packed weights, against 1.5 GiB.
+        ((1, 16384, 3, 3), (300, 16384, 3, 3), 1536, r"2\.33"),
+    ],
+    ids=["buffers", "packed-blocks"],
+)
+def test_the_threads_buffers_count_once_the_check_runs(monkeypatch, x_shape, w_shape, available_mib, needs):
     core = fastconv._backend.core
     if core is None:
         pytest.skip("the C++ core is not built")
     monkeypatch.setattr(core, "max_threads", lambda: 64)
-    # 280 MB of output and 512 MiB of thread buffers against 700 MiB available.
-    monkeypatch.setattr(_memory, "available_bytes", lambda: 700 * 2**20)
-    with pytest.raises(MemoryError, match=r"this forward needs 0\.76 GiB"):
-        fastconv.conv2d(np.zeros((1, 1, 100, 100), np.float32), np.zeros((7000, 1, 1, 1), np.float32))
-
-
-def test_each_threads_packed_block_counts_where_a_block_outgrows_a_range(monkeypatch):
-    # 16384 channels of 3x3: the direct kernels' blocks of filters take 192
-    # bytes a tap, 27 MiB, and each thread packs its own (weights over a
-    # range go block by block). 64 threads: 64 x (8 + 24) MiB = 2 GiB on top
-    # of 0.33 GiB of packed weights, against 1.5 GiB available.
-    core = fastconv._backend.core
-    if core is None:
-        pytest.skip("the C++ core is not built")
-    monkeypatch.setattr(core, "max_threads", lambda: 64)
-    monkeypatch.setattr(_memory, "available_bytes", lambda: 1536 * 2**20)
-    x = np.zeros((1, 16384, 3, 3), np.float32)
-    w = np.zeros((300, 16384, 3, 3), np.float32)
-    with pytest.raises(MemoryError, match=r"this forward needs 2\.33 GiB"):
-        fastconv.conv2d(x, w)
+    monkeypatch.setattr(_memory, "available_bytes", lambda: available_mib * 2**20)
+    with pytest.raises(MemoryError, match=rf"this forward needs {needs} GiB"):
+        fastconv.conv2d(np.zeros(x_shape, np.float32), np.zeros(w_shape, np.float32))
