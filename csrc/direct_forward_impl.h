@@ -416,8 +416,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     // the group's filters.
     const auto pack_block = [&](int64_t g, int64_t kb, T* dst) {
         const int64_t m0 = kb * F, nk = std::min<int64_t>(F, kg - m0);
-        int64_t j0 = 0;
-        const int64_t j1 = ntaps;
+        int64_t j0 = 0;  // the first tap not packed yet
         if constexpr (std::is_same_v<WeightOf, WeightRows<T>>) {
             // A full block's weight rows go over in L x L tiles transposed in
             // registers, each row's line kAhead taps on asked for meanwhile: F
@@ -425,7 +424,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
             // prefetcher follows, and the loads waited on L3 (deep_7x7's 9.4 MB
             // of float32 weights: 7.6 % of its 2-thread forward in the packing).
             constexpr int64_t kAhead = 4 * L;
-            for (; nk == F && j0 + L <= j1; j0 += L) {
+            for (; nk == F && j0 + L <= ntaps; j0 += L) {
                 if (j0 + kAhead < ntaps)
                     for (int64_t f = 0; f < F; ++f) RowFetch::line(reinterpret_cast<const char*>(weight_of.row(g, m0 + f) + j0 + kAhead));
                 for (int64_t f = 0; f < F; f += L) transpose_tile(weight_of.row(g, m0 + f) + j0, ntaps, dst + j0 * F + f, F);
@@ -441,10 +440,10 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
             // x 3 weights) went here, 7.1 % now (Zen 5).
             const PhaseWeights<T>& pw = weight_of;
             const int64_t block_bytes = nk * pw.kernel_taps * static_cast<int64_t>(sizeof(T));
-            for (int64_t j = j0; j < j1; ++j) {
+            for (int64_t j = 0; j < ntaps; ++j) {
                 const int64_t kk = j / pw.per_filter, t = j - kk * pw.per_filter;
                 const T* kernels = pw.weight + ((g * pw.kg + kk) * pw.cg + m0) * pw.kernel_taps;
-                if ((t == 0 || j == j0) && kk + 1 < pw.kg) {  // the next filter's kernels, cg x R x S values on
+                if (t == 0 && kk + 1 < pw.kg) {  // the next filter's kernels, cg x R x S values on
                     const char* next = reinterpret_cast<const char*>(kernels + pw.cg * pw.kernel_taps);
                     for (int64_t b = 0; b < block_bytes; b += 64) RowFetch::line(next + b);
                 }
@@ -455,8 +454,8 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
             }
             return;
         }
-        for (; j0 < j1; j0 += 64) {  // 64 taps at a time: the piece stays in L1
-            const int64_t j_end = std::min<int64_t>(j1, j0 + 64);
+        for (; j0 < ntaps; j0 += 64) {  // 64 taps at a time: the piece stays in L1
+            const int64_t j_end = std::min<int64_t>(ntaps, j0 + 64);
             for (int64_t f = 0; f < nk; ++f)
                 for (int64_t j = j0; j < j_end; ++j) dst[j * F + f] = weight_of(g, m0 + f, j);
             for (int64_t j = j0; j < j_end; ++j) std::fill(dst + j * F + nk, dst + (j + 1) * F, T(0));
