@@ -129,9 +129,10 @@ struct InputWindow {
 
     // Asks the cache for rows [first, end) of the channels x rows input rows
     // that the window of output rows oh0... copies (rows of padding and
-    // windows read in place have nothing to fetch), so that a kernel can
-    // spread the next window's fetch over its work on this one.
-    int64_t source_rows() const { return in_place ? 0 : channels * rows; }
+    // windows read in place have nothing to fetch, unless in_place_too),
+    // so that a kernel can spread the next window's fetch over its work on
+    // this one.
+    int64_t source_rows(bool in_place_too = false) const { return in_place && !in_place_too ? 0 : channels * rows; }
     template <class T>
     void prefetch(const ConvShape& p, const T* x_group, int64_t oh0, int64_t first, int64_t end) const {
         source(p, x_group, oh0).fetch(first, end);
@@ -139,11 +140,11 @@ struct InputWindow {
     // Those rows, to fetch a share at a time (RowFetch); none for a
     // channels-last row, spread over C times the lines.
     template <class T>
-    RowFetch source(const ConvShape& p, const T* x_group, int64_t oh0) const {
+    RowFetch source(const ConvShape& p, const T* x_group, int64_t oh0, bool in_place_too = false) const {
         if (p.xs.w != 1) return RowFetch{};
         constexpr int64_t size = sizeof(T);
         return RowFetch{reinterpret_cast<const char*>(x_group), p.xs.c * size, p.xs.h * size, p.w * size,
-                        rows, oh0 * p.stride_h - p.pad_top, p.h, 0, source_rows()};
+                        rows, oh0 * p.stride_h - p.pad_top, p.h, 0, source_rows(in_place_too)};
     }
 
   private:
