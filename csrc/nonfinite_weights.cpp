@@ -5,6 +5,7 @@
 // forward multiplies the zero padding (0 * NaN = NaN, as an im2col GEMM
 // does), and dL/dx adds only products of existing grad_y values (as col2im
 // does). Rare and slow, so plain loops.
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -15,8 +16,10 @@
 
 namespace fastconv {
 
+namespace {
+
 template <class T>
-bool all_finite(const T* a, int64_t count) {
+bool finite_run(const T* a, int64_t count) {
     // NaN and Inf have every exponent bit set: adding one unit of the exponent
     // to the exponent bits then carries into the sign bit, for them alone.
     // Adds and ors vectorise at the baseline's SSE2 for float64 as well,
@@ -33,6 +36,24 @@ bool all_finite(const T* a, int64_t count) {
         carried |= (bits & exponent) + exponent_unit;
     }
     return (carried >> sign_bit) == 0;
+}
+
+}  // namespace
+
+// From a million values on, the team scans them: on the calling thread alone
+// the others waited for it (deep_7x7's 9.4 MB of float32 weights, read
+// before each of its calls: 0.2-0.3 ms; its 2-thread forward 0.987 of the
+// time this way, deep_s2's 0.979, Zen 4).
+template <class T>
+bool all_finite(const T* a, int64_t count) {
+    constexpr int64_t kTeamScan = int64_t(1) << 20;
+    if (count < kTeamScan || max_threads() == 1) return finite_run(a, count);
+    std::atomic<bool> finite{true};
+    parallel_region(true, [&] {
+        const auto [lo, hi] = thread_share(count);
+        if (!finite_run(a + lo, hi - lo)) finite.store(false, std::memory_order_relaxed);
+    });
+    return finite.load(std::memory_order_relaxed);
 }
 
 template <class T>

@@ -91,6 +91,27 @@ def test_one_nonfinite_weight_anywhere_sends_the_call_to_the_nonfinite_kernels(v
         assert np.isnan(y).sum() > np.isnan(x).sum(), f"{isa}: the padding's 0 * {value} made no NaN"
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("where", ["first", "before_half", "half", "last"])
+def test_the_team_scan_of_many_weights_finds_one_nonfinite_weight(where, threads):
+    # From 2**20 weights on, the threads scan a share each: a NaN at either
+    # side of the two threads' boundary, or at an end, still routes the call.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 905, 3, 3)).astype(np.float32)
+    w = rng.standard_normal((131, 905, 3, 3)).astype(np.float32)  # 1,066,995 weights: an odd count
+    assert w.size >= 2**20
+    position = {"first": 0, "before_half": w.size // 2 - 1, "half": w.size // 2, "last": w.size - 1}[where]
+    w.reshape(-1)[position] = NAN
+    want_y = torch_conv(x, w, None, np.zeros((1, 131, 3, 3), np.float32), (1, 1), (1, 1, 1, 1), (1, 1), 1)[0]
+    with fastconv.threads(threads):
+        y = fastconv.conv2d(x, w, padding="same", backend="cpp")
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(want_y), err_msg="NaN placement differs from PyTorch")
+    filter_hit = position // (905 * 9)
+    assert np.isnan(y[0, filter_hit]).all(), "the padding's 0 * NaN made no NaN: the scan missed the weight"
+    assert np.isfinite(np.delete(y, filter_hit, axis=1)).all()
+
+
 # Under AddressSanitizer the timed call is instrumented code, not the kernels
 # that ship: its speed says nothing about the flush.
 @pytest.mark.skipif(os.environ.get("FASTCONV_SANITIZED") == "1", reason="speed under AddressSanitizer")
