@@ -2,8 +2,8 @@
 // needs no im2col panel at all. For each kernel tap, one vector of weights
 // (16 float32 filters with AVX-512) is multiplied by the broadcast input
 // value of each of NP output pixels of a row; NP x NK accumulators stay in
-// registers. Taps that read only padding are skipped, and so is a tap's
-// first or last pixel where only it reads padding (BlockTaps); where that
+// registers. Taps that read only padding are skipped, and so are a tap's
+// first or last 1-3 pixels where only they read padding (BlockTaps); where that
 // covers all the padding (3x3 "same", say) the input is read in place, else
 // its rows are copied once per task into a zero-padded window. It wins
 // over the implicit GEMM where packing dominates: few filters per group,
@@ -29,7 +29,7 @@ namespace fastconv::FASTCONV_ISA {
 // input is then a constant offset from the tap's, where a run-time stride
 // costs a chain of address adds per tap, which on a core with two 512-bit FMA
 // ports competes with the FMAs for the ports.
-// Pixels [P0, P1) only where given (a block's runs that skip an edge pixel).
+// Pixels [P0, P1) only where given (a block's runs that skip edge pixels).
 template <int SW, int P0 = 0, int P1 = 0, class T, class V, int NP, int NK>
 __attribute__((always_inline)) inline void direct_tap(V (&acc)[NP][NK], const T* __restrict in, int64_t sw,
                                                       const T* __restrict w) {
@@ -86,31 +86,45 @@ void direct_micro(const T* __restrict in, int64_t sw, const T* __restrict w, con
     micro_taps<T, NP, NK, SW, NK>(in, sw, w, at, ntaps, out, accumulate);
 }
 
+// The taps of the runs that leave out S pixels, first and last (BlockTaps):
+// pixels [S, NP), then [0, NP - S); none where the block has no more pixels.
+template <int S, int SW, class T, class V, int NP, int NK>
+__attribute__((always_inline)) inline void skipping_taps(V (&acc)[NP][NK], const T* __restrict in, int64_t sw,
+                                                         const T* __restrict w, const TapAt* __restrict& at,
+                                                         const int64_t* runs) {
+    if constexpr (S < NP) {
+        for (int64_t t = 0; t < runs[skip_first(S)]; ++t) direct_tap<SW, S, NP>(acc, in + at[t].in, sw, w + at[t].w);
+        at += runs[skip_first(S)];
+        for (int64_t t = 0; t < runs[skip_last(S)]; ++t) direct_tap<SW, 0, NP - S>(acc, in + at[t].in, sw, w + at[t].w);
+        at += runs[skip_last(S)];
+    }
+}
+
 // direct_micro for a block at an edge of the input, read in place: after
-// the `all` taps at[0..all), the skip_first taps that follow leave out pixel
-// 0 and the skip_last ones pixel NP - 1 (BlockTaps), all in one call. As
-// three calls (the second and third on NP - 1 pixels), each stored and loaded
-// the sums again: deep_7x7 (7-wide rows, each a block with both edges) spent
-// two thirds of its taps in such calls.
+// the runs[kAllPixels] taps that read every pixel, the runs that leave out
+// the first or the last 1, 2 or 3 pixels (BlockTaps), all in one call. As
+// a call per run (each on fewer pixels), each stored and loaded the sums
+// again: deep_7x7 (7-wide rows, each a block with both edges) spent two
+// thirds of its taps in such calls.
 template <class T, int NP, int NK, int SW, int NKS>
 __attribute__((always_inline)) inline void micro_edge_taps(const T* __restrict in, int64_t sw, const T* __restrict w,
-                                                           const TapAt* __restrict at, int64_t all, int64_t skip_first,
-                                                           int64_t skip_last, T* __restrict out, bool accumulate) {
+                                                           const TapAt* __restrict at, const int64_t* runs,
+                                                           T* __restrict out, bool accumulate) {
     using V = typename Simd<T>::vec;
-    static_assert(NP > 1);
+    static_assert(NP > 1 && kMaxSkip == 3);
     V acc[NP][NK];
     load_sums<NKS>(acc, out, accumulate);
-    for (int64_t t = 0; t < all; ++t) direct_tap<SW>(acc, in + at[t].in, sw, w + at[t].w);
-    at += all;
-    for (int64_t t = 0; t < skip_first; ++t) direct_tap<SW, 1, NP>(acc, in + at[t].in, sw, w + at[t].w);
-    at += skip_first;
-    for (int64_t t = 0; t < skip_last; ++t) direct_tap<SW, 0, NP - 1>(acc, in + at[t].in, sw, w + at[t].w);
+    for (int64_t t = 0; t < runs[kAllPixels]; ++t) direct_tap<SW>(acc, in + at[t].in, sw, w + at[t].w);
+    at += runs[kAllPixels];
+    skipping_taps<1, SW>(acc, in, sw, w, at, runs);
+    skipping_taps<2, SW>(acc, in, sw, w, at, runs);
+    skipping_taps<3, SW>(acc, in, sw, w, at, runs);
     store_sums<NKS>(acc, out);
 }
 template <class T, int NP, int NK, int SW>
 void direct_micro_edges(const T* __restrict in, int64_t sw, const T* __restrict w, const TapAt* __restrict at,
-                        int64_t all, int64_t skip_first, int64_t skip_last, T* __restrict out, bool accumulate) {
-    micro_edge_taps<T, NP, NK, SW, NK>(in, sw, w, at, all, skip_first, skip_last, out, accumulate);
+                        const int64_t* runs, T* __restrict out, bool accumulate) {
+    micro_edge_taps<T, NP, NK, SW, NK>(in, sw, w, at, runs, out, accumulate);
 }
 
 // Both for a group's last block of filters where they fill only NK of the
@@ -124,14 +138,14 @@ void direct_micro_tail(const T* __restrict in, int64_t sw, const T* __restrict w
 }
 template <class T, int NP, int NK, int NKS, int SW>
 void direct_micro_tail_edges(const T* __restrict in, int64_t sw, const T* __restrict w, const TapAt* __restrict at,
-                             int64_t all, int64_t skip_first, int64_t skip_last, T* __restrict out, bool accumulate) {
-    micro_edge_taps<T, NP, NK, SW, NKS>(in, sw, w, at, all, skip_first, skip_last, out, accumulate);
+                             const int64_t* runs, T* __restrict out, bool accumulate) {
+    micro_edge_taps<T, NP, NK, SW, NKS>(in, sw, w, at, runs, out, accumulate);
 }
 
 template <class T>
 using DirectMicro = void (*)(const T*, int64_t, const T*, const TapAt*, int64_t, T*, bool);
 template <class T>
-using DirectMicroEdges = void (*)(const T*, int64_t, const T*, const TapAt*, int64_t, int64_t, int64_t, T*, bool);
+using DirectMicroEdges = void (*)(const T*, int64_t, const T*, const TapAt*, const int64_t*, T*, bool);
 
 // NK of NKS filter vectors computed (fewer in a group's last block).
 template <class T, int NK, int NKS, int SW, int... P>
@@ -308,7 +322,7 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
     const int64_t pixel_blocks = blocks.count;
     // By a block's pixels, for full blocks of filters [0] and the group's
     // last [1] (its vectors only); edges_for for blocks with runs that skip
-    // an edge pixel.
+    // edge pixels.
     DirectMicro<T> micro_for[2][NP + 1] = {};
     DirectMicroEdges<T> edges_for[2][NP + 1] = {};
     const int tail_vectors = DirectKernels<T, NK>::vectors_for(kg - (kblocks - 1) * F, p.stride_w);
@@ -389,11 +403,10 @@ void direct_forward_nk(const ConvShape& p, const T* x, WeightOf weight_of, const
                     }
                     const T* in = row + ow0 * p.stride_w;
                     T* const sums = row_result + ow0 * F;
-                    if (list.skip_first == 0 && list.skip_last == 0)
-                        micro_for[last_block][np](in, p.stride_w, wb, list.at, list.all, sums, chunk > 0);
+                    if (!list.edges)
+                        micro_for[last_block][np](in, p.stride_w, wb, list.at, list.runs[kAllPixels], sums, chunk > 0);
                     else
-                        edges_for[last_block][np](in, p.stride_w, wb, list.at, list.all, list.skip_first, list.skip_last,
-                                                  sums, chunk > 0);
+                        edges_for[last_block][np](in, p.stride_w, wb, list.at, list.runs, sums, chunk > 0);
                 }
                 if (last_chunk)
                     write_row<T, F>(row_result, p.out_w, nk, bias ? bias + k0 : nullptr, out, p.ys, line, line_w);

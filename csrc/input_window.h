@@ -33,23 +33,31 @@ struct PixelBlocks {
     int64_t pixels(int64_t b) const { return b < big ? size : size - 1; }
 };
 
+// The most edge pixels a direct kernel's tap leaves out at one end of a
+// block: 3, all that a 7-wide kernel's "same" padding hides (1x7, 7x7;
+// dilation 2 of 3x3 hides 2).
+constexpr int kMaxSkip = 3;
 // Which of the np pixels from ow0 on that kernel column ks reads inside the
-// input: kAll, all but the first (kSkipFirst) or the last (kSkipLast), none
-// (kNone), or some other run (kMany): pixels that a direct kernel can leave
-// out where a tap reads padding (BlockTaps).
-enum class ColumnPixels : int8_t { kAll, kSkipFirst, kSkipLast, kNone, kMany };
-inline ColumnPixels column_pixels(const ConvShape& p, int64_t ow0, int64_t np, int64_t ks) {
+// input, as a class: all (kAllPixels), all but the first s or the last s
+// (skip_first(s), skip_last(s), 1 <= s <= kMaxSkip), none (kNoPixels), or
+// some other run (kManyPixels): pixels that a direct kernel can leave out
+// where a tap reads padding (BlockTaps). The classes a kernel runs over are
+// numbered 0..kPixelRuns - 1, a tap's run in its list.
+constexpr int8_t kAllPixels = 0, kPixelRuns = 2 * kMaxSkip + 1, kNoPixels = kPixelRuns, kManyPixels = kPixelRuns + 1;
+constexpr int8_t skip_first(int s) { return static_cast<int8_t>(2 * s - 1); }
+constexpr int8_t skip_last(int s) { return static_cast<int8_t>(2 * s); }
+inline int8_t column_pixels(const ConvShape& p, int64_t ow0, int64_t np, int64_t ks) {
     const auto ceil_div = [](int64_t a, int64_t b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); };
     // Output columns ow read input column ow * stride + ks * dil - pad_left: inside for ow in [lo_ow, hi_ow).
     const int64_t shift = ks * p.dil_w - p.pad_left;
     const int64_t lo_ow = std::max<int64_t>(0, ceil_div(-shift, p.stride_w));
     const int64_t hi_ow = std::max<int64_t>(0, ceil_div(p.w - shift, p.stride_w));
     const int64_t lo = std::clamp<int64_t>(lo_ow - ow0, 0, np), hi = std::clamp<int64_t>(ow0 + np - hi_ow, 0, np);
-    if (lo + hi >= np) return ColumnPixels::kNone;
-    if (lo == 0 && hi == 0) return ColumnPixels::kAll;
-    if (lo == 1 && hi == 0) return ColumnPixels::kSkipFirst;
-    if (lo == 0 && hi == 1) return ColumnPixels::kSkipLast;
-    return ColumnPixels::kMany;
+    if (lo + hi >= np) return kNoPixels;
+    if (lo == 0 && hi == 0) return kAllPixels;
+    if (hi == 0 && lo <= kMaxSkip) return skip_first(static_cast<int>(lo));
+    if (lo == 0 && hi <= kMaxSkip) return skip_last(static_cast<int>(hi));
+    return kManyPixels;
 }
 
 struct InputWindow {
@@ -72,11 +80,12 @@ struct InputWindow {
 
     // out_w_rounded: output columns computed per row (>= out_w; the extra ones
     // are computed from zeros and dropped); most_rows: kRows or kMaxRows.
-    // skipping: the pixel blocks of a kernel that leaves out the first or the
-    // last pixel of a tap where it reads padding, and reads live taps only
-    // (BlockTaps, LiveTaps). Where at most one pixel of a block at an edge
-    // reads padding for any tap (3x3 "same" at stride 1 or 2, say), such a
-    // kernel reads only real input, and the padded input is read in place: a
+    // skipping: the pixel blocks of a kernel that leaves out up to kMaxSkip
+    // first or last pixels of a tap where they read padding, and reads live
+    // taps only (BlockTaps, LiveTaps). Where every tap's padded pixels of a
+    // block are such a run ("same" 3x3 at stride 1 or 2, 5x5, 1x7 or 7x7 at
+    // stride 1, say), such a kernel reads only real input, and the padded
+    // input is read in place: a
     // copy of each window into a padded buffer had cost 11-17 % of the 3x3
     // forward on a core with two 512-bit FMA ports (the input comes from L3).
     // Not for such a kernel on input rows of kWideRow values or more, from 8
@@ -151,7 +160,7 @@ struct InputWindow {
     static bool skips_all_padding(const ConvShape& p, const PixelBlocks& blocks) {
         for (int64_t b = 0; b < blocks.count; ++b)
             for (int64_t ks = 0; ks < p.s; ++ks)
-                if (column_pixels(p, blocks.start(b), blocks.pixels(b), ks) == ColumnPixels::kMany) return false;
+                if (column_pixels(p, blocks.start(b), blocks.pixels(b), ks) == kManyPixels) return false;
         return true;
     }
 
@@ -265,25 +274,26 @@ struct TapAt {
 };
 
 // For each output row and block of a row's pixels: the row's live taps without
-// those that read only padding, in up to three runs by the pixels of the block
-// that read inside the input -- all of them, all but the first, or all but the
-// last. The micro-kernel (direct_micro_edges) takes the first run over the
-// block and the others over its pixels but one, in one call, so it leaves out
-// the padded pixel: a 3x3 kernel on a 7x7 image reads padding in 18% of its
-// products. Runs rather than a mark per tap: a branch per tap on the mark cost
-// an edge block 5-10 % of its FMA rate (in L1, AVX2 6 pixels x 2 vectors:
-// 87-90 % marked, 94-98 % in runs; each edge pixel's sum now takes the taps of
-// its run after the others). Taps padded for more pixels of a block go with
-// "all" and read the window's zeros. Blocks away from the edges use the row's
-// list unchanged.
+// those that read only padding, in runs by the pixels of the block that read
+// inside the input -- all of them, then all but the first, all but the last,
+// all but the first two, ... (column_pixels' classes in order). The
+// micro-kernel (direct_micro_edges) takes the first run over the block and
+// each other over its pixels but those, in one call, so it leaves out the
+// padded pixels: a 3x3 kernel on a 7x7 image reads padding in 18 % of its
+// products, a 1x7 kernel on a 28-wide one in 6 % (and its windows were
+// copied, for the pixels padded for the first two and three taps). Runs
+// rather than a mark per tap: a branch per tap on the mark cost an edge block
+// 5-10 % of its FMA rate (in L1, AVX2 6 pixels x 2 vectors: 87-90 % marked,
+// 94-98 % in runs; each edge pixel's sum now takes the taps of its run after
+// the others). Taps padded for pixels at both ends of a block, or for more
+// than kMaxSkip at one, go with "all" and read the window's zeros. Blocks away
+// from the edges use the row's list unchanged.
 class BlockTaps {
   public:
-    enum Pixels : int8_t { kAll, kSkipFirst, kSkipLast, kNone };  // as ColumnPixels
-    static_assert(kSkipLast == static_cast<int8_t>(ColumnPixels::kSkipLast) &&
-                  kNone == static_cast<int8_t>(ColumnPixels::kNone));
     struct List {
-        const TapAt* at;  // where each tap reads: the kAll taps, then the kSkipFirst ones, then the kSkipLast ones
-        int64_t all, skip_first, skip_last;
+        const TapAt* at;             // where each tap reads, run after run
+        int64_t runs[kPixelRuns];    // taps in each run: runs[kAllPixels], runs[skip_first(1)], ...
+        bool edges;                  // taps in runs other than the first
     };
 
     // The pixel blocks of a row; tap j reads the window at offset[j] and its
@@ -292,16 +302,16 @@ class BlockTaps {
     BlockTaps(const ConvShape& p, const LiveTaps& live, const PixelBlocks& blocks, const std::vector<int64_t>& offset,
               int64_t weights_per_tap, const TapChunks& chunks)
         : blocks_(blocks.count), chunks_(chunks.count), list_of_row_(static_cast<size_t>(p.out_h)) {
-        // Each block's class of each kernel column; blocks away from the edges have none but kAll.
+        // Each block's class of each kernel column; blocks away from the edges have none but kAllPixels.
         std::vector<std::vector<int8_t>> signatures;  // distinct column classes, [signature][ks]
         std::vector<int64_t> signature_of_block(static_cast<size_t>(blocks_));
         for (int64_t b = 0; b < blocks_; ++b) {
             const int64_t ow0 = blocks.start(b), np = blocks.pixels(b);
             std::vector<int8_t> cls(static_cast<size_t>(p.s));
             for (int64_t ks = 0; ks < p.s; ++ks) {
-                // Taps padded for more pixels than one at an edge (kMany) read the window's zeros.
-                const ColumnPixels c = column_pixels(p, ow0, np, ks);
-                cls[static_cast<size_t>(ks)] = c == ColumnPixels::kMany ? kAll : static_cast<int8_t>(c);
+                // Taps padded for other runs of pixels (kManyPixels) read the window's zeros.
+                const int8_t c = column_pixels(p, ow0, np, ks);
+                cls[static_cast<size_t>(ks)] = c == kManyPixels ? kAllPixels : c;
             }
             auto found = std::find(signatures.begin(), signatures.end(), cls);
             signature_of_block[static_cast<size_t>(b)] = found - signatures.begin();
@@ -316,11 +326,11 @@ class BlockTaps {
             if (found == lists.end()) lists.push_back(list);
         }
         // Each (row list, signature)'s taps chunk by chunk, and each chunk's
-        // taps in runs by their class: kAll, kSkipFirst, kSkipLast (kNone
-        // ones left out), each run in the taps' order.
+        // taps in runs by their class in order (kNoPixels ones left out), each
+        // run in the taps' order.
         struct Runs {
             size_t start;
-            int64_t count[3];  // by class
+            int64_t count[kPixelRuns];  // by class
         };
         std::vector<Runs> runs;  // [list][signature][chunk]
         size_t most = 0;  // taps of every list under every signature
@@ -341,8 +351,8 @@ class BlockTaps {
                     // The list's taps ascend: chunk c holds those in [c * chunks.taps, (c + 1) * chunks.taps).
                     int64_t t1 = t0;
                     while (t1 < count && list[t1] < (c + 1) * chunks.taps) ++t1;
-                    Runs r{at_.size(), {0, 0, 0}};
-                    for (const int8_t run : {kAll, kSkipFirst, kSkipLast})
+                    Runs r{at_.size(), {}};
+                    for (int8_t run = 0; run < kPixelRuns; ++run)
                         for (int64_t t = t0; t < t1; ++t)
                             if (tap_class[static_cast<size_t>(t)] == run) {
                                 at_.push_back(TapAt{offset[static_cast<size_t>(list[t])], list[t] * weights_per_tap});
@@ -358,9 +368,12 @@ class BlockTaps {
                 for (int64_t c = 0; c < chunks_; ++c) {
                     const size_t span = l * signatures.size() + static_cast<size_t>(signature_of_block[static_cast<size_t>(b)]);
                     const Runs& r = runs[span * static_cast<size_t>(chunks_) + static_cast<size_t>(c)];
-                    lists_[(l * static_cast<size_t>(blocks_) + static_cast<size_t>(b)) * static_cast<size_t>(chunks_) +
-                           static_cast<size_t>(c)] = List{at_.data() + r.start, r.count[kAll], r.count[kSkipFirst],
-                                                          r.count[kSkipLast]};
+                    List& list = lists_[(l * static_cast<size_t>(blocks_) + static_cast<size_t>(b)) *
+                                            static_cast<size_t>(chunks_) +
+                                        static_cast<size_t>(c)];
+                    list.at = at_.data() + r.start;
+                    std::copy(r.count, r.count + kPixelRuns, list.runs);
+                    list.edges = std::any_of(r.count + 1, r.count + kPixelRuns, [](int64_t n) { return n > 0; });
                 }
     }
     BlockTaps(const BlockTaps&) = delete;  // lists_ points into at_

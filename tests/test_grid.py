@@ -124,13 +124,39 @@ def test_few_filters_or_channels_per_group(rng, dtype, c, filters, groups, strid
 @pytest.mark.parametrize("width", [1, 2, 6, 7, 13, 25])
 @pytest.mark.parametrize(
     "kernel,stride,dilation,padding",
-    [((3, 3), 1, 1, "same"), ((3, 3), 1, 1, 2), ((5, 5), 1, 2, "same"), ((3, 3), 2, 1, "same"), ((7, 7), 2, 1, 3)],
-    ids=["3x3", "3x3-pad2", "5x5-dil2", "3x3-s2", "7x7-s2-pad3"],
+    [
+        ((3, 3), 1, 1, "same"),
+        ((3, 3), 1, 1, 2),
+        ((5, 5), 1, 2, "same"),
+        ((3, 3), 2, 1, "same"),
+        ((7, 7), 2, 1, 3),
+        ((1, 7), 1, 1, "same"),
+        ((7, 7), 1, 1, "same"),
+        ((3, 3), 1, 2, "same"),
+        ((1, 5), 2, 1, "same"),
+        ((1, 7), 1, 1, (0, 0, 4, 2)),
+        ((1, 7), 1, 1, (1, 0, 2, 5)),
+    ],
+    ids=[
+        "3x3",
+        "3x3-pad2",
+        "5x5-dil2",
+        "3x3-s2",
+        "7x7-s2-pad3",
+        "1x7",
+        "7x7",
+        "3x3-dil2",
+        "1x5-s2",
+        "1x7-pad4-2",
+        "1x7-pad2-5",
+    ],
 )
 def test_padded_columns_of_pixel_blocks(rng, dtype, width, kernel, stride, dilation, padding):
     # Enough filters for the filter-vectorised direct kernels, whose pixel
-    # blocks leave out the taps that read padding at a row's first or last
-    # pixel, and drop taps that read nothing but padding.
+    # blocks leave out the taps that read padding at up to three of a row's
+    # first or last pixels (then read the input in place), and drop taps
+    # that read nothing but padding. Four padded pixels at one end (pad4)
+    # are more than they leave out: those windows are copied with zeros.
     run_case(rng, dtype, 2, 5, 6, width, 20, kernel, stride, dilation, 1, padding)
 
 
