@@ -497,6 +497,31 @@ void pack_panel(const T* src, const SourceGrid& grid, const Tap* taps, int64_t n
     }
 }
 
+// pack_panel where tap j is the whole source plane j (a 1x1 layer at stride
+// 1, no padding): segment by segment, each plane's run in turn, so that the
+// reads go a plane apart, a stride the hardware fetches ahead. Tap by tap, a
+// pointwise layer's tiles of each image's last pixels (8 x 256 x 14 x 14:
+// 32 pixels of 8 images, 8 K values) took 2.3 % of its AVX2 forward, the
+// reads of 2 K cold lines one after another.
+template <class T>
+void pack_planes(const T* src, const SourceGrid& grid, int64_t ntaps, int64_t plane, const Segment* segs, int nsegs,
+                 int64_t filled, int64_t width, T* panel) {
+    constexpr int64_t L = kLanes<T>;
+    for (int si = 0; si < nsegs; ++si) {
+        const Segment& s = segs[si];
+        const T* from = src + s.n * grid.batch_stride + s.u * grid.width + s.v0;
+        // copy_run's spill lands on the row's later segments, written after
+        // this one, or past `filled`, zeroed last; never on the next row.
+        if (s.offset + (s.len + L - 1) / L * L <= width) {
+            for (int64_t j = 0; j < ntaps; ++j) copy_run(panel + j * width + s.offset, from + j * plane, s.len);
+        } else {
+            for (int64_t j = 0; j < ntaps; ++j) std::copy(from + j * plane, from + j * plane + s.len, panel + j * width + s.offset);
+        }
+    }
+    if (filled < width)
+        for (int64_t j = 0; j < ntaps; ++j) std::fill(panel + j * width + filled, panel + (j + 1) * width, T(0));
+}
+
 // The micro-kernel of every GEMM-shaped kernel here: c[i * ldc + pixel] =
 // init[i] (0 without init) + the sum over the taps t of a[j * MR + i] *
 // b_t[pixel], for MR rows and NV vectors of pixels held in registers. Either
@@ -892,6 +917,9 @@ void gather_gemm(int64_t groups, int64_t m_per_group, const std::vector<Tap>& ta
                     if (in_place && q0 + W <= batch * order.head) {
                         ti.b = src + g * src_group_stride + ti.segs[0].n * grid.batch_stride + q0 % order.head;
                         ti.b_step = plane;
+                    } else if (in_place) {
+                        pack_planes(src + g * src_group_stride, grid, ntaps, plane, ti.segs, ti.nsegs, ti.filled, W,
+                                    panel + t * ntaps * W);
                     } else {
                         pack_panel(src + g * src_group_stride, grid, taps.data(), ntaps, ti.segs, ti.nsegs, ti.filled,
                                    W, panel + t * ntaps * W);
