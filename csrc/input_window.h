@@ -85,9 +85,9 @@ struct InputWindow {
     // taps only (BlockTaps, LiveTaps). Where every tap's padded pixels of a
     // block are such a run ("same" 3x3 at stride 1 or 2, 5x5, 1x7 or 7x7 at
     // stride 1, say), such a kernel reads only real input, and the padded
-    // input is read in place: a
-    // copy of each window into a padded buffer had cost 11-17 % of the 3x3
-    // forward on a core with two 512-bit FMA ports (the input comes from L3).
+    // input is read in place: a copy of each window into a padded buffer had
+    // cost 11-17 % of the 3x3 forward on a core with two 512-bit FMA ports
+    // (the input comes from L3).
     // Not for such a kernel on input rows of kWideRow values or more, from 8
     // channels on, padded or not: there a window holds only a few rows of
     // each of its channels, every one of them a separate stream of reads from
