@@ -17,10 +17,10 @@ from fastconv import _backend, functional
 from fastconv.__main__ import main
 from fastconv.bench.config import Config
 from fastconv.bench.fixed_cost import FixedCost
-from fastconv.bench.host import HostCheck, measure_peak
+from fastconv.bench.host import CacheProbe, HostCheck, measure_peak
 from fastconv.bench.libraries import make_case
 from fastconv.bench.progress import Progress
-from fastconv.bench.report import format_summary
+from fastconv.bench.report import cache_disturbed, format_cache_probe, format_summary
 from fastconv.bench.results import time_all
 from fastconv.bench.suite import DETAIL_PASSES, PASSES, QUICK, SUITE, parse_shape
 from fastconv.bench.targets import BIG_LAYERS, target_summary
@@ -97,6 +97,9 @@ def test_bench_checks_then_reports(tmp_path, capsys, monkeypatch, with_torch):
     assert all(0 < us < 1e5 for costs in report["fixed_cost_us"].values() for us in costs.values())
     host = report["host_check"]
     assert host["enabled"] and host["checks"] >= 2 * len(results) and "host check:" in out
+    probe = host["cache_probe"]  # 1 thread only: every check here
+    assert probe["checks"] == host["checks"] and 0 < probe["best_ms"] <= probe["median_ms"] < 1e3
+    assert 0 <= probe["slow_share"] <= 1 and "in-cache probe" in out
 
     if not with_torch:
         assert report["versions"]["torch"] is None and not report["geomean"]
@@ -231,6 +234,29 @@ def test_a_share_during_which_the_machine_lost_a_core_is_taken_again(monkeypatch
     assert taken == [0, 1]
     assert (host.retaken, host.kept_short, host.checks) == ({"torch": 1}, {}, 5)
     assert 0 < host.waited_s < 1  # one failed check waited for (sleep is a no-op here)
+
+
+def test_the_cache_probe_counts_the_checks_slower_than_its_best():
+    probe = CacheProbe()
+    assert probe.summary() == {} and format_cache_probe(probe.summary()) == ""
+    probe.times = [0.002, 0.0024, 0.0026, 0.004]  # 1.2x the best is not slow; 1.3x and 2x are
+    got = probe.summary()
+    assert got == pytest.approx({"checks": 4, "best_ms": 2.0, "median_ms": 2.5, "slow_share": 0.5})
+    assert "at 50% of 4 checks (best 2.000 ms, median 2.500)" in format_cache_probe(got)
+    assert cache_disturbed({"cache_probe": got}) and not cache_disturbed({"cache_probe": {**got, "slow_share": 0.25}})
+    assert not cache_disturbed({"cache_probe": {}}) and not cache_disturbed({})
+    probe.run()  # the real convolution: one more time, the best of two calls
+    assert len(probe.times) == 5 and 0 < probe.times[-1] < 1
+
+
+def test_the_cache_probe_runs_at_one_thread_checks_only(monkeypatch):
+    host = HostCheck(enabled=True)
+    ran = []
+    monkeypatch.setattr(host.probe, "run", lambda: ran.append(1))
+    monkeypatch.setattr(host.core, "peak_gflops", lambda iterations, threads: 1e9)
+    assert host.gives(2) and not ran
+    assert host.gives(1) and ran == [1]
+    assert HostCheck(enabled=False).probe is None and HostCheck(enabled=False).summary()["cache_probe"] == {}
 
 
 def test_no_wait_is_counted_when_the_first_check_passes(monkeypatch):

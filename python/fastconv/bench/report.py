@@ -140,8 +140,24 @@ def format_host_check(host: dict[str, Any]) -> str:
         f" of their cores' FMA peak; waited {host['seconds_waited']:.1f} s for it and"
         f" {host['seconds_settling']:.1f} s for spinning threads to settle; shares of samples taken"
         f" again: {by_lib(host['shares_taken_again'])}; kept after the last try:"
-        f" {by_lib(host['shares_kept_after_last_try'])}"
+        f" {by_lib(host['shares_kept_after_last_try'])}" + format_cache_probe(host.get("cache_probe", {}))
     )
+
+
+def format_cache_probe(probe: dict[str, float]) -> str:
+    """The in-cache probe's line (host.CacheProbe): how often it ran slow."""
+    if not probe:
+        return ""
+    return (
+        f"\nin-cache probe (a 1 x 32 x 32 x 32 convolution, 1 thread): over 1.25x its best time at"
+        f" {100 * probe['slow_share']:.0f}% of {probe['checks']:.0f} checks (best {probe['best_ms']:.3f} ms,"
+        f" median {probe['median_ms']:.3f})"
+    )
+
+
+def cache_disturbed(host: dict[str, Any], share: float = 0.25) -> bool:
+    """Whether the in-cache probe ran slow at more than `share` of its checks."""
+    return host.get("cache_probe", {}).get("slow_share", 0.0) > share
 
 
 def print_disagreements(rows: list[dict[str, Any]]) -> None:

@@ -19,6 +19,7 @@ from .machine import cpu_facts, format_cpu_facts, loaded_core, openmp_libraries,
 from .plot import write_plot
 from .progress import Progress
 from .report import (
+    cache_disturbed,
     format_fixed_cost,
     format_host_check,
     format_summary,
@@ -97,6 +98,13 @@ def run_bench(cfg: Config, isa: str | None, json_path: str | None, plot_path: st
     print(format_host_check(report["host_check"]))
     if plot_path:
         print(write_plot(report["results"], plot_path))
+    if report["host_check"] and cache_disturbed(report["host_check"]):
+        print(
+            "warning: the in-cache probe ran over 1.25x its best time in more than a quarter of the"
+            " host checks: another tenant was slowing the caches, and the timings of layers that"
+            " read memory (the % of peak above all) are low: rerun on a quiet machine",
+            file=sys.stderr,
+        )
     busy = report["other_processes_cpu_pct"]
     if busy is not None and busy > BUSY_PERCENT:
         print(
