@@ -236,26 +236,32 @@ def test_a_share_during_which_the_machine_lost_a_core_is_taken_again(monkeypatch
     assert 0 < host.waited_s < 1  # one failed check waited for (sleep is a no-op here)
 
 
-def test_the_cache_probe_counts_the_checks_slower_than_its_best():
+def test_the_cache_probe_fails_a_check_slower_than_its_best(monkeypatch):
     probe = CacheProbe()
     assert probe.summary() == {} and format_cache_probe(probe.summary()) == ""
-    probe.times = [0.002, 0.0024, 0.0026, 0.004]  # 1.2x the best is not slow; 1.3x and 2x are
-    got = probe.summary()
-    assert got == pytest.approx({"checks": 4, "best_ms": 2.0, "median_ms": 2.5, "slow_share": 0.5})
-    assert "at 50% of 4 checks (best 2.000 ms, median 2.500)" in format_cache_probe(got)
+    times = iter([0.003] * CacheProbe.FIRST_CALLS + [0.0024, 0.0021, 0.0026, 0.0027, 0.004, 0.0041])
+    monkeypatch.setattr(probe, "call", lambda: next(times))
+    # 3 ms first; then 2.1 ms (the best of two calls, a new best), 2.6 (1.24x), 4 (1.9x: slow)
+    assert [probe.fast() for _ in range(4)] == [True, True, True, False]
+    got = probe.summary()  # slow against the run's best, 2.1 ms: 3 and 4 ms
+    assert got == pytest.approx({"checks": 4, "best_ms": 2.1, "median_ms": 2.8, "slow_share": 0.5})
+    assert "at 50% of 4 checks (best 2.100 ms, median 2.800)" in format_cache_probe(got)
     assert cache_disturbed({"cache_probe": got}) and not cache_disturbed({"cache_probe": {**got, "slow_share": 0.25}})
     assert not cache_disturbed({"cache_probe": {}}) and not cache_disturbed({})
-    probe.run()  # the real convolution: one more time, the best of two calls
-    assert len(probe.times) == 5 and 0 < probe.times[-1] < 1
+    monkeypatch.undo()
+    assert probe.fast() in (True, False) and 0 < probe.times[-1] < 1  # the real convolution
 
 
-def test_the_cache_probe_runs_at_one_thread_checks_only(monkeypatch):
+def test_the_cache_probe_judges_one_thread_checks_only(monkeypatch):
     host = HostCheck(enabled=True)
-    ran = []
-    monkeypatch.setattr(host.probe, "run", lambda: ran.append(1))
+    answers = []
+    monkeypatch.setattr(host.probe, "fast", lambda: answers.pop())
     monkeypatch.setattr(host.core, "peak_gflops", lambda iterations, threads: 1e9)
-    assert host.gives(2) and not ran
-    assert host.gives(1) and ran == [1]
+    answers[:] = [False]
+    assert host.gives(2) and answers == [False]  # two threads: the FMA check alone
+    assert not host.gives(1) and answers == []  # one thread: a slow probe fails the check
+    answers[:] = [True]
+    assert host.gives(1)
     assert HostCheck(enabled=False).probe is None and HostCheck(enabled=False).summary()["cache_probe"] == {}
 
 
