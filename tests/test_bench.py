@@ -244,8 +244,8 @@ def test_the_cache_probe_fails_a_check_slower_than_its_best(monkeypatch):
     # 3 ms first; then 2.1 ms (the best of two calls, a new best), 2.6 (1.24x), 4 (1.9x: slow)
     assert [probe.fast() for _ in range(4)] == [True, True, True, False]
     got = probe.summary()  # slow against the run's best, 2.1 ms: 3 and 4 ms
-    assert got == pytest.approx({"checks": 4, "best_ms": 2.1, "median_ms": 2.8, "slow_share": 0.5})
-    assert "at 50% of 4 checks (best 2.100 ms, median 2.800)" in format_cache_probe(got)
+    assert got == pytest.approx({"slow_above": 1.25, "checks": 4, "best_ms": 2.1, "median_ms": 2.8, "slow_share": 0.5})
+    assert "over 1.25x its best time at 50% of 4 checks (best 2.100 ms, median 2.800)" in format_cache_probe(got)
     assert cache_disturbed({"cache_probe": got}) and not cache_disturbed({"cache_probe": {**got, "slow_share": 0.25}})
     assert not cache_disturbed({"cache_probe": {}}) and not cache_disturbed({})
     monkeypatch.undo()

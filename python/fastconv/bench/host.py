@@ -39,11 +39,11 @@ class CacheProbe:
     can slow everything that touches the caches while that loop keeps its
     speed: on this project's Zen 4 VM (2026-12-07) this convolution took
     0.19-0.41 ms from one second to the next, a cifar forward 5.8-11.9 ms, a
-    kernel looping in L1 and the FMA loop 98-100 % throughout; in a bench run
-    with the probe slow at half the checks, cifar's AVX2 forward read 74 % of
-    the peak (87 % in a run with it slow at a fifth). Not at 2-thread checks:
-    there a 0.1 ms call read slow at most checks, the FMA check passing (the
-    other vCPU's share, which that check judges)."""
+    kernel looping in L1 and the FMA loop 98-100 % throughout. An `--isa avx2`
+    run with the probe only reporting (slow at half the checks) read cifar's
+    forward at 74 % of the peak; one with it failing checks, 88 %. Not at
+    2-thread checks: there a 0.1 ms call read slow at most checks, the FMA
+    check passing (the other vCPU's share, which that check judges)."""
 
     SLOW = 1.25  # a check's probe is slow above SLOW times the best
     FIRST_CALLS = 10  # the first check's calls, for a first best
@@ -76,6 +76,7 @@ class CacheProbe:
         if not self.times:
             return {}
         return {
+            "slow_above": self.SLOW,
             "checks": len(self.times),
             "best_ms": self.best * 1e3,
             "median_ms": float(np.median(self.times)) * 1e3,

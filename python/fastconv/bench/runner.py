@@ -100,7 +100,7 @@ def run_bench(cfg: Config, isa: str | None, json_path: str | None, plot_path: st
         print(write_plot(report["results"], plot_path))
     if report["host_check"] and cache_disturbed(report["host_check"]):
         print(
-            "warning: the in-cache probe ran over 1.25x its best time at more than a quarter of the"
+            "warning: the in-cache probe ran slow at more than a quarter of the"
             " host checks: another tenant was slowing the caches, and shares kept after the last"
             " try or the waiting limit read low (the % of peak above all): rerun on a quiet machine",
             file=sys.stderr,
