@@ -38,12 +38,13 @@ class CacheProbe:
     The check's FMA loop runs in registers, and on a cloud VM another tenant
     can slow everything that touches the caches while that loop keeps its
     speed: on this project's Zen 4 VM (2026-12-07) this convolution took
-    0.19-0.41 ms from one second to the next, a cifar forward 5.8-11.9 ms, a
-    kernel looping in L1 and the FMA loop 98-100 % throughout. An `--isa avx2`
-    run with the probe only reporting (slow at half the checks) read cifar's
-    forward at 74 % of the peak; one with it failing checks, 88 %. Not at
-    2-thread checks: there a 0.1 ms call read slow at most checks, the FMA
-    check passing (the other vCPU's share, which that check judges)."""
+    0.19-0.41 ms from one second to the next, a cifar forward 5.8-11.9 ms,
+    the FMA loop 98-100 % of its peak throughout (a kernel looping in L1
+    mostly so, 80-94 % at times). An `--isa avx2` run with the probe only
+    reporting (slow at half the checks) read cifar's forward at 74 % of the
+    peak; one with it failing checks, 88 %. Not at 2-thread checks: there a
+    0.1 ms call read slow at most checks, the FMA check passing (the other
+    vCPU's share, which that check judges)."""
 
     SLOW = 1.25  # a check's probe is slow above SLOW times the best
     FIRST_CALLS = 10  # the first check's calls, for a first best
