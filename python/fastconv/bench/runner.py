@@ -98,7 +98,7 @@ def run_bench(cfg: Config, isa: str | None, json_path: str | None, plot_path: st
     print(format_host_check(report["host_check"]))
     if plot_path:
         print(write_plot(report["results"], plot_path))
-    if report["host_check"] and cache_disturbed(report["host_check"]):
+    if cache_disturbed(report["host_check"]):
         print(
             "warning: the in-cache probe ran slow at more than a quarter of the"
             " host checks: another tenant was slowing the caches, and shares kept after the last"
